@@ -1,0 +1,1 @@
+"""zoo's built-in strategies, each registered through the entry-point group ``zoo`` like any outside plugin."""

@@ -1,0 +1,153 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import zoo
+    result = zoo.combine("soup", ["hf-hub:org/a", "hf-hub:org/b@v2", "./c"],
+                         eval_data="./val", options={"mode": "greedy"}, out="./soup")
+    print(result.metrics)
+    zoo.evaluate("./soup", "./val").top1
+    zoo.push("./soup", "org/my-soup")
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from zoo import __version__
+from zoo import host as _host
+from zoo.errors import BadInput
+from zoo.progress import Progress, Silent
+from zoo.strategy import Combined, Context
+
+
+def strategies(plugins: Sequence[str] = ()) -> dict[str, tuple[type, str]]:
+    """Every strategy by name, with where it comes from (``built-in`` or the package)."""
+    return _host.load(list(plugins)).strategies()
+
+
+def load_member(spec: str, *, arch: str | None = None, allow_pickle: bool = False,
+                plugins: Sequence[str] = ()):
+    """Resolve one member (``hf-hub:ORG/NAME[@REV]``, a folder, or a .safetensors file with ``arch``)."""
+    from zoo.registry import resolve
+
+    return resolve(spec, _host.load(list(plugins)), arch=arch, allow_pickle=allow_pickle)
+
+
+def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, allow_pickle: bool = False,
+                 progress: Progress | None = None) -> list:
+    from zoo.registry import resolve
+
+    host = host or _host.load()
+    progress = progress or Silent()
+    task = progress.task("resolving members", total=len(specs))
+    out = []
+    for spec in specs:
+        out.append(resolve(spec, host, arch=arch, allow_pickle=allow_pickle))
+        task.advance()
+    task.close()
+    seen: dict[str, int] = {}
+    for m in out:  # names label plots, cards and errors: make repeated ones unique
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if seen[m.name] > 1:
+            m.name = f"{m.name}#{seen[m.name]}"
+    return out
+
+
+def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
+            eval_data: str | None = None, train_data: str | None = None,
+            options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
+            push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
+            allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
+            progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Combined:
+    """Combine members with a strategy; write the result to ``out`` (and push it) if given."""
+    from zoo import options as _options
+    from zoo import output
+    from zoo.device import resolve_device
+
+    host = _host.load(list(plugins))
+    cls = host.strategy(strategy)
+    opts = _options.parse(cls.Options, options or {}, strategy=strategy)
+    if out is not None:
+        output.check_out(Path(out), force)
+    if push and out is None:
+        raise BadInput("--push needs --out: the folder is written first, then uploaded")
+    progress = progress or Silent()
+    specs = list(members)
+    zoo_info = None
+    if zoo:
+        from zoo.registry import load_zoo
+
+        zoo_info = load_zoo(zoo, progress=progress)
+        specs = zoo_info.members + specs
+        eval_data = eval_data or zoo_info.data.get("eval")
+        train_data = train_data or zoo_info.data.get("train")
+    if len(specs) < max(1, cls.min_members):
+        raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
+                       "give them with -m SPEC or --zoo NAME")
+    resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
+    ctx = Context(device=resolve_device(device), eval_data=eval_data, train_data=train_data, progress=progress,
+                  log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy)
+    import torch
+
+    torch.manual_seed(seed)
+    result = cls().combine(resolved, opts, ctx)
+    result.strategy = strategy
+    result.options = _options.to_dict(opts)
+    result.members = [m.provenance() for m in resolved]
+    if result.config is None:
+        result.config = dict(resolved[0].config)
+    if eval_data and result.metrics is None:
+        result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
+    if out is not None:
+        from zoo import card
+
+        out = Path(out)
+        recipe = {
+            "zoo_version": __version__,
+            "strategy": strategy,
+            "options": result.options,
+            "members": result.members,
+            "zoo": zoo_info.name if zoo_info else None,
+            "eval_data": eval_data, "train_data": train_data, "seed": seed,
+            "metrics": result.metrics, "report": result.report,
+            "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                            "timm": _version("timm"), "huggingface_hub": _version("huggingface_hub")},
+        }
+        sections: list[str] = []
+        host.pm.hook.zoo_model_card(combined=result, sections=sections)
+        model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
+        output.write(result, out, force=force, recipe=recipe, card=model_card)
+        if push:
+            from zoo.hub import push as _push
+
+            result.report["pushed"] = _push(out, push, private=private)
+    return result
+
+
+def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = None,
+             allow_pickle: bool = False, plugins: Sequence[str] = (), progress: Progress | None = None):
+    """Top-1, NLL and ECE of a model (any member spec: a zoo output folder, hf-hub:..., a file) on data."""
+    from zoo.data import data_config, load_split
+    from zoo.device import resolve_device
+    from zoo.evaluate import evaluate_model
+    from zoo.registry import resolve
+
+    host = _host.load(list(plugins))
+    member = resolve(model, host, arch=arch, allow_pickle=allow_pickle)
+    split = load_split(data, data_config(member.pretrained_cfg), label_names=member.label_names,
+                       num_classes=member.num_classes, progress=progress)
+    return evaluate_model(member.create_model(), split, resolve_device(device), extra=host.metrics())
+
+
+def push(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
+    """Upload an output folder (weights, config, card, zoo.json, figures) in one commit."""
+    from zoo.hub import push as _push
+
+    return _push(folder, repo_id, private=private)
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)

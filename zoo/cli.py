@@ -1,0 +1,217 @@
+"""The `zoo` command: parses, calls zoo.api, prints with rich. Imports nothing heavy at start-up."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Combine pretrained models: weight soups and more, as pluggy plugins.")
+strategies_app = typer.Typer(help="List strategies, or show one's options.", invoke_without_command=True)
+app.add_typer(strategies_app, name="strategies")
+
+
+class _State:
+    quiet = False
+    debug = False
+    plugins: list[str] = []
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=_State.quiet)
+
+
+def _progress():
+    from zoo.progress import Rich, Silent
+
+    if _State.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        return Silent()
+    return Rich(_console())
+
+
+def _fail(e: BaseException) -> None:
+    from zoo.errors import ZooError
+
+    if _State.debug:
+        raise e
+    code = e.exit_code if isinstance(e, ZooError) else 1
+    message = str(e) if isinstance(e, ZooError) else f"{type(e).__name__}: {e} (run with --debug for the traceback)"
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, progress=None):
+    """Call ``fn``; turn any failure into one line on stderr and the right exit code."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _console().print("interrupted; nothing was written")
+        raise typer.Exit(130)
+    except Exception as e:
+        _fail(e)
+    finally:
+        if progress is not None and hasattr(progress, "stop"):
+            progress.stop()
+
+
+@app.callback()
+def _main(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages; errors only."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    plugin: List[str] = typer.Option([], "--plugin", help="Load one more plugin module (repeatable; also "
+                                      "ZOO_PLUGINS=mod1,mod2)."),
+):
+    _State.quiet, _State.debug, _State.plugins = quiet, debug, list(plugin)
+
+
+@app.command()
+def combine(
+    strategy: str = typer.Option(..., "--strategy", "-s", help="Strategy name (see `zoo strategies`)."),
+    member: List[str] = typer.Option([], "--member", "-m",
+                                     help="A member: hf-hub:ORG/NAME[@REV], a folder, or a .safetensors file."),
+    zoo_name: Optional[str] = typer.Option(None, "--zoo", help="A named zoo (registry/zoos) or a zoo .toml."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder (class per "
+                                            "sub-folder) or timm dataset spec."),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data (e.g. for recompute_bn)."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
+    out: str = typer.Option(..., "--out", help="Output folder (a timm / Hub repo)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    push: Optional[str] = typer.Option(None, "--push", help="Also upload the result to ORG/NAME."),
+    private: bool = typer.Option(False, "--private", help="With --push: create the repo private."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of bare .safetensors members."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled checkpoints (loaded with "
+                                      "weights_only=True). Off by default: pickles can run code."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+):
+    """Combine members into one model with a strategy and write it to --out."""
+    from zoo import api
+    from zoo.options import parse_pairs
+
+    progress = _progress()
+    console = _console()
+    result = _run(lambda: api.combine(
+        strategy, member, zoo=zoo_name, eval_data=eval_data, train_data=train_data,
+        options=parse_pairs(option), out=out, force=force, push=push, private=private, device=device,
+        arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, progress=progress,
+        log=console.print), progress=progress)
+    m = result.metrics
+    summary = f"wrote {out}"
+    if m:
+        summary += f" — held-out top-1 {m['top1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f}"
+    console.print(summary, highlight=False)
+    if result.report.get("pushed"):
+        console.print(f"pushed: {result.report['pushed']}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="A zoo output folder, hf-hub:ORG/NAME[@REV], or any member spec."),
+    data: str = typer.Option(..., "--data", help="Image folder (class per sub-folder) or timm dataset spec."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of a bare .safetensors file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+):
+    """Evaluate a model on labelled data: top-1, NLL, ECE."""
+    import json
+
+    from zoo import api
+
+    progress = _progress()
+    metrics = _run(lambda: api.evaluate(model, data, device=device, arch=arch, plugins=_State.plugins,
+                                        progress=progress), progress=progress)
+    if json_out:
+        typer.echo(json.dumps(metrics.as_dict()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.as_dict().items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+@app.command("push")
+def push_cmd(
+    folder: str = typer.Argument(..., help="A zoo output folder."),
+    repo_id: str = typer.Argument(..., help="ORG/NAME on the Hub."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+):
+    """Upload an output folder to the Hub in one commit (token from HF_TOKEN or `hf auth login`)."""
+    from zoo import api
+
+    url = _run(lambda: api.push(folder, repo_id, private=private))
+    _console().print(f"pushed: {url}", highlight=False)
+
+
+@strategies_app.callback()
+def strategies_list(ctx: typer.Context):
+    """Every strategy, with where it comes from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo import host as _host
+
+    host = _run(lambda: _host.load(_State.plugins))
+    found = _run(host.strategies)
+    table = Table()
+    for col in ("strategy", "from", "summary"):
+        table.add_column(col)
+    for name, (cls, origin) in found.items():
+        table.add_row(name, origin, cls.summary)
+    Console().print(table)
+    for b in host.broken:
+        _console().print(f"[yellow]warning:[/] plugin {b.name} ({b.origin}) failed to load: {b.error}",
+                         highlight=False)
+
+
+@strategies_app.command("show")
+def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
+    """A strategy's options: type, default, help."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo import host as _host, options
+
+    host = _run(lambda: _host.load(_State.plugins))
+    cls = _run(lambda: host.strategy(name))
+    origin = host.strategies()[name][1]
+    console = Console()
+    console.print(f"[bold]{cls.name}[/] ({origin}): {cls.summary}", highlight=False)
+    table = Table()
+    for col in ("option", "type", "default", "help"):
+        table.add_column(col)
+    for info in options.describe(cls.Options):
+        table.add_row(info.name, info.type_name, str(info.default), info.help)
+    console.print(table)
+    console.print(f"set with: zoo combine --strategy {name} --option KEY=VALUE", highlight=False)
+
+
+def main() -> None:
+    # typer's usage errors exit 2 already; ours do too (zoo.errors.BadInput)
+    if os.environ.get("ZOO_DEBUG"):
+        _State.debug = True
+    app(prog_name="zoo")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

@@ -1,0 +1,63 @@
+"""The plugin contract: every hook a zoo plugin may implement.
+
+A plugin is an ordinary module (or object) with functions marked ``@zoo.hookimpl``
+and named like the specs below. Register it through the entry-point group ``zoo``
+in your package's pyproject::
+
+    [project.entry-points.zoo]
+    my_plugin = "my_package.my_plugin"
+
+or load it for one run with ``zoo --plugin my_package.my_plugin`` (or the
+``ZOO_PLUGINS`` environment variable, comma-separated). The built-in strategies
+in ``zoo.plugins`` and member sources in ``zoo.registry`` are registered the very
+same way. See docs/writing-a-plugin.md for a complete example.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from zoo.member import Member
+    from zoo.strategy import Combined, Strategy
+
+PROJECT = "zoo"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def zoo_strategies() -> list[type[Strategy]]:
+    """Return the Strategy classes this plugin provides.
+
+    Each class needs a unique ``name`` (what ``--strategy`` takes), a one-line
+    ``summary``, an ``Options`` dataclass and a ``combine(members, options, ctx)``
+    method returning a :class:`zoo.Combined`. Two plugins offering one name is an error.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_resolve_member(spec: str, arch: str | None, allow_pickle: bool) -> Member | None:
+    """Turn a member spec (``hf-hub:org/name@rev``, a path, ...) into a :class:`zoo.Member`.
+
+    Return ``None`` when the spec is not yours, so the next source can try it; raise
+    :class:`zoo.BadInput` when it is yours but cannot be resolved (missing repo,
+    missing file). ``arch`` is the timm architecture given with ``--arch`` for bare
+    weight files; ``allow_pickle`` is the user's explicit consent to read pickles.
+    """
+
+
+@hookspec
+def zoo_metrics() -> dict[str, Any]:
+    """Return extra evaluation metrics: ``{name: fn(logits, targets) -> float}``.
+
+    ``logits`` is a float tensor (N, C), ``targets`` a long tensor (N,). The result is
+    reported next to top-1, NLL and ECE by ``zoo eval`` and in model cards.
+    """
+
+
+@hookspec
+def zoo_model_card(combined: Combined, sections: list[str]) -> None:
+    """Append Markdown sections (strings) to the model card of ``combined``."""

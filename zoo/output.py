@@ -1,0 +1,60 @@
+"""Write a result as a Hub repo that timm loads as it is — atomically.
+
+Everything goes into a temporary folder beside ``--out`` and is renamed into place
+at the end, so an interrupted or failed run never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import BadInput
+from zoo.strategy import Combined
+
+DEFAULT_MAX_SHARD = "20GB"  # timm's hf-hub loader reads one model.safetensors; shard only past this
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty ``out`` unless ``force``; call before any work."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise BadInput(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+
+
+def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
+          max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
+    from huggingface_hub import save_torch_state_dict
+
+    out = Path(out).resolve()
+    check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        state = {k: v.contiguous() for k, v in combined.state_dict.items()}
+        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
+                              metadata={"format": "pt", "zoo_strategy": combined.strategy})
+        (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
+        (tmp / "zoo.json").write_text(json.dumps(recipe, indent=2, default=str))
+        for filename, fig in combined.figures.items():
+            fig.savefig(tmp / filename)
+        card.save(tmp / "README.md")
+        os.chmod(tmp, 0o755)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,138 @@
+"""What a strategy is, what it gets (members and a Context) and what it returns (a Combined).
+
+A strategy is a class with a ``name``, a one-line ``summary``, an ``Options``
+dataclass (fields made with :func:`zoo.option`) and one method::
+
+    class Average(zoo.Strategy):
+        name = "average"
+        summary = "plain uniform average"
+
+        @dataclass
+        class Options:
+            scale: float = zoo.option(1.0, "multiply the average by this")
+
+        def combine(self, members, options, ctx):
+            sd = zoo.weights.uniform_average(members, progress=ctx.progress)
+            return zoo.Combined(state_dict=sd)
+
+It never prints, never touches the network and never writes files: progress and
+evaluation go through the Context, results come back in the Combined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from zoo.errors import BadInput
+from zoo.progress import Progress, Silent
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from zoo.data import Split
+    from zoo.evaluate import Metrics
+    from zoo.member import Member
+
+
+class Strategy:
+    """Base class of every strategy (built-in or from a plugin)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: fewest members the strategy accepts
+    min_members: ClassVar[int] = 1
+
+    @dataclass
+    class Options:
+        pass
+
+    def combine(self, members: Sequence[Member], options: Any, ctx: Context) -> Combined:
+        raise NotImplementedError
+
+
+@dataclass
+class Combined:
+    """The result of a strategy.
+
+    ``state_dict`` is the combined model; ``config`` its timm config (default: the
+    first member's). ``metrics`` are held-out metrics of the result if the strategy
+    measured them (else zoo measures them when there is eval data); ``report`` is
+    JSON-able detail kept in zoo.json (e.g. a greedy soup's history); ``figures``
+    maps PNG file names to matplotlib figures shown in the card; ``card_sections``
+    are Markdown paragraphs for the model card.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    card_sections: list[str] = field(default_factory=list)
+    #: filled in by zoo: the strategy's name and options, and the members' provenance
+    strategy: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What a strategy may use besides its members: device, data, evaluation, progress."""
+
+    device: Any = "cpu"
+    eval_data: str | None = None
+    train_data: str | None = None
+    progress: Progress = field(default_factory=Silent)
+    log: Callable[[str], None] = lambda message: None
+    seed: int = 0
+    batch_size: int = 256
+    extra_metrics: dict[str, Callable] = field(default_factory=dict)
+    strategy: str = ""
+    _models: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    # ---- data -----------------------------------------------------------------------
+    def _split(self, which: str, source: str | None, like: Member, flag: str) -> Split:
+        if not source:
+            raise BadInput(f"strategy {self.strategy!r} needs {which} data here: pass {flag} DIR "
+                           "(an image folder with one sub-folder per class)")
+        from zoo.data import data_config, load_split
+
+        return load_split(source, data_config(like.pretrained_cfg), label_names=like.label_names,
+                          num_classes=like.num_classes, progress=self.progress)
+
+    def eval_split(self, like: Member) -> Split:
+        """The held-out split, preprocessed the way ``like`` expects (decoded once per run)."""
+        return self._split("held-out", self.eval_data, like, "--eval-data")
+
+    def train_split(self, like: Member) -> Split:
+        return self._split("training", self.train_data, like, "--train-data")
+
+    # ---- models and evaluation ----------------------------------------------------------
+    def model(self, state_dict: dict[str, torch.Tensor], like: Member):
+        """A timm model of ``like``'s architecture with ``state_dict`` loaded (one instance reused)."""
+        model = self._models.get(id(like))
+        if model is None:
+            model = like.create_model(state_dict)
+            self._models[id(like)] = model
+        else:
+            model.load_state_dict(state_dict)
+        return model.to(self.device).eval()
+
+    def evaluate(self, weights: Member | dict[str, torch.Tensor], like: Member | None = None) -> Metrics:
+        """Held-out metrics of a member, or of a state dict shaped like ``like``."""
+        from zoo.evaluate import evaluate_model
+        from zoo.member import Member as _Member
+
+        if isinstance(weights, _Member):
+            like, weights = weights, weights.state_dict()
+        assert like is not None, "pass like=member for a bare state dict"
+        return evaluate_model(self.model(weights, like), self.eval_split(like), self.device,
+                              extra=self.extra_metrics, batch_size=self.batch_size)
+
+
+def options_of(strategy: type[Strategy]) -> type:
+    opts = strategy.Options
+    if not dataclasses.is_dataclass(opts):
+        raise TypeError(f"strategy {strategy.name!r}: Options must be a dataclass")
+    return opts

@@ -1,0 +1,114 @@
+"""State-dict arithmetic that strategies share.
+
+Everything streams tensor by tensor: a weighted sum of N members holds the result
+plus one tensor per member at a time, whatever N is. Floating-point tensors are
+combined in float64 (per tensor, so it costs one tensor of memory) and cast back to
+their own dtype; integer buffers (``num_batches_tracked``) are copied from the first
+member, never averaged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from zoo.errors import IncompatibleMembers
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from zoo.member import Member
+
+# read about this many bytes per member at a time: few file openings, little memory
+CHUNK_BYTES = 64 << 20
+
+
+def check_compatible(members: Sequence[Member]) -> None:
+    """Same tensor names, shapes and dtypes in every member; else one error naming both and the tensor."""
+    first = members[0]
+    ref = {k: (first.shape(k), first.dtype(k)) for k in first.keys()}
+    for other in members[1:]:
+        keys = other.keys()
+        missing = [k for k in ref if k not in set(keys)]
+        extra = [k for k in keys if k not in ref]
+        if missing or extra:
+            what = f"{first.name} has {missing[0]!r} that {other.name} lacks" if missing \
+                else f"{other.name} has {extra[0]!r} that {first.name} lacks"
+            raise IncompatibleMembers(
+                f"members {first.name} and {other.name} have different tensors: {what}"
+                f" ({first.architecture} vs {other.architecture}); soups need one architecture and head"
+            )
+        for k in keys:
+            theirs = (other.shape(k), other.dtype(k))
+            if theirs != ref[k]:
+                raise IncompatibleMembers(
+                    f"members {first.name} and {other.name} differ at tensor {k!r}: "
+                    f"shape {list(ref[k][0])} {ref[k][1]} vs {list(theirs[0])} {theirs[1]}"
+                    " — a different head or width; combine only members of one architecture and head"
+                )
+
+
+def _chunks(member: Member) -> Iterator[list[str]]:
+    import math
+
+    chunk, size = [], 0
+    for k in member.keys():
+        nbytes = math.prod(member.shape(k)) * 4
+        if chunk and size + nbytes > CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(k)
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress: Any = None,
+                 description: str = "merging") -> dict[str, torch.Tensor]:
+    """Σ cᵢ θᵢ over floating tensors, streamed; integer tensors from the first member."""
+    import torch
+
+    if len(coeffs) != len(members):
+        raise ValueError("one coefficient per member")
+    out: dict[str, torch.Tensor] = {}
+    first = members[0]
+    task = progress.task(description, total=len(first.keys())) if progress else None
+    for keys in _chunks(first):
+        acc: dict[str, torch.Tensor] = {}
+        dtypes: dict[str, torch.dtype] = {}
+        for member, c in zip(members, coeffs):
+            part = member.read(keys)
+            for k in keys:
+                t = part[k]
+                if not t.is_floating_point():
+                    acc.setdefault(k, t)
+                elif k in acc:
+                    acc[k].add_(t.to(torch.float64), alpha=c)
+                else:
+                    dtypes[k] = t.dtype
+                    acc[k] = t.to(torch.float64).mul_(c)
+            del part
+        for k in keys:
+            out[k] = acc[k].to(dtypes[k]) if k in dtypes else acc[k]
+        if task:
+            task.advance(len(keys))
+    if task:
+        task.close()
+    return out
+
+
+def uniform_average(members: Sequence[Member], **kw) -> dict[str, torch.Tensor]:
+    return weighted_sum(members, [1.0 / len(members)] * len(members), **kw)
+
+
+def lerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
+    """(1−t)·a + t·b over floating tensors (computed in float64); integer tensors from ``a``."""
+    import torch
+
+    out = {}
+    for k, ta in a.items():
+        if ta.is_floating_point():
+            mixed = ta.to(torch.float64) * (1.0 - t) + b[k].to(torch.float64) * t
+            out[k] = mixed.to(ta.dtype)
+        else:
+            out[k] = ta
+    return out
