@@ -125,9 +125,11 @@ def _learned(members, options, ctx: Context) -> Combined:
     split = ctx.eval_split(ref)
     states = [m.state_dict() for m in members]
     model = ctx.model(states[0], ref)
-    float_keys = [k for k, v in states[0].items() if v.is_floating_point()]
+    params = {name for name, _ in model.named_parameters()}
+    float_keys = [k for k, v in states[0].items() if v.is_floating_point() and k in params]
     stacked = {k: torch.stack([s[k].float() for s in states]).to(ctx.device) for k in float_keys}
-    fixed = {k: v.to(ctx.device) for k, v in states[0].items() if k not in stacked}
+    # buffers (BatchNorm statistics) are not trainable: they stay the uniform average
+    fixed = {k: v.to(ctx.device) for k, v in weights.uniform_average(members).items() if k not in stacked}
     alpha = torch.zeros(len(float_keys), len(members), device=ctx.device, requires_grad=True)
     beta = torch.ones((), device=ctx.device, requires_grad=True)
     opt = torch.optim.AdamW([alpha, beta], lr=options.lr, weight_decay=0.0)

@@ -130,7 +130,7 @@ def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = 
     """Top-1, NLL and ECE of a model (any member spec: a zoo output folder, hf-hub:..., a file) on data."""
     from zoo.data import data_config, load_split
     from zoo.device import resolve_device
-    from zoo.evaluate import evaluate_model
+    from zoo.metrics import evaluate_model
     from zoo.registry import resolve
 
     host = _host.load(list(plugins))

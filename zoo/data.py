@@ -18,7 +18,7 @@ from zoo.errors import BadInput
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-IMG_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+IMG_EXTENSIONS = {".png", ".jpg", ".jpeg"}  # what timm's folder reader accepts
 TIMM_PREFIXES = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
 
 _CACHE: dict[tuple, Split] = {}
@@ -87,6 +87,8 @@ def load_split(spec: str | os.PathLike, cfg: dict[str, Any], *, label_names: lis
         classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not classes:
             raise BadInput(f"data {spec}: no class sub-folders; expected one sub-folder of images per class")
+        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in path.rglob("*") if f.is_file()):
+            raise BadInput(f"data {spec}: no images found (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
         key = ("dir", str(path.resolve()), _fingerprint(path))
         make = lambda: create_dataset("", root=str(path), split="validation", search_split=False,  # noqa: E731
                                       class_map={c: i for i, c in enumerate(classes)})
@@ -119,7 +121,7 @@ def load_split(spec: str | os.PathLike, cfg: dict[str, Any], *, label_names: lis
     task = progress.task(f"decoding {Path(spec).name or spec}", total=len(dataset)) if progress else None
     for i in range(len(dataset)):
         try:
-            img, target = dataset[i]
+            img, target = _item(dataset, i)
         except Exception as e:
             name = dataset.filename(i) if hasattr(dataset, "filename") else f"item {i}"
             raise BadInput(f"data {spec}: cannot read {name} ({type(e).__name__}: {e})") from None
@@ -133,3 +135,16 @@ def load_split(spec: str | os.PathLike, cfg: dict[str, Any], *, label_names: lis
                   [str(n) for n in (label_names or range(num_classes))], spec)
     _CACHE[key] = split
     return split
+
+
+def _item(dataset, i: int):
+    """One (image tensor, target). Folder images are opened here so that a broken file is an error:
+    timm's ImageDataset would log it and silently substitute the next image, changing the data."""
+    samples = getattr(getattr(dataset, "reader", None), "samples", None)
+    if samples is None:
+        return dataset[i]
+    from PIL import Image
+
+    path, target = samples[i]
+    with Image.open(path) as img:
+        return dataset.transform(img.convert("RGB")), target

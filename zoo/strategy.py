@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from zoo.data import Split
-    from zoo.evaluate import Metrics
+    from zoo.metrics import Metrics
     from zoo.member import Member
 
 
@@ -121,7 +121,7 @@ class Context:
 
     def evaluate(self, weights: Member | dict[str, torch.Tensor], like: Member | None = None) -> Metrics:
         """Held-out metrics of a member, or of a state dict shaped like ``like``."""
-        from zoo.evaluate import evaluate_model
+        from zoo.metrics import evaluate_model
         from zoo.member import Member as _Member
 
         if isinstance(weights, _Member):

@@ -1,0 +1,61 @@
+"""Session fixtures: a real zoo built on real data, and command runners.
+
+The zoo is the embedded digits-demo (zoo.demo): timm's tiny test_efficientnet trained
+on scikit-learn's handwritten digits, fine-tuned five ways from one base, plus an
+independently trained member and one of another architecture. It is built once per
+session (or reused from ZOO_CACHE).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Every Hub call of the suite goes to 127.0.0.1: point huggingface_hub there before anything imports it.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="zoo-tests-"))
+os.environ.setdefault("ZOO_CACHE", str(_SESSION_TMP / "zoo-cache"))
+os.environ["HF_HOME"] = str(_SESSION_TMP / "hf-home")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ.pop("HF_TOKEN", None)
+
+
+@pytest.fixture(scope="session")
+def digits_zoo() -> Path:
+    """The built digits-demo folder: members/ and data/{train,val,test}."""
+    from zoo.demo import ensure_built
+
+    return ensure_built("digits")
+
+
+@pytest.fixture(scope="session")
+def ingredients(digits_zoo) -> list[Path]:
+    """The five fine-tunes of one base: soup ingredients."""
+    from zoo.registry import load_zoo
+
+    return [Path(m) for m in load_zoo("digits-demo").members]
+
+
+@pytest.fixture(scope="session")
+def val_dir(digits_zoo) -> Path:
+    return digits_zoo / "data" / "val"
+
+
+def run_zoo(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the `zoo` command as a user would; returns the finished process."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"zoo {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def zoo_cli():
+    return run_zoo
