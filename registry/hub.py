@@ -12,6 +12,7 @@ from pathlib import Path
 from zoo import member as _member
 from zoo.errors import BadInput, HubError
 from zoo.hookspecs import hookimpl
+from zoo.hub import network_errors
 
 PREFIX = "hf-hub:"
 
@@ -28,6 +29,11 @@ def _endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
+
+
+def _not_found(who: str, repo_id: str, rev: str) -> BadInput:
+    return BadInput(f"{who}: {repo_id}@{rev} not found at {_endpoint()} — check the name and revision; "
+                    "if it is private, log in (`hf auth login` or HF_TOKEN)")
 
 
 def download(repo_id: str, revision: str | None, patterns: list[str], who: str) -> Path:
@@ -51,14 +57,18 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         raise BadInput(f"{who}: revision {rev!r} not found in {repo_id}") from None
     except RepositoryNotFoundError:
         # A mirror (and the Hub for private repos) answers "not found" for a missing revision too.
-        raise BadInput(f"{who}: {repo_id}@{rev} not found at {_endpoint()} — check the name and revision; "
-                       "if it is private, log in (`hf auth login` or HF_TOKEN)") from None
+        raise _not_found(who, repo_id, rev) from None
     except LocalEntryNotFoundError as e:
+        # snapshot_download falls back to the cache on any HTTP failure; the cause says what happened
+        cause = e.__cause__ or e.__context__
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if status in (401, 404):
+            raise _not_found(who, repo_id, rev) from None
         raise HubError(f"{who}: cannot reach {_endpoint()} and {repo_id}@{rev} is not in the local cache "
                        f"({_member._short(e)})") from None
     except HfHubHTTPError as e:
         raise HubError(f"{who}: the Hub at {_endpoint()} answered {_member._short(e)}") from None
-    except OSError as e:  # connection refused, DNS, ...
+    except network_errors() as e:  # connection refused, DNS, ...
         raise HubError(f"{who}: cannot reach {_endpoint()} ({_member._short(e)})") from None
 
 

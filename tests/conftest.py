@@ -24,6 +24,21 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.pop("HF_TOKEN", None)
 
+sys.path.insert(0, str(Path(__file__).parent))
+from hubserver import Hub  # noqa: E402
+
+# The test Hub's address is fixed now, before anything imports huggingface_hub (which reads HF_ENDPOINT
+# once); the servers themselves start only when a test asks for the `hub` fixture.
+_HUB = Hub(_SESSION_TMP / "hub")
+os.environ["HF_ENDPOINT"] = _HUB.endpoint
+
+
+@pytest.fixture(scope="session")
+def hub():
+    _HUB.start()
+    yield _HUB
+    _HUB.stop()
+
 
 @pytest.fixture(scope="session")
 def digits_zoo() -> Path:

@@ -12,6 +12,20 @@ from zoo.errors import BadInput, HubError
 from zoo.member import _short
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a refused or broken connection raises: OSError, and the HTTP client's transport errors
+    (huggingface_hub 1.x uses httpx, 2.x its fork httpx2)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def _endpoint() -> str:
     from huggingface_hub import constants
 
@@ -41,6 +55,6 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, message: st
             raise HubError(f"push to {repo_id}: the Hub at {_endpoint()} refused it ({status}); log in with "
                            "`hf auth login` or set HF_TOKEN to a token with write access") from None
         raise HubError(f"push to {repo_id}: the Hub at {_endpoint()} answered {status}: {_short(e)}") from None
-    except OSError as e:
+    except network_errors() as e:
         raise HubError(f"push to {repo_id}: cannot reach {_endpoint()} ({_short(e)})") from None
     return str(getattr(info, "commit_url", info))

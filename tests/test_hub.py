@@ -1,0 +1,103 @@
+"""The Hub path for real: downloads through olah on 127.0.0.1, pushes through the upload stand-in,
+read back with timm. No huggingface_hub function is patched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hubserver import TOKEN, free_port
+
+ORG = "zoo-test"
+
+
+@pytest.fixture(scope="session")
+def published(hub, ingredients):
+    """Three ingredients published as Hub repos; returns {name: commit sha}."""
+    return {name: hub.publish(path, f"{ORG}/{name}") for name, path in zip("abc", ingredients)}
+
+
+def test_combine_from_hub_then_push_and_load_with_timm(tmp_path, hub, published, ingredients, val_dir, zoo_cli):
+    import timm
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "soup"
+    short = published["b"][:10]
+    proc = zoo_cli("combine", "-s", "soup", "-m", f"hf-hub:{ORG}/a", "-m", f"hf-hub:{ORG}/b@{short}",
+                   "-m", ingredients[2], "--eval-data", val_dir, "--out", out, "--push", f"{ORG}/soup",
+                   env={"HF_TOKEN": TOKEN})
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert all(TOKEN not in f.read_bytes().decode("latin-1") for f in out.iterdir())
+
+    recipe = json.loads((out / "zoo.json").read_text())
+    by_spec = {m["spec"]: m for m in recipe["members"]}
+    assert by_spec[f"hf-hub:{ORG}/a"]["revision"] == published["a"]  # "main" pinned to its sha
+    assert by_spec[f"hf-hub:{ORG}/b@{short}"]["revision"] == published["b"]
+
+    # the soup of hub members equals the soup of the same files on disk
+    local = tmp_path / "local"
+    zoo_cli("combine", "-s", "soup", *sum((["-m", p] for p in ingredients[:3]), []), "--out", local)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(local / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # read back through olah, as a user would
+    model = timm.create_model(f"hf-hub:{ORG}/soup", pretrained=True)
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], a[k]) for k in a)
+    card = ModelCard.load(f"{ORG}/soup")
+    assert set(card.data.base_model) == {f"{ORG}/a", f"{ORG}/b"}
+    assert card.data.eval_results[0].metric_value == pytest.approx(recipe["metrics"]["top1"], abs=1e-6)
+
+
+def test_push_command_and_private_flag(tmp_path, hub, ingredients, zoo_cli):
+    out = tmp_path / "soup"
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--out", out)
+    proc = zoo_cli("push", out, f"{ORG}/pushed", "--private", env={"HF_TOKEN": TOKEN})
+    assert "pushed" in proc.stderr and TOKEN not in proc.stdout + proc.stderr
+    from huggingface_hub import hf_hub_download
+
+    got = hf_hub_download(f"{ORG}/pushed", "zoo.json", revision="main")
+    assert json.loads(open(got).read())["strategy"] == "soup"
+
+
+@pytest.mark.parametrize("spec, words", [
+    (f"hf-hub:{ORG}/does-not-exist", ["does-not-exist", "not found"]),
+    (f"hf-hub:{ORG}/a@0123456789abcdef0123456789abcdef01234567", ["not found", "0123456789abcdef"]),
+    ("hf-hub:no-slash", ["hf-hub:ORG/NAME"]),
+])
+def test_missing_repo_or_revision(tmp_path, hub, published, zoo_cli, spec, words):
+    out = tmp_path / "out"
+    proc = zoo_cli("combine", "-s", "soup", "-m", spec, "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert all(w in proc.stderr for w in words), proc.stderr
+    assert not out.exists()
+
+
+def test_push_without_token_is_refused(tmp_path, hub, ingredients, zoo_cli):
+    out = tmp_path / "soup"
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "--out", out)
+    proc = zoo_cli("push", out, f"{ORG}/no-token", check=False)
+    assert proc.returncode == 1
+    assert "hf auth login" in proc.stderr and "HF_TOKEN" in proc.stderr
+    assert proc.stderr.count("\n") <= 3
+
+
+def test_hub_down_and_hub_failing(tmp_path, hub, published, ingredients, zoo_cli):
+    out = tmp_path / "soup"
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "--out", out)
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    proc = zoo_cli("push", out, f"{ORG}/down", env={"HF_TOKEN": TOKEN, "HF_ENDPOINT": closed}, check=False)
+    assert proc.returncode == 1 and "cannot reach" in proc.stderr and closed in proc.stderr
+    proc = zoo_cli("combine", "-s", "soup", "-m", f"hf-hub:{ORG}/c", "--out", tmp_path / "x",
+                   env={"HF_ENDPOINT": closed}, check=False)
+    assert proc.returncode == 1 and "cannot reach" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    hub.fail_with = 500
+    try:
+        proc = zoo_cli("push", out, f"{ORG}/fails", env={"HF_TOKEN": TOKEN}, check=False)
+        assert proc.returncode == 1 and "500" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        hub.fail_with = None
