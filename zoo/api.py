@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -91,10 +92,13 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     import torch
 
     torch.manual_seed(seed)
-    result = cls().combine(resolved, opts, ctx)
+    # hashing every member file is pure I/O + hashlib (which releases the GIL): overlap it with the work
+    with ThreadPoolExecutor(1) as pool:
+        provenance = pool.submit(lambda: [m.provenance() for m in resolved])
+        result = cls().combine(resolved, opts, ctx)
+        result.members = provenance.result()
     result.strategy = strategy
     result.options = _options.to_dict(opts)
-    result.members = [m.provenance() for m in resolved]
     if result.config is None:
         result.config = dict(resolved[0].config)
     if eval_data and result.metrics is None:

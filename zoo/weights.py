@@ -76,7 +76,7 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
         acc: dict[str, torch.Tensor] = {}
         dtypes: dict[str, torch.dtype] = {}
         for member, c in zip(members, coeffs):
-            part = member.read(keys)
+            part = member.read(keys, check_finite=False)  # checked once on the sum, below
             for k in keys:
                 t = part[k]
                 if not t.is_floating_point():
@@ -88,12 +88,27 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
                     acc[k] = t.to(torch.float64).mul_(c)
             del part
         for k in keys:
-            out[k] = acc[k].to(dtypes[k]) if k in dtypes else acc[k]
+            if k in dtypes:
+                _check_sum(members, k, acc[k])
+                out[k] = acc[k].to(dtypes[k])
+            else:
+                out[k] = acc[k]
         if task:
             task.advance(len(keys))
     if task:
         task.close()
     return out
+
+
+def _check_sum(members: Sequence[Member], key: str, total) -> None:
+    """NaN/Inf in any member makes the weighted sum non-finite; only then look for the culprit."""
+    import math
+
+    if math.isfinite(float(total.sum())):
+        return
+    for m in members:
+        m.read([key])  # raises naming the member and the tensor
+    raise IncompatibleMembers(f"the weighted sum of tensor {key!r} overflows; check the coefficients")
 
 
 def uniform_average(members: Sequence[Member], **kw) -> dict[str, torch.Tensor]:

@@ -1,0 +1,147 @@
+"""Uniform soup of N large members: zoo against two common ways, wall time and peak RSS, in one run.
+
+    python bench/soup_memory.py --arch vit_large_patch16_224 --members 8 --work /tmp/soup-bench
+
+Members are one random init perturbed N ways (merging is data-independent), saved as timm
+folders. Each method runs in its own process; peak RSS is that process's ru_maxrss (os.wait4).
+  zoo     : `zoo combine --strategy soup -m ... --out ...` (the command users run)
+  stack   : load every member, torch.stack(...).mean(0) per tensor, save      (a)
+  float64 : one member at a time into a float64 accumulator, save (timm's avg_checkpoints way) (b)
+  read    : just read every file once (the floor for any method)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STACK = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+paths, out = sys.argv[1:-1], sys.argv[-1]
+sds = [load_file(p) for p in paths]
+res = {}
+for k in sds[0]:
+    t = sds[0][k]
+    res[k] = torch.stack([sd[k] for sd in sds]).mean(0) if t.is_floating_point() else t
+save_file(res, out)
+"""
+FLOAT64 = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+paths, out = sys.argv[1:-1], sys.argv[-1]
+acc = None
+for p in paths:
+    sd = load_file(p)
+    if acc is None:
+        acc = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in sd.items()}
+    else:
+        for k, v in sd.items():
+            if v.is_floating_point():
+                acc[k].add_(v.to(torch.float64))
+    del sd
+save_file({k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in acc.items()}, out)
+"""
+READ = """
+import sys
+for p in sys.argv[1:-1]:
+    with open(p, 'rb') as f:
+        while f.read(1 << 24):
+            pass
+"""
+
+
+def make_members(arch: str, n: int, work: Path) -> list[Path]:
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    folders = [work / f"m{i}" for i in range(n)]
+    if all((f / "model.safetensors").is_file() for f in folders):
+        return folders
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, f in enumerate(folders):
+        g = torch.Generator().manual_seed(i + 1)
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    v.copy_(base[k] + 0.01 * torch.randn(v.shape, generator=g))
+        save_for_hf(model, str(f), safe_serialization=True)
+        print(f"  wrote {f}", flush=True)
+    return folders
+
+
+def drop_caches(files: list[Path]) -> None:
+    """Evict the members from the page cache where we may (posix_fadvise), so each method reads cold-ish."""
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024 / 1024  # GiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="vit_large_patch16_224")
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-soup-bench"))
+    ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.make_only:
+        make_members(args.arch, args.members, args.work)
+        return
+    print(f"making {args.members} members of {args.arch} in {args.work}", flush=True)
+    # members are made in a child process: ru_maxrss survives fork+exec on Linux, so this process
+    # must stay small (no torch) or every measured child would inherit its peak
+    subprocess.run([sys.executable, __file__, "--make-only", "--arch", args.arch, "--members", str(args.members),
+                    "--work", str(args.work)], check=True)
+    folders = [args.work / f"m{i}" for i in range(args.members)]
+    files = [f / "model.safetensors" for f in folders]
+    size = sum(p.stat().st_size for p in files) / 2**30
+    py = sys.executable
+    runs = {
+        "read": [py, "-c", READ, *map(str, files), "-"],
+        "zoo": [py, "-m", "zoo", "--quiet", "combine", "-s", "soup", *sum((["-m", str(f)] for f in folders), []),
+                "--device", "cpu", "--out", str(args.work / "out-zoo"), "--force"],
+        "stack": [py, "-c", STACK, *map(str, files), str(args.work / "out-stack.safetensors")],
+        "float64": [py, "-c", FLOAT64, *map(str, files), str(args.work / "out-f64.safetensors")],
+    }
+    results = {}
+    for name, cmd in runs.items():
+        drop_caches(files)
+        results[name] = measure(cmd)
+        print(f"  {name:8s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([py, "-m", "zoo", "--help"], check=True, stdout=subprocess.DEVNULL)
+    startup = time.perf_counter() - t0
+    zw, zr = results["zoo"]
+    print(f"\n{args.members} x {args.arch} ({size:.2f} GiB of members)")
+    print("| method | wall (s) | peak RSS (GiB) |\n|---|---|---|")
+    for name, (w, r) in results.items():
+        print(f"| {name} | {w:.1f} | {r:.2f} |")
+    print(f"\nzoo peak RSS / float64-accumulator peak RSS = {zr / results['float64'][1]:.2f} (target <= 0.5)")
+    print(f"zoo wall / stack wall = {zw / results['stack'][0]:.2f} (target <= 1)")
+    print(f"zoo wall / read-only wall = {zw / results['read'][0]:.2f}")
+    print(f"`zoo --help` start-up: {startup:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
