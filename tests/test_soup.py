@@ -121,3 +121,19 @@ def test_recompute_bn_changes_running_stats_only(tmp_path, ingredients, digits_z
     for k in plain:
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.equal(plain[k], bn[k]), k
+
+
+def test_sharded_output_is_a_member_again(tmp_path, ingredients, zoo_cli):
+    out = tmp_path / "sharded"
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--max-shard-size", "100KB",
+            "--out", out)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    # a sharded output is itself a valid member: a soup of it with itself gives the same weights back
+    zoo_cli("combine", "-s", "soup", "-m", out, "-m", out, "--out", tmp_path / "again")
+    again = _weights(tmp_path / "again")
+    parts = {}
+    for shard in shards:
+        parts.update(load_file(str(out / shard)))
+    assert all(torch.equal(parts[k], again[k]) for k in again)

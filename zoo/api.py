@@ -60,7 +60,8 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
-            progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Combined:
+            max_shard_size: str | None = None, progress: Progress | None = None,
+            log: Callable[[str], None] | None = None) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given."""
     from zoo import options as _options
     from zoo import output
@@ -121,7 +122,8 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         sections: list[str] = []
         host.pm.hook.zoo_model_card(combined=result, sections=sections)
         model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
-        output.write(result, out, force=force, recipe=recipe, card=model_card)
+        output.write(result, out, force=force, recipe=recipe, card=model_card,
+                     max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
         if push:
             from zoo.hub import push as _push
 

@@ -96,6 +96,9 @@ def combine(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled checkpoints (loaded with "
                                       "weights_only=True). Off by default: pickles can run code."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    max_shard_size: str = typer.Option("20GB", "--max-shard-size", help="Split model.safetensors into shards "
+                                       "with an index past this size. timm's hf-hub: loader reads a single "
+                                       "model.safetensors, so shard only when you must."),
 ):
     """Combine members into one model with a strategy and write it to --out."""
     from zoo import api
@@ -106,7 +109,8 @@ def combine(
     result = _run(lambda: api.combine(
         strategy, member, zoo=zoo_name, eval_data=eval_data, train_data=train_data,
         options=parse_pairs(option), out=out, force=force, push=push, private=private, device=device,
-        arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, progress=progress,
+        arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, max_shard_size=max_shard_size,
+        progress=progress,
         log=console.print), progress=progress)
     m = result.metrics
     summary = f"wrote {out}"
