@@ -3,7 +3,7 @@
     python bench/soup_memory.py --arch vit_large_patch16_224 --members 8 --work /tmp/soup-bench
 
 Members are one random init perturbed N ways (merging is data-independent), saved as timm
-folders. Each method runs in its own process; peak RSS is that process's ru_maxrss (os.wait4).
+folders. Each method runs in its own process; peak RSS is that process's ru_maxrss (os.wait4). Results: bench/RESULTS.md.
   zoo     : `zoo combine --strategy soup -m ... --out ...` (the command users run)
   stack   : load every member, torch.stack(...).mean(0) per tensor, save      (a)
   float64 : one member at a time into a float64 accumulator, save (timm's avg_checkpoints way) (b)

@@ -42,7 +42,7 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
 
 # {name}
 
-A `{combined.strategy}` of {len(combined.members)} members, made with [zoo](https://pypi.org/project/zoo/).
+A `{combined.strategy}` of {len(combined.members)} members, made with zoo.
 It is an ordinary timm model:
 
 ```python

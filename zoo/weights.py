@@ -82,7 +82,7 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
                 if not t.is_floating_point():
                     acc.setdefault(k, t)
                 elif k in acc:
-                    acc[k].add_(t.to(torch.float64), alpha=c)
+                    acc[k].add_(t, alpha=c)  # promotes into the float64 accumulator, no float64 copy of t
                 else:
                     dtypes[k] = t.dtype
                     acc[k] = t.to(torch.float64).mul_(c)
