@@ -129,7 +129,8 @@ def _learned(members, options, ctx: Context) -> Combined:
     float_keys = [k for k, v in states[0].items() if v.is_floating_point() and k in params]
     stacked = {k: torch.stack([s[k].float() for s in states]).to(ctx.device) for k in float_keys}
     # buffers (BatchNorm statistics) are not trainable: they stay the uniform average
-    fixed = {k: v.to(ctx.device) for k, v in weights.uniform_average(members).items() if k not in stacked}
+    fixed = {k: (torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+             .to(ctx.device) for k, v in states[0].items() if k not in stacked}
     alpha = torch.zeros(len(float_keys), len(members), device=ctx.device, requires_grad=True)
     beta = torch.ones((), device=ctx.device, requires_grad=True)
     opt = torch.optim.AdamW([alpha, beta], lr=options.lr, weight_decay=0.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from zoo import member as _member
 from zoo.errors import BadInput, HubError
 from zoo.hookspecs import hookimpl
-from zoo.hub import network_errors
+from zoo.hub import endpoint, network_errors
 
 PREFIX = "hf-hub:"
 
@@ -25,14 +25,9 @@ def parse(spec: str) -> tuple[str, str | None]:
     return repo_id, (revision or None)
 
 
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
 
 def _not_found(who: str, repo_id: str, rev: str) -> BadInput:
-    return BadInput(f"{who}: {repo_id}@{rev} not found at {_endpoint()} — check the name and revision; "
+    return BadInput(f"{who}: {repo_id}@{rev} not found at {endpoint()} — check the name and revision; "
                     "if it is private, log in (`hf auth login` or HF_TOKEN)")
 
 
@@ -64,12 +59,12 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if status in (401, 404):
             raise _not_found(who, repo_id, rev) from None
-        raise HubError(f"{who}: cannot reach {_endpoint()} and {repo_id}@{rev} is not in the local cache "
+        raise HubError(f"{who}: cannot reach {endpoint()} and {repo_id}@{rev} is not in the local cache "
                        f"({_member._short(e)})") from None
     except HfHubHTTPError as e:
-        raise HubError(f"{who}: the Hub at {_endpoint()} answered {_member._short(e)}") from None
+        raise HubError(f"{who}: the Hub at {endpoint()} answered {_member._short(e)}") from None
     except network_errors() as e:  # connection refused, DNS, ...
-        raise HubError(f"{who}: cannot reach {_endpoint()} ({_member._short(e)})") from None
+        raise HubError(f"{who}: cannot reach {endpoint()} ({_member._short(e)})") from None
 
 
 @hookimpl

@@ -26,7 +26,8 @@ def network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _endpoint() -> str:
+def endpoint() -> str:
+    """The Hub URL huggingface_hub talks to (HF_ENDPOINT or huggingface.co)."""
     from huggingface_hub import constants
 
     return constants.ENDPOINT
@@ -52,9 +53,9 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, message: st
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", None)
         if status in (401, 403):
-            raise HubError(f"push to {repo_id}: the Hub at {_endpoint()} refused it ({status}); log in with "
+            raise HubError(f"push to {repo_id}: the Hub at {endpoint()} refused it ({status}); log in with "
                            "`hf auth login` or set HF_TOKEN to a token with write access") from None
-        raise HubError(f"push to {repo_id}: the Hub at {_endpoint()} answered {status}: {_short(e)}") from None
+        raise HubError(f"push to {repo_id}: the Hub at {endpoint()} answered {status}: {_short(e)}") from None
     except network_errors() as e:
-        raise HubError(f"push to {repo_id}: cannot reach {_endpoint()} ({_short(e)})") from None
+        raise HubError(f"push to {repo_id}: cannot reach {endpoint()} ({_short(e)})") from None
     return str(getattr(info, "commit_url", info))

@@ -142,13 +142,8 @@ class Member:
         return out
 
     def check_finite(self, key: str, t) -> None:
-        """Raise if ``t`` holds NaN or Inf. One float64 sum is finite iff every element is (and is much
-        cheaper than isfinite().all(), which allocates a mask)."""
-        import math
-
-        import torch
-
-        if t.is_floating_point() and not math.isfinite(float(t.sum(dtype=torch.float64))):
+        """Raise if ``t`` holds NaN or Inf, naming this member and the tensor."""
+        if t.is_floating_point() and not all_finite(t):
             raise BadInput(
                 f"member {self.name}: tensor {key!r} contains NaN or Inf; the checkpoint is broken — "
                 "retrain it or leave this member out"
@@ -195,6 +190,16 @@ class Member:
             return []
         cfg = self.root / "config.json"
         return [cfg] if cfg.is_file() else []
+
+
+def all_finite(t) -> bool:
+    """True when no element is NaN or Inf. One float64 sum is finite iff every element is (for float32
+    and narrower inputs), and is much cheaper than isfinite().all(), which allocates a mask."""
+    import math
+
+    import torch
+
+    return math.isfinite(float(t.sum(dtype=torch.float64)))
 
 
 def _short(e: Exception) -> str:

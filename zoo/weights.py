@@ -102,9 +102,9 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
 
 def _check_sum(members: Sequence[Member], key: str, total) -> None:
     """NaN/Inf in any member makes the weighted sum non-finite; only then look for the culprit."""
-    import math
+    from zoo.member import all_finite
 
-    if math.isfinite(float(total.sum())):
+    if all_finite(total):
         return
     for m in members:
         m.read([key])  # raises naming the member and the tensor
