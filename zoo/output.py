@@ -36,7 +36,9 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
     try:
         state = {k: v.contiguous() for k, v in combined.state_dict.items()}
         save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
-                              metadata={"format": "pt", "zoo_strategy": combined.strategy})
+                              # one key only: safetensors writes a metadata map in no fixed order, and
+                              # outputs must be byte-identical run to run (the strategy is in zoo.json)
+                              metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
         (tmp / "zoo.json").write_text(json.dumps(recipe, indent=2, default=str))
         for filename, fig in combined.figures.items():
