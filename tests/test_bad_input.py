@@ -29,6 +29,24 @@ def test_incompatible_members_name_both_and_the_tensor(tmp_path, ingredients, di
            words=["ft-lr3e-3", "other-arch", "different tensors"])
 
 
+@pytest.mark.parametrize("mode", ["uniform", "greedy"])
+def test_architecture_timm_does_not_know(tmp_path, ingredients, val_dir, zoo_cli, mode):
+    # uniform never builds a model (the check runs alongside the merge); greedy builds one at once
+    import json
+
+    renamed = []
+    for i, src in enumerate(ingredients[:2]):
+        dst = tmp_path / f"m{i}"
+        shutil.copytree(src, dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["architecture"] = "no_such_net"
+        (dst / "config.json").write_text(json.dumps(cfg))
+        renamed.append(dst)
+    out = tmp_path / "out"
+    _fails(zoo_cli, out, "combine", "-s", "soup", "-m", renamed[0], "-m", renamed[1], "--eval-data", val_dir,
+           "--option", f"mode={mode}", "--out", out, words=["member m0", "'no_such_net'", "timm"])
+
+
 def test_truncated_safetensors(tmp_path, ingredients, zoo_cli):
     broken = tmp_path / "broken"
     shutil.copytree(ingredients[1], broken)

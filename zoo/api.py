@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import platform
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,11 +31,14 @@ def load_member(spec: str, *, arch: str | None = None, allow_pickle: bool = Fals
     """Resolve one member (``hf-hub:ORG/NAME[@REV]``, a folder, or a .safetensors file with ``arch``)."""
     from zoo.registry import resolve
 
-    return resolve(spec, _host.load(list(plugins)), arch=arch, allow_pickle=allow_pickle)
+    member = resolve(spec, _host.load(list(plugins)), arch=arch, allow_pickle=allow_pickle)
+    member.check_architecture()
+    return member
 
 
 def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, allow_pickle: bool = False,
                  progress: Progress | None = None) -> list:
+    """Resolve several members, each checked to be an architecture timm knows."""
     from zoo.registry import resolve
 
     host = host or _host.load()
@@ -52,6 +54,8 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
         seen[m.name] = seen.get(m.name, 0) + 1
         if seen[m.name] > 1:
             m.name = f"{m.name}#{seen[m.name]}"
+    for m in out:
+        m.check_architecture()
     return out
 
 
@@ -93,11 +97,9 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     import torch
 
     torch.manual_seed(seed)
-    # hashing every member file is pure I/O + hashlib (which releases the GIL): overlap it with the work
-    with ThreadPoolExecutor(1) as pool:
-        provenance = pool.submit(lambda: [m.provenance() for m in resolved])
-        result = cls().combine(resolved, opts, ctx)
-        result.members = provenance.result()
+    result = cls().combine(resolved, opts, ctx)
+    # members read in full were hashed on the way (zoo.reader); this reads only what was not
+    result.members = [m.provenance() for m in resolved]
     result.strategy = strategy
     result.options = _options.to_dict(opts)
     if result.config is None:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from zoo import cache
 from zoo.errors import BadInput
 
 VERSION = 2  # bump when the recipe changes: the cache folder is named by it
@@ -35,15 +36,11 @@ FINETUNES = [  # name, lr, seed, label smoothing, epochs
 ]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo"))
-
-
 def ensure_built(builder: str, *, progress: Any = None) -> Path:
     """The folder of a built zoo, building it first if needed (atomically, so a crash leaves nothing)."""
     if builder != "digits":
         raise BadInput(f"unknown zoo builder {builder!r}; known: digits")
-    root = cache_root() / "zoos" / f"digits-v{VERSION}"
+    root = cache.root() / "zoos" / f"digits-v{VERSION}"
     if (root / "DONE").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
