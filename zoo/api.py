@@ -60,7 +60,7 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
 
 
 def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
-            eval_data: str | None = None, train_data: str | None = None,
+            eval_data: str | None = None, train_data: str | None = None, ood_data: str | None = None,
             options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
@@ -88,11 +88,13 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         specs = zoo_info.members + specs
         eval_data = eval_data or zoo_info.data.get("eval")
         train_data = train_data or zoo_info.data.get("train")
+        ood_data = ood_data or zoo_info.data.get("ood")
     if len(specs) < max(1, cls.min_members):
         raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
                        "give them with -m SPEC or --zoo NAME")
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
-    ctx = Context(device=resolve_device(device), eval_data=eval_data, train_data=train_data, progress=progress,
+    ctx = Context(device=resolve_device(device), eval_data=eval_data, train_data=train_data, ood_data=ood_data,
+                  progress=progress,
                   log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy)
     import torch
 
@@ -116,7 +118,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             "options": result.options,
             "members": result.members,
             "zoo": zoo_info.name if zoo_info else None,
-            "eval_data": eval_data, "train_data": train_data, "seed": seed,
+            "eval_data": eval_data, "train_data": train_data, "ood_data": ood_data, "seed": seed,
             "metrics": result.metrics, "report": result.report,
             "environment": {"python": platform.python_version(), "torch": torch.__version__,
                             "timm": _version("timm"), "huggingface_hub": _version("huggingface_hub")},

@@ -86,6 +86,8 @@ def combine(
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder (class per "
                                             "sub-folder) or timm dataset spec."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data (e.g. for recompute_bn)."),
+    ood_data: Optional[str] = typer.Option(None, "--ood-data", help="Shifted (out-of-distribution) data, for "
+                                           "strategies that report robustness (wise-ft)."),
     option: List[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
     out: str = typer.Option(..., "--out", help="Output folder (a timm / Hub repo)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
@@ -107,7 +109,7 @@ def combine(
     progress = _progress()
     console = _console()
     result = _run(lambda: api.combine(
-        strategy, member, zoo=zoo_name, eval_data=eval_data, train_data=train_data,
+        strategy, member, zoo=zoo_name, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
         options=parse_pairs(option), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, max_shard_size=max_shard_size,
         progress=progress,

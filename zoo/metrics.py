@@ -1,4 +1,5 @@
-"""Held-out evaluation: logits of a model on a Split, and the metrics zoo reports (top-1, NLL, ECE)."""
+"""Held-out evaluation: logits of a model on a Split, and the metrics zoo reports (top-1, NLL, ECE,
+mean confidence)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ class Metrics:
     nll: float
     ece: float
     n: int
+    confidence: float = float("nan")  # mean max-softmax: with ECE, shows over-confidence (e.g. out of distribution)
     extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
-        return {"top1": self.top1, "nll": self.nll, "ece": self.ece, "n": self.n, **self.extra}
+        return {"top1": self.top1, "nll": self.nll, "ece": self.ece, "confidence": self.confidence, "n": self.n,
+                **self.extra}
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> float:
@@ -51,6 +54,7 @@ def metrics_from_logits(logits: torch.Tensor, targets: torch.Tensor,
         nll=float(F.cross_entropy(logits, targets)),
         ece=expected_calibration_error(probs, targets),
         n=int(targets.numel()),
+        confidence=float(probs.max(dim=1).values.mean()),
         extra={name: float(fn(logits, targets)) for name, fn in (extra or {}).items()},
     )
 

@@ -50,3 +50,37 @@ def greedy_path(steps: Sequence[dict], *, title: str):
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def robustness_curve(points: Sequence[dict], *, picked: float, title: str):
+    """WiSE-FT's figure: shifted-data accuracy against held-out accuracy along α, ends marked.
+
+    ``points``: dicts with ``alpha``, ``id_top1`` and (optionally) ``ood_top1``. Without
+    shifted data the figure is held-out accuracy against α.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2), dpi=110)
+    has_ood = all(p.get("ood_top1") is not None for p in points)
+    xs = [p["id_top1"] * 100 for p in points] if has_ood else [p["alpha"] for p in points]
+    ys = [p["ood_top1"] * 100 for p in points] if has_ood else [p["id_top1"] * 100 for p in points]
+    ax.plot(xs, ys, "-o", color="tab:blue", markersize=4, label="θ(α) = (1−α)·θ₀ + α·θ₁")
+    for x, y, p in zip(xs, ys, points):
+        ax.annotate(f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ends = {0.0: ("s", "tab:gray", "α=0: pretrained end"), 1.0: ("D", "tab:red", "α=1: fine-tuned end")}
+    for x, y, p in zip(xs, ys, points):
+        if p["alpha"] in ends:
+            marker, color, label = ends[p["alpha"]]
+            ax.plot([x], [y], marker, color=color, markersize=9, label=label)
+        if p["alpha"] == picked:
+            ax.plot([x], [y], "*", color="tab:orange", markersize=15, label=f"picked: α={picked:g}")
+    if has_ood:
+        ax.set_xlabel("held-out (in-distribution) top-1 (%)")
+        ax.set_ylabel("shifted (out-of-distribution) top-1 (%)")
+    else:
+        ax.set_xlabel("α")
+        ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -83,6 +83,7 @@ class Context:
     device: Any = "cpu"
     eval_data: str | None = None
     train_data: str | None = None
+    ood_data: str | None = None
     progress: Progress = field(default_factory=Silent)
     log: Callable[[str], None] = lambda message: None
     seed: int = 0
@@ -108,6 +109,10 @@ class Context:
     def train_split(self, like: Member) -> Split:
         return self._split("training", self.train_data, like, "--train-data")
 
+    def ood_split(self, like: Member) -> Split:
+        """Data under distribution shift (``--ood-data``), for strategies that report robustness."""
+        return self._split("shifted (out-of-distribution)", self.ood_data, like, "--ood-data")
+
     # ---- models and evaluation ----------------------------------------------------------
     def model(self, state_dict: dict[str, torch.Tensor], like: Member):
         """A timm model of ``like``'s architecture with ``state_dict`` loaded (one instance reused)."""
@@ -119,15 +124,16 @@ class Context:
             model.load_state_dict(state_dict)
         return model.to(self.device).eval()
 
-    def evaluate(self, weights: Member | dict[str, torch.Tensor], like: Member | None = None) -> Metrics:
-        """Held-out metrics of a member, or of a state dict shaped like ``like``."""
+    def evaluate(self, weights: Member | dict[str, torch.Tensor], like: Member | None = None,
+                 split: Split | None = None) -> Metrics:
+        """Metrics of a member, or of a state dict shaped like ``like``, on ``split`` (default: held-out)."""
         from zoo.metrics import evaluate_model
         from zoo.member import Member as _Member
 
         if isinstance(weights, _Member):
             like, weights = weights, weights.state_dict()
         assert like is not None, "pass like=member for a bare state dict"
-        return evaluate_model(self.model(weights, like), self.eval_split(like), self.device,
+        return evaluate_model(self.model(weights, like), split or self.eval_split(like), self.device,
                               extra=self.extra_metrics, batch_size=self.batch_size)
 
 

@@ -141,14 +141,36 @@ def uniform_average(members: Sequence[Member], **kw) -> dict[str, torch.Tensor]:
 
 
 def lerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
-    """(1−t)·a + t·b over floating tensors (computed in float64); integer tensors from ``a``."""
+    """(1−t)·a + t·b over floating tensors (computed in float64); integer tensors from the nearer end
+    (``a`` on a tie). t=0 returns ``a``'s tensors and t=1 ``b``'s, bit for bit.
+    """
+    return fisher_lerp(a, b, {}, {}, t)
+
+
+def fisher_lerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], fa: dict[str, torch.Tensor],
+                fb: dict[str, torch.Tensor], t: float, *, floor: float = 1e-8) -> dict[str, torch.Tensor]:
+    """Fisher-weighted interpolation: (c₀·a + c₁·b)/(c₀ + c₁), c₀ = (1−t)·max(F_a, floor), c₁ = t·max(F_b, floor).
+
+    Tensors without a Fisher (buffers such as BatchNorm statistics) are interpolated plainly;
+    equal Fishers give plain interpolation. Integer tensors (``num_batches_tracked``) come from
+    the nearer end; t=0 and t=1 return ``a``'s and ``b``'s tensors bit for bit.
+    """
     import torch
 
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"interpolation weight {t} is outside [0, 1]")
     out = {}
     for k, ta in a.items():
-        if ta.is_floating_point():
-            mixed = ta.to(torch.float64) * (1.0 - t) + b[k].to(torch.float64) * t
-            out[k] = mixed.to(ta.dtype)
+        if not ta.is_floating_point():
+            out[k] = (b[k] if t > 0.5 else ta).clone()
+        elif t == 0.0:
+            out[k] = ta.clone()
+        elif t == 1.0:
+            out[k] = b[k].clone()
+        elif k in fa and k in fb:
+            c0 = fa[k].to(torch.float64).clamp_min(floor) * (1.0 - t)
+            c1 = fb[k].to(torch.float64).clamp_min(floor) * t
+            out[k] = ((c0 * ta.to(torch.float64) + c1 * b[k].to(torch.float64)) / (c0 + c1)).to(ta.dtype)
         else:
-            out[k] = ta
+            out[k] = (ta.to(torch.float64) * (1.0 - t) + b[k].to(torch.float64) * t).to(ta.dtype)
     return out
