@@ -7,6 +7,7 @@ The public API is imported lazily so that `import zoo` (and `zoo --help`) stays 
     result = zoo.combine("soup", ["./a", "./b"], eval_data="./val", out="./soup")
     zoo.evaluate("./soup", "./val")
     zoo.push("./soup", "org/my-soup")
+    zoo.finetune("hf-hub:org/base", "./train", "./ft", recipe=zoo.FinetuneRecipe(mode="lp-ft"))
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _API = {
-    "combine", "evaluate", "push", "load_member", "load_members", "strategies",
+    "combine", "evaluate", "push", "load_member", "load_members", "strategies", "save",
 }
 _CORE = {
     "Strategy": "zoo.strategy",
@@ -25,6 +26,8 @@ _CORE = {
     "hookimpl": "zoo.hookspecs",
     "ZooError": "zoo.errors",
     "BadInput": "zoo.errors",
+    "finetune": "zoo.finetune",
+    "FinetuneRecipe": "zoo.finetune",
 }
 
 __all__ = sorted(_API | set(_CORE)) + ["__version__"]

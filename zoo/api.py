@@ -109,30 +109,40 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     if eval_data and result.metrics is None:
         result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
     if out is not None:
-        from zoo import card
-
-        out = Path(out)
-        recipe = {
-            "zoo_version": __version__,
-            "strategy": strategy,
-            "options": result.options,
-            "members": result.members,
-            "zoo": zoo_info.name if zoo_info else None,
-            "eval_data": eval_data, "train_data": train_data, "ood_data": ood_data, "seed": seed,
-            "metrics": result.metrics, "report": result.report,
-            "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                            "timm": _version("timm"), "huggingface_hub": _version("huggingface_hub")},
-        }
-        sections: list[str] = []
-        host.pm.hook.zoo_model_card(combined=result, sections=sections)
-        model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
-        output.write(result, out, force=force, recipe=recipe, card=model_card,
-                     max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
+        save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
+             zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed)
         if push:
             from zoo.hub import push as _push
 
             result.report["pushed"] = _push(out, push, private=private)
     return result
+
+
+def save(result: Combined, out: str | Path, *, host=None, force: bool = False, eval_data: str | None = None,
+         max_shard_size: str | None = None, **recipe_extra) -> Path:
+    """Write a result as a timm / Hub repo: weights, config, card, zoo.json (the recipe) and figures."""
+    import torch
+
+    from zoo import card, output
+
+    host = host or _host.load()
+    out = Path(out)
+    recipe = {
+        "zoo_version": __version__,
+        "strategy": result.strategy,
+        "options": result.options,
+        "members": result.members,
+        **recipe_extra,
+        "eval_data": eval_data,
+        "metrics": result.metrics, "report": result.report,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "timm": _version("timm"), "huggingface_hub": _version("huggingface_hub")},
+    }
+    sections: list[str] = []
+    host.pm.hook.zoo_model_card(combined=result, sections=sections)
+    model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
+    return output.write(result, out, force=force, recipe=recipe, card=model_card,
+                        max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
 
 
 def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = None,

@@ -123,6 +123,50 @@ def combine(
         console.print(f"pushed: {result.report['pushed']}", highlight=False)
 
 
+@app.command()
+def finetune(
+    member: str = typer.Argument(..., help="The member to start from: hf-hub:ORG/NAME[@REV], a folder or a file."),
+    train_data: str = typer.Option(..., "--train-data", help="Image folder, one sub-folder per class."),
+    out: str = typer.Option(..., "--out", help="Output folder (a member: timm / Hub repo)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Check: the number of classes "
+                                              "(the class folders of --train-data define them)."),
+    mode: str = typer.Option("ft", "--mode", help="lp: linear probe only; ft: fine-tune everything; "
+                             "lp-ft: linear probe, then fine-tune from it."),
+    linear_probe_first: bool = typer.Option(False, "--linear-probe-first", help="Same as --mode lp-ft."),
+    epochs: int = typer.Option(3, "--epochs", help="Fine-tuning epochs."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate (cosine schedule with warmup)."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay."),
+    warmup_epochs: float = typer.Option(0.5, "--warmup-epochs", help="Linear warmup, in epochs."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing ε (timm's loss)."),
+    mixup: float = typer.Option(0.0, "--mixup", help="Mixup α (timm's Mixup); 0 turns it off."),
+    lp_epochs: int = typer.Option(20, "--lp-epochs", help="Linear-probe epochs (on features computed once)."),
+    lp_lr: float = typer.Option(1e-2, "--lp-lr", help="Linear-probe learning rate."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out folder: metrics in the card."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --out."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of a bare .safetensors member."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+):
+    """Fine-tune a member (linear probe, full, or LP then FT); the output is a member."""
+    from zoo.finetune import Recipe, finetune as _finetune
+
+    progress = _progress()
+    console = _console()
+    recipe = Recipe(mode="lp-ft" if linear_probe_first else mode, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                    warmup_epochs=warmup_epochs, batch_size=batch_size, label_smoothing=label_smoothing,
+                    mixup=mixup, lp_epochs=lp_epochs, lp_lr=lp_lr, seed=seed)
+    result = _run(lambda: _finetune(member, train_data, out, recipe=recipe, num_classes=num_classes,
+                                    eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
+                                    progress=progress, log=console.print), progress=progress)
+    m = result.metrics
+    summary = f"wrote {out}"
+    if m:
+        summary += f" — held-out top-1 {m['top1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f}"
+    console.print(summary, highlight=False)
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="A zoo output folder, hf-hub:ORG/NAME[@REV], or any member spec."),

@@ -53,7 +53,7 @@ def data_config(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _fingerprint(root: Path) -> tuple:
     count, latest, size = 0, 0.0, 0
-    for dirpath, _, files in os.walk(root):
+    for dirpath, _, files in os.walk(root, followlinks=True):
         for f in files:
             st = os.stat(os.path.join(dirpath, f))
             count, latest, size = count + 1, max(latest, st.st_mtime), size + st.st_size
@@ -87,7 +87,8 @@ def load_split(spec: str | os.PathLike, cfg: dict[str, Any], *, label_names: lis
         classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not classes:
             raise BadInput(f"data {spec}: no class sub-folders; expected one sub-folder of images per class")
-        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in path.rglob("*") if f.is_file()):
+        if not any(os.path.splitext(f)[1].lower() in IMG_EXTENSIONS  # followlinks: as timm's folder reader
+                   for _, _, files in os.walk(path, followlinks=True) for f in files):
             raise BadInput(f"data {spec}: no images found (extensions {', '.join(sorted(IMG_EXTENSIONS))})")
         key = ("dir", str(path.resolve()), _fingerprint(path))
         make = lambda: create_dataset("", root=str(path), split="validation", search_split=False,  # noqa: E731

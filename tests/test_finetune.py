@@ -1,0 +1,107 @@
+"""zoo finetune on the digits zoo: LP, LP-FT with label smoothing and Mixup, a new head, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import zoo
+
+
+@pytest.fixture(scope="module")
+def base(digits_zoo):
+    return digits_zoo / "members" / "base"
+
+
+def test_lp_ft_with_smoothing_and_mixup_is_a_member(tmp_path, base, digits_zoo, zoo_cli):
+    data, out = digits_zoo / "data", tmp_path / "ft"
+    zoo_cli("finetune", base, "--train-data", data / "train", "--eval-data", data / "val", "--linear-probe-first",
+            "--lp-epochs", "5", "--epochs", "2", "--label-smoothing", "0.1", "--mixup", "0.2", "--out", out)
+    recipe = json.loads((out / "zoo.json").read_text())
+    phases = [h["phase"] for h in recipe["report"]["history"]]
+    assert phases == ["lp"] * 5 + ["ft"] * 2
+    assert recipe["options"]["label_smoothing"] == 0.1 and recipe["options"]["mixup"] == 0.2
+    assert (out / "training.png").is_file() and not (tmp_path / ".ft.finetune").exists()
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)  # an ordinary timm repo
+    assert model.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
+    proc = zoo_cli("eval", out, "--data", data / "val", "--json")
+    assert json.loads(proc.stdout)["top1"] == pytest.approx(recipe["metrics"]["top1"])
+    assert recipe["metrics"]["top1"] > 0.5  # 10 classes: far above chance
+    # and it is a member like any other: a WiSE-FT end
+    result = zoo.combine("wise-ft", [str(base), str(out)], options={"pick": "alpha=1"})
+    want = load_file(out / "model.safetensors")
+    assert all(torch.equal(result.state_dict[k], want[k]) for k in want)
+
+
+def test_linear_probe_changes_only_the_head(tmp_path, base, digits_zoo):
+    out = tmp_path / "lp"
+    zoo.finetune(str(base), str(digits_zoo / "data" / "train"), out,
+                 recipe=zoo.FinetuneRecipe(mode="lp", lp_epochs=3))
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    head = timm.create_model("test_efficientnet", num_classes=10).default_cfg["classifier"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"{head}.weight", f"{head}.bias"}  # backbone and BatchNorm statistics untouched
+
+
+def test_new_head_for_other_classes(tmp_path, base, digits_zoo, zoo_cli):
+    train = tmp_path / "three"
+    train.mkdir()
+    for c in ("0", "1", "7"):
+        (train / c).symlink_to(digits_zoo / "data" / "train" / c)
+    out = tmp_path / "ft3"
+    zoo_cli("finetune", base, "--train-data", train, "--num-classes", "3", "--epochs", "1", "--out", out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_classes"] == 3 and config["label_names"] == ["0", "1", "7"]
+    assert load_file(out / "model.safetensors")["classifier.weight"].shape[0] == 3
+    proc = zoo_cli("finetune", base, "--train-data", train, "--num-classes", "4", "--out", tmp_path / "x",
+                   check=False)
+    assert proc.returncode == 2 and "--num-classes 4" in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, base, digits_zoo, zoo_cli):
+    data = digits_zoo / "data"
+    args = ["finetune", base, "--train-data", data / "train", "--epochs", "4", "--mixup", "0.2",
+            "--label-smoothing", "0.1"]
+    reference = tmp_path / "reference"
+    zoo_cli(*args, "--out", reference)
+
+    out = tmp_path / "ft"
+    checkpoint = tmp_path / ".ft.finetune" / "checkpoint.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "--quiet", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)  # a crash, not a polite stop
+    proc.wait()
+    assert not out.exists()  # nothing half-written
+
+    refused = zoo_cli(*args, "--out", out, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    zoo_cli(*args, "--out", out, "--resume")
+    got, want = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not checkpoint.parent.exists()
+
+
+def test_bad_input(tmp_path, base, digits_zoo, zoo_cli):
+    data = digits_zoo / "data"
+    for args, words in [
+        (["--train-data", tmp_path / "nowhere"], ["no such folder"]),
+        (["--train-data", data / "train", "--resume"], ["no interrupted fine-tune"]),
+        (["--train-data", data / "train", "--mode", "probe"], ["--mode 'probe'"]),
+        (["--train-data", data / "train", "--label-smoothing", "1.5"], ["--label-smoothing"]),
+    ]:
+        proc = zoo_cli("finetune", base, *args, "--out", tmp_path / "out", check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert all(w in proc.stderr for w in words), proc.stderr
+        assert not (tmp_path / "out").exists()

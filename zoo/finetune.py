@@ -1,0 +1,327 @@
+"""Fine-tune a member on an image folder: linear probe (LP), full fine-tune (FT) or LP then FT.
+
+The output is a member like any other (a timm / Hub repo), so it is a WiSE-FT end, a soup
+ingredient, a stitching anchor. Everything that timm already does is taken from timm: the
+model and its new head (``reset_classifier``), preprocessing (``timm.data``), Mixup and the
+losses (``timm.data.Mixup``, ``timm.loss``), the cosine schedule with warmup
+(``timm.scheduler.CosineLRScheduler``).
+
+- LP fits only the classifier, on features computed once with the backbone frozen in eval
+  mode (BatchNorm statistics untouched): the head then matches the pretrained features,
+  which is what makes the LP start a good WiSE-FT end (Kumar et al., LP-FT).
+- FT trains every parameter with AdamW; label smoothing and Mixup calibrate it (BANG).
+- A checkpoint is written after every epoch next to ``--out`` (``.NAME.finetune/``);
+  ``resume=True`` continues it and gives the same weights as a run never interrupted. The
+  output folder appears only when the run is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from zoo.errors import BadInput
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Recipe:
+    mode: Literal["lp", "ft", "lp-ft"] = "ft"
+    epochs: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    lp_epochs: int = 20
+    lp_lr: float = 1e-2
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.mode not in ("lp", "ft", "lp-ft"):
+            raise BadInput(f"--mode {self.mode!r}: choose lp, ft or lp-ft")
+        for name in ("epochs", "lp_epochs", "batch_size"):
+            if getattr(self, name) < (0 if name == "epochs" else 1):
+                raise BadInput(f"--{name.replace('_', '-')} must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise BadInput("--label-smoothing must be in [0, 1)")
+        if self.mixup < 0 or self.lr <= 0 or self.lp_lr <= 0 or self.warmup_epochs < 0:
+            raise BadInput("--mixup, --lr, --lp-lr and --warmup-epochs must be positive")
+
+
+FinetuneRecipe = Recipe  # the name it has at the top level: zoo.FinetuneRecipe
+
+
+def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Recipe | None = None,
+             num_classes: int | None = None, eval_data: str | None = None, resume: bool = False,
+             force: bool = False, device: str = "auto", arch: str | None = None, allow_pickle: bool = False,
+             progress: Any = None, log=None):
+    """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``."""
+    import torch
+
+    from zoo import api, output
+    from zoo.data import data_config, load_split
+    from zoo.device import resolve_device
+    from zoo.progress import Silent
+    from zoo.strategy import Combined
+
+    recipe = recipe or Recipe()
+    recipe.check()
+    progress = progress or Silent()
+    log = log or (lambda message: None)
+    out = Path(out)
+    output.check_out(out, force)
+    ckpt_dir = out.parent / f".{out.name}.finetune"
+    state = _load_checkpoint(ckpt_dir, recipe, member_spec, train_data, resume)
+
+    classes = _classes(train_data)
+    if num_classes is not None and num_classes != len(classes):
+        raise BadInput(f"--num-classes {num_classes} but {train_data} has {len(classes)} class folders")
+    member = api.load_member(member_spec, arch=arch, allow_pickle=allow_pickle)
+    dev = resolve_device(device)
+    cfg = data_config(member.pretrained_cfg)
+    train = load_split(train_data, cfg, label_names=classes, num_classes=len(classes), progress=progress)
+    held_out = load_split(eval_data, cfg, label_names=classes, num_classes=len(classes),
+                          progress=progress) if eval_data else None
+
+    torch.manual_seed(recipe.seed)
+    model = member.create_model()
+    if member.num_classes != len(classes) or (member.label_names or []) != classes:
+        model.reset_classifier(len(classes))  # a new head for these classes (timm initialises it)
+    model = model.to(dev)
+    history: list[dict] = []
+    if state is None and recipe.mode in ("lp", "lp-ft"):
+        history = _linear_probe(model, train, recipe, dev, progress)
+    if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
+        history = _fine_tune(model, train, recipe, dev, progress, ckpt_dir, state, log, history)
+
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = dict(member.config)
+    config["num_classes"] = len(classes)
+    config["label_names"] = classes
+    config["pretrained_cfg"] = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
+    result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
+                      strategy="finetune", options=asdict(recipe), members=[member.provenance()])
+    if held_out is not None:
+        from zoo.metrics import evaluate_model
+
+        result.metrics = evaluate_model(model.eval(), held_out, dev).as_dict()
+    if history:
+        result.figures["training.png"] = _plot(history)
+    api.save(result, out, force=force, eval_data=eval_data, train_data=train_data)
+    if ckpt_dir.exists():
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
+    return result
+
+
+def _classes(train_data: str) -> list[str]:
+    path = Path(train_data).expanduser()
+    if not path.is_dir():
+        raise BadInput(f"--train-data {train_data}: no such folder; fine-tuning takes an image folder "
+                       "with one sub-folder per class")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise BadInput(f"--train-data {train_data}: found {len(classes)} class folder(s); need at least two")
+    return classes
+
+
+def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
+    """Fit only the classifier, on features of the frozen backbone computed once."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    feats = []
+    with torch.no_grad():
+        for images, _ in train.batches(256):
+            x = model.forward_features(images.to(device))
+            feats.append(model.forward_head(x, pre_logits=True).float())
+    feats = torch.cat(feats)
+    targets = train.targets.to(device)
+    head = model.get_classifier()
+    opt = torch.optim.AdamW(head.parameters(), lr=recipe.lp_lr, weight_decay=recipe.weight_decay)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    task = progress.task("linear probe", total=recipe.lp_epochs)
+    history = []
+    for epoch in range(recipe.lp_epochs):
+        total, correct, loss_sum = 0, 0, 0.0
+        for idx in torch.randperm(len(feats), generator=gen).split(recipe.batch_size):
+            logits = head(feats[idx.to(device)])
+            loss = F.cross_entropy(logits, targets[idx.to(device)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == targets[idx.to(device)]).sum())
+            total += len(idx)
+        history.append({"phase": "lp", "epoch": epoch + 1, "loss": loss_sum / total, "train_top1": correct / total})
+        task.advance()
+    task.close()
+    return history
+
+
+def _fine_tune(model, train, recipe: Recipe, device, progress, ckpt_dir: Path, state, log,
+               history: list[dict]) -> list[dict]:
+    """Train every parameter; a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
+    import numpy as np
+    import torch
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.scheduler import CosineLRScheduler
+
+    from zoo.device import autocast, to_device
+
+    n_classes = model.get_classifier().out_features if hasattr(model.get_classifier(), "out_features") \
+        else int(train.targets.max()) + 1
+    mixup = Mixup(mixup_alpha=recipe.mixup, label_smoothing=recipe.label_smoothing, num_classes=n_classes) \
+        if recipe.mixup > 0 else None
+    if mixup:
+        criterion = SoftTargetCrossEntropy()  # Mixup folds the label smoothing into its soft targets
+    elif recipe.label_smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    drop_last = mixup is not None and len(train) >= 2 * recipe.batch_size  # timm's Mixup wants even batches
+    steps_per_epoch = len(train) // recipe.batch_size if drop_last else -(-len(train) // recipe.batch_size)
+    total_steps = max(1, steps_per_epoch * recipe.epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = CosineLRScheduler(opt, t_initial=total_steps, warmup_t=int(recipe.warmup_epochs * steps_per_epoch),
+                              warmup_lr_init=recipe.lr * 0.01, lr_min=recipe.lr * 0.01, t_in_epochs=False)
+    # fp16 autocast on CUDA needs loss scaling; on the CPU both are off
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    np.random.seed(recipe.seed)  # timm's Mixup draws from numpy's global generator
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        _set_numpy_state(state["numpy_rng"])
+        history, start = list(state["history"]), int(state["epoch"])
+        log(f"resuming from epoch {start} of {recipe.epochs} ({ckpt_dir})")
+    step = start * steps_per_epoch
+    for epoch in range(start, recipe.epochs):
+        model.train()
+        task = progress.task(f"fine-tune epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch)
+        total, correct, loss_sum = 0, 0, 0.0
+        for images, targets in train.batches(recipe.batch_size, shuffle=True, generator=gen):
+            if drop_last and len(targets) < recipe.batch_size:
+                break
+            images, targets = to_device(images, device), targets.to(device)
+            hard = targets
+            if mixup is not None and len(targets) % 2 == 0:
+                images, targets = mixup(images, targets)
+            elif mixup is not None:  # an odd final batch: soft targets without mixing
+                targets = _smooth(targets, n_classes, recipe.label_smoothing)
+            with autocast(device, True):
+                logits = model(images)
+                loss = criterion(logits.float(), targets)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            sched.step_update(step)
+            loss_sum += loss.item() * len(hard)
+            correct += int((logits.argmax(1) == hard).sum())
+            total += len(hard)
+            task.advance()
+        task.close()
+        history.append({"phase": "ft", "epoch": epoch + 1, "loss": loss_sum / max(total, 1),
+                        "train_top1": correct / max(total, 1), "lr": opt.param_groups[0]["lr"]})
+        log(f"epoch {epoch + 1}/{recipe.epochs}: loss {history[-1]['loss']:.4f}, "
+            f"train top-1 {history[-1]['train_top1']:.4f}")
+        _save_checkpoint(ckpt_dir, {
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(), "history": history,
+            "recipe": asdict(recipe)})
+    return history
+
+
+def _numpy_state() -> dict:
+    """numpy's global RNG state as tensors and numbers (what a weights_only checkpoint may hold)."""
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_state(state: dict) -> None:
+    import numpy as np
+
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached"]))
+
+
+def _smooth(targets, n_classes: int, eps: float):
+    import torch
+
+    off = eps / n_classes
+    return torch.full((len(targets), n_classes), off, device=targets.device).scatter_(
+        1, targets[:, None], 1.0 - eps + off)
+
+
+def _save_checkpoint(ckpt_dir: Path, state: dict) -> None:
+    import torch
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".tmp-", suffix=".pt")
+    with os.fdopen(fd, "wb") as f:
+        torch.save(state, f)
+    os.replace(tmp, ckpt_dir / CHECKPOINT)  # a crash mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(ckpt_dir: Path, recipe: Recipe, member: str, train_data: str, resume: bool):
+    import torch
+
+    path = ckpt_dir / CHECKPOINT
+    if not path.exists():
+        if resume:
+            raise BadInput(f"--resume: no interrupted fine-tune to resume ({path} does not exist)")
+        return None
+    if not resume:
+        raise BadInput(f"an interrupted fine-tune for this --out is in {ckpt_dir}; pass --resume to continue it, "
+                       "or delete that folder to start over")
+    # our own checkpoint, still loaded with weights_only=True (tensors, numbers, lists and dicts only)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state.get("recipe", {})
+    changed = [k for k, v in asdict(recipe).items() if saved.get(k) != v]
+    if changed:
+        raise BadInput(f"--resume: the interrupted run used {changed[0]}={saved.get(changed[0])!r}, not "
+                       f"{getattr(recipe, changed[0])!r}; resume with the same settings")
+    return state
+
+
+def _plot(history: list[dict]):
+    from zoo.plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110)
+    for phase, color in (("lp", "tab:gray"), ("ft", "tab:blue")):
+        rows = [h for h in history if h["phase"] == phase]
+        if rows:
+            axes[0].plot([h["epoch"] for h in rows], [h["loss"] for h in rows], "-o", ms=3, color=color,
+                         label=phase.upper())
+            axes[1].plot([h["epoch"] for h in rows], [h["train_top1"] * 100 for h in rows], "-o", ms=3,
+                         color=color, label=phase.upper())
+    axes[0].set_title("training loss")
+    axes[1].set_title("training top-1 (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
