@@ -26,8 +26,8 @@ _CORE = {
     "hookimpl": "zoo.hookspecs",
     "ZooError": "zoo.errors",
     "BadInput": "zoo.errors",
-    "finetune": "zoo.finetune",
-    "FinetuneRecipe": "zoo.finetune",
+    "finetune": "zoo.train",
+    "FinetuneRecipe": "zoo.train",
 }
 
 __all__ = sorted(_API | set(_CORE)) + ["__version__"]

@@ -42,7 +42,7 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
 
 # {name}
 
-A `{combined.strategy}` of {len(combined.members)} members, made with zoo.
+A `{combined.strategy}` of {len(combined.members)} member{'s' if len(combined.members) != 1 else ''}, made with zoo.
 It is an ordinary timm model:
 
 ```python
@@ -63,7 +63,7 @@ model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)  # or "local-dir
 
 {figures}
 
-{chr(10).join(combined.card_sections + extra_sections)}
+{(chr(10) * 2).join(combined.card_sections + extra_sections)}
 
 ## Recipe
 

@@ -150,7 +150,7 @@ def finetune(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ):
     """Fine-tune a member (linear probe, full, or LP then FT); the output is a member."""
-    from zoo.finetune import Recipe, finetune as _finetune
+    from zoo.train import Recipe, finetune as _finetune
 
     progress = _progress()
     console = _console()

@@ -79,7 +79,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     ckpt_dir = out.parent / f".{out.name}.finetune"
     state = _load_checkpoint(ckpt_dir, recipe, member_spec, train_data, resume)
 
-    classes = _classes(train_data)
+    classes = class_names(train_data)
     if num_classes is not None and num_classes != len(classes):
         raise BadInput(f"--num-classes {num_classes} but {train_data} has {len(classes)} class folders")
     member = api.load_member(member_spec, arch=arch, allow_pickle=allow_pickle)
@@ -89,27 +89,15 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     held_out = load_split(eval_data, cfg, label_names=classes, num_classes=len(classes),
                           progress=progress) if eval_data else None
 
-    torch.manual_seed(recipe.seed)
-    model = member.create_model()
-    if member.num_classes != len(classes) or (member.label_names or []) != classes:
-        model.reset_classifier(len(classes))  # a new head for these classes (timm initialises it)
-    model = model.to(dev)
-    history: list[dict] = []
-    if state is None and recipe.mode in ("lp", "lp-ft"):
-        history = _linear_probe(model, train, recipe, dev, progress)
-    if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
-        history = _fine_tune(model, train, recipe, dev, progress, ckpt_dir, state, log, history)
-
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    config = dict(member.config)
-    config["num_classes"] = len(classes)
-    config["label_names"] = classes
-    config["pretrained_cfg"] = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
+    sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
+                              ckpt_dir=ckpt_dir, state=state)
     result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
                       strategy="finetune", options=asdict(recipe), members=[member.provenance()])
     if held_out is not None:
         from zoo.metrics import evaluate_model
 
+        model = _model_for(member, len(classes))
+        model.load_state_dict(sd)
         result.metrics = evaluate_model(model.eval(), held_out, dev).as_dict()
     if history:
         result.figures["training.png"] = _plot(history)
@@ -121,7 +109,39 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     return result
 
 
-def _classes(train_data: str) -> list[str]:
+def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, log, ckpt_dir: Path | None = None,
+        state: dict | None = None) -> tuple[dict, dict, list[dict]]:
+    """Train ``member`` on the split ``train`` as ``recipe`` says: (state dict, timm config, history).
+
+    With ``ckpt_dir``, a checkpoint after every fine-tuning epoch; ``state`` is one to resume.
+    """
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    model = _model_for(member, len(classes), classes).to(device)
+    history: list[dict] = []
+    if state is None and recipe.mode in ("lp", "lp-ft"):
+        history = _linear_probe(model, train, recipe, device, progress)
+    if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
+        history = _fine_tune(model, train, recipe, device, progress, ckpt_dir, state, log, history)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = dict(member.config)
+    config["num_classes"] = len(classes)
+    config["label_names"] = classes
+    config["pretrained_cfg"] = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
+    return sd, config, history
+
+
+def _model_for(member, n_classes: int, classes: list[str] | None = None):
+    """``member`` as a timm model with a head for ``n_classes`` (a new one, timm-initialised, if it differs)."""
+    model = member.create_model()
+    if member.num_classes != n_classes or (classes is not None and (member.label_names or []) != classes):
+        model.reset_classifier(n_classes)
+    return model
+
+
+def class_names(train_data: str) -> list[str]:
+    """The class folders of an image folder, sorted (as timm's ImageFolder orders them)."""
     path = Path(train_data).expanduser()
     if not path.is_dir():
         raise BadInput(f"--train-data {train_data}: no such folder; fine-tuning takes an image folder "
@@ -167,7 +187,7 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
     return history
 
 
-def _fine_tune(model, train, recipe: Recipe, device, progress, ckpt_dir: Path, state, log,
+def _fine_tune(model, train, recipe: Recipe, device, progress, ckpt_dir: Path | None, state, log,
                history: list[dict]) -> list[dict]:
     """Train every parameter; a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
     import numpy as np
@@ -241,6 +261,8 @@ def _fine_tune(model, train, recipe: Recipe, device, progress, ckpt_dir: Path, s
                         "train_top1": correct / max(total, 1), "lr": opt.param_groups[0]["lr"]})
         log(f"epoch {epoch + 1}/{recipe.epochs}: loss {history[-1]['loss']:.4f}, "
             f"train top-1 {history[-1]['train_top1']:.4f}")
+        if ckpt_dir is None:
+            continue
         _save_checkpoint(ckpt_dir, {
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
