@@ -38,15 +38,17 @@ FINETUNES = [  # name, lr, seed, label smoothing, epochs
 
 def ensure_built(builder: str, *, progress: Any = None) -> Path:
     """The folder of a built zoo, building it first if needed (atomically, so a crash leaves nothing)."""
-    if builder != "digits":
-        raise BadInput(f"unknown zoo builder {builder!r}; known: digits")
-    root = cache.root() / "zoos" / f"digits-v{VERSION}"
+    builders = _builders()
+    if builder not in builders:
+        raise BadInput(f"unknown zoo builder {builder!r}; known: {', '.join(sorted(builders))}")
+    version, build = builders[builder]
+    root = cache.root() / "zoos" / f"{builder}-v{version}"
     if (root / "DONE").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-build-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{builder}-build-", dir=root.parent))
     try:
-        build_digits(tmp, progress=progress)
+        build(tmp, progress=progress)
         (tmp / "DONE").write_text("ok\n")
         try:
             tmp.rename(root)
@@ -56,6 +58,13 @@ def ensure_built(builder: str, *, progress: Any = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _builders() -> dict[str, tuple[int, Any]]:
+    """builder name → (recipe version, build function). The cache folder is named NAME-vVERSION."""
+    from zoo import demo_shift
+
+    return {"digits": (VERSION, build_digits), "mnist-shift": (demo_shift.VERSION, demo_shift.build)}
 
 
 def write_digits_folders(root: Path) -> dict[str, Path]:
