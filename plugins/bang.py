@@ -37,6 +37,8 @@ class Bang(Strategy):
         epochs: int = option(3, "fine-tuning epochs", min=1)
         lr: float = option(1e-3, "fine-tuning peak learning rate (AdamW, cosine, warmup)", min=0)
         lp_epochs: int = option(20, "linear-probe epochs (the start θ₀)", min=1)
+        ft_bn: Literal["auto", "train", "frozen", "recompute"] = option(
+            "auto", "BatchNorm statistics while fine-tuning, as zoo finetune --bn (auto: frozen)")
         alphas: list[float] = option([round(0.1 * i, 10) for i in range(11)], "the α grid of the averaging",
                                      min=0, max=1)
         pick: str = option("alpha=0.5", "the averaging α: alpha=X (paper value unconfirmed), best-id, best-ood "
@@ -80,7 +82,7 @@ def _make_ends(member, options, ctx: Context):
                        num_classes=len(classes), progress=ctx.progress)
     lp = Recipe(mode="lp", lp_epochs=options.lp_epochs, seed=ctx.seed)
     ft = Recipe(mode="lp-ft", lp_epochs=options.lp_epochs, epochs=options.epochs, lr=options.lr,
-                label_smoothing=options.label_smoothing, mixup=options.mixup, seed=ctx.seed)
+                label_smoothing=options.label_smoothing, mixup=options.mixup, bn=options.ft_bn, seed=ctx.seed)
     ends, training = [], {}
     for name, recipe in (("linear-probe", lp), ("calibrated-fine-tune", ft)):
         sd, config, history = fit(member, train, classes, recipe, ctx.device, progress=ctx.progress, log=ctx.log)

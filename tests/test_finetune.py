@@ -66,10 +66,14 @@ def test_new_head_for_other_classes(tmp_path, base, digits_zoo, zoo_cli):
     assert proc.returncode == 2 and "--num-classes 4" in proc.stderr and not (tmp_path / "x").exists()
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, base, digits_zoo, zoo_cli):
+@pytest.mark.parametrize("augment", [[], ["--augment", "--hflip", "0", "--crop-scale", "0.5"]],
+                         ids=["decoded-once", "timm-augmentation"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, base, digits_zoo, zoo_cli, augment):
+    """Killed after a checkpoint, resumed: the weights of a run never interrupted (with augmentation too:
+    the crops of every epoch come from the checkpointed generator)."""
     data = digits_zoo / "data"
     args = ["finetune", base, "--train-data", data / "train", "--epochs", "4", "--mixup", "0.2",
-            "--label-smoothing", "0.1"]
+            "--label-smoothing", "0.1", *augment]
     reference = tmp_path / "reference"
     zoo_cli(*args, "--out", reference)
 
@@ -100,6 +104,8 @@ def test_bad_input(tmp_path, base, digits_zoo, zoo_cli):
         (["--train-data", data / "train", "--resume"], ["no interrupted fine-tune"]),
         (["--train-data", data / "train", "--mode", "probe"], ["--mode 'probe'"]),
         (["--train-data", data / "train", "--label-smoothing", "1.5"], ["--label-smoothing"]),
+        (["--train-data", data / "train", "--auto-augment", "rand-m9"], ["pass --augment"]),
+        (["--train-data", data / "train", "--augment", "--crop-scale", "0"], ["--crop-scale"]),
     ]:
         proc = zoo_cli("finetune", base, *args, "--out", tmp_path / "out", check=False)
         assert proc.returncode == 2, proc.stderr

@@ -142,6 +142,19 @@ def finetune(
     mixup: float = typer.Option(0.0, "--mixup", help="Mixup α (timm's Mixup); 0 turns it off."),
     lp_epochs: int = typer.Option(20, "--lp-epochs", help="Linear-probe epochs (on features computed once)."),
     lp_lr: float = typer.Option(1e-2, "--lp-lr", help="Linear-probe learning rate."),
+    bn: str = typer.Option("auto", "--bn", help="BatchNorm statistics while fine-tuning: train (updated as "
+                           "usual), frozen (the start's kept: a linear-probed head keeps the features it was fit "
+                           "on), recompute (updated, then re-estimated on the training data at the end); auto: "
+                           "frozen with --linear-probe-first, train otherwise."),
+    augment: bool = typer.Option(False, "--augment", help="Fine-tune through timm's training transform (random "
+                                 "resized crop, flip, colour jitter), decoding the images every epoch; off: the "
+                                 "decoded eval-transformed images, faster."),
+    hflip: float = typer.Option(0.5, "--hflip", help="With --augment: horizontal flip probability (0 for digits "
+                                "or text)."),
+    crop_scale: float = typer.Option(0.08, "--crop-scale", help="With --augment: smallest random crop, as a "
+                                     "fraction of the image area."),
+    auto_augment: str = typer.Option("", "--auto-augment", help="With --augment: a timm policy, e.g. "
+                                     "rand-m9-mstd0.5 (RandAugment) or original (AutoAugment)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out folder: metrics in the card."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --out."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
@@ -156,7 +169,8 @@ def finetune(
     console = _console()
     recipe = Recipe(mode="lp-ft" if linear_probe_first else mode, epochs=epochs, lr=lr, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, batch_size=batch_size, label_smoothing=label_smoothing,
-                    mixup=mixup, lp_epochs=lp_epochs, lp_lr=lp_lr, seed=seed)
+                    mixup=mixup, lp_epochs=lp_epochs, lp_lr=lp_lr, augment=augment, hflip=hflip,
+                    crop_scale=crop_scale, auto_augment=auto_augment, bn=bn, seed=seed)
     result = _run(lambda: _finetune(member, train_data, out, recipe=recipe, num_classes=num_classes,
                                     eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
                                     progress=progress, log=console.print), progress=progress)

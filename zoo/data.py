@@ -149,3 +149,24 @@ def _item(dataset, i: int):
     path, target = samples[i]
     with Image.open(path) as img:
         return dataset.transform(img.convert("RGB")), target
+
+
+def augmented_loader(folder: str, cfg: dict[str, Any], classes: list[str], options: dict[str, Any], *,
+                     batch_size: int, generator, drop_last: bool, device):
+    """One epoch of an image folder through timm's *training* transform, for fine-tuning with augmentation.
+
+    ``options`` go to ``timm.data.create_transform`` (``hflip``, ``scale``, ``auto_augment``). Images
+    are decoded by worker processes; torch's DataLoader draws the order and every worker's seeds
+    (torch, ``random``, numpy — timm's transforms use ``random``) from ``generator``, so an epoch
+    is reproducible from the generator's state. At least one worker always: in the main process
+    the transforms would draw from the global ``random``, which a checkpoint does not hold.
+    """
+    import torch
+    from timm.data import create_dataset, create_transform
+
+    dataset = create_dataset("", root=str(folder), split="train", search_split=False,
+                             class_map={c: i for i, c in enumerate(classes)})
+    dataset.transform = create_transform(**cfg, is_training=True, **options)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last,
+        num_workers=max(1, min(4, (os.cpu_count() or 2) - 1)), pin_memory=device.type == "cuda")
