@@ -152,11 +152,23 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
 
             recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return sd, _config_for(member, classes), history
+
+
+def _config_for(member, classes: list[str]) -> dict:
+    """The member's timm config, relabelled for ``classes`` everywhere timm reads a class count."""
     config = dict(member.config)
     config["num_classes"] = len(classes)
     config["label_names"] = classes
-    config["pretrained_cfg"] = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
-    return sd, config, history
+    if "num_classes" in config.get("model_args", {}):
+        # timm's loader passes model_args to the constructor: a stale count there makes it build the old
+        # head and silently drop the trained one when the shapes differ
+        config["model_args"] = {**config["model_args"], "num_classes": len(classes)}
+    pretrained_cfg = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
+    if classes != member.label_names:
+        pretrained_cfg.pop("label_descriptions", None)  # they describe the member's classes, not these
+    config["pretrained_cfg"] = pretrained_cfg
+    return config
 
 
 def _epochs_of(member, train, recipe: Recipe, device):
@@ -213,13 +225,15 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
     head = model.get_classifier()
     opt = torch.optim.AdamW(head.parameters(), lr=recipe.lp_lr, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed)
+    # LP-FT: the head is fit to the fine-tune's own loss, so the fine-tune starts at the head's optimum
+    smoothing = recipe.label_smoothing if recipe.mode == "lp-ft" else 0.0
     task = progress.task("linear probe", total=recipe.lp_epochs)
     history = []
     for epoch in range(recipe.lp_epochs):
         total, correct, loss_sum = 0, 0, 0.0
         for idx in torch.randperm(len(feats), generator=gen).split(recipe.batch_size):
             logits = head(feats[idx.to(device)])
-            loss = F.cross_entropy(logits, targets[idx.to(device)])
+            loss = F.cross_entropy(logits, targets[idx.to(device)], label_smoothing=smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
