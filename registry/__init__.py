@@ -10,6 +10,8 @@ A named zoo is a TOML file::
     [data]
     eval = "./val"                            # held-out split (class per sub-folder)
     train = "./train"
+    [sources]                                 # optional: what each member was trained on
+    "./b" = "./b-train"                       # (zoo select --ensemble measures domain difference)
 
 A zoo may instead be *built* on first use by a builder (``[build] builder = "digits"``);
 its members and data then live in zoo's cache, relative to the built folder.
@@ -53,6 +55,8 @@ class Zoo:
     members: list[str]
     data: dict[str, str] = field(default_factory=dict)
     labels: list[str] | None = None
+    #: member spec -> the data it was trained on (for zoo select's domain term), when known
+    sources: dict[str, str] = field(default_factory=dict)
     task: str = "image-classification"
     description: str = ""
     source: str = ""
@@ -92,6 +96,7 @@ def load_zoo(name_or_path: str, *, progress: Any = None) -> Zoo:
         name=raw.get("name", path.stem),
         members=[where(m) for m in raw["members"]],
         data={k: str((base / v).resolve()) for k, v in raw.get("data", {}).items()},
+        sources={where(k): str((base / v).resolve()) for k, v in raw.get("sources", {}).items()},
         labels=raw.get("labels"),
         task=raw.get("task", "image-classification"),
         description=raw.get("description", ""),

@@ -8,6 +8,7 @@ The public API is imported lazily so that `import zoo` (and `zoo --help`) stays 
     zoo.evaluate("./soup", "./val")
     zoo.push("./soup", "org/my-soup")
     zoo.finetune("hf-hub:org/base", "./train", "./ft", recipe=zoo.FinetuneRecipe(mode="lp-ft"))
+    zoo.select(["./a", "./b", "./c"], "./train", metric="logme", out="./selection")
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _API = {
-    "combine", "evaluate", "push", "load_member", "load_members", "strategies", "save",
+    "combine", "evaluate", "push", "load_member", "load_members", "strategies", "save", "select",
+    "transfer_metrics",
 }
 _CORE = {
     "Strategy": "zoo.strategy",
@@ -28,6 +30,8 @@ _CORE = {
     "BadInput": "zoo.errors",
     "finetune": "zoo.train",
     "FinetuneRecipe": "zoo.train",
+    "TransferMetric": "zoo.transfer",
+    "TargetView": "zoo.transfer",
 }
 
 __all__ = sorted(_API | set(_CORE)) + ["__version__"]

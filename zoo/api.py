@@ -60,7 +60,7 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
 
 
 def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
-            eval_data: str | None = None, train_data: str | None = None, ood_data: str | None = None,
+            members_from: str | None = None, eval_data: str | None = None, train_data: str | None = None, ood_data: str | None = None,
             options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
@@ -89,6 +89,10 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         eval_data = eval_data or zoo_info.data.get("eval")
         train_data = train_data or zoo_info.data.get("train")
         ood_data = ood_data or zoo_info.data.get("ood")
+    if members_from:
+        from zoo.registry import load_zoo
+
+        specs = load_zoo(members_from, progress=progress).members + specs
     if len(specs) < max(1, cls.min_members):
         raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
                        "give them with -m SPEC or --zoo NAME")
@@ -143,6 +147,53 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
     return output.write(result, out, force=force, recipe=recipe, card=model_card,
                         max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
+
+
+def select(members: Sequence[str] = (), target_data: str | None = None, *, zoo: str | None = None,
+           members_from: str | None = None, metric: str = "logme", top_k: int | None = None,
+           ensemble: bool = False, team_metric: str = "osborn", weights: dict[str, float] | None = None,
+           validate: bool = False, val_data: str | None = None, sources: dict[str, str] | None = None,
+           skip_failed: bool = False, out: str | Path | None = None, force: bool = False, device: str = "auto",
+           arch: str | None = None, allow_pickle: bool = False, plugins: Sequence[str] = (),
+           progress: Progress | None = None, log: Callable[[str], None] | None = None):
+    """Rank members for the target task in ``target_data`` (a transferability metric; no fine-tuning).
+
+    With ``ensemble`` pick a team of ``top_k`` greedily by ``team_metric``; with ``validate`` also
+    linear-probe each member on ``target_data`` and report Kendall's τ on ``val_data``. The result is
+    a :class:`zoo.selection.Selection`, written to ``out`` (ranking.csv/json, zoo.toml, plot) if given.
+    """
+    from zoo import selection as _select
+    from zoo import selection_output
+
+    if out is not None:
+        from zoo.output import check_out
+
+        check_out(Path(out), force)
+    specs, sources = list(members), dict(sources or {})
+    for source in (zoo, members_from):
+        if source:
+            from zoo.registry import load_zoo
+
+            info = load_zoo(source, progress=progress)
+            specs = info.members + specs
+            sources = {**info.sources, **sources}
+            if source == zoo:
+                target_data = target_data or info.data.get("train")
+                val_data = val_data or info.data.get("eval")
+    if not target_data:
+        raise BadInput("no target data: give --target-data FOLDER (one sub-folder of images per class)")
+    result = _select.select(specs, target_data, metric=metric, top_k=top_k, ensemble=ensemble,
+                            team_metric=team_metric, weights=weights, validate=validate, val_data=val_data,
+                            sources=sources, skip_failed=skip_failed, host=_host.load(list(plugins)),
+                            device=device, arch=arch, allow_pickle=allow_pickle, progress=progress, log=log)
+    if out is not None:
+        selection_output.write(result, out, force=force)
+    return result
+
+
+def transfer_metrics(plugins: Sequence[str] = ()) -> dict[str, tuple[Any, str]]:
+    """Every transferability metric by name (member and team kinds), with where it comes from."""
+    return _host.load(list(plugins)).transfer_metrics()
 
 
 def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = None,

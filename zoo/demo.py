@@ -64,7 +64,10 @@ def _builders() -> dict[str, tuple[int, Any]]:
     """builder name → (recipe version, build function). The cache folder is named NAME-vVERSION."""
     from zoo import demo_shift
 
-    return {"digits": (VERSION, build_digits), "mnist-shift": (demo_shift.VERSION, demo_shift.build)}
+    from zoo import demo_transfer
+
+    return {"digits": (VERSION, build_digits), "mnist-shift": (demo_shift.VERSION, demo_shift.build),
+            "transfer": (demo_transfer.VERSION, demo_transfer.build)}
 
 
 def write_digits_folders(root: Path) -> dict[str, Path]:
@@ -89,12 +92,19 @@ def write_digits_folders(root: Path) -> dict[str, Path]:
     return out
 
 
-def new_model(arch: str, seed: int):
+def model_args(arch: str) -> dict[str, Any]:
+    """Constructor arguments the tiny models need at 32 px (a ViT's position embedding is sized for it)."""
+    return {"img_size": PRETRAINED_CFG["input_size"][-1]} if "vit" in arch else {}
+
+
+def new_model(arch: str, seed: int, num_classes: int = 10):
     import timm
     import torch
 
     torch.manual_seed(seed)
-    return timm.create_model(arch, pretrained=False, num_classes=10, pretrained_cfg_overlay=dict(PRETRAINED_CFG))
+    cfg = {**PRETRAINED_CFG, "num_classes": num_classes}
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, pretrained_cfg_overlay=cfg,
+                             **model_args(arch))
 
 
 def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: float = 0.0,
@@ -133,10 +143,12 @@ def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: f
     return model.eval()
 
 
-def save_member(model, folder: Path) -> None:
+def save_member(model, folder: Path, labels: list[str] = LABELS) -> None:
     from timm.models import save_for_hf
 
-    save_for_hf(model, str(folder), model_config={"label_names": LABELS}, safe_serialization=True)
+    args = model_args(model.pretrained_cfg.get("architecture", "") or type(model).__name__.lower())
+    save_for_hf(model, str(folder), model_config={"label_names": labels}, model_args=args or None,
+                safe_serialization=True)
 
 
 def build_digits(root: Path, *, progress: Any = None) -> None:

@@ -22,6 +22,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from zoo.member import Member
     from zoo.strategy import Combined, Strategy
+    from zoo.transfer import TransferMetric
 
 PROJECT = "zoo"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -55,6 +56,17 @@ def zoo_metrics() -> dict[str, Any]:
 
     ``logits`` is a float tensor (N, C), ``targets`` a long tensor (N,). The result is
     reported next to top-1, NLL and ECE by ``zoo eval`` and in model cards.
+    """
+
+
+@hookspec
+def zoo_transferability_metrics() -> list[TransferMetric]:
+    """Return :class:`zoo.TransferMetric` s for ``zoo select --metric NAME``.
+
+    A ``kind="member"`` metric scores one member from its view of the target data
+    (:class:`zoo.TargetView`: pooled features, source softmax, labels); a ``kind="team"``
+    metric scores a set of members for ``zoo select --ensemble``. Higher is better. Two
+    plugins offering one name is an error. See zoo/transfer.py.
     """
 
 

@@ -64,6 +64,18 @@ class Host:
             )
         return known[name][0]
 
+    def transfer_metrics(self) -> dict:
+        """Transferability metrics by name (``zoo select --metric``), each a :class:`zoo.TransferMetric`."""
+        found: dict = {}
+        for impl in self.pm.hook.zoo_transferability_metrics.get_hookimpls():
+            origin = self.origins.get(impl.plugin, impl.plugin_name)
+            for metric in impl.function() or []:
+                if metric.name in found:
+                    raise BadInput(f"transferability metric {metric.name!r} is provided twice: by "
+                                   f"{found[metric.name][1]} and by {origin}; uninstall one of them")
+                found[metric.name] = (metric, origin)
+        return dict(sorted(found.items()))
+
     def metrics(self) -> dict:
         out: dict = {}
         for extra in self.pm.hook.zoo_metrics():

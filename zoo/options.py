@@ -151,13 +151,13 @@ def parse(options_cls: type, given: dict[str, Any] | None = None, *, strategy: s
     return options_cls(**values)
 
 
-def parse_pairs(pairs: list[str]) -> dict[str, str]:
-    """``["k=v", ...]`` from ``--option`` into a dict; a pair without ``=`` is bad input."""
+def parse_pairs(pairs: list[str], flag: str = "--option", example: str = "mode=greedy") -> dict[str, str]:
+    """``["k=v", ...]`` from ``--option`` (or another ``flag``) into a dict; a pair without ``=`` is bad input."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise BadInput(f"--option {pair!r}: write it as key=value, e.g. --option mode=greedy")
+            raise BadInput(f"{flag} {pair!r}: write it as key=value, e.g. {flag} {example}")
         out[key.strip()] = value.strip()
     return out
 

@@ -45,14 +45,15 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
             fig.savefig(tmp / filename)
         card.save(tmp / "README.md")
         os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename a finished temporary folder to ``out``, replacing an old ``out`` only at the last moment."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

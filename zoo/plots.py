@@ -84,3 +84,26 @@ def robustness_curve(points: Sequence[dict], *, picked: float, title: str):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def score_vs_accuracy(rows: Sequence[dict], *, metric: str, tau: float, selected: Sequence[str] = ()):
+    """zoo select --validate: each member's metric score against its linear-probe accuracy, τ in the title."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.8, 4.2), dpi=110)
+    chosen = set(selected)
+    for i, r in enumerate(sorted(rows, key=lambda r: r["score"])):
+        picked = r["spec"] in chosen
+        ax.plot([r["score"]], [r["probe_top1"] * 100], "o" if picked else "s", markersize=8 if picked else 6,
+                color="tab:orange" if picked else "tab:blue")
+        ax.annotate(r["member"], (r["score"], r["probe_top1"] * 100), textcoords="offset points",
+                    xytext=(5, 5 if i % 2 == 0 else -11), fontsize=7)  # alternate: neighbours do not overlap
+    ax.margins(x=0.18, y=0.08)
+    ax.plot([], [], "o", color="tab:orange", label="selected")
+    ax.plot([], [], "s", color="tab:blue", label="not selected")
+    ax.set_xlabel(f"{metric} score (higher: should transfer better)")
+    ax.set_ylabel("linear-probe held-out top-1 (%)")
+    ax.set_title(f"{metric} against linear-probe accuracy — Kendall τ = {tau:.2f}")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,157 @@
+"""Built-in transferability metrics of one member: LogME, LEEP, NCE, H-score (plain and shrinkage), GBC.
+
+Each follows the paper's definition as ALGORITHMS.md states it; all work in float64 and
+return a score where higher means "should transfer better". Registered through the
+``zoo`` entry-point group exactly like an outside plugin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from zoo import TransferMetric, hookimpl
+
+EPS = 1e-5  # LogME's guard in the fixed-point updates (thuml/LogME)
+GBC_DIMS = 64
+GBC_VAR_FLOOR = 1e-4
+
+
+def _one_hot_joint(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """P(y, z) = (1/N) Σ_{i: y_i = y} θ_i(z), shape (C, Z)."""
+    onehot = np.zeros((len(labels), num_classes))
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return onehot.T @ probs / len(labels)
+
+
+# ---- LogME (You et al. 2021) -------------------------------------------------------------------
+def logme(t) -> float:
+    """Mean over target classes of the maximum log evidence of a Bayesian linear model on the features."""
+    f = np.asarray(t.features, dtype=np.float64)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    keep = s > 1e-10  # the rank of f, as thuml's truncated SVD
+    u, sigma = u[:, keep], s[keep] ** 2
+    scores = []
+    for c in range(t.num_classes):
+        y = (t.labels == c).astype(np.float64)
+        x2 = (u.T @ y) ** 2
+        res_x2 = (y ** 2).sum() - x2.sum()
+        alpha = beta = 1.0
+        for _ in range(11):
+            tau = alpha / beta
+            gamma = (sigma / (sigma + tau)).sum()
+            m2 = (sigma * x2 / (tau + sigma) ** 2).sum()
+            res2 = (x2 / (1 + sigma / tau) ** 2).sum() + res_x2
+            alpha = gamma / (m2 + EPS)
+            beta = (n - gamma) / (res2 + EPS)
+            evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta)
+                        - 0.5 * np.log(alpha + beta * sigma).sum()
+                        - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi)) / n
+            if abs(alpha / beta - tau) / tau <= 1e-3:
+                break
+        scores.append(evidence)
+    return float(np.mean(scores))
+
+
+# ---- LEEP (Nguyen et al. 2020) and NCE (Tran et al. 2019) ----------------------------------------
+def eep(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The expected empirical predictor: (N, C) target-class probabilities Σ_z P(y|z) θ_i(z)."""
+    joint = _one_hot_joint(probs, labels, num_classes)
+    cond = joint / np.maximum(joint.sum(axis=0, keepdims=True), np.finfo(np.float64).tiny)  # P(y|z)
+    return probs @ cond.T
+
+
+def leep(t) -> float:
+    """Mean log-likelihood of the target labels under the EEP built from the member's source softmax."""
+    pred = eep(t.probs, t.labels, t.num_classes)
+    return float(np.mean(np.log(pred[np.arange(len(t.labels)), t.labels])))
+
+
+def nce(t) -> float:
+    """Negative conditional entropy −H(Y|Z) of target labels given the member's argmax source label."""
+    z = np.asarray(t.probs).argmax(axis=1)
+    hard = np.zeros_like(t.probs, dtype=np.float64)
+    hard[np.arange(len(z)), z] = 1.0
+    joint = _one_hot_joint(hard, t.labels, t.num_classes)
+    pz = joint.sum(axis=0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log((joint / np.where(pz > 0, pz, 1.0))[nz])).sum())
+
+
+# ---- H-score (Bao et al. 2019) and its shrinkage version (Ibrahim et al. 2022) -------------------
+def _class_means(f: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row replaced by the mean feature of its class."""
+    g = np.zeros_like(f)
+    for c in np.unique(labels):
+        rows = labels == c
+        g[rows] = f[rows].mean(axis=0)
+    return g
+
+
+def hscore(t) -> float:
+    """tr(cov(f)⁺ cov(g)), g = the class-conditional mean of f; unbiased covariances."""
+    f = np.asarray(t.features, dtype=np.float64)
+    cov_f = np.atleast_2d(np.cov(f, rowvar=False))
+    cov_g = np.atleast_2d(np.cov(_class_means(f, t.labels), rowvar=False))
+    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15) @ cov_g))
+
+
+def hscore_shrinkage(t) -> float:
+    """H-score with cov(f) shrunk by Ledoit–Wolf: tr(Σ_α⁺ (1−α) cov(g)); stable when D is near N."""
+    from sklearn.covariance import LedoitWolf
+
+    f = np.asarray(t.features, dtype=np.float64)
+    lw = LedoitWolf(assume_centered=False).fit(f)
+    g = _class_means(f, t.labels)
+    cov_g = np.atleast_2d(np.cov(g, rowvar=False, bias=True))  # biased, as sklearn's Σ
+    return float(np.trace(np.linalg.pinv(lw.covariance_, rcond=1e-15) @ ((1 - lw.shrinkage_) * cov_g)))
+
+
+# ---- GBC (Pandy et al. 2022) ----------------------------------------------------------------------
+def bhattacharyya_spherical(mu1, var1, mu2, var2, dims: int) -> float:
+    """Bhattacharyya distance between N(μ1, var1·I) and N(μ2, var2·I) in ``dims`` dimensions."""
+    var = (var1 + var2) / 2
+    return float(((mu1 - mu2) ** 2).sum() / (8 * var) + dims / 2 * math.log(var / math.sqrt(var1 * var2)))
+
+
+def gbc(t) -> float:
+    """−Σ_{c≠c'} exp(−D_B(c, c')) over class Gaussians (spherical) in a 64-dim PCA of the features."""
+    from sklearn.decomposition import PCA
+
+    f = np.asarray(t.features, dtype=np.float64)
+    dims = min(GBC_DIMS, f.shape[1], f.shape[0])
+    if dims < f.shape[1]:
+        f = PCA(n_components=dims, svd_solver="full").fit_transform(f)
+    stats = []
+    for c in np.unique(t.labels):
+        rows = f[t.labels == c]
+        var = rows.var(axis=0).mean() if len(rows) > 1 else 0.0
+        stats.append((rows.mean(axis=0), max(float(var), GBC_VAR_FLOOR)))
+    total = 0.0
+    for i, (mu1, v1) in enumerate(stats):
+        for j, (mu2, v2) in enumerate(stats):
+            if i != j:
+                total += math.exp(-bhattacharyya_spherical(mu1, v1, mu2, v2, f.shape[1]))
+    return -total
+
+
+METRICS = [
+    TransferMetric("logme", "log marginal evidence of a Bayesian linear model on the features", logme,
+                   reference="You et al. 2021, thuml/LogME"),
+    TransferMetric("leep", "log expected empirical prediction from the source softmax", leep,
+                   needs="predictions", reference="Nguyen et al. 2020"),
+    TransferMetric("nce", "negative conditional entropy of target labels given the argmax source label", nce,
+                   needs="predictions", reference="Tran et al. 2019"),
+    TransferMetric("hscore", "H-score: tr(cov(f)⁺ cov(E[f|y]))", hscore, reference="Bao et al. 2019"),
+    TransferMetric("hscore-shrinkage", "H-score with a Ledoit–Wolf shrunk feature covariance", hscore_shrinkage,
+                   reference="Ibrahim et al. 2022"),
+    TransferMetric("gbc", "Gaussian Bhattacharyya coefficient between classes (PCA-64, spherical)", gbc,
+                   reference="Pandy et al. 2022"),
+]
+
+
+@hookimpl
+def zoo_transferability_metrics():
+    return METRICS
