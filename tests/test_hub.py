@@ -101,3 +101,23 @@ def test_hub_down_and_hub_failing(tmp_path, hub, published, ingredients, zoo_cli
         assert proc.returncode == 1 and "500" in proc.stderr and "Traceback" not in proc.stderr
     finally:
         hub.fail_with = None
+
+
+def test_select_over_the_hub_pins_revisions_and_reports_a_member_that_fails_to_download(
+        tmp_path, hub, published, digits_zoo, zoo_cli):
+    args = ["select", "-m", f"hf-hub:{ORG}/a", "-m", f"hf-hub:{ORG}/does-not-exist", "-m", f"hf-hub:{ORG}/b",
+            "--target-data", digits_zoo / "data" / "train", "--metric", "leep"]
+    out = tmp_path / "sel"
+    proc = zoo_cli(*args, "--out", out, check=False)
+    assert proc.returncode == 2 and "does-not-exist" in proc.stderr and "--skip-failed" in proc.stderr
+    assert not out.exists()
+    proc = zoo_cli(*args, "--skip-failed", "--top-k", "1", "--out", out)
+    report = json.loads((out / "ranking.json").read_text())
+    assert [f["spec"] for f in report["failed"]] == [f"hf-hub:{ORG}/does-not-exist"]
+    assert {r["revision"] for r in report["ranking"]} == {published["a"], published["b"]}
+    [chosen] = report["selected"]
+    name = chosen.split("/")[-1]
+    assert f'"{chosen}@{published[name]}"' in (out / "zoo.toml").read_text()  # pinned to the scored commit
+    closed = f"http://127.0.0.1:{free_port()}"
+    proc = zoo_cli(*args, "--out", tmp_path / "down", env={"HF_ENDPOINT": closed}, check=False)
+    assert proc.returncode == 1 and "cannot reach" in proc.stderr and not (tmp_path / "down").exists()

@@ -124,8 +124,11 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
                               progress=progress)
         except (ZooError, OSError, RuntimeError, ValueError) as e:
             if not skip_failed:
-                raise BadInput(f"member {spec}: {e} — fix or remove it, or pass --skip-failed to rank "
-                               "the others without it") from None
+                message = f"{e} — fix or remove it, or pass --skip-failed to rank the others without it"
+                if not str(e).startswith(("member ", spec)):
+                    message = f"member {spec}: {message}"
+                # keep the failure's kind (and exit code): a Hub that is down is not bad input
+                raise (type(e) if isinstance(e, ZooError) else BadInput)(message) from None
             failed.append({"spec": spec, "error": str(e)})
             log(f"[yellow]skipped[/] {spec}: {e}")
             task.advance()
