@@ -64,7 +64,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
-            max_shard_size: str | None = None, progress: Progress | None = None,
+            max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
             log: Callable[[str], None] | None = None) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given."""
     from zoo import options as _options
@@ -97,9 +97,19 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
                        "give them with -m SPEC or --zoo NAME")
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
-    ctx = Context(device=resolve_device(device), eval_data=eval_data, train_data=train_data, ood_data=ood_data,
+    from zoo import distributed
+
+    dev = resolve_device(device)
+    rank, world = distributed.setup(dev)
+    if rank != 0:
+        progress, log = Silent(), None  # one set of progress bars and messages: rank 0's
+    ckpt_dir = Path(out).parent / f".{Path(out).name}.{strategy}" if out is not None else None
+    if resume and ckpt_dir is None:
+        raise BadInput("--resume needs --out: checkpoints are kept next to the output folder")
+    ctx = Context(device=dev, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
                   progress=progress,
-                  log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy)
+                  log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy,
+                  checkpoint_dir=ckpt_dir, resume=resume, rank=rank, world_size=world)
     import torch
 
     torch.manual_seed(seed)
@@ -112,9 +122,14 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         result.config = dict(resolved[0].config)
     if eval_data and result.metrics is None:
         result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
-    if out is not None:
+    if out is not None and rank == 0:
         save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
-             zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed)
+             zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
+             world_size=world)
+        if ckpt_dir is not None and ckpt_dir.exists():
+            import shutil
+
+            shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
         if push:
             from zoo.hub import push as _push
 

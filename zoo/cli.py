@@ -100,6 +100,8 @@ def combine(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled checkpoints (loaded with "
                                       "weights_only=True). Off by default: pickles can run code."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training strategy (distill) "
+                                "of the same --out from its last checkpoint (same options)."),
     max_shard_size: str = typer.Option("20GB", "--max-shard-size", help="Split model.safetensors into shards "
                                        "with an index past this size. timm's hf-hub: loader reads a single "
                                        "model.safetensors, so shard only when you must."),
@@ -114,7 +116,7 @@ def combine(
         strategy, member, zoo=zoo_name, members_from=members_from, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
         options=parse_pairs(option), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, max_shard_size=max_shard_size,
-        progress=progress,
+        resume=resume, progress=progress,
         log=console.print), progress=progress)
     m = result.metrics
     summary = f"wrote {out}"

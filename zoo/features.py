@@ -1,4 +1,4 @@
-"""A member's pooled pre-logits features and source softmax on some labelled data, cached on disk.
+"""A member's pooled pre-logits features and logits on some labelled data, cached on disk.
 
 Features are timm's ``forward_head(forward_features(x), pre_logits=True)`` — the same place
 for every architecture, so members of different families compare. They are computed once per
@@ -18,17 +18,22 @@ from typing import Any
 
 from zoo import cache
 
-FEATURES_VERSION = 1  # bump when what is extracted changes: old entries are then ignored
+FEATURES_VERSION = 2  # bump when what is extracted changes: old entries are then ignored
 
 
 @dataclass
 class Extracted:
     features: Any  # torch (N, D) float32
-    probs: Any  # torch (N, Z) float32, or None for a member without a classifier
+    logits: Any  # torch (N, Z) float32, or None for a member without a classifier
     labels: Any  # torch (N,) int64, indices into ``classes``
     classes: list[str]
     cached: bool  # True when read from disk: no forward pass was run
     seconds: float  # time spent computing (0 when cached)
+
+    @property
+    def probs(self):
+        """Softmax over the member's own classes (None without a classifier)."""
+        return None if self.logits is None else self.logits.float().softmax(dim=1)
 
 
 def _key(member, data: str, cfg: dict[str, Any], classes: list[str]) -> str:
@@ -62,27 +67,27 @@ def extract(member, data: str, classes: list[str], device, *, batch_size: int = 
     if path.is_file():
         try:
             t = load_file(path)
-            return Extracted(t["features"], t.get("probs"), t["labels"], classes, cached=True, seconds=0.0)
+            return Extracted(t["features"], t.get("logits"), t["labels"], classes, cached=True, seconds=0.0)
         except Exception:  # a damaged entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     start = time.perf_counter()  # decoding counts: it is part of what a cache hit saves
     split = load_split(data, cfg, label_names=classes, num_classes=len(classes), progress=progress)
     model = member.create_model().to(device)
-    feats, probs = [], []
+    feats, logits = [], []
     task = progress.task(f"features of {member.name}", total=len(split)) if progress else None
     with torch.inference_mode(), autocast(device):
         for images, _ in split.batches(batch_size):
             x = model.forward_features(images.to(device, non_blocking=True))
             feats.append(model.forward_head(x, pre_logits=True).float().flatten(1).cpu())
             if member.num_classes > 0:
-                probs.append(model.forward_head(x).float().softmax(dim=1).cpu())
+                logits.append(model.forward_head(x).float().cpu())
             if task:
                 task.advance(len(images))
     if task:
         task.close()
     out = {"features": torch.cat(feats), "labels": split.targets.clone()}
-    if probs:
-        out["probs"] = torch.cat(probs)
+    if logits:
+        out["logits"] = torch.cat(logits)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -93,4 +98,4 @@ def extract(member, data: str, classes: list[str], device, *, batch_size: int = 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return Extracted(out["features"], out.get("probs"), out["labels"], classes, cached=False, seconds=seconds)
+    return Extracted(out["features"], out.get("logits"), out["labels"], classes, cached=False, seconds=seconds)

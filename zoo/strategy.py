@@ -90,6 +90,13 @@ class Context:
     batch_size: int = 256
     extra_metrics: dict[str, Callable] = field(default_factory=dict)
     strategy: str = ""
+    #: where a training strategy keeps its checkpoints (next to --out; None: keep none), and whether
+    #: to continue the one found there (--resume). The only place a strategy may write.
+    checkpoint_dir: Any = None
+    resume: bool = False
+    #: this process's rank and the number of processes (torchrun); rank 0 alone writes
+    rank: int = 0
+    world_size: int = 1
     _models: dict[int, Any] = field(default_factory=dict, repr=False)
 
     # ---- data -----------------------------------------------------------------------

@@ -17,12 +17,11 @@ losses (``timm.data.Mixup``, ``timm.loss``), the cosine schedule with warmup
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from zoo import checkpoint
 from zoo.errors import BadInput
 
 CHECKPOINT = "checkpoint.pt"
@@ -284,7 +283,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
         scaler.load_state_dict(state["scaler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        _set_numpy_state(state["numpy_rng"])
+        checkpoint.set_numpy_state(state["numpy_rng"])
         history, start = list(state["history"]), int(state["epoch"])
         log(f"resuming from epoch {start} of {recipe.epochs} ({ckpt_dir})")
     step = start * steps_per_epoch
@@ -325,29 +324,12 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
             f"train top-1 {history[-1]['train_top1']:.4f}")
         if ckpt_dir is None:
             continue
-        _save_checkpoint(ckpt_dir, {
+        checkpoint.save(ckpt_dir / CHECKPOINT, {
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(), "history": history,
+            "torch_rng": torch.get_rng_state(), "numpy_rng": checkpoint.numpy_state(), "history": history,
             "recipe": asdict(recipe)})
     return history
-
-
-def _numpy_state() -> dict:
-    """numpy's global RNG state as tensors and numbers (what a weights_only checkpoint may hold)."""
-    import numpy as np
-    import torch
-
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _set_numpy_state(state: dict) -> None:
-    import numpy as np
-
-    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
-                         state["has_gauss"], state["cached"]))
 
 
 def _smooth(targets, n_classes: int, eps: float):
@@ -356,16 +338,6 @@ def _smooth(targets, n_classes: int, eps: float):
     off = eps / n_classes
     return torch.full((len(targets), n_classes), off, device=targets.device).scatter_(
         1, targets[:, None], 1.0 - eps + off)
-
-
-def _save_checkpoint(ckpt_dir: Path, state: dict) -> None:
-    import torch
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=".tmp-", suffix=".pt")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(state, f)
-    os.replace(tmp, ckpt_dir / CHECKPOINT)  # a crash mid-save leaves the previous checkpoint intact
 
 
 def _load_checkpoint(ckpt_dir: Path, recipe: Recipe, member: str, train_data: str, resume: bool):
@@ -380,7 +352,7 @@ def _load_checkpoint(ckpt_dir: Path, recipe: Recipe, member: str, train_data: st
         raise BadInput(f"an interrupted fine-tune for this --out is in {ckpt_dir}; pass --resume to continue it, "
                        "or delete that folder to start over")
     # our own checkpoint, still loaded with weights_only=True (tensors, numbers, lists and dicts only)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.load(path)
     saved = state.get("recipe", {})
     changed = [k for k, v in asdict(recipe).items() if saved.get(k) != v]
     if changed:

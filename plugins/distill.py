@@ -1,0 +1,162 @@
+"""Distillation: fold the members (teachers) into one student — Hinton KD or MEAL V2.
+
+- ``loss=meal-v2`` (Shen & Savvides; szq0214/MEAL-V2): the target is the mean of the teachers'
+  softmax, labels are not used; the loss is the soft-target cross-entropy (timm's
+  ``SoftTargetCrossEntropy``). ``discriminator=true`` adds MEAL V2's discriminator on the outputs.
+- ``loss=kd`` (Hinton et al.): α·T²·KL(mean teacher softmax(t/T) ‖ softmax(s/T)) with
+  ``batchmean``, plus (1−α)·cross-entropy with the labels.
+
+Teachers may differ in architecture and preprocessing: each sees the training images through its
+own timm data config, the student through its own. Without augmentation the teachers' logits are
+computed once and cached on disk (``zoo.features``); ``teacher_outputs=live`` runs them on every
+batch instead. Under ``torchrun`` the student is wrapped in DistributedDataParallel and each
+process takes its share of every global batch; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from zoo import Combined, Strategy, hookimpl, option
+from zoo.errors import BadInput
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def meal_v2_loss(student_logits, target_probs):
+    """−meanᵢ Σ_c p̄ᵢ(c) log softmax(sᵢ)(c): the soft-target cross-entropy; no labels."""
+    from timm.loss import SoftTargetCrossEntropy
+
+    return SoftTargetCrossEntropy()(student_logits, target_probs)
+
+
+def kd_loss(student_logits, target_soft, labels, temperature: float, alpha: float):
+    """α·T²·KL(target ‖ softmax(s/T)) (batchmean) + (1−α)·CE(s, y); ``target_soft`` already at temperature T."""
+    import torch.nn.functional as F
+
+    kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), target_soft, reduction="batchmean")
+    loss = alpha * temperature ** 2 * kl
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits, labels)
+    return loss
+
+
+def teacher_target(teacher_logits: list, loss: str, temperature: float):
+    """The mean of the teachers' softmax (at temperature T for KD, plain for MEAL V2)."""
+    import torch
+
+    t = temperature if loss == "kd" else 1.0
+    return torch.stack([lg.float().div(t).softmax(dim=1) for lg in teacher_logits]).mean(dim=0)
+
+
+def discriminator(num_classes: int):
+    """MEAL V2's discriminator on output distributions: 1×1 convolutions (as linear layers) C → C/8 → 2."""
+    import torch.nn as nn
+
+    hidden = max(8, num_classes // 8)
+    return nn.Sequential(nn.Linear(num_classes, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                         nn.LeakyReLU(0.2), nn.Linear(hidden, 2))
+
+
+class Distill(Strategy):
+    name = "distill"
+    summary = "distil the members (teachers) into one student: MEAL V2 (mean teacher softmax) or Hinton KD"
+    min_members = 1
+
+    @dataclass
+    class Options:
+        student: str = option("", "the student: a timm architecture (fresh weights, the first teacher's "
+                              "preprocessing) or a member spec (its weights are the start; MEAL V2: a good "
+                              "start matters); default: the first teacher's architecture, fresh")
+        loss: Literal["meal-v2", "kd"] = option("meal-v2", "meal-v2: mean teacher softmax, labels unused; "
+                                                "kd: Hinton's temperature-softened KL plus label cross-entropy")
+        temperature: float = option(4.0, "kd: the temperature T", min=1e-3)
+        alpha: float = option(0.9, "kd: weight of the distillation term (1−α on the labels)", min=0.0, max=1.0)
+        discriminator: bool = option(False, "meal-v2: also train MEAL V2's discriminator on the outputs")
+        epochs: int = option(3, "training epochs", min=1)
+        lr: float = option(1e-3, "peak learning rate (cosine schedule with warmup)", min=0.0)
+        weight_decay: float = option(0.0, "weight decay (MEAL V2: the soft targets regularise; little or none)",
+                                     min=0.0)
+        optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or sgd with momentum 0.9")
+        batch_size: int = option(64, "global batch size (split across torchrun processes)", min=1)
+        warmup_epochs: float = option(0.5, "linear warmup, in epochs", min=0.0)
+        teacher_outputs: Literal["cached", "live"] = option(
+            "cached", "cached: teachers run once over the training data and their logits are kept on disk "
+            "(fast; the images are not augmented); live: teachers run on every batch under inference_mode "
+            "(costs a teacher forward pass per step)")
+
+    def combine(self, members, options, ctx):
+        from zoo.plugins.distill_loop import Run, train
+
+        if options.discriminator and options.loss != "meal-v2":
+            raise BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
+                           "drop it or use loss=meal-v2")
+        classes = _common_labels(members)
+        student_member, student, model_args = _student(options.student, members, classes)
+        run = Run(teachers=members, student=student, student_member=student_member, classes=classes,
+                  options=options, ctx=ctx, model_args=model_args)
+        history = train(run)
+        sd = {k: v.detach().cpu() for k, v in run.unwrapped().state_dict().items()}
+        report = {"history": history, "classes": classes}
+        from zoo.plugins.distill_loop import evaluate, plot_history, summary_section
+
+        metrics = None
+        if ctx.eval_data:
+            metrics, report["evaluation"] = evaluate(run)
+        combined = Combined(state_dict=sd, config=run.config(), metrics=metrics, report=report)
+
+        combined.figures["training.png"] = plot_history(history)
+        if "evaluation" in report:
+            combined.card_sections.append(summary_section(report["evaluation"]))
+        return combined
+
+
+def _common_labels(members) -> list[str]:
+    """The teachers' shared classes; different label spaces are refused, naming the two teachers."""
+    first = members[0]
+    names = first.label_names or [str(i) for i in range(first.num_classes)]
+    for m in members[1:]:
+        other = m.label_names or [str(i) for i in range(m.num_classes)]
+        if other != names:
+            raise BadInput(f"teachers {first.name} and {m.name} have different label spaces "
+                           f"({len(names)} classes: {', '.join(names[:5])}… vs {len(other)}: "
+                           f"{', '.join(other[:5])}…); distil teachers of one task")
+    return names
+
+
+def _student(spec: str, teachers, classes: list[str]):
+    """(member or None, timm model with a head for ``classes``, constructor arguments for its config)."""
+    import timm
+
+    from zoo.train import _model_for
+
+    arch = spec or teachers[0].architecture
+    if spec and (":" in spec or "/" in spec or spec.startswith(".")):
+        from zoo import load_member
+
+        member = load_member(spec)
+        return member, _model_for(member, len(classes), classes), member.model_args
+    if not timm.is_model(arch):
+        raise BadInput(f"student {arch!r}: timm knows no such architecture and it is not a member path; "
+                       "give a timm model name (e.g. resnet18) or a member spec (hf-hub:ORG/NAME, a folder)")
+    cfg = {**teachers[0].pretrained_cfg, "num_classes": len(classes)}
+    args = _size_args(arch, cfg)
+    model = timm.create_model(arch, pretrained=False, num_classes=len(classes), pretrained_cfg_overlay=cfg, **args)
+    return None, model, args
+
+
+def _size_args(arch: str, cfg: dict) -> dict:
+    """img_size for architectures built for one input size (ViTs), from the preprocessing the student gets."""
+    import timm
+
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    probe = timm.create_model(arch, pretrained=False, num_classes=0)
+    patch_embed = getattr(probe, "patch_embed", None)
+    built_for = getattr(patch_embed, "img_size", None)
+    return {"img_size": size} if built_for is not None and tuple(built_for)[-1] != size else {}
+
+
+@hookimpl
+def zoo_strategies():
+    return [Distill]

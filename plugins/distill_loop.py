@@ -1,0 +1,287 @@
+"""The distillation training loop: data, teacher targets, DDP, checkpoints and --resume, evaluation.
+
+One ``Run`` holds what the loop needs. The order of the training images comes from a seeded
+``torch.Generator`` whose state is checkpointed with the model, optimizer, scheduler and
+discriminator after every epoch, so ``--resume`` continues exactly. Under torchrun each process
+takes its contiguous share of every global batch and DistributedDataParallel averages the
+gradients; rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zoo import checkpoint
+from zoo.errors import BadInput, ZooError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Run:
+    teachers: list
+    student: Any  # the timm model
+    student_member: Any  # the member it started from, or None (fresh weights)
+    classes: list[str]
+    options: Any
+    ctx: Any
+    model_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        import torch
+
+        from zoo.data import data_config, load_split
+
+        ctx = self.ctx
+        if not ctx.train_data:
+            raise BadInput("strategy 'distill' needs --train-data DIR: the images the student learns the "
+                           "teachers' predictions on (one sub-folder per class)")
+        n = len(self.classes)
+        if self.student_member is not None:
+            self.student_cfg = {**self.student_member.pretrained_cfg, "num_classes": n, "label_names": self.classes}
+        else:
+            self.student_cfg = {**self.teachers[0].pretrained_cfg, "num_classes": n, "label_names": self.classes}
+        self.split = load_split(ctx.train_data, data_config(self.student_cfg), label_names=self.classes,
+                                num_classes=n, progress=ctx.progress)
+        self.model = self.student.to(ctx.device)
+        if ctx.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    def unwrapped(self):
+        return getattr(self.model, "module", self.model)
+
+    def config(self) -> dict:
+        if self.student_member is not None:
+            from zoo.train import _config_for
+
+            return _config_for(self.student_member, self.classes)
+        model = self.unwrapped()
+        arch = model.pretrained_cfg["architecture"]
+        config = {"architecture": arch, "num_classes": len(self.classes), "num_features": model.num_features,
+                  "label_names": self.classes, "pretrained_cfg": {**self.student_cfg, "architecture": arch}}
+        if self.model_args:
+            config["model_args"] = self.model_args
+        return config
+
+
+def _teacher_logits_cached(run: Run):
+    """Each teacher's logits on the training images, in the student's split order (zoo.features cache)."""
+    import torch
+
+    from zoo.features import extract
+
+    out = []
+    for t in run.teachers:
+        got = extract(t, run.ctx.train_data, run.classes, run.ctx.device, progress=run.ctx.progress)
+        if not torch.equal(got.labels, run.split.targets):
+            raise ZooError(f"teacher {t.name}: its view of {run.ctx.train_data} is in another order than the "
+                           "student's; this is a bug in zoo, please report it")
+        out.append(got.logits)
+    return out
+
+
+def _live_teachers(run: Run):
+    """(teacher models in eval mode, each teacher's decoded training split) for teacher_outputs=live."""
+    from zoo.data import data_config, load_split
+
+    models, splits = [], []
+    for t in run.teachers:
+        models.append(t.create_model().to(run.ctx.device).eval())
+        splits.append(load_split(run.ctx.train_data, data_config(t.pretrained_cfg), label_names=run.classes,
+                                 num_classes=len(run.classes), progress=run.ctx.progress))
+    return models, splits
+
+
+def train(run: Run) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from timm.scheduler import CosineLRScheduler
+
+    from zoo.device import autocast, to_device
+    from zoo.plugins.distill import discriminator, kd_loss, meal_v2_loss, teacher_target
+
+    opts, ctx, device = run.options, run.ctx, run.ctx.device
+    rank, world = ctx.rank, ctx.world_size
+    ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
+    state = _load(ckpt, opts, ctx.resume)
+
+    if opts.teacher_outputs == "cached":
+        target_all = teacher_target(_teacher_logits_cached(run), opts.loss, opts.temperature)
+        teachers = None
+    else:
+        teachers = _live_teachers(run)
+    n = len(run.split)
+    if n < world:
+        raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
+    steps_per_epoch = -(-n // opts.batch_size)
+    total = max(1, steps_per_epoch * opts.epochs)
+    model = run.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opts.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = CosineLRScheduler(opt, t_initial=total, warmup_t=int(opts.warmup_epochs * steps_per_epoch),
+                              warmup_lr_init=opts.lr * 0.01, lr_min=opts.lr * 0.01, t_in_epochs=False)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    disc = disc_ddp = disc_opt = None
+    if opts.discriminator and opts.loss == "meal-v2":
+        disc = discriminator(len(run.classes)).to(device)
+        disc_ddp = torch.nn.parallel.DistributedDataParallel(disc) if world > 1 else disc
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=opts.lr, betas=(0.5, 0.999))
+    gen = torch.Generator().manual_seed(ctx.seed + 1)
+    history: list[dict] = []
+    start = 0
+    if state is not None:
+        run.unwrapped().load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if disc is not None:
+            disc.load_state_dict(state["discriminator"])
+            disc_opt.load_state_dict(state["discriminator_optimizer"])
+        history, start = list(state["history"]), int(state["epoch"])
+        ctx.log(f"resuming from epoch {start} of {opts.epochs} ({ckpt.parent})")
+
+    step = start * steps_per_epoch
+    for epoch in range(start, opts.epochs):
+        model.train()
+        task = ctx.progress.task(f"distil epoch {epoch + 1}/{opts.epochs}", total=steps_per_epoch)
+        sums = torch.zeros(4, dtype=torch.float64)  # loss·n, correct, n, discriminator loss·n
+        for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
+            if len(idx) < world:
+                task.advance()
+                continue  # a last batch too small to give every process an image
+            mine = idx.chunk(world)[rank] if world > 1 else idx
+            images, labels = to_device(run.split.images[mine], device), run.split.targets[mine].to(device)
+            if teachers is None:
+                target = target_all[mine].to(device)
+            else:
+                with torch.inference_mode(), autocast(device, True):
+                    logits_t = [m(to_device(s.images[mine], device)).float() for m, s in zip(*teachers)]
+                target = teacher_target(logits_t, opts.loss, opts.temperature).clone()
+            with autocast(device, True):
+                logits = model(images).float()
+            if opts.loss == "kd":
+                loss = kd_loss(logits, target, labels, opts.temperature, opts.alpha)
+            else:
+                loss = meal_v2_loss(logits, target)
+            if disc is not None:  # the student also tries to make its outputs pass for the teachers'
+                fooled = disc(logits.softmax(dim=1))
+                loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(mine), real=True, device=device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            sched.step_update(step)
+            if disc is not None:
+                d_in = torch.cat([target, logits.detach().softmax(dim=1)])
+                d_sides = torch.cat([_side(len(mine), True, device), _side(len(mine), False, device)])
+                d_loss = F.binary_cross_entropy_with_logits(disc_ddp(d_in), d_sides)
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                disc_opt.step()
+                sums[3] += d_loss.item() * len(mine)
+            sums[0] += loss.item() * len(mine)
+            sums[1] += int((logits.argmax(1) == labels).sum())
+            sums[2] += len(mine)
+            task.advance()
+        task.close()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        history.append({"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_top1": float(sums[1] / sums[2]),
+                        "lr": opt.param_groups[0]["lr"],
+                        **({"discriminator_loss": float(sums[3] / sums[2])} if disc is not None else {})})
+        ctx.log(f"epoch {epoch + 1}/{opts.epochs}: loss {history[-1]['loss']:.4f}, "
+                f"train top-1 (labels) {history[-1]['train_top1']:.4f}")
+        if ckpt is not None and rank == 0:
+            checkpoint.save(ckpt, {
+                "epoch": epoch + 1, "model": run.unwrapped().state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": history, "options": asdict(opts),
+                **({"discriminator": disc.state_dict(), "discriminator_optimizer": disc_opt.state_dict()}
+                   if disc is not None else {})})
+        from zoo.distributed import barrier
+
+        barrier()
+    return history
+
+
+def _side(n: int, real: bool, device):
+    """BCE targets for the discriminator's two outputs: (1, 0) for teacher rows, (0, 1) for student rows."""
+    import torch
+
+    row = torch.tensor([1.0, 0.0] if real else [0.0, 1.0], device=device)
+    return row.expand(n, 2)
+
+
+def _load(path, opts, resume: bool):
+    if path is None or not path.exists():
+        if resume:
+            raise BadInput(f"--resume: no interrupted distillation to resume ({path} does not exist)")
+        return None
+    if not resume:
+        raise BadInput(f"an interrupted distillation for this --out is in {path.parent}; pass --resume to "
+                       "continue it, or delete that folder to start over")
+    state = checkpoint.load(path)
+    saved = state.get("options", {})
+    changed = [k for k, v in asdict(opts).items() if saved.get(k) != v]
+    if changed:
+        raise BadInput(f"--resume: the interrupted run used {changed[0]}={saved.get(changed[0])!r}, not "
+                       f"{getattr(opts, changed[0])!r}; resume with the same options")
+    return state
+
+
+def evaluate(run: Run) -> tuple[dict, dict]:
+    """Held-out metrics of the student, of each teacher and of the teachers' ensemble (mean softmax)."""
+    import torch
+
+    from zoo.data import data_config, load_split
+    from zoo.metrics import evaluate_model, metrics_from_logits, predict
+
+    ctx = run.ctx
+    split = load_split(ctx.eval_data, data_config(run.student_cfg), label_names=run.classes,
+                       num_classes=len(run.classes), progress=ctx.progress)
+    student = evaluate_model(run.unwrapped().eval(), split, ctx.device).as_dict()
+    teachers, probs = {}, []
+    for t in run.teachers:
+        t_split = ctx.eval_split(t)
+        logits = predict(t.create_model(), t_split, ctx.device)
+        teachers[t.name] = metrics_from_logits(logits, t_split.targets).as_dict()
+        probs.append(logits.softmax(dim=1))
+    ensemble = metrics_from_logits(torch.stack(probs).mean(0).clamp_min(1e-12).log(), t_split.targets).as_dict()
+    return student, {"student": student, "ensemble": ensemble, "teachers": teachers}
+
+
+def plot_history(history: list[dict]):
+    from zoo.plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110)
+    epochs = [h["epoch"] for h in history]
+    axes[0].plot(epochs, [h["loss"] for h in history], "-o", ms=3, label="distillation loss")
+    if history and "discriminator_loss" in history[0]:
+        axes[0].plot(epochs, [h["discriminator_loss"] for h in history], "-o", ms=3, label="discriminator")
+    axes[1].plot(epochs, [h["train_top1"] * 100 for h in history], "-o", ms=3, color="tab:green")
+    axes[0].set_title("training loss")
+    axes[1].set_title("student training top-1 vs labels (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def summary_section(evaluation: dict) -> str:
+    rows = [f"| ensemble of the teachers (mean softmax) | {evaluation['ensemble']['top1'] * 100:.2f} |"]
+    rows += [f"| teacher `{name}` | {m['top1'] * 100:.2f} |" for name, m in evaluation["teachers"].items()]
+    rows.append(f"| **student** | **{evaluation['student']['top1'] * 100:.2f}** |")
+    return ("## Distillation\n\nHeld-out top-1 of the teachers, their ensemble and the distilled student:\n\n"
+            "| model | top-1 (%) |\n|---|---|\n" + "\n".join(rows) + "\n")

@@ -1,0 +1,58 @@
+"""Training checkpoints: written atomically, read back with ``weights_only=True``, RNG state included.
+
+A resumed run must end with exactly the weights of a run never interrupted, so a checkpoint
+holds the model, optimizer, scheduler, loss scaler and every random generator the loop draws
+from (torch's, a data-order ``torch.Generator``, and numpy's global one, which timm's Mixup uses).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import BadInput
+
+
+def numpy_state() -> dict:
+    """numpy's global RNG state as tensors and numbers (what a weights_only checkpoint may hold)."""
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def set_numpy_state(state: dict) -> None:
+    import numpy as np
+
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached"]))
+
+
+def save(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` through a temporary file: a crash mid-save leaves the previous one intact."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Our own checkpoint, still read with ``weights_only=True``; a damaged file is one clear error."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadInput(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); it is damaged — "
+                       f"delete {path.parent} to start over") from None
