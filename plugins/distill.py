@@ -81,14 +81,25 @@ class Distill(Strategy):
         optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or sgd with momentum 0.9")
         batch_size: int = option(64, "global batch size (split across torchrun processes)", min=1)
         warmup_epochs: float = option(0.5, "linear warmup, in epochs", min=0.0)
-        teacher_outputs: Literal["cached", "live"] = option(
-            "cached", "cached: teachers run once over the training data and their logits are kept on disk "
-            "(fast; the images are not augmented); live: teachers run on every batch under inference_mode "
-            "(costs a teacher forward pass per step)")
+        teacher_outputs: Literal["auto", "cached", "live"] = option(
+            "auto", "cached: teachers run once over the training data and their logits are kept on disk (fast, "
+            "but every epoch sees the same images: no augmentation); live: teachers run on every batch under "
+            "inference_mode (a teacher forward pass per step; needed with augment); auto: live with augment, "
+            "cached otherwise")
+        augment: bool = option(False, "train through timm's training transform (random resized crop, flip, "
+                               "colour jitter); teachers then run live on the same augmented images, so they "
+                               "and the student must share one preprocessing")
+        hflip: float = option(0.5, "with augment: horizontal flip probability (0 for digits or text)", min=0.0,
+                              max=1.0)
+        crop_scale: float = option(0.08, "with augment: smallest random crop, as a fraction of the image",
+                                   min=0.01, max=1.0)
 
     def combine(self, members, options, ctx):
         from zoo.plugins.distill_loop import Run, train
 
+        if options.augment and options.teacher_outputs == "cached":
+            raise BadInput("teacher_outputs=cached keeps one output per image, but augment changes the images every "
+                           "epoch: use teacher_outputs=live (or auto) with augment")
         if options.discriminator and options.loss != "meal-v2":
             raise BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
                            "drop it or use loss=meal-v2")

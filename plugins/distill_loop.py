@@ -86,8 +86,16 @@ def _live_teachers(run: Run):
     from zoo.data import data_config, load_split
 
     models, splits = [], []
+    mine = data_config(run.student_cfg)
     for t in run.teachers:
         models.append(t.create_model().to(run.ctx.device).eval())
+        if run.options.augment:
+            if data_config(t.pretrained_cfg) != mine:
+                raise BadInput(f"augment: teacher {t.name} preprocesses differently from the student "
+                               f"({data_config(t.pretrained_cfg)} vs {mine}); augmented images are made once "
+                               "per step for all of them, so they must share one preprocessing — or train "
+                               "without augment (teachers then see the images their own way)")
+            continue
         splits.append(load_split(run.ctx.train_data, data_config(t.pretrained_cfg), label_names=run.classes,
                                  num_classes=len(run.classes), progress=run.ctx.progress))
     return models, splits
@@ -106,11 +114,12 @@ def train(run: Run) -> list[dict]:
     ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
     state = _load(ckpt, opts, ctx.resume)
 
-    if opts.teacher_outputs == "cached":
+    live = opts.teacher_outputs == "live" or (opts.teacher_outputs == "auto" and opts.augment)
+    if live:
+        teachers = _live_teachers(run)
+    else:
         target_all = teacher_target(_teacher_logits_cached(run), opts.loss, opts.temperature)
         teachers = None
-    else:
-        teachers = _live_teachers(run)
     n = len(run.split)
     if n < world:
         raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
@@ -151,17 +160,19 @@ def train(run: Run) -> list[dict]:
         model.train()
         task = ctx.progress.task(f"distil epoch {epoch + 1}/{opts.epochs}", total=steps_per_epoch)
         sums = torch.zeros(4, dtype=torch.float64)  # loss·n, correct, n, discriminator loss·n
-        for idx in torch.randperm(n, generator=gen).split(opts.batch_size):
+        for idx, images, labels in _batches(run, gen):
             if len(idx) < world:
                 task.advance()
                 continue  # a last batch too small to give every process an image
-            mine = idx.chunk(world)[rank] if world > 1 else idx
-            images, labels = to_device(run.split.images[mine], device), run.split.targets[mine].to(device)
+            mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
+            images, labels = to_device(images[mine], device), labels[mine].to(device)
             if teachers is None:
-                target = target_all[mine].to(device)
+                target = target_all[idx[mine]].to(device)
             else:
                 with torch.inference_mode(), autocast(device, True):
-                    logits_t = [m(to_device(s.images[mine], device)).float() for m, s in zip(*teachers)]
+                    inputs = [images] * len(teachers[0]) if opts.augment else \
+                        [to_device(s.images[idx[mine]], device) for s in teachers[1]]
+                    logits_t = [m(x).float() for m, x in zip(teachers[0], inputs)]
                 target = teacher_target(logits_t, opts.loss, opts.temperature).clone()
             with autocast(device, True):
                 logits = model(images).float()
@@ -211,6 +222,29 @@ def train(run: Run) -> list[dict]:
 
         barrier()
     return history
+
+
+def _batches(run: Run, gen):
+    """One epoch of (indices, images, labels) global batches, in an order drawn from ``gen``.
+
+    Without augmentation: the decoded split, indexed. With it: the image folder through timm's
+    training transform (``zoo.data.augmented_loader``; the workers' seeds come from ``gen`` too, so
+    a resumed run sees the same crops). Every process draws the same batches and keeps its share.
+    """
+    import torch
+
+    opts = run.options
+    if not opts.augment:
+        for idx in torch.randperm(len(run.split), generator=gen).split(opts.batch_size):
+            yield idx, run.split.images[idx], run.split.targets[idx]
+        return
+    from zoo.data import augmented_loader, data_config
+
+    loader = augmented_loader(run.ctx.train_data, data_config(run.student_cfg), run.classes,
+                              {"hflip": opts.hflip, "scale": (opts.crop_scale, 1.0)}, batch_size=opts.batch_size,
+                              generator=gen, drop_last=False, device=run.ctx.device)
+    for images, labels in loader:
+        yield torch.arange(len(labels)), images, labels
 
 
 def _side(n: int, real: bool, device):

@@ -163,3 +163,50 @@ def test_bad_input(tmp_path, teachers, digits_zoo, zoo_cli):
     ckpt.write_bytes(b"not a checkpoint")
     proc = zoo_cli(*_args(teachers[:1], digits_zoo), "--out", out, "--resume", check=False)
     assert proc.returncode == 2 and "damaged" in proc.stderr and ckpt.exists() and not out.exists()
+
+
+def test_live_teachers_train_exactly_like_cached_ones_and_augment_runs_them_live(tmp_path, teachers, digits_zoo,
+                                                                                 zoo_cli):
+    args = _args(teachers[:2], digits_zoo, f"student={digits_zoo / 'members' / 'base'}", "epochs=1")
+    zoo_cli(*args, "--option", "teacher_outputs=live", "--out", tmp_path / "live")
+    zoo_cli(*args, "--option", "teacher_outputs=cached", "--out", tmp_path / "cached")
+    a, b = load_file(tmp_path / "live" / "model.safetensors"), load_file(tmp_path / "cached" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    aug = tmp_path / "aug"
+    zoo_cli(*args, "--option", "augment=true", "--option", "hflip=0", "--option", "crop_scale=0.5",
+            "--eval-data", digits_zoo / "data" / "val", "--out", aug)
+    got = load_file(aug / "model.safetensors")
+    assert any(not torch.equal(got[k], a[k]) for k in a)  # other images, other weights
+    assert json.loads((aug / "zoo.json").read_text())["metrics"]["top1"] > 0.8
+    proc = zoo_cli(*args, "--option", "augment=true", "--option", "teacher_outputs=cached",
+                   "--out", tmp_path / "bad", check=False)
+    assert proc.returncode == 2 and "teacher_outputs=live" in proc.stderr
+
+
+def test_a_dying_process_stops_torchrun_and_leaves_the_checkpoint_to_resume(tmp_path, teachers, digits_zoo,
+                                                                           zoo_cli):
+    """One of two processes is killed mid-run: torchrun stops the other and fails; nothing is written
+    but the last whole checkpoint, from which --resume (here in one process) finishes the run."""
+    from hubserver import free_port
+
+    args = _args(teachers[:2], digits_zoo, "student=test_vit", "epochs=3")
+    out = tmp_path / "student"
+    checkpoint = tmp_path / ".student.distill" / "checkpoint.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                             "-m", "zoo", "--quiet", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    subprocess.run(["kill", "-9", workers[-1]], check=True)  # rank 1 dies
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "FAILED" in err.upper()
+    assert not out.exists()
+    state = torch.load(checkpoint, weights_only=True)  # whole, readable
+    assert state["epoch"] >= 1
+    zoo_cli(*args, "--out", out, "--resume")
+    assert (out / "model.safetensors").is_file() and not checkpoint.parent.exists()
