@@ -83,13 +83,14 @@ def test_distilled_student_comes_close_to_the_ensemble(tmp_path, teachers, digit
 
 def test_fresh_student_of_another_architecture_with_kd(tmp_path, teachers, digits_zoo, zoo_cli):
     out = tmp_path / "vit"
-    zoo_cli(*_args(teachers[:2], digits_zoo, "student=test_vit", "loss=kd", "temperature=2", "epochs=1"),
+    zoo_cli(*_args(teachers[:2], digits_zoo, "student=test_vit", "loss=kd", "temperature=2"), "--epochs", "1",
             "--out", out)
     import timm
 
     model = timm.create_model(f"local-dir:{out}", pretrained=True)  # its input size travels in model_args
     assert type(model).__name__ == "VisionTransformer" and model.patch_embed.img_size == (32, 32)
-    assert json.loads((out / "zoo.json").read_text())["options"]["loss"] == "kd"
+    options = json.loads((out / "zoo.json").read_text())["options"]
+    assert options["loss"] == "kd" and options["epochs"] == 1
 
 
 def test_interrupted_distillation_resumes_to_the_same_weights(tmp_path, teachers, digits_zoo, zoo_cli):
@@ -151,6 +152,7 @@ def test_bad_input(tmp_path, teachers, digits_zoo, zoo_cli):
         (_args(teachers[:1], digits_zoo, "loss=kd", "discriminator=true"), ["meal-v2"]),
         (["combine", "-s", "distill", "-m", teachers[0]], ["--train-data"]),
         (_args(teachers[:1], digits_zoo) + ["--resume"], ["no interrupted distillation"]),
+        (_args(teachers[:1], digits_zoo, "epochs=3") + ["--epochs", "2"], ["disagree"]),
     ]
     for args, words in cases:
         proc = zoo_cli(*args, "--out", out, check=False)

@@ -100,6 +100,8 @@ def combine(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled checkpoints (loaded with "
                                       "weights_only=True). Off by default: pickles can run code."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="For strategies that train (distill, bang): "
+                                         "the same as --option epochs=N."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training strategy (distill) "
                                 "of the same --out from its last checkpoint (same options)."),
     max_shard_size: str = typer.Option("20GB", "--max-shard-size", help="Split model.safetensors into shards "
@@ -110,11 +112,21 @@ def combine(
     from zoo import api
     from zoo.options import parse_pairs
 
+    def options():
+        from zoo.errors import BadInput
+
+        pairs = parse_pairs(option)
+        if epochs is not None:
+            if "epochs" in pairs and pairs["epochs"] != str(epochs):
+                raise BadInput(f"--epochs {epochs} and --option epochs={pairs['epochs']} disagree; give one")
+            pairs["epochs"] = str(epochs)
+        return pairs
+
     progress = _progress()
     console = _console()
     result = _run(lambda: api.combine(
         strategy, member, zoo=zoo_name, members_from=members_from, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
-        options=parse_pairs(option), out=out, force=force, push=push, private=private, device=device,
+        options=options(), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, max_shard_size=max_shard_size,
         resume=resume, progress=progress,
         log=console.print), progress=progress)
