@@ -42,12 +42,25 @@ def kd_loss(student_logits, target_soft, labels, temperature: float, alpha: floa
     return loss
 
 
-def teacher_target(teacher_logits: list, loss: str, temperature: float):
-    """The mean of the teachers' softmax (at temperature T for KD, plain for MEAL V2)."""
+def teacher_target(teacher_logits: list, loss: str, temperature: float, maps: list | None = None):
+    """The mean of the teachers' softmax (at temperature T for KD, plain for MEAL V2).
+
+    ``maps[i]`` (Z_i × C, or None) carries teacher i's classes onto the student's through a label map:
+    the probability of classes mapped together is added, that of dropped classes renormalised away.
+    """
     import torch
 
     t = temperature if loss == "kd" else 1.0
-    return torch.stack([lg.float().div(t).softmax(dim=1) for lg in teacher_logits]).mean(dim=0)
+    probs = []
+    for i, lg in enumerate(teacher_logits):
+        p = lg.float().div(t).softmax(dim=1)
+        if maps and maps[i] is not None:
+            m = maps[i].to(p.device)
+            p = p @ m  # exact: each output sums the probabilities mapped onto it
+            if (m.sum(dim=1) == 0).any():  # some classes dropped: renormalise what is left
+                p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        probs.append(p)
+    return torch.stack(probs).mean(dim=0)
 
 
 def discriminator(num_classes: int):
@@ -91,6 +104,8 @@ class Distill(Strategy):
                                "and the student must share one preprocessing")
         hflip: float = option(0.5, "with augment: horizontal flip probability (0 for digits or text)", min=0.0,
                               max=1.0)
+        label_map: str = option("", "a JSON file {teacher name: {its label: student label, or null to drop}} for "
+                                "teachers whose labels differ; the student learns the first teacher's classes")
         crop_scale: float = option(0.08, "with augment: smallest random crop, as a fraction of the image",
                                    min=0.01, max=1.0)
 
@@ -103,10 +118,10 @@ class Distill(Strategy):
         if options.discriminator and options.loss != "meal-v2":
             raise BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
                            "drop it or use loss=meal-v2")
-        classes = _common_labels(members)
+        classes, maps = _common_labels(members, options.label_map)
         student_member, student, model_args = _student(options.student, members, classes)
         run = Run(teachers=members, student=student, student_member=student_member, classes=classes,
-                  options=options, ctx=ctx, model_args=model_args)
+                  options=options, ctx=ctx, model_args=model_args, maps=maps)
         history = train(run)
         sd = {k: v.detach().cpu() for k, v in run.unwrapped().state_dict().items()}
         report = {"history": history, "classes": classes}
@@ -123,17 +138,64 @@ class Distill(Strategy):
         return combined
 
 
-def _common_labels(members) -> list[str]:
-    """The teachers' shared classes; different label spaces are refused, naming the two teachers."""
+def _common_labels(members, label_map: str) -> tuple[list[str], list]:
+    """The classes the student learns, and per teacher a Z×C matrix from its classes to them (None: the same).
+
+    Without a label map every teacher must have the same labels (a different label space is refused,
+    naming the two teachers). ``label_map`` is a JSON file {teacher name: {its label: student label or
+    null}}: mapped labels are merged, null ones dropped; the student's classes are the first teacher's
+    (after its own map).
+    """
+    import json
+
+    import torch
+
+    maps_in: dict = {}
+    if label_map:
+        try:
+            maps_in = json.loads(open(label_map).read())
+        except (OSError, ValueError) as e:
+            raise BadInput(f"label_map {label_map}: cannot read it as JSON ({e})") from None
+        unknown = set(maps_in) - {m.name for m in members}
+        if unknown:
+            raise BadInput(f"label_map names {sorted(unknown)}, which are not teachers here "
+                           f"({', '.join(m.name for m in members)})")
+
+    def own(m):
+        return m.label_names or [str(i) for i in range(m.num_classes)]
+
+    def mapping(m):
+        table = maps_in[m.name]
+        missing = [lab for lab in own(m) if lab not in table]
+        if missing:
+            raise BadInput(f"label_map for {m.name}: its labels {missing[:5]} are not mapped; map each label "
+                           "to a student label, or to null to drop it")
+        return table
+
     first = members[0]
-    names = first.label_names or [str(i) for i in range(first.num_classes)]
-    for m in members[1:]:
-        other = m.label_names or [str(i) for i in range(m.num_classes)]
-        if other != names:
-            raise BadInput(f"teachers {first.name} and {m.name} have different label spaces "
-                           f"({len(names)} classes: {', '.join(names[:5])}… vs {len(other)}: "
-                           f"{', '.join(other[:5])}…); distil teachers of one task")
-    return names
+    classes = list(dict.fromkeys(v for v in mapping(first).values() if v is not None)) \
+        if first.name in maps_in else own(first)
+    maps = []
+    for m in members:
+        if m.name not in maps_in:
+            if own(m) != classes:
+                raise BadInput(f"teachers {first.name} and {m.name} have different label spaces "
+                               f"({len(classes)} classes: {', '.join(classes[:5])}… vs {len(own(m))}: "
+                               f"{', '.join(own(m)[:5])}…); distil teachers of one task, or give "
+                               "--option label_map=FILE.json to map one onto the other")
+            maps.append(None)
+            continue
+        table, matrix = mapping(m), torch.zeros(len(own(m)), len(classes))
+        for z, lab in enumerate(own(m)):
+            target = table[lab]
+            if target is None:
+                continue
+            if target not in classes:
+                raise BadInput(f"label_map for {m.name}: {lab!r} → {target!r}, which is not a student class "
+                               f"({', '.join(classes[:10])})")
+            matrix[z, classes.index(target)] = 1.0
+        maps.append(matrix)
+    return classes, maps
 
 
 def _student(spec: str, teachers, classes: list[str]):

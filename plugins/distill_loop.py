@@ -27,6 +27,7 @@ class Run:
     options: Any
     ctx: Any
     model_args: dict = field(default_factory=dict)
+    maps: list = field(default_factory=list)  # per teacher: its classes → the student's (None: the same)
 
     def __post_init__(self):
         import torch
@@ -118,7 +119,7 @@ def train(run: Run) -> list[dict]:
     if live:
         teachers = _live_teachers(run)
     else:
-        target_all = teacher_target(_teacher_logits_cached(run), opts.loss, opts.temperature)
+        target_all = teacher_target(_teacher_logits_cached(run), opts.loss, opts.temperature, run.maps)
         teachers = None
     n = len(run.split)
     if n < world:
@@ -173,7 +174,7 @@ def train(run: Run) -> list[dict]:
                     inputs = [images] * len(teachers[0]) if opts.augment else \
                         [to_device(s.images[idx[mine]], device) for s in teachers[1]]
                     logits_t = [m(x).float() for m, x in zip(teachers[0], inputs)]
-                target = teacher_target(logits_t, opts.loss, opts.temperature).clone()
+                target = teacher_target(logits_t, opts.loss, opts.temperature, run.maps).clone()
             with autocast(device, True):
                 logits = model(images).float()
             if opts.loss == "kd":
@@ -283,12 +284,15 @@ def evaluate(run: Run) -> tuple[dict, dict]:
     split = load_split(ctx.eval_data, data_config(run.student_cfg), label_names=run.classes,
                        num_classes=len(run.classes), progress=ctx.progress)
     student = evaluate_model(run.unwrapped().eval(), split, ctx.device).as_dict()
+    from zoo.plugins.distill import teacher_target
+
     teachers, probs = {}, []
-    for t in run.teachers:
-        t_split = ctx.eval_split(t)
-        logits = predict(t.create_model(), t_split, ctx.device)
-        teachers[t.name] = metrics_from_logits(logits, t_split.targets).as_dict()
-        probs.append(logits.softmax(dim=1))
+    for i, t in enumerate(run.teachers):
+        t_split = load_split(ctx.eval_data, data_config(t.pretrained_cfg), label_names=run.classes,
+                             num_classes=len(run.classes), progress=ctx.progress)  # its own preprocessing
+        p = teacher_target([predict(t.create_model(), t_split, ctx.device)], "meal-v2", 1.0, run.maps[i:i + 1])
+        teachers[t.name] = metrics_from_logits(p.clamp_min(1e-12).log(), t_split.targets).as_dict()
+        probs.append(p)
     ensemble = metrics_from_logits(torch.stack(probs).mean(0).clamp_min(1e-12).log(), t_split.targets).as_dict()
     return student, {"student": student, "ensemble": ensemble, "teachers": teachers}
 

@@ -212,3 +212,28 @@ def test_a_dying_process_stops_torchrun_and_leaves_the_checkpoint_to_resume(tmp_
     assert state["epoch"] >= 1
     zoo_cli(*args, "--out", out, "--resume")
     assert (out / "model.safetensors").is_file() and not checkpoint.parent.exists()
+
+
+def test_a_label_map_brings_a_teacher_with_other_label_names_in(tmp_path, teachers, digits_zoo, zoo_cli):
+    """The same teacher with its labels renamed (and reordered): refused without a map; with one, the
+    distillation is exactly the one with the original teacher."""
+    import shutil
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(teachers[1], renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    config["label_names"] = words
+    config.get("pretrained_cfg", {}).pop("label_names", None)
+    (renamed / "config.json").write_text(json.dumps(config))
+    base = ["combine", "-s", "distill", "-m", teachers[0], "--train-data", digits_zoo / "data" / "train",
+            "--option", f"student={digits_zoo / 'members' / 'base'}", "--option", "epochs=1"]
+    proc = zoo_cli(*base, "-m", renamed, "--out", tmp_path / "x", check=False)
+    assert proc.returncode == 2 and "label_map" in proc.stderr and "renamed" in proc.stderr
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"renamed": {w: str(i) for i, w in enumerate(words)}}))
+    zoo_cli(*base, "-m", renamed, "--option", f"label_map={mapping}", "--out", tmp_path / "mapped")
+    zoo_cli(*base, "-m", teachers[1], "--out", tmp_path / "plain")
+    a = load_file(tmp_path / "mapped" / "model.safetensors")
+    b = load_file(tmp_path / "plain" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
