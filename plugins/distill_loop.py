@@ -201,6 +201,8 @@ def train(run: Run) -> list[dict]:
             sums[0] += loss.item() * len(mine)
             sums[1] += int((logits.argmax(1) == labels).sum())
             sums[2] += len(mine)
+            task.describe(f"distil epoch {epoch + 1}/{opts.epochs} · loss {sums[0] / sums[2]:.4f} · "
+                          f"top-1 {sums[1] / sums[2]:.3f}")
             task.advance()
         task.close()
         if world > 1:

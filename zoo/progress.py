@@ -7,6 +7,7 @@ from typing import Protocol
 
 class Task(Protocol):
     def advance(self, n: float = 1) -> None: ...
+    def describe(self, text: str) -> None: ...  # replace the bar's label (e.g. with the running loss)
     def close(self) -> None: ...
 
 
@@ -16,6 +17,9 @@ class Progress(Protocol):
 
 class _SilentTask:
     def advance(self, n: float = 1) -> None:
+        pass
+
+    def describe(self, text: str) -> None:
         pass
 
     def close(self) -> None:
@@ -35,6 +39,9 @@ class _RichTask:
 
     def advance(self, n: float = 1) -> None:
         self._progress.advance(self._id, n)
+
+    def describe(self, text: str) -> None:
+        self._progress.update(self._id, description=text)
 
     def close(self) -> None:
         self._progress.update(self._id, visible=False)

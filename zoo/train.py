@@ -316,6 +316,8 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
             loss_sum += loss.item() * len(hard)
             correct += int((logits.argmax(1) == hard).sum())
             total += len(hard)
+            task.describe(f"fine-tune epoch {epoch + 1}/{recipe.epochs} · loss {loss_sum / total:.4f} · "
+                          f"top-1 {correct / total:.3f}")
             task.advance()
         task.close()
         history.append({"phase": "ft", "epoch": epoch + 1, "loss": loss_sum / max(total, 1),
