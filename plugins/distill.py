@@ -202,14 +202,14 @@ def _student(spec: str, teachers, classes: list[str]):
     """(member or None, timm model with a head for ``classes``, constructor arguments for its config)."""
     import timm
 
-    from zoo.train import _model_for
+    from zoo.train import model_for
 
     arch = spec or teachers[0].architecture
     if spec and (":" in spec or "/" in spec or spec.startswith(".")):
         from zoo import load_member
 
         member = load_member(spec)
-        return member, _model_for(member, len(classes), classes), member.model_args
+        return member, model_for(member, len(classes), classes), member.model_args
     if not timm.is_model(arch):
         raise BadInput(f"student {arch!r}: timm knows no such architecture and it is not a member path; "
                        "give a timm model name (e.g. resnet18) or a member spec (hf-hub:ORG/NAME, a folder)")

@@ -39,10 +39,9 @@ class Run:
             raise BadInput("strategy 'distill' needs --train-data DIR: the images the student learns the "
                            "teachers' predictions on (one sub-folder per class)")
         n = len(self.classes)
-        if self.student_member is not None:
-            self.student_cfg = {**self.student_member.pretrained_cfg, "num_classes": n, "label_names": self.classes}
-        else:
-            self.student_cfg = {**self.teachers[0].pretrained_cfg, "num_classes": n, "label_names": self.classes}
+        # a fresh student is preprocessed like the first teacher
+        start = self.student_member if self.student_member is not None else self.teachers[0]
+        self.student_cfg = {**start.pretrained_cfg, "num_classes": n, "label_names": self.classes}
         self.split = load_split(ctx.train_data, data_config(self.student_cfg), label_names=self.classes,
                                 num_classes=n, progress=ctx.progress)
         self.model = self.student.to(ctx.device)
@@ -54,9 +53,9 @@ class Run:
 
     def config(self) -> dict:
         if self.student_member is not None:
-            from zoo.train import _config_for
+            from zoo.train import config_for
 
-            return _config_for(self.student_member, self.classes)
+            return config_for(self.student_member, self.classes)
         model = self.unwrapped()
         arch = model.pretrained_cfg["architecture"]
         config = {"architecture": arch, "num_classes": len(self.classes), "num_features": model.num_features,
@@ -113,7 +112,8 @@ def train(run: Run) -> list[dict]:
     opts, ctx, device = run.options, run.ctx, run.ctx.device
     rank, world = ctx.rank, ctx.world_size
     ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
-    state = _load(ckpt, opts, ctx.resume)
+    state = checkpoint.resume_state(ckpt, asdict(opts), ctx.resume, what="distillation", key="options") \
+        if ckpt is not None else None
 
     live = opts.teacher_outputs == "live" or (opts.teacher_outputs == "auto" and opts.augment)
     if live:
@@ -256,23 +256,6 @@ def _side(n: int, real: bool, device):
 
     row = torch.tensor([1.0, 0.0] if real else [0.0, 1.0], device=device)
     return row.expand(n, 2)
-
-
-def _load(path, opts, resume: bool):
-    if path is None or not path.exists():
-        if resume:
-            raise BadInput(f"--resume: no interrupted distillation to resume ({path} does not exist)")
-        return None
-    if not resume:
-        raise BadInput(f"an interrupted distillation for this --out is in {path.parent}; pass --resume to "
-                       "continue it, or delete that folder to start over")
-    state = checkpoint.load(path)
-    saved = state.get("options", {})
-    changed = [k for k, v in asdict(opts).items() if saved.get(k) != v]
-    if changed:
-        raise BadInput(f"--resume: the interrupted run used {changed[0]}={saved.get(changed[0])!r}, not "
-                       f"{getattr(opts, changed[0])!r}; resume with the same options")
-    return state
 
 
 def evaluate(run: Run) -> tuple[dict, dict]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from zoo import TransferMetric, hookimpl
 from zoo.errors import BadInput
-from zoo.plugins.transfer_metrics import eep
+from zoo.plugins.transfer_metrics import joint_distribution, conditional_entropy, eep
 
 OT_SAMPLES = 512  # per side: exact OT on 512×512 costs milliseconds
 E_LEEP_MAX_JOINT = 4096  # largest joint source-label space E-LEEP builds (N × this float64)
@@ -53,13 +53,6 @@ def domain_and_coupling(view) -> tuple[float, np.ndarray, np.ndarray, np.ndarray
     return float((plan * cost).sum()), plan, src_idx, tgt_idx
 
 
-def conditional_entropy(joint: np.ndarray) -> float:
-    """H(Y | Z) in nats for a joint P(z, y) given as a (Z, C) array summing to 1."""
-    pz = joint.sum(axis=1, keepdims=True)
-    nz = joint > 0
-    return float(-(joint[nz] * np.log((joint / np.where(pz > 0, pz, 1.0))[nz])).sum())
-
-
 def task_difference(view, coupling=None) -> float:
     """H(Y_target | Y_source) / log C: 0 when the target label is a function of the source label."""
     if coupling is not None:
@@ -70,8 +63,7 @@ def task_difference(view, coupling=None) -> float:
         if view.probs is None:
             raise BadInput(f"member {view.member}: it has no classifier head, so OSBORN's task term needs its "
                            "source data (sources in the zoo file, or --source-data)")
-        onehot = np.eye(view.num_classes)[view.labels]
-        joint = view.probs.T @ onehot / len(view.labels)  # P(z, y), as LEEP
+        joint = joint_distribution(view.probs, view.labels, view.num_classes).T  # P(z, y), as LEEP builds it
     return conditional_entropy(joint) / math.log(view.num_classes)
 
 

@@ -18,7 +18,7 @@ GBC_DIMS = 64
 GBC_VAR_FLOOR = 1e-4
 
 
-def _one_hot_joint(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+def joint_distribution(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """P(y, z) = (1/N) Σ_{i: y_i = y} θ_i(z), shape (C, Z)."""
     onehot = np.zeros((len(labels), num_classes))
     onehot[np.arange(len(labels)), labels] = 1.0
@@ -75,7 +75,7 @@ def logme(t) -> float:
 # ---- LEEP (Nguyen et al. 2020) and NCE (Tran et al. 2019) ----------------------------------------
 def eep(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """The expected empirical predictor: (N, C) target-class probabilities Σ_z P(y|z) θ_i(z)."""
-    joint = _one_hot_joint(probs, labels, num_classes)
+    joint = joint_distribution(probs, labels, num_classes)
     cond = joint / np.maximum(joint.sum(axis=0, keepdims=True), np.finfo(np.float64).tiny)  # P(y|z)
     return probs @ cond.T
 
@@ -86,27 +86,20 @@ def leep(t) -> float:
     return float(np.mean(np.log(pred[np.arange(len(t.labels)), t.labels])))
 
 
+def conditional_entropy(joint: np.ndarray) -> float:
+    """H(Y | Z) in nats for a joint P(z, y) given as a (Z, C) array summing to 1."""
+    pz = joint.sum(axis=1, keepdims=True)
+    nz = joint > 0
+    return float(-(joint[nz] * np.log((joint / np.where(pz > 0, pz, 1.0))[nz])).sum())
+
+
 def nce(t) -> float:
     """Negative conditional entropy −H(Y|Z) of target labels given the member's argmax source label."""
-    z = np.asarray(t.probs).argmax(axis=1)
-    hard = np.zeros_like(t.probs, dtype=np.float64)
-    hard[np.arange(len(z)), z] = 1.0
-    joint = _one_hot_joint(hard, t.labels, t.num_classes)
-    pz = joint.sum(axis=0, keepdims=True)
-    nz = joint > 0
-    return float((joint[nz] * np.log((joint / np.where(pz > 0, pz, 1.0))[nz])).sum())
+    hard = np.eye(t.probs.shape[1])[np.asarray(t.probs).argmax(axis=1)]
+    return -conditional_entropy(joint_distribution(hard, t.labels, t.num_classes).T)
 
 
 # ---- H-score (Bao et al. 2019) and its shrinkage version (Ibrahim et al. 2022) -------------------
-def _class_means(f: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each row replaced by the mean feature of its class."""
-    g = np.zeros_like(f)
-    for c in np.unique(labels):
-        rows = labels == c
-        g[rows] = f[rows].mean(axis=0)
-    return g
-
-
 def hscore(t) -> float:
     """tr(cov(f)⁺ cov(g)), g = the class-conditional mean of f; unbiased covariances.
 

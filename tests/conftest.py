@@ -74,3 +74,24 @@ def run_zoo(*args: str, env: dict | None = None, check: bool = True) -> subproce
 @pytest.fixture
 def zoo_cli():
     return run_zoo
+
+
+def start_until(cmd: list, path: Path, timeout: float = 300) -> subprocess.Popen:
+    """Start ``cmd`` and return it, still running, as soon as ``path`` exists (e.g. its first checkpoint)."""
+    import time
+
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before {path.name} appeared: {proc.stderr.read()[-2000:]}"
+    return proc
+
+
+def kill_after_checkpoint(args: list, out: Path, checkpoint: Path) -> None:
+    """Run ``zoo ARGS --out OUT`` and SIGKILL it (a crash, not a polite stop) once ``checkpoint`` exists."""
+    import signal
+
+    proc = start_until([sys.executable, "-m", "zoo", "--quiet", *args, "--out", out], checkpoint)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import kill_after_checkpoint, start_until
 from zoo.plugins.distill import kd_loss, meal_v2_loss, teacher_target
 
 
@@ -100,14 +99,7 @@ def test_interrupted_distillation_resumes_to_the_same_weights(tmp_path, teachers
     zoo_cli(*args, "--out", reference)
     out = tmp_path / "student"
     checkpoint = tmp_path / ".student.distill" / "checkpoint.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "zoo", "--quiet", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(args, out, checkpoint)
     assert not out.exists()
     refused = zoo_cli(*args, "--out", out, check=False)
     assert refused.returncode == 2 and "--resume" in refused.stderr
@@ -194,14 +186,9 @@ def test_a_dying_process_stops_torchrun_and_leaves_the_checkpoint_to_resume(tmp_
     args = _args(teachers[:2], digits_zoo, "student=test_vit", "epochs=3")
     out = tmp_path / "student"
     checkpoint = tmp_path / ".student.distill" / "checkpoint.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-                             "-m", "zoo", "--quiet", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc = start_until([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-addr", "127.0.0.1", "--master-port", free_port(),
+                        "-m", "zoo", "--quiet", *args, "--out", out], checkpoint)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     subprocess.run(["kill", "-9", workers[-1]], check=True)  # rank 1 dies

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import timm
@@ -14,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
+from conftest import kill_after_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +90,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, base, digits_zoo,
 
     out = tmp_path / "ft"
     checkpoint = tmp_path / ".ft.finetune" / "checkpoint.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "zoo", "--quiet", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)  # a crash, not a polite stop
-    proc.wait()
+    kill_after_checkpoint(args, out, checkpoint)
     assert not out.exists()  # nothing half-written
 
     refused = zoo_cli(*args, "--out", out, check=False)

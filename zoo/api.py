@@ -60,7 +60,8 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
 
 
 def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
-            members_from: str | None = None, eval_data: str | None = None, train_data: str | None = None, ood_data: str | None = None,
+            members_from: str | None = None, eval_data: str | None = None, train_data: str | None = None,
+            ood_data: str | None = None,
             options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
@@ -185,14 +186,14 @@ def select(members: Sequence[str] = (), target_data: str | None = None, *, zoo: 
 
         check_out(Path(out), force)
     specs, sources = list(members), dict(sources or {})
-    for source in (zoo, members_from):
+    for source, its_data in ((zoo, True), (members_from, False)):
         if source:
             from zoo.registry import load_zoo
 
             info = load_zoo(source, progress=progress)
             specs = info.members + specs
             sources = {**info.sources, **sources}
-            if source == zoo:
+            if its_data:
                 target_data = target_data or info.data.get("train")
                 val_data = val_data or info.data.get("eval")
     if not target_data:

@@ -47,6 +47,29 @@ def save(path: Path, state: dict) -> None:
             os.unlink(tmp)
 
 
+def resume_state(path: Path, settings: dict[str, Any], resume: bool, *, what: str, key: str) -> dict | None:
+    """The checkpoint at ``path`` to continue from, or None to start afresh.
+
+    Refuses --resume with nothing to resume, a leftover checkpoint without --resume, and a checkpoint
+    whose recorded ``settings`` (stored under ``key``) differ from this run's. ``what`` names the run
+    in messages ("fine-tune", "distillation").
+    """
+    if not path.exists():
+        if resume:
+            raise BadInput(f"--resume: no interrupted {what} to resume ({path} does not exist)")
+        return None
+    if not resume:
+        raise BadInput(f"an interrupted {what} for this --out is in {path.parent}; pass --resume to continue it, "
+                       "or delete that folder to start over")
+    state = load(path)
+    saved = state.get(key, {})
+    changed = [k for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise BadInput(f"--resume: the interrupted run used {changed[0]}={saved.get(changed[0])!r}, not "
+                       f"{settings[changed[0]]!r}; resume with the same settings")
+    return state
+
+
 def load(path: Path) -> dict[str, Any]:
     """Our own checkpoint, still read with ``weights_only=True``; a damaged file is one clear error."""
     import torch

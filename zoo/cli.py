@@ -125,7 +125,8 @@ def combine(
     progress = _progress()
     console = _console()
     result = _run(lambda: api.combine(
-        strategy, member, zoo=zoo_name, members_from=members_from, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
+        strategy, member, zoo=zoo_name, members_from=members_from, eval_data=eval_data, train_data=train_data,
+        ood_data=ood_data,
         options=options(), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=_State.plugins, seed=seed, max_shard_size=max_shard_size,
         resume=resume, progress=progress,

@@ -6,12 +6,13 @@ at the end, so an interrupted or failed run never leaves something that looks fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from zoo.errors import BadInput
 from zoo.strategy import Combined
@@ -25,15 +26,29 @@ def check_out(out: Path, force: bool) -> None:
         raise BadInput(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
 
 
-def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
-          max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
-    from huggingface_hub import save_torch_state_dict
-
+@contextlib.contextmanager
+def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into; renamed to ``out`` when the block ends well,
+    removed when it fails (or is interrupted), so nothing half-written ever looks finished."""
     out = Path(out).resolve()
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
+          max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
+    from huggingface_hub import save_torch_state_dict
+
+    out = Path(out).resolve()
+    with atomic_folder(out, force) as tmp:
         state = {k: v.contiguous() for k, v in combined.state_dict.items()}
         save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
                               # one key only: safetensors writes a metadata map in no fixed order, and
@@ -44,11 +59,6 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
         for filename, fig in combined.figures.items():
             fig.savefig(tmp / filename)
         card.save(tmp / "README.md")
-        os.chmod(tmp, 0o755)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -146,11 +146,10 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
         raise BadInput(f"--top-k {top_k} is larger than the {len(views)} member(s) left after --skip-failed")
     check_views(views)
     notes = []
-    if member_metric.needs in ("predictions", "both") or ensemble:
-        headless = [v.member for v in views if v.probs is None]
-        if headless and (member_metric.needs != "features" or (team and team.needs != "features")):
-            raise BadInput(f"member(s) {', '.join(headless)} have no classifier head, so metrics built on source "
-                           f"predictions cannot score them; use --metric logme, hscore or gbc")
+    headless = [v.member for v in views if v.probs is None]
+    if headless and (member_metric.needs != "features" or (team is not None and team.needs != "features")):
+        raise BadInput(f"member(s) {', '.join(headless)} have no classifier head, so metrics built on source "
+                       f"predictions cannot score them; use --metric logme, hscore or gbc")
     if ensemble and any(v.source_features is None for v in views) and any(v.source_features is not None
                                                                           for v in views):
         # a term measured for some members only would favour the others: use it for all or none

@@ -10,12 +10,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from zoo.output import check_out, swap_into_place
+from zoo.output import atomic_folder
 
 CSV_COLUMNS = ["rank", "member", "score", "probe_top1", "architecture", "features_dim", "spec", "revision",
                "seconds_features", "seconds_metric", "features"]
@@ -50,10 +47,7 @@ def zoo_toml(selection, name: str) -> str:
 
 def write(selection, out: str | Path, *, force: bool = False) -> Path:
     out = Path(out).resolve()
-    check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out, force) as tmp:
         with open(tmp / "ranking.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             writer.writeheader()
@@ -63,9 +57,4 @@ def write(selection, out: str | Path, *, force: bool = False) -> Path:
         (tmp / "zoo.toml").write_text(zoo_toml(selection, out.name))
         for filename, fig in selection.figures.items():
             fig.savefig(tmp / filename)
-        os.chmod(tmp, 0o755)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -83,8 +83,6 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
              force: bool = False, device: str = "auto", arch: str | None = None, allow_pickle: bool = False,
              progress: Any = None, log=None):
     """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``."""
-    import torch
-
     from zoo import api, output
     from zoo.data import data_config, load_split
     from zoo.device import resolve_device
@@ -98,7 +96,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     out = Path(out)
     output.check_out(out, force)
     ckpt_dir = out.parent / f".{out.name}.finetune"
-    state = _load_checkpoint(ckpt_dir, recipe, member_spec, train_data, resume)
+    state = checkpoint.resume_state(ckpt_dir / CHECKPOINT, asdict(recipe), resume, what="fine-tune", key="recipe")
 
     classes = class_names(train_data)
     if num_classes is not None and num_classes != len(classes):
@@ -117,7 +115,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     if held_out is not None:
         from zoo.metrics import evaluate_model
 
-        model = _model_for(member, len(classes))
+        model = model_for(member, len(classes))
         model.load_state_dict(sd)
         result.metrics = evaluate_model(model.eval(), held_out, dev).as_dict()
     if history:
@@ -139,7 +137,7 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
     import torch
 
     torch.manual_seed(recipe.seed)
-    model = _model_for(member, len(classes), classes).to(device)
+    model = model_for(member, len(classes), classes).to(device)
     history: list[dict] = []
     if state is None and recipe.mode in ("lp", "lp-ft"):
         history = _linear_probe(model, train, recipe, device, progress)
@@ -151,10 +149,10 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
 
             recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return sd, _config_for(member, classes), history
+    return sd, config_for(member, classes), history
 
 
-def _config_for(member, classes: list[str]) -> dict:
+def config_for(member, classes: list[str]) -> dict:
     """The member's timm config, relabelled for ``classes`` everywhere timm reads a class count."""
     config = dict(member.config)
     config["num_classes"] = len(classes)
@@ -188,7 +186,7 @@ def _epochs_of(member, train, recipe: Recipe, device):
                                                    drop_last=drop_last, device=device)
 
 
-def _model_for(member, n_classes: int, classes: list[str] | None = None):
+def model_for(member, n_classes: int, classes: list[str] | None = None):
     """``member`` as a timm model with a head for ``n_classes`` (a new one, timm-initialised, if it differs)."""
     model = member.create_model()
     if member.num_classes != n_classes or (classes is not None and (member.label_names or []) != classes):
@@ -340,27 +338,6 @@ def _smooth(targets, n_classes: int, eps: float):
     off = eps / n_classes
     return torch.full((len(targets), n_classes), off, device=targets.device).scatter_(
         1, targets[:, None], 1.0 - eps + off)
-
-
-def _load_checkpoint(ckpt_dir: Path, recipe: Recipe, member: str, train_data: str, resume: bool):
-    import torch
-
-    path = ckpt_dir / CHECKPOINT
-    if not path.exists():
-        if resume:
-            raise BadInput(f"--resume: no interrupted fine-tune to resume ({path} does not exist)")
-        return None
-    if not resume:
-        raise BadInput(f"an interrupted fine-tune for this --out is in {ckpt_dir}; pass --resume to continue it, "
-                       "or delete that folder to start over")
-    # our own checkpoint, still loaded with weights_only=True (tensors, numbers, lists and dicts only)
-    state = checkpoint.load(path)
-    saved = state.get("recipe", {})
-    changed = [k for k, v in asdict(recipe).items() if saved.get(k) != v]
-    if changed:
-        raise BadInput(f"--resume: the interrupted run used {changed[0]}={saved.get(changed[0])!r}, not "
-                       f"{getattr(recipe, changed[0])!r}; resume with the same settings")
-    return state
 
 
 def _plot(history: list[dict]):
