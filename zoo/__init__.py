@@ -9,6 +9,8 @@ The public API is imported lazily so that `import zoo` (and `zoo --help`) stays 
     zoo.push("./soup", "org/my-soup")
     zoo.finetune("hf-hub:org/base", "./train", "./ft", recipe=zoo.FinetuneRecipe(mode="lp-ft"))
     zoo.select(["./a", "./b", "./c"], "./train", metric="logme", out="./selection")
+    net = zoo.load("./snnet")           # any output folder or hf-hub:ORG/NAME, as a module
+    net.select(max_gflops=0.3)          # a stitched network: pick a configuration by budget
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ __version__ = "0.1.0"
 
 _API = {
     "combine", "evaluate", "push", "load_member", "load_members", "strategies", "save", "select",
-    "transfer_metrics",
+    "transfer_metrics", "load", "stitch_configs", "stitch_export",
 }
 _CORE = {
     "Strategy": "zoo.strategy",

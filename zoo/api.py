@@ -227,6 +227,87 @@ def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = 
     return evaluate_model(member.create_model(), split, resolve_device(device), extra=host.metrics())
 
 
+def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):
+    """Any zoo output as a module in eval mode: a stitched network (:class:`zoo.snnet.SNNet`, with
+    ``select``) or a timm model. ``spec`` is a folder or ``hf-hub:ORG/NAME[@REV]``."""
+    import json
+
+    from zoo import snnet_io
+    from zoo.device import resolve_device
+
+    folder = _folder_of(str(spec))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise BadInput(f"{spec}: no config.json; give a folder zoo wrote (or any timm folder)")
+    config = json.loads(config_path.read_text())
+    if snnet_io.is_snnet(config):
+        model = snnet_io.load_folder(folder)
+    else:
+        from zoo.registry import resolve
+
+        model = resolve(str(folder), _host.load(list(plugins))).create_model()
+    return model.to(resolve_device(device)).eval()
+
+
+def _folder_of(spec: str) -> Path:
+    """A local folder for ``spec``: the folder itself, or the Hub snapshot huggingface_hub downloads."""
+    from zoo.registry import hub
+
+    if spec.startswith(hub.PREFIX):
+        repo_id, revision = hub.parse(spec)
+        return hub.download(repo_id, revision, ["*.json", "*.safetensors"], spec)
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise BadInput(f"{spec}: no such folder (give a folder zoo wrote, or hf-hub:ORG/NAME[@REV])")
+    return folder
+
+
+def stitch_configs(spec: str | Path) -> list[dict[str, Any]]:
+    """The configurations of a stitched network (id, anchors, blocks, GFLOPs, parameters, held-out top-1),
+    read from its config.json alone."""
+    import json
+
+    from zoo import snnet_io
+
+    folder = _folder_of(str(spec))
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{spec}: cannot read config.json ({e})") from None
+    if not snnet_io.is_snnet(config):
+        raise BadInput(f"{spec} is not a stitched network (make one with zoo combine --strategy stitch)")
+    names = [a["name"] for a in config["anchors"]]
+    from zoo.snnet import Config
+
+    out = []
+    for row in config["configs"]:
+        cfg = Config(row["id"], tuple(row["anchors"]), row.get("front_block"), row.get("back_block"), row.get("layer"))
+        out.append({**row, "anchor_names": [names[a] for a in cfg.anchors], "description": cfg.describe(names),
+                    "default": row["id"] == config.get("default_config")})
+    return out
+
+
+def stitch_export(spec: str | Path, out: str | Path, *, config: int | None = None, max_gflops: float | None = None,
+                  max_params: float | None = None, force: bool = False) -> tuple[Path, int]:
+    """Write one configuration of a stitched network alone to ``out`` (by id, or the best within a budget);
+    returns the folder and the configuration's id."""
+    import json
+
+    from zoo import output, snnet_io
+
+    output.check_out(Path(out), force)
+    folder = _folder_of(str(spec))
+    net = load(folder)
+    if not isinstance(net, snnet_io.SNNet):
+        raise BadInput(f"{spec} is not a stitched network (make one with zoo combine --strategy stitch)")
+    if config is None:
+        if max_gflops is None and max_params is None:
+            raise BadInput("say which configuration to export: --config ID, --max-gflops or --max-params")
+        config = net.best_within(max_gflops=max_gflops, max_params=max_params)
+    meta = json.loads((folder / "config.json").read_text())
+    return snnet_io.export(net, meta, int(config), Path(out), force=force), int(config)
+
+
 def push(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
     """Upload an output folder (weights, config, card, zoo.json, figures) in one commit."""
     from zoo.hub import push as _push

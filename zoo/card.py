@@ -14,6 +14,15 @@ def _member_row(m: dict[str, Any]) -> str:
     return f"| {m['name']} | `{m['spec']}` | {rev} | `{weights[:16]}…` |"
 
 
+def _timm_usage(name: str) -> str:
+    return f"""It is an ordinary timm model:
+
+```python
+import timm
+model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)  # or "local-dir:PATH" for the folder
+```"""
+
+
 def build(combined: Combined, *, name: str, eval_data: str | None, extra_sections: list[str]) -> Any:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -27,7 +36,7 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
                     dataset_name=eval_data or "held-out", dataset_split="validation",
                     metric_type=label, metric_value=round(float(combined.metrics[key]), 6)))
     data = ModelCardData(
-        library_name="timm", pipeline_tag="image-classification", model_name=name,
+        library_name="timm" if combined.usage is None else "zoo", pipeline_tag="image-classification", model_name=name,
         tags=["zoo", "model-merging", f"zoo-{combined.strategy}", "image-classification"],
         base_model=base_models or None, eval_results=eval_results or None, license=None,
     )
@@ -43,12 +52,7 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
 # {name}
 
 A `{combined.strategy}` of {len(combined.members)} member{'s' if len(combined.members) != 1 else ''}, made with zoo.
-It is an ordinary timm model:
-
-```python
-import timm
-model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)  # or "local-dir:PATH" for the folder
-```
+{combined.usage or _timm_usage(name)}
 
 ## Members
 

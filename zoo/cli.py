@@ -14,6 +14,12 @@ strategies_app = typer.Typer(help="List strategies, or show one's options.", inv
 app.add_typer(strategies_app, name="strategies")
 
 
+def _add_stitch() -> None:
+    from zoo.cli_stitch import stitch_app
+
+    app.add_typer(stitch_app, name="stitch")
+
+
 class _State:
     quiet = False
     debug = False
@@ -134,7 +140,11 @@ def combine(
     m = result.metrics
     summary = f"wrote {out}"
     if m:
-        summary += f" — held-out top-1 {m['top1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f}"
+        shown = [f"{label} {m[key]:.4f}" for key, label in (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE"))
+                 if key in m]
+        summary += " — " + ", ".join(shown)
+        if "configurations" in m:  # a stitched network: the figures above are its default configuration's
+            summary += f" (configuration {m['default_config']} of {m['configurations']}; zoo stitch list {out})"
     console.print(summary, highlight=False)
     if result.report.get("pushed"):
         console.print(f"pushed: {result.report['pushed']}", highlight=False)
@@ -296,7 +306,11 @@ def finetune(
     m = result.metrics
     summary = f"wrote {out}"
     if m:
-        summary += f" — held-out top-1 {m['top1']:.4f}, NLL {m['nll']:.4f}, ECE {m['ece']:.4f}"
+        shown = [f"{label} {m[key]:.4f}" for key, label in (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE"))
+                 if key in m]
+        summary += " — " + ", ".join(shown)
+        if "configurations" in m:  # a stitched network: the figures above are its default configuration's
+            summary += f" (configuration {m['default_config']} of {m['configurations']}; zoo stitch list {out})"
     console.print(summary, highlight=False)
 
 
@@ -386,6 +400,9 @@ def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
         table.add_row(info.name, info.type_name, str(info.default), info.help)
     console.print(table)
     console.print(f"set with: zoo combine --strategy {name} --option KEY=VALUE", highlight=False)
+
+
+_add_stitch()
 
 
 def main() -> None:

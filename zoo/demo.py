@@ -64,10 +64,11 @@ def _builders() -> dict[str, tuple[int, Any]]:
     """builder name → (recipe version, build function). The cache folder is named NAME-vVERSION."""
     from zoo import demo_shift
 
-    from zoo import demo_transfer
+    from zoo import demo_stitch, demo_transfer
 
     return {"digits": (VERSION, build_digits), "mnist-shift": (demo_shift.VERSION, demo_shift.build),
-            "transfer": (demo_transfer.VERSION, demo_transfer.build)}
+            "transfer": (demo_transfer.VERSION, demo_transfer.build),
+            "stitch": (demo_stitch.VERSION, demo_stitch.build)}
 
 
 def write_digits_folders(root: Path) -> dict[str, Path]:

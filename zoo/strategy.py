@@ -61,7 +61,8 @@ class Combined:
     measured them (else zoo measures them when there is eval data); ``report`` is
     JSON-able detail kept in zoo.json (e.g. a greedy soup's history); ``figures``
     maps PNG file names to matplotlib figures shown in the card; ``card_sections``
-    are Markdown paragraphs for the model card.
+    are Markdown paragraphs for the model card; ``usage`` replaces the card's "load it
+    with timm" paragraph for results that are not one timm architecture.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -70,6 +71,8 @@ class Combined:
     report: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     card_sections: list[str] = field(default_factory=list)
+    #: how to load the result, as the card shows it (Markdown); default: timm, for an ordinary timm model
+    usage: str | None = None
     #: filled in by zoo: the strategy's name and options, and the members' provenance
     strategy: str = ""
     options: dict[str, Any] = field(default_factory=dict)
