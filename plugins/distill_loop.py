@@ -144,16 +144,11 @@ def train(run: Run) -> list[dict]:
     history: list[dict] = []
     start = 0
     if state is not None:
-        run.unwrapped().load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        start = checkpoint.restore_training(state, run.unwrapped(), opt, sched, scaler, gen)
         if disc is not None:
             disc.load_state_dict(state["discriminator"])
             disc_opt.load_state_dict(state["discriminator_optimizer"])
-        history, start = list(state["history"]), int(state["epoch"])
+        history = list(state["history"])
         ctx.log(f"resuming from epoch {start} of {opts.epochs} ({ckpt.parent})")
 
     step = start * steps_per_epoch
@@ -215,12 +210,10 @@ def train(run: Run) -> list[dict]:
         ctx.log(f"epoch {epoch + 1}/{opts.epochs}: loss {history[-1]['loss']:.4f}, "
                 f"train top-1 (labels) {history[-1]['train_top1']:.4f}")
         if ckpt is not None and rank == 0:
-            checkpoint.save(ckpt, {
-                "epoch": epoch + 1, "model": run.unwrapped().state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "history": history, "options": asdict(opts),
+            checkpoint.save(ckpt, checkpoint.training_state(
+                epoch + 1, run.unwrapped(), opt, sched, scaler, gen, history=history, options=asdict(opts),
                 **({"discriminator": disc.state_dict(), "discriminator_optimizer": disc_opt.state_dict()}
-                   if disc is not None else {})})
+                   if disc is not None else {})))
         from zoo.distributed import barrier
 
         barrier()

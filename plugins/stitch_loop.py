@@ -33,14 +33,6 @@ class Run:
                           num_classes=len(self.labels), progress=self.ctx.progress)
 
 
-def _freeze_bn(net) -> None:
-    import torch
-
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def train(run: Run) -> tuple[list[dict], dict[str, float]]:
     """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training."""
     import torch
@@ -74,20 +66,17 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
     history: list[dict] = []
     start = 0
     if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, start, residual = list(state["history"]), int(state["epoch"]), dict(state["residual"])
+        start = checkpoint.restore_training(state, net, opt, sched, scaler, gen)
+        history, residual = list(state["history"]), dict(state["residual"])
         ctx.log(f"resuming from epoch {start} of {opts.epochs} ({ckpt.parent})")
     ids = [c.id for c in net.configs]
     step = start * steps_per_epoch
     for epoch in range(start, opts.epochs):
         net.train()
         if opts.bn == "frozen":
-            _freeze_bn(net)
+            from zoo.batchnorm import freeze_bn_stats
+
+            freeze_bn_stats(net)
         task = ctx.progress.task(f"stitch epoch {epoch + 1}/{opts.epochs}", total=steps_per_epoch)
         sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
         for idx in torch.randperm(len(split), generator=gen).split(opts.batch_size):
@@ -113,11 +102,8 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
         ctx.log(f"epoch {epoch + 1}/{opts.epochs}: loss {history[-1]['loss']:.4f}, "
                 f"train top-1 (sampled configurations) {history[-1]['train_top1']:.4f}")
         if ckpt is not None:
-            checkpoint.save(ckpt, {
-                "epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "history": history, "options": asdict(opts),
-                "residual": residual})
+            checkpoint.save(ckpt, checkpoint.training_state(epoch + 1, net, opt, sched, scaler, gen, history=history,
+                                                           options=asdict(opts), residual=residual))
     net.eval()
     return history, residual
 

@@ -19,6 +19,15 @@ def has_batchnorm(model) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def freeze_bn_stats(model) -> None:
+    """Keep every BatchNorm's running statistics as they are while the model trains (scale and shift still learn)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def recompute_bn_stats(model, split: Split, n_batches: int, device, *, batch_size: int = 64, seed: int = 0):
     """Reset every BatchNorm's running stats and re-estimate them on ``n_batches`` batches of ``split``."""
     import torch

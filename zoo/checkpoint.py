@@ -47,6 +47,29 @@ def save(path: Path, state: dict) -> None:
             os.unlink(tmp)
 
 
+def training_state(epoch: int, model, opt, sched, scaler, gen, **extra) -> dict:
+    """What a training loop checkpoints after ``epoch``: the model, optimizer, scheduler, loss scaler, the
+    data-order generator and torch's RNG, plus ``extra`` (history, settings, ...)."""
+    import torch
+
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), **extra}
+
+
+def restore_training(state: dict, model, opt, sched, scaler, gen) -> int:
+    """Put a :func:`training_state` back; returns the number of epochs it had finished."""
+    import torch
+
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"])
+
+
 def resume_state(path: Path, settings: dict[str, Any], resume: bool, *, what: str, key: str) -> dict | None:
     """The checkpoint at ``path`` to continue from, or None to start afresh.
 

@@ -20,16 +20,13 @@ of their solutions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from zoo.blocks import FAMILIES, Family
 from zoo.errors import BadInput
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,7 @@ class SNNet(nn.Module):
                            f"the cheapest is configuration {cheapest} at {meas[cheapest]['gflops']:.4g} GFLOPs and the "
                            f"smallest is {smallest} with {meas[smallest]['params']:,} parameters")
         key = "top1" if all("top1" in self.measured.get(i, {}) for i in ok) else "gflops"
-        return max(ok, key=lambda i: (self.measured.get(i, meas[i])[key], -meas[i]["params"]))
+        return max(ok, key=lambda i: (meas[i][key], -meas[i]["params"]))
 
     @property
     def config(self) -> Config:
@@ -269,11 +266,11 @@ class SNNet(nn.Module):
     def used_parameters(self, cfg: Config):
         """(state-dict key, tensor) of every parameter and buffer ``cfg`` reads."""
         for key, t in self.state_dict(keep_vars=True).items():
-            if _used(self, cfg, key) and isinstance(t, nn.Parameter):
+            if uses(self, cfg, key) and isinstance(t, nn.Parameter):
                 yield key, t
 
     def used_state(self, cfg: Config) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if _used(self, cfg, k)}
+        return {k: v for k, v in self.state_dict().items() if uses(self, cfg, k)}
 
     def count_flops(self, input_size: Sequence[int], progress: Any = None) -> None:
         """FLOPs of every configuration for one image, counted by ``torch.utils.flop_counter`` (2 per multiply-add)."""
@@ -317,17 +314,15 @@ class SNNet(nn.Module):
             for name, cfgs in by_layer.items():
                 if cfgs[0].anchors[0] != a:
                     continue
-                solved = [least_squares(rows(outs_a[c.front_block + 1], kind), rows(ins_b[c.back_block], kind))
-                          for c in cfgs]
+                pairs = [(rows(outs_a[c.front_block + 1], kind).double(), rows(ins_b[c.back_block], kind).double())
+                         for c in cfgs]
+                solved = [least_squares(x1, x2) for x1, x2 in pairs]
                 w = torch.stack([s[0] for s in solved]).mean(0)
                 b = torch.stack([s[1] for s in solved]).mean(0)
                 layer = self.stitch[name]
                 layer.weight.copy_(w.reshape(layer.weight.shape).to(layer.weight))
                 layer.bias.copy_(b.to(layer.bias))
-                errs = []
-                for c in cfgs:
-                    x1, x2 = rows(outs_a[c.front_block + 1], kind).double(), rows(ins_b[c.back_block], kind).double()
-                    errs.append(float((x1 @ w.T + b - x2).norm() / x2.norm().clamp_min(1e-12)))
+                errs = [float((x1 @ w.T + b - x2).norm() / x2.norm().clamp_min(1e-12)) for x1, x2 in pairs]
                 residual[name] = sum(errs) / len(errs)
             del outs_a, ins_b
         self.train(was)
@@ -353,7 +348,7 @@ def _fits(out_shape: tuple, in_shape: tuple, kind: str) -> bool:
     return out_shape[1] == in_shape[1] if kind == "tokens" else out_shape[2:] == in_shape[2:]
 
 
-def _used(net: SNNet, cfg: Config, key: str) -> bool:
+def uses(net: SNNet, cfg: Config, key: str) -> bool:
     """Whether state-dict ``key`` of ``net`` is read by configuration ``cfg``."""
     if key.startswith("stitch."):
         return cfg.stitched and key.split(".")[1] == cfg.layer

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import BadInput
-from zoo.snnet import Config, SNNet
+from zoo.snnet import Config, SNNet, uses
 
 ZOO_TYPE = "snnet"
 
@@ -72,17 +72,11 @@ def from_config(config: dict[str, Any], state_dict: dict | None = None) -> SNNet
     net.label_names = config.get("label_names")
     if state_dict is not None:
         missing, unexpected = net.load_state_dict(state_dict, strict=False)
-        unread = [k for k in missing if any(_reads(net, c, k) for c in net.configs)]
+        unread = [k for k in missing if any(uses(net, c, k) for c in net.configs)]
         if unread or unexpected:
             raise BadInput(f"the stitched network's weights do not fit its config.json (missing {unread[:3]}, "
                            f"unexpected {unexpected[:3]}); the folder is damaged or was edited")
     return net.eval()
-
-
-def _reads(net: SNNet, cfg: Config, key: str) -> bool:
-    from zoo.snnet import _used
-
-    return _used(net, cfg, key)
 
 
 def load_folder(folder: Path) -> SNNet:

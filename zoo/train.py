@@ -275,22 +275,17 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
     np.random.seed(recipe.seed)  # timm's Mixup draws from numpy's global generator
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        start = checkpoint.restore_training(state, model, opt, sched, scaler, gen)
         checkpoint.set_numpy_state(state["numpy_rng"])
-        history, start = list(state["history"]), int(state["epoch"])
+        history = list(state["history"])
         log(f"resuming from epoch {start} of {recipe.epochs} ({ckpt_dir})")
     step = start * steps_per_epoch
     for epoch in range(start, recipe.epochs):
         model.train()
         if recipe.bn_handling == "frozen":  # the start's running statistics stay; BatchNorm's scale and shift still learn
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            from zoo.batchnorm import freeze_bn_stats
+
+            freeze_bn_stats(model)
         task = progress.task(f"fine-tune epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch)
         total, correct, loss_sum = 0, 0, 0.0
         for images, targets in epoch_batches(gen, drop_last):
@@ -324,11 +319,9 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
             f"train top-1 {history[-1]['train_top1']:.4f}")
         if ckpt_dir is None:
             continue
-        checkpoint.save(ckpt_dir / CHECKPOINT, {
-            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": checkpoint.numpy_state(), "history": history,
-            "recipe": asdict(recipe)})
+        checkpoint.save(ckpt_dir / CHECKPOINT, checkpoint.training_state(
+            epoch + 1, model, opt, sched, scaler, gen, numpy_rng=checkpoint.numpy_state(), history=history,
+            recipe=asdict(recipe)))
     return history
 
 
