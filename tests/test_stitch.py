@@ -93,6 +93,30 @@ def test_stem_blocks_head_is_the_model_bit_for_bit(arch, args):
         assert torch.equal(family_of(model, arch).forward(model, x), model(x))
 
 
+@pytest.mark.parametrize("arch,args", [("test_vit", {"img_size": 32, "patch_size": 8, "depth": 3}),
+                                       ("test_efficientnet", {})])
+def test_flops_summed_over_parts_equal_counting_each_configuration(arch, args):
+    """count_flops counts each anchor's parts and each stitching layer once and sums them per configuration;
+    the sums equal FlopCounterMode around each configuration's own run."""
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoo.snnet import SNNet
+
+    widths = {"test_vit": [{"embed_dim": 16, "num_heads": 2}, {"embed_dim": 32, "num_heads": 2}],
+              "test_efficientnet": [{"channel_multiplier": 1.0, "depth_multiplier": 1.0},
+                                    {"channel_multiplier": 1.5, "depth_multiplier": 1.5}]}[arch]
+    anchors = [timm.create_model(arch, num_classes=10, **args, **w).eval() for w in widths]
+    net = SNNet.build(anchors, ["s", "l"], input_size=(3, 32, 32)).eval()
+    net.count_flops((3, 32, 32))
+    assert len(net.configs) > 4
+    for cfg in net.configs:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            net.run(torch.zeros(1, 3, 32, 32), cfg)
+        assert net.measured[cfg.id]["gflops"] * 1e9 == pytest.approx(counter.get_total_flops(), abs=0.5), cfg
+
+
 # ---- the CLI end to end -----------------------------------------------------------------------------------
 def test_cnn_stitch_end_to_end_list_select_export(tmp_path, stitch_zoo, zoo_cli):
     """--epochs 0: anchors untouched, so anchor-only configurations are the members bit for bit (through

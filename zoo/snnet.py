@@ -273,24 +273,42 @@ class SNNet(nn.Module):
         return {k: v for k, v in self.state_dict().items() if uses(self, cfg, k)}
 
     def count_flops(self, input_size: Sequence[int], progress: Any = None) -> None:
-        """FLOPs of every configuration for one image, counted by ``torch.utils.flop_counter`` (2 per multiply-add)."""
-        from torch.utils.flop_counter import FlopCounterMode
+        """FLOPs of every configuration for one image, counted by ``torch.utils.flop_counter`` (2 per multiply-add).
 
+        Each part is counted once (every anchor's stem, blocks and head, every stitching layer on the
+        input it sees) and a configuration's FLOPs are the sum of its parts: one pass per anchor instead of
+        one per configuration (counting runs every op through Python). Tests check the sums against
+        counting each configuration's own run.
+        """
         device = next(self.parameters()).device
         x = torch.zeros(1, *input_size, device=device)
         was = self.training
         self.eval()
-        task = progress.task("counting FLOPs", total=len(self.configs)) if progress else None
+        task = progress.task("counting FLOPs", total=len(self.anchors) + len(self.stitch)) if progress else None
         with torch.no_grad():
-            for cfg in self.configs:
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    self.run(x, cfg)
-                m = self.measured.setdefault(cfg.id, {})
-                m["gflops"] = counter.get_total_flops() / 1e9
-                m["params"] = self.param_count(cfg)
+            parts = []  # per anchor: (stem, [block 0, block 1, …], head) FLOPs, and each block's output
+            for model in self.anchors:
+                parts.append(_part_flops(self.family, model, x))
                 if task:
                     task.advance()
+            layer_flops: dict[str, int] = {}
+            for cfg in self.configs:
+                if cfg.stitched and cfg.layer not in layer_flops:
+                    h = parts[cfg.anchors[0]][3][cfg.front_block]
+                    layer_flops[cfg.layer] = _counted(self.stitch[cfg.layer], h)[1]
+                    if task:
+                        task.advance()
+            for cfg in self.configs:
+                stem, blocks, head, _ = parts[cfg.anchors[0]]
+                if cfg.stitched:
+                    _, blocks_b, head, _ = parts[cfg.anchors[1]]
+                    total = (stem + sum(blocks[:cfg.front_block + 1]) + layer_flops[cfg.layer]
+                             + sum(blocks_b[cfg.back_block:]) + head)
+                else:
+                    total = stem + sum(blocks) + head
+                m = self.measured.setdefault(cfg.id, {})
+                m["gflops"] = total / 1e9
+                m["params"] = self.param_count(cfg)
         if task:
             task.close()
         self.train(was)
@@ -337,6 +355,28 @@ def _block_outputs(family: Family, model: nn.Module, x: torch.Tensor) -> list[to
         h = block(h)
         out.append(h)
     return out
+
+
+def _counted(fn, *args) -> tuple[Any, int]:
+    """``fn(*args)`` and the FLOPs ``torch.utils.flop_counter`` counts in it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = fn(*args)
+    return out, counter.get_total_flops()
+
+
+def _part_flops(family: Family, model: nn.Module, x: torch.Tensor) -> tuple[int, list[int], int, list[torch.Tensor]]:
+    """FLOPs of ``model``'s stem, of each block and of its head on ``x``, and each block's output."""
+    h, stem = _counted(family.stem, model, x)
+    blocks, outs = [], []
+    for block in family.blocks(model):
+        h, n = _counted(block, h)
+        blocks.append(n)
+        outs.append(h)
+    _, head = _counted(family.head, model, h)
+    return stem, blocks, head, outs
 
 
 def _channel_axis(family: Family) -> int:
