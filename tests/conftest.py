@@ -95,3 +95,14 @@ def kill_after_checkpoint(args: list, out: Path, checkpoint: Path) -> None:
     proc = start_until([sys.executable, "-m", "zoo", "--quiet", *args, "--out", out], checkpoint)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def class_slice(data: dict, out: Path, per_class: dict[str, int]) -> dict[str, Path]:
+    """The first ``n`` images of every class of ``data[split]`` for each split, as symlinks under
+    ``out/split`` (a class-balanced slice of a built zoo's data that keeps a slow test near a minute)."""
+    for split, n in per_class.items():
+        for cls in sorted(p for p in Path(data[split]).iterdir() if p.is_dir()):
+            (out / split / cls.name).mkdir(parents=True)
+            for image in sorted(cls.iterdir())[:n]:
+                (out / split / cls.name / image.name).symlink_to(image.resolve())
+    return {split: out / split for split in per_class}

@@ -14,6 +14,8 @@ import timm
 import torch
 from timm.data import create_dataset, create_transform, resolve_data_config
 
+from conftest import class_slice
+
 pytestmark = pytest.mark.slow
 
 PER_CLASS = {"train": 60, "eval": 30, "ood": 30}
@@ -25,13 +27,7 @@ def shift(tmp_path_factory) -> dict[str, Path]:
     from zoo.registry import load_zoo
 
     z = load_zoo("mnist-shift")
-    root = tmp_path_factory.mktemp("mnist-shift-slice")
-    for split, n in PER_CLASS.items():
-        for cls in sorted(p for p in Path(z.data[split]).iterdir() if p.is_dir()):
-            (root / split / cls.name).mkdir(parents=True)
-            for image in sorted(cls.iterdir())[:n]:
-                (root / split / cls.name / image.name).symlink_to(image.resolve())
-    return {"member": Path(z.members[0]), **{split: root / split for split in PER_CLASS}}
+    return {"member": Path(z.members[0]), **class_slice(z.data, tmp_path_factory.mktemp("mnist-shift-slice"), PER_CLASS)}
 
 
 def test_bang_on_real_weights_keeps_the_probe_and_writes_a_timm_model(tmp_path, shift, zoo_cli):
