@@ -57,10 +57,10 @@ class Stitch(Strategy):
         models = [m.create_model() for m in members]
         order = sorted(range(len(members)), key=lambda i: sum(p.numel() for p in models[i].parameters()))
         members, models = [members[i] for i in order], [models[i] for i in order]
-        ctx.log("anchors, small to large: " + ", ".join(m.name for m in members))
         input_size = tuple(pretrained_cfg["input_size"])
         net = SNNet.build(models, [m.name for m in members], input_size=input_size, window=options.window,
                           stride=options.stride)
+        ctx.log("anchors, small to large: " + ", ".join(m.name for m in members))
         stitched = sum(c.stitched for c in net.configs)
         ctx.log(f"{len(net.configs)} configurations: {len(members)} anchors and {stitched} stitches over "
                 f"{len(net.stitch)} stitching layers")
