@@ -106,7 +106,7 @@ def train(run: Run) -> list[dict]:
     import torch.nn.functional as F
     from timm.scheduler import CosineLRScheduler
 
-    from zoo.device import autocast, to_device
+    from zoo.device import amp_step, autocast, grad_scaler, to_device
     from zoo.plugins.distill import discriminator, kd_loss, meal_v2_loss, teacher_target
 
     opts, ctx, device = run.options, run.ctx, run.ctx.device
@@ -134,7 +134,7 @@ def train(run: Run) -> list[dict]:
         opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = CosineLRScheduler(opt, t_initial=total, warmup_t=int(opts.warmup_epochs * steps_per_epoch),
                               warmup_lr_init=opts.lr * 0.01, lr_min=opts.lr * 0.01, t_in_epochs=False)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    scaler = grad_scaler(device)
     disc = disc_ddp = disc_opt = None
     if opts.discriminator and opts.loss == "meal-v2":
         disc = discriminator(len(run.classes)).to(device)
@@ -179,12 +179,7 @@ def train(run: Run) -> list[dict]:
             if disc is not None:  # the student also tries to make its outputs pass for the teachers'
                 fooled = disc(logits.softmax(dim=1))
                 loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(mine), real=True, device=device))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            sched.step_update(step)
+            step = amp_step(loss, opt, scaler, sched, step)
             if disc is not None:
                 d_in = torch.cat([target, logits.detach().softmax(dim=1)])
                 d_sides = torch.cat([_side(len(mine), True, device), _side(len(mine), False, device)])

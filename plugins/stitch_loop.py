@@ -39,7 +39,7 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
     import torch.nn.functional as F
     from timm.scheduler import CosineLRScheduler
 
-    from zoo.device import autocast, to_device
+    from zoo.device import amp_step, autocast, grad_scaler, to_device
 
     net, opts, ctx = run.net, run.options, run.ctx
     device = ctx.device
@@ -61,7 +61,7 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = CosineLRScheduler(opt, t_initial=total, lr_min=opts.lr * 0.01, t_in_epochs=False)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    scaler = grad_scaler(device)
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     history: list[dict] = []
     start = 0
@@ -85,12 +85,7 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
             with autocast(device, True):
                 logits = net.run(images, cfg).float()
             loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            sched.step_update(step)
+            step = amp_step(loss, opt, scaler, sched, step)
             sums += torch.tensor([loss.item() * len(idx), int((logits.argmax(1) == labels).sum()), len(idx)],
                                  dtype=torch.float64)
             task.describe(f"stitch epoch {epoch + 1}/{opts.epochs} · loss {sums[0] / sums[2]:.4f} · "

@@ -36,3 +36,23 @@ def to_device(t, device):
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def grad_scaler(device):
+    """The AMP loss scaler: fp16 autocast on CUDA needs it; on the CPU it is off (a pass-through)."""
+    import torch
+
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+
+
+def amp_step(loss, opt, scaler, sched, step: int) -> int:
+    """One optimizer step through ``scaler`` and the per-step schedule update; returns the new step count.
+
+    Fine-tuning, distillation and stitching all train with it.
+    """
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step_update(step + 1)
+    return step + 1

@@ -252,7 +252,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.scheduler import CosineLRScheduler
 
-    from zoo.device import autocast, to_device
+    from zoo.device import amp_step, autocast, grad_scaler, to_device
 
     n_classes = model.num_classes
     mixup = Mixup(mixup_alpha=recipe.mixup, label_smoothing=recipe.label_smoothing, num_classes=n_classes) \
@@ -269,8 +269,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = CosineLRScheduler(opt, t_initial=total_steps, warmup_t=int(recipe.warmup_epochs * steps_per_epoch),
                               warmup_lr_init=recipe.lr * 0.01, lr_min=recipe.lr * 0.01, t_in_epochs=False)
-    # fp16 autocast on CUDA needs loss scaling; on the CPU both are off
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    scaler = grad_scaler(device)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     np.random.seed(recipe.seed)  # timm's Mixup draws from numpy's global generator
     start = 0
@@ -300,12 +299,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
             with autocast(device, True):
                 logits = model(images)
                 loss = criterion(logits.float(), targets)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            sched.step_update(step)
+            step = amp_step(loss, opt, scaler, sched, step)
             loss_sum += loss.item() * len(hard)
             correct += int((logits.argmax(1) == hard).sum())
             total += len(hard)
