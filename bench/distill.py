@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import zoo
-from zoo.demo import ensure_built
+from zoo.demos import ensure_built
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     # the same fresh start trained on labels: a fresh member folder from the same seed, then zoo finetune
     import torch
 
-    from zoo.demo import new_model, save_member
+    from zoo.demos.digits import new_model, save_member
 
     torch.manual_seed(0)
     fresh_member = args.work / "fresh-test_efficientnet"

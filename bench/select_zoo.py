@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from zoo.wheels import save_lite_member
+    from zoo.demos.wheels import save_lite_member
 
     z = load_zoo("transfer-demo")
     members = list(z.members)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import zoo
-from zoo.demo import ensure_built
+from zoo.demos import ensure_built
 
 
 def main() -> None:
@@ -60,8 +60,8 @@ def main() -> None:
 
 def lite_anchors(args) -> tuple[list[str], str, str]:
     """EfficientNet-Lite0/1/2 from the wheels, each fine-tuned on the mnist-shift zoo's training digits."""
-    from zoo.demo_shift import PRETRAINED_CFG
-    from zoo.wheels import save_lite_member
+    from zoo.demos.shift import PRETRAINED_CFG
+    from zoo.demos.wheels import save_lite_member
 
     root = ensure_built("mnist-shift")
     train, val = str(root / "data" / "train"), str(root / "data" / "val")

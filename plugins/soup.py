@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo import weights
-from zoo.hookspecs import hookimpl
-from zoo.options import option
-from zoo.strategy import Combined, Context, Strategy
+from zoo.kit import card, weights
+from zoo import hookimpl
+from zoo.kit.options import option
+from zoo.kit.strategy import Combined, Context, Strategy
 
 
 class Soup(Strategy):
@@ -40,7 +40,7 @@ class Soup(Strategy):
         else:
             result = _learned(members, options, ctx)
         if options.recompute_bn:
-            from zoo.batchnorm import has_batchnorm, recompute_bn_stats
+            from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
 
             model = ctx.model(result.state_dict, ref)
             if has_batchnorm(model):
@@ -62,7 +62,7 @@ def _member_scores(members, ctx: Context) -> list[float]:
 
 
 def _uniform(members, ctx: Context) -> Combined:
-    from zoo import plots
+    from zoo.kit import plots
 
     sd = weights.uniform_average(members, progress=ctx.progress)
     result = Combined(state_dict=sd, report={"ingredients": [m.name for m in members]})
@@ -78,7 +78,7 @@ def _uniform(members, ctx: Context) -> Combined:
 
 
 def _greedy(members, options, ctx: Context) -> Combined:
-    from zoo import plots
+    from zoo.kit import plots
 
     scores = _member_scores(members, ctx)
     order = sorted(range(len(members)), key=lambda i: -scores[i])  # stable: ties keep the given order
@@ -107,11 +107,10 @@ def _greedy(members, options, ctx: Context) -> Combined:
     result.metrics = soup_metrics.as_dict() if soup_metrics else None
     result.figures["greedy-soup.png"] = plots.greedy_path(
         steps, title=f"Greedy soup: {len(accepted)} of {len(members)} ingredients kept")
-    result.card_sections.append(
-        "### Greedy soup\n\nIngredients in order of held-out accuracy; each kept only if the soup improved "
-        f"({'>' if options.accept == 'gt' else '>='}):\n\n| member | alone | soup with it | kept |\n|---|---|---|---|\n"
-        + "\n".join(f"| {s['member']} | {s['ingredient_top1']:.4f} | {s['candidate_top1']:.4f} | "
-                    f"{'yes' if s['accepted'] else 'no'} |" for s in steps))
+    result.card_sections.append(card.Section(
+        "Greedy soup", "Ingredients in order of held-out accuracy; each kept only if the soup improved "
+        f"({'>' if options.accept == 'gt' else '>='}):", columns=["member", "alone", "soup with it", "kept"],
+        rows=[[s["member"], s["ingredient_top1"], s["candidate_top1"], s["accepted"]] for s in steps]))
     return result
 
 

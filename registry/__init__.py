@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import BadInput
+from zoo.kit.errors import BadInput
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,8 +32,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zoo.member import Member
-    from zoo.plugins import Host
+    from zoo.kit.member import Member
+    from zoo.host import Host
 
 ZOOS_DIR = Path(__file__).parent / "zoos"
 
@@ -83,9 +83,9 @@ def load_zoo(name_or_path: str, *, progress: Any = None) -> Zoo:
         raise BadInput(f"zoo file {path}: it lists no members")
     base = path.parent
     if "build" in raw:
-        from zoo import demo
+        from zoo.demos import ensure_built
 
-        base = demo.ensure_built(raw["build"].get("builder", ""), progress=progress)
+        base = ensure_built(raw["build"].get("builder", ""), progress=progress)
 
     def where(p: str) -> str:
         if ":" in p and not Path(p).exists() and not p.startswith(("./", "/", "local-dir:")):

@@ -23,6 +23,12 @@ os.environ["HF_HOME"] = str(_SESSION_TMP / "hf-home")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.pop("HF_TOKEN", None)
+# Plugins installed in this environment stay out of the tests (as pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD);
+# the tests of outside plugins switch entry points back on for their own commands (PLUGINS_ON).
+os.environ["ZOO_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ.pop("ZOO_PLUGINS", None)
+os.environ.pop("ZOO_DISABLE_PLUGINS", None)
+PLUGINS_ON = {"ZOO_DISABLE_PLUGIN_AUTOLOAD": ""}
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import Hub  # noqa: E402
@@ -43,7 +49,7 @@ def hub():
 @pytest.fixture(scope="session")
 def digits_zoo() -> Path:
     """The built digits-demo folder: members/ and data/{train,val,test}."""
-    from zoo.demo import ensure_built
+    from zoo.demos import ensure_built
 
     return ensure_built("digits")
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import kill_after_checkpoint, start_until
-from zoo.plugins.distill import kd_loss, meal_v2_loss, teacher_target
+from zoo.plugins.distill.losses import kd_loss, meal_v2_loss, teacher_target
 
 
 # ---- the losses ---------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_two_processes_with_gloo_match_one(tmp_path, teachers, digits_zoo):
 
 # ---- bad input ----------------------------------------------------------------------------------
 def test_bad_input(tmp_path, teachers, digits_zoo, zoo_cli):
-    from zoo.demo import ensure_built
+    from zoo.demos import ensure_built
 
     parity = ensure_built("transfer") / "members" / "parity-vit"  # 2 classes: even / odd
     out = tmp_path / "out"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PLUGINS_ON
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "zoo-plugin-example"
 
@@ -24,12 +25,13 @@ def example_installed():
 
 
 def test_installed_plugin_is_listed_and_runs(tmp_path, example_installed, digits_zoo, zoo_cli):
-    listing = zoo_cli("strategies").stdout
+    listing = zoo_cli("strategies", env=PLUGINS_ON).stdout
     assert "weighted-soup" in listing and "zoo-plugin-example" in listing and "built-in" in listing
-    show = zoo_cli("strategies", "show", "weighted-soup").stdout
+    show = zoo_cli("strategies", "show", "weighted-soup", env=PLUGINS_ON).stdout
     assert "temperature" in show and "0.01" in show
     out = tmp_path / "w"
-    zoo_cli("combine", "-s", "weighted-soup", "--zoo", "digits-demo", "-o", "temperature=0.005", "--out", out)
+    zoo_cli("combine", "-s", "weighted-soup", "--zoo", "digits-demo", "-o", "temperature=0.005", "--out", out,
+            env=PLUGINS_ON)
     recipe = json.loads((out / "zoo.json").read_text())
     coeffs = recipe["report"]["coefficients"]
     assert sum(coeffs.values()) == pytest.approx(1.0)
@@ -61,3 +63,70 @@ def test_help_does_not_import_torch():
             "assert 'combine' in r.output\nprint('torch' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_installed_plugins_stay_out_unless_autoloaded_and_can_be_switched_off(example_installed, zoo_cli):
+    """Entry-point plugins are found by default, left out with ZOO_DISABLE_PLUGIN_AUTOLOAD (as in these
+    tests), and one can be switched off by name with --no-plugin (also after the sub-command) or
+    ZOO_DISABLE_PLUGINS; the built-ins are there in every case, registered by import path."""
+    assert "weighted-soup" in zoo_cli("strategies", env=PLUGINS_ON).stdout
+    for listing in (zoo_cli("strategies").stdout,
+                    zoo_cli("--no-plugin", "weighted_soup", "strategies", env=PLUGINS_ON).stdout,
+                    zoo_cli("strategies", "--no-plugin", "weighted_soup", env=PLUGINS_ON).stdout,
+                    zoo_cli("strategies", env={**PLUGINS_ON, "ZOO_DISABLE_PLUGINS": "weighted_soup"}).stdout):
+        assert "weighted-soup" not in listing
+        assert all(name in listing for name in ("soup", "wise-ft", "bang", "distill", "stitch"))
+
+
+def test_builtins_need_no_entry_points():
+    from importlib.metadata import distribution
+
+    from zoo import host
+
+    assert [ep for ep in distribution("zoo").entry_points if ep.group == "zoo"] == []
+    assert {"soup", "wise-ft", "bang", "distill", "stitch"} <= set(host.load().strategies())
+
+
+def test_misspelled_hook_is_an_error_naming_the_plugin(tmp_path, zoo_cli):
+    (tmp_path / "typo_plugin.py").write_text("import zoo\n\n@zoo.hookimpl\ndef zoo_strategy():\n    return []\n")
+    proc = zoo_cli("strategies", env={"PYTHONPATH": str(tmp_path), "ZOO_PLUGINS": "typo_plugin"}, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "typo_plugin" in proc.stderr and "zoo_strategy" in proc.stderr and "zoo_strategies" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_two_plugins_offering_one_strategy_name_is_an_error(tmp_path, zoo_cli):
+    (tmp_path / "dup_plugin.py").write_text(
+        "import zoo\n\nclass Soup(zoo.Strategy):\n    name = 'soup'\n    summary = 'another soup'\n\n"
+        "@zoo.hookimpl\ndef zoo_strategies():\n    return [Soup]\n")
+    proc = zoo_cli("--plugin", "dup_plugin", "strategies", env={"PYTHONPATH": str(tmp_path)}, check=False)
+    assert proc.returncode == 2
+    assert "'soup' is provided twice" in proc.stderr and "built-in" in proc.stderr and "dup_plugin" in proc.stderr
+
+
+CMD_PLUGIN = '''
+import typer
+import zoo
+
+
+@zoo.hookimpl
+def zoo_commands(app, cli):
+    @app.command("hello")
+    def hello(name: str = typer.Argument("world")):
+        """Say hello."""
+        if name == "err":
+            cli.run(lambda: (_ for _ in ()).throw(zoo.BadInput("and a clear error")))
+        cli.console().print(f"hello {name}")
+'''
+
+
+def test_a_plugin_adds_a_command_and_global_flags_work_after_it(tmp_path, zoo_cli):
+    (tmp_path / "cmd_plugin.py").write_text(CMD_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert "hello there" in zoo_cli("--plugin", "cmd_plugin", "hello", "there", env=env).stderr
+    assert "hello there" in zoo_cli("hello", "there", "--plugin", "cmd_plugin", env=env).stderr
+    assert zoo_cli("hello", "there", "--plugin", "cmd_plugin", "--quiet", env=env).stderr == ""
+    err = zoo_cli("hello", "err", "--plugin=cmd_plugin", env=env, check=False)
+    assert err.returncode == 2 and "and a clear error" in err.stderr
+    assert "hello" not in zoo_cli("--help").stdout  # without the plugin, no such command
+    assert "stitch" in zoo_cli("--help").stdout  # the stitch plugin's own commands

@@ -15,7 +15,7 @@ from test_bad_input import _fails  # noqa: E402
 
 @pytest.fixture(scope="session")
 def transfer_zoo() -> Path:
-    from zoo.demo import ensure_built
+    from zoo.demos import ensure_built
 
     return ensure_built("transfer")
 

@@ -89,8 +89,8 @@ def test_output_loads_in_timm_and_matches_card(tmp_path, digits_zoo, val_dir, zo
     import timm
     from huggingface_hub import ModelCard
 
-    from zoo.data import data_config, load_split
-    from zoo.metrics import evaluate_model
+    from zoo.kit.data import data_config, load_split
+    from zoo.kit.metrics import evaluate_model
 
     out = tmp_path / "soup"
     zoo_cli("combine", "-s", "soup", "--zoo", "digits-demo", "--out", out)

@@ -26,9 +26,9 @@ PER_CLASS = {"train": 30, "eval": 10}
 @pytest.fixture(scope="module")
 def lite_family(tmp_path_factory) -> dict:
     import zoo
-    from zoo.demo_shift import PRETRAINED_CFG
+    from zoo.demos.shift import PRETRAINED_CFG
     from zoo.registry import load_zoo
-    from zoo.wheels import save_lite_member
+    from zoo.demos.wheels import save_lite_member
 
     root = tmp_path_factory.mktemp("lite-family")
     data = class_slice(load_zoo("mnist-shift").data, root, PER_CLASS)
@@ -42,8 +42,8 @@ def lite_family(tmp_path_factory) -> dict:
 
 def test_lite_family_stitches_by_least_squares(tmp_path, lite_family, zoo_cli):
     import zoo
-    from zoo.data import data_config, load_split
-    from zoo.demo_shift import LABELS, PRETRAINED_CFG
+    from zoo.kit.data import data_config, load_split
+    from zoo.demos.shift import LABELS, PRETRAINED_CFG
 
     out = tmp_path / "snnet"
     lite0, lite1, lite2 = map(str, lite_family["anchors"])

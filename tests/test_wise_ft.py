@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from zoo import weights
+from zoo.kit import weights
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_fisher_weighting_runs_and_differs_from_plain(tmp_path, ends, digits_zoo
 
 
 def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
-    from zoo.data import data_config, load_split
-    from zoo.fisher import diagonal_fisher
+    from zoo.kit.data import data_config, load_split
+    from zoo.kit.fisher import diagonal_fisher
 
     member = zoo.load_member(str(ends[1]))
     model = member.create_model()

@@ -1,6 +1,6 @@
 """zoo: combine pretrained models — weight soups and more, written as pluggy plugins.
 
-The public API is imported lazily so that `import zoo` (and `zoo --help`) stays fast:
+The public names are imported lazily so that `import zoo` (and `zoo --help`) stays fast:
 
     import zoo
     member = zoo.load_member("hf-hub:org/name@main")
@@ -11,39 +11,73 @@ The public API is imported lazily so that `import zoo` (and `zoo --help`) stays 
     zoo.select(["./a", "./b", "./c"], "./train", metric="logme", out="./selection")
     net = zoo.load("./snnet")           # any output folder or hf-hub:ORG/NAME, as a module
     net.select(max_gflops=0.3)          # a stitched network: pick a configuration by budget
+
+Two groups of names live here. The API (``zoo.combine`` …) is what users call. The kit
+(``zoo.Strategy``, ``zoo.Context``, ``zoo.option`` … and the modules of ``zoo.kit``) is what
+plugins build on — the built-in strategies use nothing else (docs/writing-a-plugin.md).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-_API = {
-    "combine", "evaluate", "push", "load_member", "load_members", "strategies", "save", "select",
-    "transfer_metrics", "load", "stitch_configs", "stitch_export",
+#: what users call: name → module
+API = {
+    "combine": "zoo.api.combine",
+    "save": "zoo.api.combine",
+    "strategies": "zoo.api.combine",
+    "load_member": "zoo.api.combine",
+    "load_members": "zoo.api.combine",
+    "evaluate": "zoo.api.evaluate",
+    "finetune": "zoo.api.finetune",
+    "load": "zoo.api.load",
+    "push": "zoo.api.push",
+    "select": "zoo.api.selection",
+    "transfer_metrics": "zoo.api.selection",
+    "stitch_configs": "zoo.plugins.stitch.export",
+    "stitch_export": "zoo.plugins.stitch.export",
 }
-_CORE = {
-    "Strategy": "zoo.strategy",
-    "Context": "zoo.strategy",
-    "Combined": "zoo.strategy",
-    "option": "zoo.options",
-    "Member": "zoo.member",
+#: what plugins build on: name → module of the kit
+KIT = {
     "hookimpl": "zoo.hookspecs",
-    "ZooError": "zoo.errors",
-    "BadInput": "zoo.errors",
-    "finetune": "zoo.train",
-    "FinetuneRecipe": "zoo.train",
-    "TransferMetric": "zoo.transfer",
-    "TargetView": "zoo.transfer",
+    "Strategy": "zoo.kit.strategy",
+    "Context": "zoo.kit.strategy",
+    "Combined": "zoo.kit.strategy",
+    "option": "zoo.kit.options",
+    "Member": "zoo.kit.member",
+    "ZooError": "zoo.kit.errors",
+    "BadInput": "zoo.kit.errors",
+    "IncompatibleMembers": "zoo.kit.errors",
+    "FinetuneRecipe": "zoo.kit.finetune",
+    "TransferMetric": "zoo.kit.transfer",
+    "TargetView": "zoo.kit.transfer",
 }
 
-__all__ = sorted(_API | set(_CORE)) + ["__version__"]
+__all__ = sorted(set(API) | set(KIT)) + ["__version__"]
+
+if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and type checkers
+    from zoo.api.combine import combine, load_member, load_members, save, strategies
+    from zoo.api.evaluate import evaluate
+    from zoo.api.finetune import finetune
+    from zoo.api.load import load
+    from zoo.api.push import push
+    from zoo.api.selection import select, transfer_metrics
+    from zoo.hookspecs import hookimpl
+    from zoo.kit.errors import BadInput, IncompatibleMembers, ZooError
+    from zoo.kit.finetune import FinetuneRecipe
+    from zoo.kit.member import Member
+    from zoo.kit.options import option
+    from zoo.kit.strategy import Combined, Context, Strategy
+    from zoo.kit.transfer import TargetView, TransferMetric
+    from zoo.plugins.stitch.export import stitch_configs, stitch_export
 
 
 def __getattr__(name: str):
     import importlib
 
-    if name in _API:
-        return getattr(importlib.import_module("zoo.api"), name)
-    if name in _CORE:
-        return getattr(importlib.import_module(_CORE[name]), name)
-    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    module = API.get(name) or KIT.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

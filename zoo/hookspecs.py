@@ -9,20 +9,26 @@ in your package's pyproject::
 
 or load it for one run with ``zoo --plugin my_package.my_plugin`` (or the
 ``ZOO_PLUGINS`` environment variable, comma-separated). The built-in strategies
-in ``zoo.plugins`` and member sources in ``zoo.registry`` are registered the very
-same way. See docs/writing-a-plugin.md for a complete example.
+in ``zoo.plugins`` and member sources in ``zoo.registry`` are plugins of exactly
+this kind, registered by import path (``zoo.host.BUILTINS``). A function marked
+``@zoo.hookimpl`` whose name is not one of the hooks below is an error naming the
+plugin. See docs/writing-a-plugin.md for a complete example.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from zoo.member import Member
-    from zoo.strategy import Combined, Strategy
-    from zoo.transfer import TransferMetric
+    import typer
+
+    from zoo.cli.app import Commands
+    from zoo.kit.member import Member
+    from zoo.kit.strategy import Combined, Strategy
+    from zoo.kit.transfer import TransferMetric
 
 PROJECT = "zoo"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -73,3 +79,21 @@ def zoo_transferability_metrics() -> list[TransferMetric]:
 @hookspec
 def zoo_model_card(combined: Combined, sections: list[str]) -> None:
     """Append Markdown sections (strings) to the model card of ``combined``."""
+
+
+@hookspec
+def zoo_commands(app: typer.Typer, cli: Commands) -> None:
+    """Add sub-commands to the ``zoo`` command: ``app.add_typer(my_app, name="mine")`` or ``app.command()``.
+
+    ``cli`` runs a command body the way zoo's own commands do: ``cli.run(fn)`` turns an error into one
+    line on stderr and its exit code, ``cli.console()`` prints (silent under ``--quiet``),
+    ``cli.progress()`` gives progress bars, ``cli.plugins`` the ``--plugin`` modules of this run.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_open_output(folder: Path, config: dict[str, Any]) -> Any | None:
+    """Open an output folder your plugin wrote as a module, for ``zoo.load`` (``config`` is its config.json).
+
+    Return ``None`` when the folder is not yours; zoo then opens it as a timm model.
+    """

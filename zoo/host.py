@@ -1,9 +1,14 @@
-"""The plugin host (zoo.host; `zoo.plugins` is the package of built-in strategies): one pluggy PluginManager with the built-ins and every outside plugin.
+"""The plugin host: one pluggy PluginManager with the built-ins and every outside plugin.
 
-Built-in strategies and member sources are found through the entry-point group
-``zoo`` exactly like third-party ones; ``--plugin MODULE`` and ``ZOO_PLUGINS`` add
-modules for one run. A plugin that fails to import is recorded (and reported by
-name) instead of taking the others down with it.
+As pytest and llm do it: the built-in strategies and member sources are ordinary plugin modules
+registered by import path (``BUILTINS``), so a source checkout works without installed entry
+points; outside plugins come from the entry-point group ``zoo``, and ``--plugin MODULE`` /
+``ZOO_PLUGINS`` add modules for one run. ``--no-plugin NAME`` / ``ZOO_DISABLE_PLUGINS`` switch an
+outside plugin off; ``ZOO_DISABLE_PLUGIN_AUTOLOAD=1`` skips entry points altogether (the tests use it,
+so that plugins installed in the environment do not leak into them). A plugin that fails to import
+is recorded and reported by name instead of taking the others down with it; a hook implementation
+whose name is not a hook of ``zoo.hookspecs`` is an error naming the plugin (pluggy's
+``check_pending``).
 """
 
 from __future__ import annotations
@@ -17,12 +22,25 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from zoo import hookspecs
-from zoo.errors import BadInput
+from zoo.kit.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zoo.strategy import Strategy
+    from zoo.kit.strategy import Strategy
 
 ENV_VAR = "ZOO_PLUGINS"
+DISABLE_VAR = "ZOO_DISABLE_PLUGINS"
+AUTOLOAD_VAR = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
+
+#: the built-in plugins, by import path: strategies, transferability metrics, member sources
+BUILTINS = (
+    "zoo.plugins.soup",
+    "zoo.plugins.wise_ft",
+    "zoo.plugins.distill",
+    "zoo.plugins.stitch",
+    "zoo.plugins.transfer",
+    "zoo.registry.hub",
+    "zoo.registry.local",
+)
 
 
 @dataclass
@@ -57,7 +75,8 @@ class Host:
     def strategy(self, name: str) -> type[Strategy]:
         known = self.strategies()
         if name not in known:
-            hint = f"; plugins that failed to load: {', '.join(b.name for b in self.broken)}" if self.broken else ""
+            hint = ("; plugins that failed to load: " + "; ".join(f"{b.name} ({b.error})" for b in self.broken)
+                    if self.broken else "")
             raise BadInput(
                 f"unknown strategy {name!r}; available: {', '.join(known) or 'none'}"
                 f" (see `zoo strategies`){hint}"
@@ -85,35 +104,57 @@ class Host:
 
 def _origin_of(ep) -> str:
     dist = getattr(ep, "dist", None)
-    if dist is None:
-        return ep.value
-    return "built-in" if dist.name == "zoo" else f"{dist.name} {dist.version}"
+    return ep.value if dist is None else f"{dist.name} {dist.version}"
 
 
-def load(extra_modules: list[str] | None = None) -> Host:
-    """Build the plugin host: entry points of group ``zoo``, then ``ZOO_PLUGINS``, then ``extra_modules``."""
+def _names(var: str) -> list[str]:
+    return [m.strip() for m in os.environ.get(var, "").split(",") if m.strip()]
+
+
+def load(extra_modules: list[str] | None = None, *, disabled: list[str] | None = None) -> Host:
+    """Build the plugin host: the built-ins, entry points of group ``zoo``, ``ZOO_PLUGINS``, ``extra_modules``."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     host = Host(pm)
-    for ep in entry_points(group=hookspecs.PROJECT):
-        if pm.get_plugin(ep.name) is not None:
-            continue
-        try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-        except Exception as e:  # a broken plugin must not break the others
-            host.broken.append(BrokenPlugin(ep.name, _origin_of(ep), f"{type(e).__name__}: {e}"))
-            continue
-        host.origins[plugin] = _origin_of(ep)
-    modules = [m.strip() for m in os.environ.get(ENV_VAR, "").split(",") if m.strip()]
-    for name in modules + list(extra_modules or []):
-        if pm.get_plugin(name) is not None:
+    off = set(_names(DISABLE_VAR)) | set(disabled or [])
+    for name in BUILTINS:  # a broken built-in is a bug of zoo's: let it raise
+        plugin = importlib.import_module(name)
+        pm.register(plugin, name=name)
+        host.origins[plugin] = "built-in"
+    if not os.environ.get(AUTOLOAD_VAR):
+        for ep in entry_points(group=hookspecs.PROJECT):
+            if ep.name in off or ep.value in off or pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as e:  # a plugin that cannot import must not break the others
+                host.broken.append(BrokenPlugin(ep.name, _origin_of(ep), f"{type(e).__name__}: {e}"))
+                continue
+            if pm.is_registered(plugin):  # e.g. a stale entry point naming a built-in
+                continue
+            _register(pm, plugin, ep.name, _origin_of(ep))
+            host.origins[plugin] = _origin_of(ep)
+    for name in _names(ENV_VAR) + list(extra_modules or []):
+        if name in off or pm.get_plugin(name) is not None:
             continue
         try:
             plugin = importlib.import_module(name)
-            pm.register(plugin, name=name)
         except Exception as e:
             host.broken.append(BrokenPlugin(name, "--plugin", f"{type(e).__name__}: {e}"))
             continue
+        if pm.is_registered(plugin):
+            continue
+        _register(pm, plugin, name, f"--plugin {name}")
         host.origins[plugin] = f"--plugin {name}"
     return host
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str, origin: str) -> None:
+    """Register ``plugin``; a hook implementation named like no hook (a typo) is an error naming the plugin."""
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("zoo_")))
+        raise BadInput(f"plugin {name} ({origin}) is invalid: {e}. The hooks are: {known}; fix the plugin "
+                       f"or switch it off with --no-plugin {name}") from None

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 import zoo
-from zoo import weights
+from zoo.kit import card, weights
 
 
 class WeightedSoup(zoo.Strategy):
@@ -28,8 +28,9 @@ class WeightedSoup(zoo.Strategy):
         return zoo.Combined(
             state_dict=state,
             report={"coefficients": dict(zip([m.name for m in members], coeffs))},
-            card_sections=["### Weights\n\n" + "\n".join(
-                f"- {m.name}: {c:.3f} (top-1 {s:.4f})" for m, c, s in zip(members, coeffs, scores))],
+            card_sections=[card.Section("Weights", "Each member's weight and held-out top-1:",
+                                        columns=["member", "weight", "top-1"],
+                                        rows=[[m.name, c, s] for m, c, s in zip(members, coeffs, scores)])],
         )
 
 

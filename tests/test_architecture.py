@@ -1,0 +1,266 @@
+"""The house: arrows run one way (CLI → API → plugins and registry → kit), there are no import circles,
+and a built-in plugin imports exactly what an outside plugin may: the `zoo` namespace's kit names and the
+public names of `zoo.kit` modules, never another plugin, never a private name.
+
+The graph is read from the source (every import statement, also those inside functions; only
+``if TYPE_CHECKING:`` blocks are left out, since they never run), so these tests need no imports of zoo.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: where each installed package lives in the checkout (pyproject's package-dir)
+SOURCES = {"zoo": ROOT / "zoo", "zoo.plugins": ROOT / "plugins", "zoo.registry": ROOT / "registry"}
+EXAMPLES = sorted((ROOT / "examples").glob("*/src/*"))
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in SOURCES.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, str | None, int]]:
+    """(imported module, imported name or None, line) for every import that can run."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: list[tuple[str, str | None, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            out.extend((alias.name, None, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            out.extend((base, alias.name, node.lineno) for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+def _target(base: str, name: str | None) -> str:
+    """The module an import lands on: ``from zoo.kit import weights`` lands on zoo.kit.weights."""
+    if name and f"{base}.{name}" in MODULES:
+        return f"{base}.{name}"
+    return base
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module, path in MODULES.items():
+        for base, name, _ in _imports(path, module):
+            if (base, name) == ("zoo", "__version__"):
+                continue  # the version string, not the namespace's lazy names
+            target = _target(base, name)
+            if target in MODULES and target != module:
+                graph[module].add(target)
+    return graph
+
+
+def _layer(module: str) -> str:
+    if module in ("zoo.__main__",) or module.startswith("zoo.cli"):
+        return "cli"
+    for prefix in ("zoo.api", "zoo.plugins", "zoo.registry", "zoo.demos", "zoo.kit"):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix.split(".")[1]
+    if module in ("zoo.host", "zoo.hookspecs"):
+        return "host"
+    if module == "zoo":
+        return "namespace"
+    raise AssertionError(f"{module}: a module outside the layout (zoo/cli, api, kit, demos; plugins; registry)")
+
+
+#: which layers each layer may import; everything else is an arrow the wrong way
+ALLOWED = {
+    "cli": {"cli", "api", "host", "kit"},
+    "api": {"api", "host", "registry", "kit"},
+    "plugins": {"plugins", "namespace", "kit", "host"},
+    "registry": {"registry", "namespace", "host", "demos", "kit"},
+    "demos": {"demos", "kit"},
+    "host": {"host", "kit"},
+    "kit": {"kit"},
+    "namespace": set(),  # zoo/__init__.py only names modules lazily, as strings
+}
+
+
+def test_every_module_sits_in_one_room_of_the_layout():
+    rooms = {m: _layer(m) for m in MODULES}
+    assert {"cli", "api", "plugins", "registry", "demos", "host", "kit"} <= set(rooms.values())
+
+
+def test_arrows_run_one_way():
+    wrong = []
+    for module, targets in _graph().items():
+        for target in targets:
+            if _layer(target) not in ALLOWED[_layer(module)]:
+                wrong.append(f"{module} ({_layer(module)}) imports {target} ({_layer(target)})")
+    assert not wrong, "imports against the layering CLI → API → plugins/registry → kit:\n" + "\n".join(sorted(wrong))
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return found
+
+
+def test_no_import_circles():
+    assert _cycles(_graph()) == []
+
+
+def test_the_circle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_nothing_imports_the_cli():
+    users = sorted(m for m, targets in _graph().items() for t in targets
+                   if _layer(t) == "cli" and _layer(m) != "cli")
+    assert users == []
+
+
+# ---- plugins use the public kit alone -----------------------------------------------------------
+
+def _kit_names() -> set[str]:
+    """The names `zoo/__init__.py` offers plugins (its KIT table), read from the source."""
+    tree = ast.parse((ROOT / "zoo" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "KIT" or (
+                isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "KIT" for t in node.targets)):
+            return {k.value for k in node.value.keys}
+    raise AssertionError("zoo/__init__.py has no KIT table")
+
+
+def _plugin_files() -> list[tuple[str, Path, str]]:
+    """(module, path, its own package) for the built-in plugins, the registry's sources and the examples."""
+    out = []
+    for module, path in MODULES.items():
+        if module.startswith("zoo.plugins."):
+            own = ".".join(module.split(".")[:3])
+            out.append((module, path, own))
+        elif module in ("zoo.registry.hub", "zoo.registry.local"):
+            out.append((module, path, module))
+    for src in EXAMPLES:
+        for path in src.rglob("*.py"):
+            rel = path.relative_to(src.parent).with_suffix("")
+            module = ".".join(p for p in rel.parts if p != "__init__")
+            out.append((module, path, src.name))
+    return out
+
+
+def _plugin_violations(module: str, path: Path, own: str, kit: set[str]) -> list[str]:
+    bad = []
+    for base, name, line in _imports(path, module):
+        where = f"{_rel(path)}:{line}"
+        if base == own or base.startswith(own + "."):
+            continue  # its own package
+        if base == "zoo":
+            if name is not None and name not in kit and name != "__version__":
+                bad.append(f"{where}: `from zoo import {name}` is not a kit name (zoo.KIT)")
+            continue
+        if base == "zoo.kit" or base.startswith("zoo.kit."):
+            if name and name.startswith("_"):
+                bad.append(f"{where}: imports the private name {base}.{name}")
+            continue
+        if base == "zoo.plugins" or base.startswith("zoo.plugins."):
+            bad.append(f"{where}: imports another plugin ({_target(base, name)})")
+        elif base.startswith("zoo") and base.split(".")[0] == "zoo":
+            bad.append(f"{where}: imports {_target(base, name)}, which is not part of the kit")
+    tree = ast.parse(path.read_text())
+    zoo_aliases = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                   for a in n.names if a.name.split(".")[0] == "zoo"}
+    zoo_aliases |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                    and (n.module or "").startswith("zoo") for a in n.names}
+    for node in ast.walk(tree):  # private names reached through zoo: plots._plt(), Member(_tensors=...)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in zoo_aliases:
+                bad.append(f"{_rel(path)}:{node.lineno}: uses the private attribute .{node.attr}")
+        if isinstance(node, ast.keyword) and node.arg and node.arg.startswith("_"):
+            bad.append(f"{_rel(path)}:{node.lineno}: passes the private argument {node.arg}=")
+    return bad
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def test_plugins_import_only_the_public_kit():
+    kit = _kit_names()
+    bad = [v for module, path, own in _plugin_files() for v in _plugin_violations(module, path, own, kit)]
+    assert not bad, "plugins must use only what an outside plugin has:\n" + "\n".join(bad)
+
+
+def test_the_plugin_check_catches_what_it_forbids(tmp_path):
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text("from zoo import combine\nfrom zoo.kit.plots import _plt\nfrom zoo.plugins.soup import Soup\n"
+                      "from zoo.api import card\nimport zoo\nfrom zoo.kit import member\n\n"
+                      "def f(m, model):\n    model._pos_embed(m)\n    zoo.Member(_tensors={})\n"
+                      "    return member._short(m)\n")
+    found = _plugin_violations("bad_plugin", plugin, "bad_plugin", _kit_names())
+    joined = "\n".join(found)
+    assert len(found) == 6, joined  # model._pos_embed is timm's business, not zoo's
+    for needle in ("from zoo import combine", "_plt", "another plugin", "zoo.api.card", "._short", "_tensors="):
+        assert needle in joined
+
+
+@pytest.mark.parametrize("module", ["zoo.kit", "zoo.plugins", "zoo.api", "zoo.cli", "zoo.demos"])
+def test_each_package_has_a_docstring_saying_what_it_holds(module):
+    assert ast.get_docstring(ast.parse(MODULES[module].read_text())), f"{module} has no docstring"

@@ -1,0 +1,173 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import zoo
+    result = zoo.combine("soup", ["hf-hub:org/a", "hf-hub:org/b@v2", "./c"],
+                         eval_data="./val", options={"mode": "greedy"}, out="./soup")
+    print(result.metrics)
+    zoo.evaluate("./soup", "./val").top1
+    zoo.push("./soup", "org/my-soup")
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from zoo import __version__
+from zoo import host as _host
+from zoo.kit.errors import BadInput
+from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy import Combined, Context
+
+
+def strategies(plugins: Sequence[str] = ()) -> dict[str, tuple[type, str]]:
+    """Every strategy by name, with where it comes from (``built-in`` or the package)."""
+    return _host.load(list(plugins)).strategies()
+
+
+def load_member(spec: str, *, arch: str | None = None, allow_pickle: bool = False,
+                plugins: Sequence[str] = ()):
+    """Resolve one member (``hf-hub:ORG/NAME[@REV]``, a folder, or a .safetensors file with ``arch``)."""
+    from zoo.registry import resolve
+
+    member = resolve(spec, _host.load(list(plugins)), arch=arch, allow_pickle=allow_pickle)
+    member.check_architecture()
+    return member
+
+
+def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, allow_pickle: bool = False,
+                 progress: Progress | None = None) -> list:
+    """Resolve several members, each checked to be an architecture timm knows."""
+    from zoo.registry import resolve
+
+    host = host or _host.load()
+    progress = progress or Silent()
+    task = progress.task("resolving members", total=len(specs))
+    out = []
+    for spec in specs:
+        out.append(resolve(spec, host, arch=arch, allow_pickle=allow_pickle))
+        task.advance()
+    task.close()
+    seen: dict[str, int] = {}
+    for m in out:  # names label plots, cards and errors: make repeated ones unique
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if seen[m.name] > 1:
+            m.name = f"{m.name}#{seen[m.name]}"
+    for m in out:
+        m.check_architecture()
+    return out
+
+
+def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
+            members_from: str | None = None, eval_data: str | None = None, train_data: str | None = None,
+            ood_data: str | None = None,
+            options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
+            push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
+            allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
+            max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
+            log: Callable[[str], None] | None = None) -> Combined:
+    """Combine members with a strategy; write the result to ``out`` (and push it) if given."""
+    from zoo.kit import options as _options
+    from zoo.kit import output
+    from zoo.kit.device import resolve_device
+
+    host = _host.load(list(plugins))
+    cls = host.strategy(strategy)
+    opts = _options.parse(cls.Options, options or {}, strategy=strategy)
+    if out is not None:
+        output.check_out(Path(out), force)
+    if push and out is None:
+        raise BadInput("--push needs --out: the folder is written first, then uploaded")
+    progress = progress or Silent()
+    specs = list(members)
+    zoo_info = None
+    if zoo:
+        from zoo.registry import load_zoo
+
+        zoo_info = load_zoo(zoo, progress=progress)
+        specs = zoo_info.members + specs
+        eval_data = eval_data or zoo_info.data.get("eval")
+        train_data = train_data or zoo_info.data.get("train")
+        ood_data = ood_data or zoo_info.data.get("ood")
+    if members_from:
+        from zoo.registry import load_zoo
+
+        specs = load_zoo(members_from, progress=progress).members + specs
+    if len(specs) < max(1, cls.min_members):
+        raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
+                       "give them with -m SPEC or --zoo NAME")
+    resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
+    from zoo.kit import distributed
+
+    dev = resolve_device(device)
+    rank, world = distributed.setup(dev)
+    if rank != 0:
+        progress, log = Silent(), None  # one set of progress bars and messages: rank 0's
+    ckpt_dir = Path(out).parent / f".{Path(out).name}.{strategy}" if out is not None else None
+    if resume and ckpt_dir is None:
+        raise BadInput("--resume needs --out: checkpoints are kept next to the output folder")
+    ctx = Context(device=dev, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
+                  progress=progress,
+                  log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy,
+                  checkpoint_dir=ckpt_dir, resume=resume, rank=rank, world_size=world,
+                  load_member=lambda spec: load_members([spec], host=host, allow_pickle=allow_pickle)[0])
+    import torch
+
+    torch.manual_seed(seed)
+    result = cls().combine(resolved, opts, ctx)
+    # members read in full were hashed on the way (zoo.reader); this reads only what was not
+    result.members = [m.provenance() for m in resolved]
+    result.strategy = strategy
+    result.options = _options.to_dict(opts)
+    if result.config is None:
+        result.config = dict(resolved[0].config)
+    if eval_data and result.metrics is None:
+        result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
+    if out is not None and rank == 0:
+        save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
+             zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
+             world_size=world)
+        if ckpt_dir is not None and ckpt_dir.exists():
+            import shutil
+
+            shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
+        if push:
+            from zoo.kit.network import push as _push
+
+            result.report["pushed"] = _push(out, push, private=private)
+    return result
+
+
+def save(result: Combined, out: str | Path, *, host=None, force: bool = False, eval_data: str | None = None,
+         max_shard_size: str | None = None, **recipe_extra) -> Path:
+    """Write a result as a timm / Hub repo: weights, config, card, zoo.json (the recipe) and figures."""
+    import torch
+
+    from zoo.api import card
+    from zoo.kit import output
+
+    host = host or _host.load()
+    out = Path(out)
+    recipe = {
+        "zoo_version": __version__,
+        "strategy": result.strategy,
+        "options": result.options,
+        "members": result.members,
+        **recipe_extra,
+        "eval_data": eval_data,
+        "metrics": result.metrics, "report": result.report,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "timm": _version("timm"), "huggingface_hub": _version("huggingface_hub")},
+    }
+    sections: list[str] = []
+    host.pm.hook.zoo_model_card(combined=result, sections=sections)
+    model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
+    return output.write(result, out, force=force, recipe=recipe, card=model_card,
+                        max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)

@@ -1,0 +1,23 @@
+"""``zoo eval``: top-1, NLL, ECE (and plugins' metrics) of any model spec on labelled data."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from zoo import host as _host
+from zoo.kit.progress import Progress
+
+
+def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = None,
+             allow_pickle: bool = False, plugins: Sequence[str] = (), progress: Progress | None = None):
+    """Top-1, NLL and ECE of a model (any member spec: a zoo output folder, hf-hub:..., a file) on data."""
+    from zoo.kit.data import data_config, load_split
+    from zoo.kit.device import resolve_device
+    from zoo.kit.metrics import evaluate_model
+    from zoo.registry import resolve
+
+    host = _host.load(list(plugins))
+    member = resolve(model, host, arch=arch, allow_pickle=allow_pickle)
+    split = load_split(data, data_config(member.pretrained_cfg), label_names=member.label_names,
+                       num_classes=member.num_classes, progress=progress)
+    return evaluate_model(member.create_model(), split, resolve_device(device), extra=host.metrics())

@@ -1,0 +1,67 @@
+"""``zoo finetune``: fine-tune one member on an image folder and write the result as a member.
+
+The recipe (LP, FT, LP-FT; timm's losses, Mixup and schedule) is the kit's (zoo.kit.finetune);
+this module resolves the member, loads the data, runs it and writes the output folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from zoo.kit import checkpoint
+from zoo.kit.errors import BadInput
+from zoo.kit.finetune import CHECKPOINT, Recipe, class_names, fit, model_for
+from zoo.kit.plots import training_curves
+
+
+def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Recipe | None = None,
+             num_classes: int | None = None, eval_data: str | None = None, resume: bool = False,
+             force: bool = False, device: str = "auto", arch: str | None = None, allow_pickle: bool = False,
+             progress: Any = None, log=None):
+    """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``."""
+    from zoo.api.combine import load_member, save
+    from zoo.kit import output
+    from zoo.kit.data import data_config, load_split
+    from zoo.kit.device import resolve_device
+    from zoo.kit.progress import Silent
+    from zoo.kit.strategy import Combined
+
+    recipe = recipe or Recipe()
+    recipe.check()
+    progress = progress or Silent()
+    log = log or (lambda message: None)
+    out = Path(out)
+    output.check_out(out, force)
+    ckpt_dir = out.parent / f".{out.name}.finetune"
+    state = checkpoint.resume_state(ckpt_dir / CHECKPOINT, asdict(recipe), resume, what="fine-tune", key="recipe")
+
+    classes = class_names(train_data)
+    if num_classes is not None and num_classes != len(classes):
+        raise BadInput(f"--num-classes {num_classes} but {train_data} has {len(classes)} class folders")
+    member = load_member(member_spec, arch=arch, allow_pickle=allow_pickle)
+    dev = resolve_device(device)
+    cfg = data_config(member.pretrained_cfg)
+    train = load_split(train_data, cfg, label_names=classes, num_classes=len(classes), progress=progress)
+    held_out = load_split(eval_data, cfg, label_names=classes, num_classes=len(classes),
+                          progress=progress) if eval_data else None
+
+    sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
+                              ckpt_dir=ckpt_dir, state=state)
+    result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
+                      strategy="finetune", options=asdict(recipe), members=[member.provenance()])
+    if held_out is not None:
+        from zoo.kit.metrics import evaluate_model
+
+        model = model_for(member, len(classes))
+        model.load_state_dict(sd)
+        result.metrics = evaluate_model(model.eval(), held_out, dev).as_dict()
+    if history:
+        result.figures["training.png"] = training_curves(history)
+    save(result, out, force=force, eval_data=eval_data, train_data=train_data)
+    if ckpt_dir.exists():
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
+    return result

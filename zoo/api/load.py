@@ -1,0 +1,36 @@
+"""``zoo.load``: any zoo output (a folder or ``hf-hub:ORG/NAME``) as a module in eval mode.
+
+A plugin whose outputs are not one timm architecture says how to open them (the ``zoo_open_output``
+hook, e.g. the stitch plugin's networks); everything else opens as a timm model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from zoo import host as _host
+from zoo.kit.device import resolve_device
+from zoo.kit.errors import BadInput
+from zoo.kit.network import folder_of
+
+
+def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):
+    """Any zoo output as a module in eval mode: what a plugin's ``zoo_open_output`` returns for it (a
+    stitched network, with ``select``), else a timm model. ``spec`` is a folder or ``hf-hub:ORG/NAME[@REV]``."""
+    folder = folder_of(str(spec))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise BadInput(f"{spec}: no config.json; give a folder zoo wrote (or any timm folder)")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as e:
+        raise BadInput(f"{spec}: config.json is not valid JSON ({e})") from None
+    host = _host.load(list(plugins))
+    model = host.pm.hook.zoo_open_output(folder=folder, config=config)
+    if model is None:
+        from zoo.registry import resolve
+
+        model = resolve(str(folder), host).create_model()
+    return model.to(resolve_device(device)).eval()

@@ -1,0 +1,76 @@
+"""`zoo combine`: members + a strategy → one model written to --out."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from zoo.cli.app import app, console, progress_bars, run, state
+
+
+@app.command()
+def combine(
+    strategy: str = typer.Option(..., "--strategy", "-s", help="Strategy name (see `zoo strategies`)."),
+    member: List[str] = typer.Option([], "--member", "-m",
+                                     help="A member: hf-hub:ORG/NAME[@REV], a folder, or a .safetensors file."),
+    zoo_name: Optional[str] = typer.Option(None, "--zoo", help="A named zoo (registry/zoos) or a zoo .toml."),
+    members_from: Optional[str] = typer.Option(None, "--members-from", help="Members listed in a zoo .toml, "
+                                               "e.g. a zoo select output's zoo.toml (its data is not used)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder (class per "
+                                            "sub-folder) or timm dataset spec."),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data (e.g. for recompute_bn)."),
+    ood_data: Optional[str] = typer.Option(None, "--ood-data", help="Shifted (out-of-distribution) data, for "
+                                           "strategies that report robustness (wise-ft)."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
+    out: str = typer.Option(..., "--out", help="Output folder (a timm / Hub repo)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    push: Optional[str] = typer.Option(None, "--push", help="Also upload the result to ORG/NAME."),
+    private: bool = typer.Option(False, "--private", help="With --push: create the repo private."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of bare .safetensors members."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled checkpoints (loaded with "
+                                      "weights_only=True). Off by default: pickles can run code."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="For strategies that train (distill, bang): "
+                                         "the same as --option epochs=N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training strategy (distill) "
+                                "of the same --out from its last checkpoint (same options)."),
+    max_shard_size: str = typer.Option("20GB", "--max-shard-size", help="Split model.safetensors into shards "
+                                       "with an index past this size. timm's hf-hub: loader reads a single "
+                                       "model.safetensors, so shard only when you must."),
+):
+    """Combine members into one model with a strategy and write it to --out."""
+    from zoo.api.combine import combine as _combine
+    from zoo.kit.options import parse_pairs
+
+    def options():
+        from zoo.kit.errors import BadInput
+
+        pairs = parse_pairs(option)
+        if epochs is not None:
+            if "epochs" in pairs and pairs["epochs"] != str(epochs):
+                raise BadInput(f"--epochs {epochs} and --option epochs={pairs['epochs']} disagree; give one")
+            pairs["epochs"] = str(epochs)
+        return pairs
+
+    progress = progress_bars()
+    say = console()
+    result = run(lambda: _combine(
+        strategy, member, zoo=zoo_name, members_from=members_from, eval_data=eval_data, train_data=train_data,
+        ood_data=ood_data,
+        options=options(), out=out, force=force, push=push, private=private, device=device,
+        arch=arch, allow_pickle=allow_pickle, plugins=state.plugins, seed=seed, max_shard_size=max_shard_size,
+        resume=resume, progress=progress,
+        log=say.print), progress=progress)
+    m = result.metrics
+    summary = f"wrote {out}"
+    if m:
+        shown = [f"{label} {m[key]:.4f}" for key, label in (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE"))
+                 if key in m]
+        summary += " — " + ", ".join(shown)
+        if "configurations" in m:  # a stitched network: the figures above are its default configuration's
+            summary += f" (configuration {m['default_config']} of {m['configurations']}; zoo stitch list {out})"
+    say.print(summary, highlight=False)
+    if result.report.get("pushed"):
+        say.print(f"pushed: {result.report['pushed']}", highlight=False)

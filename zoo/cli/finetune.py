@@ -1,0 +1,86 @@
+"""`zoo finetune`: fine-tune one member; the output is a member.
+
+The recipe's flags (``--epochs``, ``--lr``, ``--bn`` …) are made from ``zoo.kit.finetune.Recipe``'s fields,
+where each is declared once with its default and help; this module adds only the flags about the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any, Optional
+
+import typer
+
+from zoo.cli.app import app, console, progress_bars, run
+from zoo.kit.finetune import Recipe
+from zoo.kit.options import describe
+
+
+def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[int], linear_probe_first: bool,
+                  eval_data: Optional[str], resume: bool, force: bool, device: str, arch: Optional[str],
+                  **recipe_fields: Any) -> None:
+    """Fine-tune a member (linear probe, full, or LP then FT); the output is a member."""
+    from zoo.api.finetune import finetune as _finetune
+    from zoo.kit.options import parse
+
+    progress = progress_bars()
+    say = console()
+
+    def recipe() -> Recipe:
+        r = parse(Recipe, recipe_fields, strategy="finetune", flags=True)
+        if linear_probe_first:
+            r.mode = "lp-ft"
+        return r
+
+    result = run(lambda: _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes,
+                                   eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
+                                   progress=progress, log=say.print), progress=progress)
+    m = result.metrics
+    summary = f"wrote {out}"
+    if m:
+        shown = [f"{label} {m[key]:.4f}" for key, label in (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE"))
+                 if key in m]
+        summary += " — " + ", ".join(shown)
+    say.print(summary, highlight=False)
+
+
+_RUN_FLAGS = [
+    ("member", str, typer.Argument(..., help="The member to start from: hf-hub:ORG/NAME[@REV], a folder or a file.")),
+    ("train_data", str, typer.Option(..., "--train-data", help="Image folder, one sub-folder per class.")),
+    ("out", str, typer.Option(..., "--out", help="Output folder (a member: timm / Hub repo).")),
+    ("num_classes", Optional[int], typer.Option(None, "--num-classes", help="Check: the number of classes (the "
+                                                "class folders of --train-data define them).")),
+    ("linear_probe_first", bool, typer.Option(False, "--linear-probe-first", help="Same as --mode lp-ft.")),
+    ("eval_data", Optional[str], typer.Option(None, "--eval-data", help="Held-out folder: metrics in the card.")),
+    ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same --out.")),
+    ("force", bool, typer.Option(False, "--force", help="Replace a non-empty --out.")),
+    ("device", str, typer.Option("auto", "--device", help="auto, cpu or cuda.")),
+    ("arch", Optional[str], typer.Option(None, "--arch", help="timm architecture of a bare .safetensors member.")),
+]
+
+
+def _recipe_flag(info) -> tuple[str, Any, Any]:
+    tp, help_text = info.type, info.help
+    if typing.get_origin(tp) is typing.Literal:  # typer takes the choice as a string; parse() checks it
+        help_text += f" One of: {', '.join(map(str, typing.get_args(tp)))}."
+        tp = str
+    return info.name, tp, typer.Option(info.default, "--" + info.name.replace("_", "-"), help=help_text)
+
+
+def _command():
+    """The command function with one parameter per flag, so typer builds --help and parsing from it."""
+    flags = _RUN_FLAGS + [_recipe_flag(info) for info in describe(Recipe)]
+
+    def finetune(**given: Any) -> None:
+        _run_finetune(**given)
+
+    finetune.__doc__ = _run_finetune.__doc__
+    finetune.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=tp)
+         for name, tp, default in flags])
+    finetune.__annotations__ = {name: tp for name, tp, _ in flags}
+    return finetune
+
+
+app.command("finetune")(_command())

@@ -1,0 +1,287 @@
+"""Fine-tune a member on an image folder: linear probe (LP), full fine-tune (FT) or LP then FT.
+
+The output is a member like any other (a timm / Hub repo), so it is a WiSE-FT end, a soup
+ingredient, a stitching anchor. Everything that timm already does is taken from timm: the
+model and its new head (``reset_classifier``), preprocessing (``timm.data``), Mixup and the
+losses (``timm.data.Mixup``, ``timm.loss``), the cosine schedule with warmup
+(``timm.scheduler.CosineLRScheduler``).
+
+- LP fits only the classifier, on features computed once with the backbone frozen in eval
+  mode (BatchNorm statistics untouched): the head then matches the pretrained features,
+  which is what makes the LP start a good WiSE-FT end (Kumar et al., LP-FT).
+- FT trains every parameter with AdamW; label smoothing and Mixup calibrate it (BANG).
+- A checkpoint is written after every epoch next to ``--out`` (``.NAME.finetune/``);
+  ``resume=True`` continues it and gives the same weights as a run never interrupted. The
+  output folder appears only when the run is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from zoo.kit import checkpoint
+from zoo.kit.errors import BadInput
+from zoo.kit.options import option
+
+CHECKPOINT = "checkpoint.pt"
+BN_BATCHES = 50  # bn=recompute: batches of training data for the final BatchNorm statistics
+
+
+@dataclass
+class Recipe:
+    """How to fine-tune: ``zoo finetune``'s flags (``--lp-epochs`` for ``lp_epochs``) and ``zoo.finetune``'s
+    recipe, declared here once; strategies that fine-tune (bang) take their options from these fields."""
+
+    mode: Literal["lp", "ft", "lp-ft"] = option(
+        "ft", "lp: linear probe only; ft: fine-tune everything; lp-ft: linear probe, then fine-tune from it.")
+    epochs: int = option(3, "Fine-tuning epochs.", min=0)
+    lr: float = option(1e-3, "Peak AdamW learning rate (cosine schedule with warmup).", min=0)
+    weight_decay: float = option(0.05, "AdamW weight decay.", min=0)
+    warmup_epochs: float = option(0.5, "Linear warmup, in epochs.", min=0)
+    batch_size: int = option(64, "Batch size.", min=1)
+    label_smoothing: float = option(0.0, "Label smoothing ε (timm's loss).", min=0, max=0.99)
+    mixup: float = option(0.0, "Mixup α (timm's Mixup); 0 turns it off.", min=0)
+    lp_epochs: int = option(20, "Linear-probe epochs (on features computed once).", min=1)
+    lp_lr: float = option(1e-2, "Linear-probe learning rate.", min=0)
+    augment: bool = option(False, "Fine-tune through timm's training transform (random resized crop, flip, colour "
+                           "jitter), decoding the images every epoch; off: the decoded eval-transformed images, faster.")
+    hflip: float = option(0.5, "With --augment: horizontal flip probability (0 for digits or text).", min=0, max=1)
+    crop_scale: float = option(0.08, "With --augment: smallest random crop, as a fraction of the image area.", min=0, max=1)
+    auto_augment: str = option("", "With --augment: a timm policy, e.g. rand-m9-mstd0.5 (RandAugment) or "
+                               "original (AutoAugment).")
+    # auto = frozen for lp-ft (the probed head keeps the statistics it was fit on; measured on Lite0 →
+    # MNIST: train-mode statistics took LP-FT from 91% to 54% ID, frozen to 94%), train otherwise
+    bn: Literal["auto", "train", "frozen", "recompute"] = option(
+        "auto", "BatchNorm statistics while fine-tuning: train (updated as usual), frozen (the start's kept: a "
+        "linear-probed head keeps the features it was fit on), recompute (updated, then re-estimated on the "
+        "training data at the end); auto: frozen with --linear-probe-first, train otherwise.")
+    seed: int = option(0, "Random seed.")
+
+    def check(self) -> None:
+        if self.mode not in ("lp", "ft", "lp-ft"):
+            raise BadInput(f"--mode {self.mode!r}: choose lp, ft or lp-ft")
+        for name in ("epochs", "lp_epochs", "batch_size"):
+            if getattr(self, name) < (0 if name == "epochs" else 1):
+                raise BadInput(f"--{name.replace('_', '-')} must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise BadInput("--label-smoothing must be in [0, 1)")
+        if self.mixup < 0 or self.lr <= 0 or self.lp_lr <= 0 or self.warmup_epochs < 0:
+            raise BadInput("--mixup, --lr, --lp-lr and --warmup-epochs must be positive")
+        if not (0.0 <= self.hflip <= 1.0 and 0.0 < self.crop_scale <= 1.0):
+            raise BadInput("--hflip must be in [0, 1] and --crop-scale in (0, 1]")
+        if self.bn not in ("auto", "train", "frozen", "recompute"):
+            raise BadInput(f"--bn {self.bn!r}: choose auto, train, frozen or recompute")
+        if self.auto_augment and not self.augment:
+            raise BadInput("--auto-augment is part of the training transform: pass --augment too")
+
+
+    @property
+    def bn_handling(self) -> str:
+        """The BatchNorm handling ``bn`` stands for once ``auto`` is resolved."""
+        if self.bn != "auto":
+            return self.bn
+        return "frozen" if self.mode == "lp-ft" else "train"
+
+
+FinetuneRecipe = Recipe  # the name it has at the top level: zoo.FinetuneRecipe
+
+
+def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, log, ckpt_dir: Path | None = None,
+        state: dict | None = None) -> tuple[dict, dict, list[dict]]:
+    """Train ``member`` on the split ``train`` as ``recipe`` says: (state dict, timm config, history).
+
+    With ``ckpt_dir``, a checkpoint after every fine-tuning epoch; ``state`` is one to resume.
+    """
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    model = model_for(member, len(classes), classes).to(device)
+    history: list[dict] = []
+    if state is None and recipe.mode in ("lp", "lp-ft"):
+        history = _linear_probe(model, train, recipe, device, progress)
+    if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
+        history = _fine_tune(model, _epochs_of(member, train, recipe, device), len(train), recipe, device, progress,
+                             ckpt_dir, state, log, history)
+        if recipe.bn_handling == "recompute":
+            from zoo.kit.batchnorm import recompute_bn_stats
+
+            recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return sd, config_for(member, classes), history
+
+
+def config_for(member, classes: list[str]) -> dict:
+    """The member's timm config, relabelled for ``classes`` everywhere timm reads a class count."""
+    config = dict(member.config)
+    config["num_classes"] = len(classes)
+    config["label_names"] = classes
+    if "num_classes" in config.get("model_args", {}):
+        # timm's loader passes model_args to the constructor: a stale count there makes it build the old
+        # head and silently drop the trained one when the shapes differ
+        config["model_args"] = {**config["model_args"], "num_classes": len(classes)}
+    pretrained_cfg = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
+    if classes != member.label_names:
+        pretrained_cfg.pop("label_descriptions", None)  # they describe the member's classes, not these
+    config["pretrained_cfg"] = pretrained_cfg
+    return config
+
+
+def _epochs_of(member, train, recipe: Recipe, device):
+    """A function (generator, drop_last) → one epoch of (images, targets) batches.
+
+    Without augmentation: the decoded split, shuffled. With it: the image folder again through
+    timm's training transform (random resized crop, flip, colour jitter, AutoAugment/RandAugment),
+    decoded by worker processes whose seeds and order come from ``generator`` — so a resumed run
+    sees the same crops as an uninterrupted one.
+    """
+    if not recipe.augment:
+        return lambda gen, drop_last: train.batches(recipe.batch_size, shuffle=True, generator=gen)
+    from zoo.kit.data import augmented_loader, data_config
+
+    options = {"hflip": recipe.hflip, "scale": (recipe.crop_scale, 1.0), "auto_augment": recipe.auto_augment or None}
+    return lambda gen, drop_last: augmented_loader(train.source, data_config(member.pretrained_cfg), train.classes,
+                                                   options, batch_size=recipe.batch_size, generator=gen,
+                                                   drop_last=drop_last, device=device)
+
+
+def model_for(member, n_classes: int, classes: list[str] | None = None):
+    """``member`` as a timm model with a head for ``n_classes`` (a new one, timm-initialised, if it differs)."""
+    model = member.create_model()
+    if member.num_classes != n_classes or (classes is not None and (member.label_names or []) != classes):
+        model.reset_classifier(n_classes)
+    return model
+
+
+def class_names(train_data: str) -> list[str]:
+    """The class folders of an image folder, sorted (as timm's ImageFolder orders them)."""
+    path = Path(train_data).expanduser()
+    if not path.is_dir():
+        raise BadInput(f"--train-data {train_data}: no such folder; fine-tuning takes an image folder "
+                       "with one sub-folder per class")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise BadInput(f"--train-data {train_data}: found {len(classes)} class folder(s); need at least two")
+    return classes
+
+
+def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
+    """Fit only the classifier, on features of the frozen backbone computed once."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    feats = []
+    with torch.no_grad():
+        for images, _ in train.batches(256):
+            x = model.forward_features(images.to(device))
+            feats.append(model.forward_head(x, pre_logits=True).float())
+    feats = torch.cat(feats)
+    targets = train.targets.to(device)
+    head = model.get_classifier()
+    opt = torch.optim.AdamW(head.parameters(), lr=recipe.lp_lr, weight_decay=recipe.weight_decay)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    # LP-FT: the head is fit to the fine-tune's own loss, so the fine-tune starts at the head's optimum
+    smoothing = recipe.label_smoothing if recipe.mode == "lp-ft" else 0.0
+    task = progress.task("linear probe", total=recipe.lp_epochs)
+    history = []
+    for epoch in range(recipe.lp_epochs):
+        total, correct, loss_sum = 0, 0, 0.0
+        for idx in torch.randperm(len(feats), generator=gen).split(recipe.batch_size):
+            logits = head(feats[idx.to(device)])
+            loss = F.cross_entropy(logits, targets[idx.to(device)], label_smoothing=smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == targets[idx.to(device)]).sum())
+            total += len(idx)
+        history.append({"phase": "lp", "epoch": epoch + 1, "loss": loss_sum / total, "train_top1": correct / total})
+        task.advance()
+    task.close()
+    return history
+
+
+def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progress, ckpt_dir: Path | None,
+               state, log, history: list[dict]) -> list[dict]:
+    """Train every parameter; a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
+    import numpy as np
+    import torch
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.scheduler import CosineLRScheduler
+
+    from zoo.kit.device import amp_step, autocast, grad_scaler, to_device
+
+    n_classes = model.num_classes
+    mixup = Mixup(mixup_alpha=recipe.mixup, label_smoothing=recipe.label_smoothing, num_classes=n_classes) \
+        if recipe.mixup > 0 else None
+    if mixup:
+        criterion = SoftTargetCrossEntropy()  # Mixup folds the label smoothing into its soft targets
+    elif recipe.label_smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    drop_last = mixup is not None and n_train >= 2 * recipe.batch_size  # timm's Mixup wants even batches
+    steps_per_epoch = n_train // recipe.batch_size if drop_last else -(-n_train // recipe.batch_size)
+    total_steps = max(1, steps_per_epoch * recipe.epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = CosineLRScheduler(opt, t_initial=total_steps, warmup_t=int(recipe.warmup_epochs * steps_per_epoch),
+                              warmup_lr_init=recipe.lr * 0.01, lr_min=recipe.lr * 0.01, t_in_epochs=False)
+    scaler = grad_scaler(device)
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    np.random.seed(recipe.seed)  # timm's Mixup draws from numpy's global generator
+    start = 0
+    if state is not None:
+        start = checkpoint.restore_training(state, model, opt, sched, scaler, gen)
+        checkpoint.set_numpy_state(state["numpy_rng"])
+        history = list(state["history"])
+        log(f"resuming from epoch {start} of {recipe.epochs} ({ckpt_dir})")
+    step = start * steps_per_epoch
+    for epoch in range(start, recipe.epochs):
+        model.train()
+        if recipe.bn_handling == "frozen":  # the start's running statistics stay; BatchNorm's scale and shift still learn
+            from zoo.kit.batchnorm import freeze_bn_stats
+
+            freeze_bn_stats(model)
+        task = progress.task(f"fine-tune epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch)
+        total, correct, loss_sum = 0, 0, 0.0
+        for images, targets in epoch_batches(gen, drop_last):
+            if drop_last and len(targets) < recipe.batch_size:
+                break
+            images, targets = to_device(images, device), targets.to(device)
+            hard = targets
+            if mixup is not None and len(targets) % 2 == 0:
+                images, targets = mixup(images, targets)
+            elif mixup is not None:  # an odd final batch: soft targets without mixing
+                targets = _smooth(targets, n_classes, recipe.label_smoothing)
+            with autocast(device, True):
+                logits = model(images)
+                loss = criterion(logits.float(), targets)
+            step = amp_step(loss, opt, scaler, sched, step)
+            loss_sum += loss.item() * len(hard)
+            correct += int((logits.argmax(1) == hard).sum())
+            total += len(hard)
+            task.describe(f"fine-tune epoch {epoch + 1}/{recipe.epochs} · loss {loss_sum / total:.4f} · "
+                          f"top-1 {correct / total:.3f}")
+            task.advance()
+        task.close()
+        history.append({"phase": "ft", "epoch": epoch + 1, "loss": loss_sum / max(total, 1),
+                        "train_top1": correct / max(total, 1), "lr": opt.param_groups[0]["lr"]})
+        log(f"epoch {epoch + 1}/{recipe.epochs}: loss {history[-1]['loss']:.4f}, "
+            f"train top-1 {history[-1]['train_top1']:.4f}")
+        if ckpt_dir is None:
+            continue
+        checkpoint.save(ckpt_dir / CHECKPOINT, checkpoint.training_state(
+            epoch + 1, model, opt, sched, scaler, gen, numpy_rng=checkpoint.numpy_state(), history=history,
+            recipe=asdict(recipe)))
+    return history
+
+
+def _smooth(targets, n_classes: int, eps: float):
+    import torch
+
+    off = eps / n_classes
+    return torch.full((len(targets), n_classes), off, device=targets.device).scatter_(
+        1, targets[:, None], 1.0 - eps + off)

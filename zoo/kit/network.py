@@ -1,0 +1,94 @@
+"""Talking to the Hub through huggingface_hub: ``hf-hub:`` specs, snapshot downloads with one clear error
+per failure, where huggingface_hub points, and what a broken connection raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo.kit.errors import BadInput, HubError, short_error
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a refused or broken connection raises: OSError, and the HTTP client's transport errors
+    (huggingface_hub 1.x uses httpx, 2.x its fork httpx2)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def endpoint() -> str:
+    """The Hub URL huggingface_hub talks to (HF_ENDPOINT or huggingface.co)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+PREFIX = "hf-hub:"
+
+
+def parse(spec: str) -> tuple[str, str | None]:
+    body = spec[len(PREFIX):]
+    repo_id, _, revision = body.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise BadInput(f"member {spec}: write Hub members as hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+    return repo_id, (revision or None)
+
+
+
+def _not_found(who: str, repo_id: str, rev: str) -> BadInput:
+    return BadInput(f"{who}: {repo_id}@{rev} not found at {endpoint()} — check the name and revision; "
+                    "if it is private, log in (`hf auth login` or HF_TOKEN)")
+
+
+def download(repo_id: str, revision: str | None, patterns: list[str], who: str) -> Path:
+    """snapshot_download with each failure turned into one clear line."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    rev = revision or "main"
+    try:
+        return Path(snapshot_download(repo_id, revision=rev, allow_patterns=patterns))
+    except GatedRepoError:
+        raise BadInput(f"{who}: {repo_id} is gated; accept its terms on the Hub and log in "
+                       "(`hf auth login` or HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise BadInput(f"{who}: revision {rev!r} not found in {repo_id}") from None
+    except RepositoryNotFoundError:
+        # A mirror (and the Hub for private repos) answers "not found" for a missing revision too.
+        raise _not_found(who, repo_id, rev) from None
+    except LocalEntryNotFoundError as e:
+        # snapshot_download falls back to the cache on any HTTP failure; the cause says what happened
+        cause = e.__cause__ or e.__context__
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if status in (401, 404):
+            raise _not_found(who, repo_id, rev) from None
+        raise HubError(f"{who}: cannot reach {endpoint()} and {repo_id}@{rev} is not in the local cache "
+                       f"({short_error(e)})") from None
+    except HfHubHTTPError as e:
+        raise HubError(f"{who}: the Hub at {endpoint()} answered {short_error(e)}") from None
+    except network_errors() as e:  # connection refused, DNS, ...
+        raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
+
+
+def folder_of(spec: str) -> Path:
+    """A local folder for ``spec``: the folder itself, or the Hub snapshot (``hf-hub:ORG/NAME[@REV]``,
+    config and safetensors files) that huggingface_hub downloads into its cache."""
+    if spec.startswith(PREFIX):
+        repo_id, revision = parse(spec)
+        return download(repo_id, revision, ["*.json", "*.safetensors"], spec)
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise BadInput(f"{spec}: no such folder (give a folder zoo wrote, or hf-hub:ORG/NAME[@REV])")
+    return folder

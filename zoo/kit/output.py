@@ -1,0 +1,73 @@
+"""Write a result as a Hub repo that timm loads as it is — atomically.
+
+Everything goes into a temporary folder beside ``--out`` and is renamed into place
+at the end, so an interrupted or failed run never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from zoo.kit.errors import BadInput
+from zoo.kit.strategy import Combined
+
+DEFAULT_MAX_SHARD = "20GB"  # timm's hf-hub loader reads one model.safetensors; shard only past this
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty ``out`` unless ``force``; call before any work."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise BadInput(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into; renamed to ``out`` when the block ends well,
+    removed when it fails (or is interrupted), so nothing half-written ever looks finished."""
+    out = Path(out).resolve()
+    check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
+          max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
+    from huggingface_hub import save_torch_state_dict
+
+    out = Path(out).resolve()
+    with atomic_folder(out, force) as tmp:
+        state = {k: v.contiguous() for k, v in combined.state_dict.items()}
+        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
+                              # one key only: safetensors writes a metadata map in no fixed order, and
+                              # outputs must be byte-identical run to run (the strategy is in zoo.json)
+                              metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
+        (tmp / "zoo.json").write_text(json.dumps(recipe, indent=2, default=str))
+        for filename, fig in combined.figures.items():
+            fig.savefig(tmp / filename)
+        card.save(tmp / "README.md")
+    return out
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename a finished temporary folder to ``out``, replacing an old ``out`` only at the last moment."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

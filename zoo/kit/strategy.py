@@ -1,0 +1,162 @@
+"""What a strategy is, what it gets (members and a Context) and what it returns (a Combined).
+
+A strategy is a class with a ``name``, a one-line ``summary``, an ``Options``
+dataclass (fields made with :func:`zoo.option`) and one method::
+
+    class Average(zoo.Strategy):
+        name = "average"
+        summary = "plain uniform average"
+
+        @dataclass
+        class Options:
+            scale: float = zoo.option(1.0, "multiply the average by this")
+
+        def combine(self, members, options, ctx):
+            sd = zoo.weights.uniform_average(members, progress=ctx.progress)
+            return zoo.Combined(state_dict=sd)
+
+It never prints, never touches the network and never writes files: progress and
+evaluation go through the Context, results come back in the Combined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from zoo.kit.errors import BadInput
+from zoo.kit.progress import Progress, Silent
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from zoo.kit.data import Split
+    from zoo.kit.metrics import Metrics
+    from zoo.kit.member import Member
+
+
+class Strategy:
+    """Base class of every strategy (built-in or from a plugin)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: fewest members the strategy accepts
+    min_members: ClassVar[int] = 1
+
+    @dataclass
+    class Options:
+        pass
+
+    def combine(self, members: Sequence[Member], options: Any, ctx: Context) -> Combined:
+        raise NotImplementedError
+
+
+@dataclass
+class Combined:
+    """The result of a strategy.
+
+    ``state_dict`` is the combined model; ``config`` its timm config (default: the
+    first member's). ``metrics`` are held-out metrics of the result if the strategy
+    measured them (else zoo measures them when there is eval data); ``report`` is
+    JSON-able detail kept in zoo.json (e.g. a greedy soup's history); ``figures``
+    maps PNG file names to matplotlib figures shown in the card; ``card_sections``
+    are Markdown paragraphs for the model card; ``usage`` replaces the card's "load it
+    with timm" paragraph for results that are not one timm architecture.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    card_sections: list[str] = field(default_factory=list)
+    #: how to load the result, as the card shows it (Markdown); default: timm, for an ordinary timm model
+    usage: str | None = None
+    #: filled in by zoo: the strategy's name and options, and the members' provenance
+    strategy: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What a strategy may use besides its members: device, data, evaluation, progress."""
+
+    device: Any = "cpu"
+    eval_data: str | None = None
+    train_data: str | None = None
+    ood_data: str | None = None
+    progress: Progress = field(default_factory=Silent)
+    log: Callable[[str], None] = lambda message: None
+    seed: int = 0
+    batch_size: int = 256
+    extra_metrics: dict[str, Callable] = field(default_factory=dict)
+    strategy: str = ""
+    #: where a training strategy keeps its checkpoints (next to --out; None: keep none), and whether
+    #: to continue the one found there (--resume). The only place a strategy may write.
+    checkpoint_dir: Any = None
+    resume: bool = False
+    #: this process's rank and the number of processes (torchrun); rank 0 alone writes
+    rank: int = 0
+    world_size: int = 1
+    #: the base model given with --base (None without one), for strategies that need a start
+    base: Member | None = None
+    #: resolve one more member from a spec (hf-hub:..., a folder, a file), as -m would
+    load_member: Callable[[str], Member] = field(default=lambda spec: _no_resolver(spec), repr=False)
+    _models: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    # ---- data -----------------------------------------------------------------------
+    def _split(self, which: str, source: str | None, like: Member, flag: str) -> Split:
+        if not source:
+            raise BadInput(f"strategy {self.strategy!r} needs {which} data here: pass {flag} DIR "
+                           "(an image folder with one sub-folder per class)")
+        from zoo.kit.data import data_config, load_split
+
+        return load_split(source, data_config(like.pretrained_cfg), label_names=like.label_names,
+                          num_classes=like.num_classes, progress=self.progress)
+
+    def eval_split(self, like: Member) -> Split:
+        """The held-out split, preprocessed the way ``like`` expects (decoded once per run)."""
+        return self._split("held-out", self.eval_data, like, "--eval-data")
+
+    def train_split(self, like: Member) -> Split:
+        return self._split("training", self.train_data, like, "--train-data")
+
+    def ood_split(self, like: Member) -> Split:
+        """Data under distribution shift (``--ood-data``), for strategies that report robustness."""
+        return self._split("shifted (out-of-distribution)", self.ood_data, like, "--ood-data")
+
+    # ---- models and evaluation ----------------------------------------------------------
+    def model(self, state_dict: dict[str, torch.Tensor], like: Member):
+        """A timm model of ``like``'s architecture with ``state_dict`` loaded (one instance reused)."""
+        model = self._models.get(id(like))
+        if model is None:
+            model = like.create_model(state_dict)
+            self._models[id(like)] = model
+        else:
+            model.load_state_dict(state_dict)
+        return model.to(self.device).eval()
+
+    def evaluate(self, weights: Member | dict[str, torch.Tensor], like: Member | None = None,
+                 split: Split | None = None) -> Metrics:
+        """Metrics of a member, or of a state dict shaped like ``like``, on ``split`` (default: held-out)."""
+        from zoo.kit.metrics import evaluate_model
+        from zoo.kit.member import Member as _Member
+
+        if isinstance(weights, _Member):
+            like, weights = weights, weights.state_dict()
+        assert like is not None, "pass like=member for a bare state dict"
+        return evaluate_model(self.model(weights, like), split or self.eval_split(like), self.device,
+                              extra=self.extra_metrics, batch_size=self.batch_size)
+
+
+def _no_resolver(spec: str):
+    raise BadInput(f"{spec}: this context cannot resolve members (run the strategy through zoo.combine)")
+
+
+def options_of(strategy: type[Strategy]) -> type:
+    opts = strategy.Options
+    if not dataclasses.is_dataclass(opts):
+        raise TypeError(f"strategy {strategy.name!r}: Options must be a dataclass")
+    return opts
