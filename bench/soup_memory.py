@@ -3,12 +3,16 @@
     python bench/soup_memory.py --arch vit_large_patch16_224 --members 8 --work /tmp/soup-bench
 
 Members are one random init perturbed N ways (merging is data-independent), saved as timm
-folders. Each method runs in its own process; peak RSS is that process's ru_maxrss (os.wait4). Results: bench/RESULTS.md.
+folders, and the same weights again as bare .safetensors files (given with --arch). Each method runs
+in its own process; peak RSS is that process's ru_maxrss (os.wait4). Results: bench/RESULTS.md.
   zoo     : `zoo combine --strategy soup -m ... --out ...` (the command users run) with an empty
             ZOO_CACHE: it imports timm to check the architecture and computes every member's
             sha256 (for zoo.json) in the same pass as the merge
   zoo-new : the same, members never seen before (their hashes unknown) but timm's model names known
   zoo-again: the same command again: hashes and names known (zoo.cache), only the merge is left
+  raw, raw-new, raw-again: the same three with the bare files and `--arch ARCH` (each member's class
+            count is read from its classifier tensor's shape; the classifier's name is what timm
+            needs importing for, and is remembered like the model names)
   stack   : load every member, torch.stack(...).mean(0) per tensor, save      (a)
   float64 : one member at a time into a float64 accumulator, save (timm's avg_checkpoints way) (b)
   read    : just read every file once (the floor for any method)
@@ -51,6 +55,14 @@ for p in paths:
     del sd
 save_file({k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in acc.items()}, out)
 """
+SAME = """
+import json, sys, torch
+from safetensors.torch import load_file
+a, b = (load_file(p + '/model.safetensors') for p in sys.argv[1:3])
+assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+ca, cb = (json.load(open(p + '/config.json')) for p in sys.argv[1:3])
+assert ca['num_classes'] == cb['num_classes'], (ca['num_classes'], cb['num_classes'])
+"""
 READ = """
 import sys
 for p in sys.argv[1:-1]:
@@ -82,6 +94,17 @@ def make_members(arch: str, n: int, work: Path) -> list[Path]:
     return folders
 
 
+def make_raw(folders: list[Path], work: Path) -> list[Path]:
+    """The same weights as bare .safetensors files (copies, not links: their own inodes and hashes)."""
+    (work / "raw").mkdir(exist_ok=True)
+    raw = [work / "raw" / f"{f.name}.safetensors" for f in folders]
+    for f, r in zip(folders, raw):
+        src = f / "model.safetensors"
+        if not r.is_file() or r.stat().st_size != src.stat().st_size or r.stat().st_mtime < src.stat().st_mtime:
+            shutil.copyfile(src, r)
+    return raw
+
+
 def drop_caches(files: list[Path]) -> None:
     """Evict the members from the page cache where we may (posix_fadvise), so each method reads cold-ish."""
     for p in files:
@@ -111,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.make_only:
-        make_members(args.arch, args.members, args.work)
+        make_raw(make_members(args.arch, args.members, args.work), args.work)
         return
     print(f"making {args.members} members of {args.arch} in {args.work}", flush=True)
     # members are made in a child process: ru_maxrss survives fork+exec on Linux, so this process
@@ -120,41 +143,51 @@ def main() -> None:
                     "--work", str(args.work)], check=True)
     folders = [args.work / f"m{i}" for i in range(args.members)]
     files = [f / "model.safetensors" for f in folders]
+    raw = [args.work / "raw" / f"{f.name}.safetensors" for f in folders]
     size = sum(p.stat().st_size for p in files) / 2**30
     py = sys.executable
-    zoo_cache = args.work / "zoo-cache"  # empty for the first zoo run, so it hashes every member
-    shutil.rmtree(zoo_cache, ignore_errors=True)
-    env = {**os.environ, "ZOO_CACHE": str(zoo_cache)}
+    caches = {"zoo": args.work / "zoo-cache", "raw": args.work / "zoo-cache-raw"}  # each starts empty
+    for c in caches.values():
+        shutil.rmtree(c, ignore_errors=True)
     zoo_cmd = [py, "-m", "zoo", "--quiet", "combine", "-s", "soup", *sum((["-m", str(f)] for f in folders), []),
                "--device", "cpu", "--out", str(args.work / "out-zoo"), "--force"]
+    raw_cmd = [py, "-m", "zoo", "--quiet", "combine", "-s", "soup", *sum((["-m", str(f)] for f in raw), []),
+               "--arch", args.arch, "--device", "cpu", "--out", str(args.work / "out-raw"), "--force"]
     runs = {
         "read": [py, "-c", READ, *map(str, files), "-"],
         "zoo": zoo_cmd,
         "zoo-new": zoo_cmd,
         "zoo-again": zoo_cmd,
+        "raw": raw_cmd,
+        "raw-new": raw_cmd,
+        "raw-again": raw_cmd,
         "stack": [py, "-c", STACK, *map(str, files), str(args.work / "out-stack.safetensors")],
         "float64": [py, "-c", FLOAT64, *map(str, files), str(args.work / "out-f64.safetensors")],
     }
     results = {}
     for name, cmd in runs.items():
-        if name == "zoo-new":
-            shutil.rmtree(zoo_cache / "sha256")
-        drop_caches(files)
-        results[name] = measure(cmd, env)
-        print(f"  {name:8s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB", flush=True)
+        cache = caches["raw" if name.startswith("raw") else "zoo"]
+        if name.endswith("-new"):
+            shutil.rmtree(cache / "sha256")  # members never seen before; timm's names still known
+        drop_caches(files + raw)
+        results[name] = measure(cmd, {**os.environ, "ZOO_CACHE": str(cache)})
+        print(f"  {name:9s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB", flush=True)
+    same = subprocess.run([py, "-c", SAME, str(args.work / "out-zoo"), str(args.work / "out-raw")],
+                          capture_output=True, text=True)
+    if same.returncode != 0:
+        raise SystemExit(f"the soups of folders and of raw files differ: {same.stderr[-2000:]}")
     t0 = time.perf_counter()
     subprocess.run([py, "-m", "zoo", "--help"], check=True, stdout=subprocess.DEVNULL)
     startup = time.perf_counter() - t0
-    zw, zr = results["zoo"]
+    sw, sr = results["stack"]
+    fw, fr = results["float64"]
     print(f"\n{args.members} x {args.arch} ({size:.2f} GiB of members)")
-    print("| method | wall (s) | peak RSS (GiB) |\n|---|---|---|")
+    print("| method | wall (s) | peak RSS (GiB) | wall / stack | wall / float64 | RSS / stack | RSS / float64 |")
+    print("|---|---|---|---|---|---|---|")
     for name, (w, r) in results.items():
-        print(f"| {name} | {w:.1f} | {r:.2f} |")
-    print(f"\nzoo peak RSS / float64-accumulator peak RSS = {zr / results['float64'][1]:.2f} (target <= 0.5)")
-    print(f"zoo wall / stack wall = {zw / results['stack'][0]:.2f} (target <= 1)")
-    for name in ("zoo-new", "zoo-again"):
-        print(f"{name} wall / stack wall = {results[name][0] / results['stack'][0]:.2f}")
-    print(f"zoo wall / read-only wall = {zw / results['read'][0]:.2f}")
+        print(f"| {name} | {w:.1f} | {r:.2f} | {w / sw:.2f} | {w / fw:.2f} | {r / sr:.2f} | {r / fr:.2f} |")
+    print("\ntargets: zoo and raw wall / stack <= 1.0; peak RSS / float64 <= 0.5")
+    print("soups of folders and of raw files: same tensors, same config.json num_classes")
     print(f"`zoo --help` start-up: {startup:.2f} s")
 
 

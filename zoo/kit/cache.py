@@ -1,5 +1,5 @@
 """zoo's cache folder ($ZOO_CACHE, default ~/.cache/zoo): built demo zoos, known file hashes, and
-the model names the installed timm knows.
+the model names the installed timm knows, and their classifiers' names.
 
 File hashes are remembered by what ``stat`` says about the file — device, inode, size,
 mtime and ctime — the way git's index and DVC skip re-hashing unchanged files. Any write
@@ -13,6 +13,7 @@ be changing under an unchanged stat.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -50,11 +51,11 @@ def remember_sha256(path: Path, digest: str) -> None:
         pass
 
 
-def _timm_models_file() -> Path | None:
+def _timm_models_file(what: str = "models.txt") -> Path | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return root() / f"timm-{version('timm')}-models.txt"
+        return root() / f"timm-{version('timm')}-{what}"
     except PackageNotFoundError:
         return None
 
@@ -78,6 +79,28 @@ def remember_timm_models(names: list[str]) -> None:
     if path is not None:
         try:
             _write(path, "\n".join(sorted(names)))
+        except OSError:
+            pass  # best effort, as above
+
+
+def known_timm_classifiers() -> dict[str, list[str]]:
+    """Each architecture's classifier module names, as timm's pretrained cfg gave them (for the
+    installed timm version): finding a bare weights file's class count then needs no timm import."""
+    path = _timm_models_file("classifiers.json")
+    try:
+        data = json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list) and all(isinstance(n, str) for n in v)}
+
+
+def remember_timm_classifiers(arch: str, names: list[str]) -> None:
+    path = _timm_models_file("classifiers.json")
+    if path is not None:
+        try:
+            _write(path, json.dumps({**known_timm_classifiers(), arch: list(names)}, indent=0, sort_keys=True))
         except OSError:
             pass  # best effort, as above
 
