@@ -19,7 +19,7 @@ import json, resource, sys
 from pathlib import Path
 import torch, timm  # noqa: F401  (their import is not what is measured)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from zoo import member
+from zoo.kit import member
 m = member.from_file(Path(sys.argv[1]), spec=sys.argv[1], name="m", arch=sys.argv[2])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"num_classes": m.num_classes, "grew_mib": (after - before) / 1024}))
@@ -28,7 +28,7 @@ print(json.dumps({"num_classes": m.num_classes, "grew_mib": (after - before) / 1
 _CACHED = """
 import json, sys
 from pathlib import Path
-from zoo import member
+from zoo.kit import member
 m = member.from_file(Path(sys.argv[1]), spec=sys.argv[1], name="m", arch=sys.argv[2])
 print(json.dumps({"num_classes": m.num_classes, "timm_imported": "timm" in sys.modules}))
 """
@@ -57,7 +57,7 @@ def test_raw_vit_large_class_count_from_header_alone(tmp_path):
 
 
 def test_distilled_head_and_headless_encoder(tmp_path):
-    from zoo import member
+    from zoo.kit import member
 
     # DeiT distilled: timm names two classifiers, ("head", "head_dist")
     f = tmp_path / "deit.safetensors"
@@ -73,7 +73,7 @@ def test_distilled_head_and_headless_encoder(tmp_path):
 def test_meta_fallback_builds_nothing():
     from timm.models import get_pretrained_cfg
 
-    from zoo.member import _meta_model
+    from zoo.kit.member import _meta_model
 
     model = _meta_model("vit_large_patch16_224")
     assert all(p.device.type == "meta" for p in model.parameters())
