@@ -76,7 +76,7 @@ class WiseFT(Strategy):
                                  progress=ctx.progress)
         variants = self._bn_variants(options, start, ctx)
 
-        points = []
+        points, held_out = [], {}  # held_out: (α, variant) → the held-out Metrics (with plugins' metrics)
         task = ctx.progress.task("WiSE-FT sweep", total=sum(len(variants) if 0 < x < 1 else 1 for x in alphas))
         for alpha in alphas:
             mixed = weights.fisher_lerp(a, b, fa, fb, alpha)
@@ -86,6 +86,7 @@ class WiseFT(Strategy):
                 point = {"alpha": alpha, "bn": variant}
                 if id_split is not None:
                     m = ctx.evaluate(sd, like=start, split=id_split)
+                    held_out[alpha, variant] = m
                     point.update(id_top1=m.top1, id_nll=m.nll, id_ece=m.ece, id_confidence=m.confidence)
                 if ood_split is not None:
                     m = ctx.evaluate(sd, like=start, split=ood_split)
@@ -105,9 +106,8 @@ class WiseFT(Strategy):
             "pretrained_end": start.name, "fine_tuned_end": tuned.name, "picked_alpha": picked,
             "pick": options.pick, "fisher": options.fisher, "bn_variants": variants,
             "bn_at_picked": chosen["bn"], "sweep": points})
-        if "id_top1" in chosen:
-            result.metrics = {"top1": chosen["id_top1"], "nll": chosen["id_nll"], "ece": chosen["id_ece"],
-                              "confidence": chosen["id_confidence"], "n": len(id_split)}
+        if (picked, chosen["bn"]) in held_out:
+            result.metrics = held_out[picked, chosen["bn"]].as_dict()
         if "ood_top1" in chosen:
             result.report["ood_metrics"] = {k[4:]: v for k, v in chosen.items() if k.startswith("ood_")}
         if id_split is not None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from zoo import host as _host
 from zoo.kit import checkpoint
 from zoo.kit.errors import BadInput
 from zoo.kit.finetune import CHECKPOINT, Recipe, class_names, fit, model_for
@@ -19,7 +20,7 @@ from zoo.kit.plots import training_curves
 def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Recipe | None = None,
              num_classes: int | None = None, eval_data: str | None = None, resume: bool = False,
              force: bool = False, device: str = "auto", arch: str | None = None, allow_pickle: bool = False,
-             progress: Any = None, log=None):
+             progress: Any = None, log=None, plugins: Sequence[str] = ()):
     """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``."""
     from zoo.api.combine import load_member, save
     from zoo.kit import output
@@ -40,7 +41,8 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     classes = class_names(train_data)
     if num_classes is not None and num_classes != len(classes):
         raise BadInput(f"--num-classes {num_classes} but {train_data} has {len(classes)} class folders")
-    member = load_member(member_spec, arch=arch, allow_pickle=allow_pickle)
+    host = _host.load(list(plugins))
+    member = load_member(member_spec, arch=arch, allow_pickle=allow_pickle, plugins=plugins)
     dev = resolve_device(device)
     cfg = data_config(member.pretrained_cfg)
     train = load_split(train_data, cfg, label_names=classes, num_classes=len(classes), progress=progress)
@@ -56,10 +58,10 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
 
         model = model_for(member, len(classes))
         model.load_state_dict(sd)
-        result.metrics = evaluate_model(model.eval(), held_out, dev).as_dict()
+        result.metrics = evaluate_model(model.eval(), held_out, dev, extra=host.metrics()).as_dict()
     if history:
         result.figures["training.png"] = training_curves(history)
-    save(result, out, force=force, eval_data=eval_data, train_data=train_data)
+    save(result, out, host=host, force=force, eval_data=eval_data, train_data=train_data)
     if ckpt_dir.exists():
         import shutil
 

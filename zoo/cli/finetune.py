@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run
+from zoo.cli.app import app, console, progress_bars, run, state
 from zoo.kit.finetune import Recipe
 from zoo.kit.options import describe
 
@@ -35,7 +35,7 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
 
     result = run(lambda: _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes,
                                    eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
-                                   progress=progress, log=say.print), progress=progress)
+                                   progress=progress, log=say.print, plugins=state.plugins), progress=progress)
     m = result.metrics
     summary = f"wrote {out}"
     if m:

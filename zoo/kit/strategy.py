@@ -150,6 +150,19 @@ class Context:
         return evaluate_model(self.model(weights, like), split or self.eval_split(like), self.device,
                               extra=self.extra_metrics, batch_size=self.batch_size)
 
+    def evaluate_module(self, model, split: Split) -> Metrics:
+        """Metrics of any module that maps a batch of ``split``'s images to logits (a student, a stitched
+        network), with the metrics plugins add (``zoo_metrics``): what every strategy reports goes through here."""
+        from zoo.kit.metrics import evaluate_model
+
+        return evaluate_model(model, split, self.device, extra=self.extra_metrics, batch_size=self.batch_size)
+
+    def metrics_of(self, logits: torch.Tensor, targets: torch.Tensor) -> Metrics:
+        """Metrics of logits someone else computed (an ensemble's mean, cached predictions), plugins' included."""
+        from zoo.kit.metrics import metrics_from_logits
+
+        return metrics_from_logits(logits, targets, self.extra_metrics)
+
 
 def _no_resolver(spec: str):
     raise BadInput(f"{spec}: this context cannot resolve members (run the strategy through zoo.combine)")
