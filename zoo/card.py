@@ -8,10 +8,10 @@ from typing import Any
 from zoo.strategy import Combined
 
 
-def _member_row(m: dict[str, Any]) -> str:
+def _member_row(m: dict[str, Any], role: str = "") -> str:
     rev = (m.get("revision") or "")[:12] or "local"
     weights = next((v for k, v in m["files"].items() if k.endswith((".safetensors", ".bin", ".pth"))), "")
-    return f"| {m['name']} | `{m['spec']}` | {rev} | `{weights[:16]}…` |"
+    return f"| {m['name']}{role} | `{m['spec']}` | {rev} | `{weights[:16]}…` |"
 
 
 def _timm_usage(name: str) -> str:
@@ -26,7 +26,10 @@ model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)  # or "local-dir
 def build(combined: Combined, *, name: str, eval_data: str | None, extra_sections: list[str]) -> Any:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    base_models = [m["repo_id"] for m in combined.members if m.get("repo_id")]
+    # the base first: it is what every member was fine-tuned from
+    base_models = [m["repo_id"] for m in ([combined.base] if combined.base else []) + combined.members
+                   if m.get("repo_id")]
+    base_models = list(dict.fromkeys(base_models))
     eval_results = []
     if combined.metrics:
         for key, label in (("top1", "accuracy"), ("nll", "nll"), ("ece", "ece")):
@@ -40,6 +43,7 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
         tags=["zoo", "model-merging", f"zoo-{combined.strategy}", "image-classification"],
         base_model=base_models or None, eval_results=eval_results or None, license=None,
     )
+    rows = ([_member_row(combined.base, " (base)")] if combined.base else []) + [_member_row(m) for m in combined.members]
     figures = "\n\n".join(f"![{f}]({f})" for f in combined.figures)
     metrics = ""
     if combined.metrics:
@@ -51,14 +55,15 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
 
 # {name}
 
-A `{combined.strategy}` of {len(combined.members)} member{'s' if len(combined.members) != 1 else ''}, made with zoo.
+A `{combined.strategy}` of {len(combined.members)} member{'s' if len(combined.members) != 1 else ''}\
+{f" onto the base `{combined.base['name']}`" if combined.base else ""}, made with zoo.
 {combined.usage or _timm_usage(name)}
 
 ## Members
 
 | member | source | revision | sha256 (weights) |
 |---|---|---|---|
-{chr(10).join(_member_row(m) for m in combined.members)}
+{chr(10).join(rows)}
 
 ## Held-out evaluation
 
