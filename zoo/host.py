@@ -57,7 +57,9 @@ class Host:
     def strategy(self, name: str) -> type[Strategy]:
         known = self.strategies()
         if name not in known:
-            hint = f"; plugins that failed to load: {', '.join(b.name for b in self.broken)}" if self.broken else ""
+            # the strategy may be in a plugin that failed to import: say why, that is what to fix
+            hint = "".join(f"; plugin {b.name} ({b.origin}) failed to load, so its strategies are missing: {b.error}"
+                           for b in self.broken)
             raise BadInput(
                 f"unknown strategy {name!r}; available: {', '.join(known) or 'none'}"
                 f" (see `zoo strategies`){hint}"
