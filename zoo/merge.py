@@ -256,16 +256,16 @@ def _options_from(fn: Callable) -> tuple[type, frozenset[str]]:
             raise TypeError(f"{what}: option {p.name!r} has no default; write e.g. "
                             f"`{p.name}: {getattr(hints[p.name], '__name__', hints[p.name])} = "
                             f"zoo.option(DEFAULT, \"what it does\")`")
-        tp = hints[p.name]
-        default = p.default
-        if not isinstance(default, dataclasses.Field):
-            default = option(default, "")
+        tp, default = hints[p.name], p.default
+        if isinstance(default, dataclasses.Field):  # zoo.option(default, help, min=, max=)
+            value = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+            help, lo, hi = (default.metadata.get(m) for m in ("help", "min", "max"))
+        else:  # a plain default: no help, no bounds
+            value, help, lo, hi = default, "", None, None
         if _is_list(tp):
             per_member.add(p.name)
-            meta = dict(default.metadata)
-            meta["help"] = (meta.get("help", "") + " (one value per member, in member order)").strip()
-            default.metadata = meta  # type: ignore[misc]  # a fresh Field of ours: safe to replace
-        fields.append((p.name, tp, default))
+            help = f"{help or ''} (one value per member, in member order)".strip()
+        fields.append((p.name, tp, option(value, help or "", min=lo, max=hi)))
     return dataclasses.make_dataclass("Options", fields), frozenset(per_member)
 
 
