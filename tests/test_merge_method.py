@@ -266,3 +266,18 @@ def test_per_member_option(tmp_path, ingredients, zoo_cli):
         expected = 0.2 * thetas[0][k] + 0.3 * thetas[1][k] + 0.5 * thetas[2][k]
         assert torch.allclose(merged[k], expected, atol=1e-6), k
         assert not torch.allclose(merged[k], sum(t[k] for t in thetas) / 3, atol=1e-4), k
+
+
+def test_card_lists_the_base_first_in_base_model():
+    from zoo import card
+    from zoo.strategy import Combined
+
+    def prov(name, repo):
+        return {"name": name, "spec": f"hf-hub:{repo}", "repo_id": repo, "revision": "a" * 40,
+                "files": {"model.safetensors": "b" * 64}}
+
+    combined = Combined(state_dict={}, strategy="ties", members=[prov("ft", "org/ft"), prov("ft2", "org/ft2")],
+                        base=prov("pre", "org/pre"))
+    built = card.build(combined, name="t", eval_data=None, extra_sections=[])
+    assert built.data.base_model == ["org/pre", "org/ft", "org/ft2"]
+    assert "| pre (base) | `hf-hub:org/pre` |" in built.text and "onto the base `pre`" in built.text
