@@ -46,6 +46,10 @@ KIT = {
     "Context": "zoo.kit.strategy",
     "Combined": "zoo.kit.strategy",
     "option": "zoo.kit.options",
+    "merge_method": "zoo.kit.merge",
+    "map_tensors": "zoo.kit.stream",
+    "task_vectors": "zoo.kit.weights",
+    "keep_largest": "zoo.kit.weights",
     "Member": "zoo.kit.member",
     "ZooError": "zoo.kit.errors",
     "BadInput": "zoo.kit.errors",
@@ -68,6 +72,9 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.kit.errors import BadInput, IncompatibleMembers, ZooError
     from zoo.kit.finetune import FinetuneRecipe
     from zoo.kit.member import Member
+    from zoo.kit.merge import merge_method
+    from zoo.kit.stream import map_tensors
+    from zoo.kit.weights import keep_largest, task_vectors
     from zoo.kit.options import option
     from zoo.kit.strategy import Combined, Context, Strategy
     from zoo.kit.transfer import TargetView, TransferMetric

@@ -34,9 +34,9 @@ AUTOLOAD_VAR = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
 #: the built-in plugins, by import path: strategies, transferability metrics, member sources
 BUILTINS = (
     "zoo.plugins.soup",
-    "zoo.plugins.wise_ft",
-    "zoo.plugins.distill",
-    "zoo.plugins.stitch",
+    "zoo.plugins.wise_ft.sweep",
+    "zoo.plugins.distill.strategy",
+    "zoo.plugins.stitch.strategy",
     "zoo.plugins.transfer",
     "zoo.registry.hub",
     "zoo.registry.local",
@@ -75,8 +75,9 @@ class Host:
     def strategy(self, name: str) -> type[Strategy]:
         known = self.strategies()
         if name not in known:
-            hint = ("; plugins that failed to load: " + "; ".join(f"{b.name} ({b.error})" for b in self.broken)
-                    if self.broken else "")
+            # the strategy may be in a plugin that failed to import: say why, that is what to fix
+            hint = "".join(f"; plugin {b.name} ({b.origin}) failed to load, so its strategies are missing: {b.error}"
+                           for b in self.broken)
             raise BadInput(
                 f"unknown strategy {name!r}; available: {', '.join(known) or 'none'}"
                 f" (see `zoo strategies`){hint}"

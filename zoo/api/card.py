@@ -14,10 +14,10 @@ from zoo.kit.strategy import Combined
 TEMPLATE = Path(__file__).with_name("modelcard.md")
 
 
-def _member_row(m: dict[str, Any]) -> list[str]:
+def _member_row(m: dict[str, Any], role: str = "") -> list[str]:
     rev = (m.get("revision") or "")[:12] or "local"
     weights = next((v for k, v in m["files"].items() if k.endswith((".safetensors", ".bin", ".pth"))), "")
-    return [m["name"], f"`{m['spec']}`", rev, f"`{weights[:16]}…`"]
+    return [f"{m['name']}{role}", f"`{m['spec']}`", rev, f"`{weights[:16]}…`"]
 
 
 def _timm_usage(name: str) -> str:
@@ -32,7 +32,10 @@ model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)  # or "local-dir
 def build(combined: Combined, *, name: str, eval_data: str | None, extra_sections: list) -> Any:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    base_models = [m["repo_id"] for m in combined.members if m.get("repo_id")]
+    # the base first: it is what every member was fine-tuned from
+    base_models = [m["repo_id"] for m in ([combined.base] if combined.base else []) + combined.members
+                   if m.get("repo_id")]
+    base_models = list(dict.fromkeys(base_models))
     eval_results = []
     if combined.metrics:
         for key, label in (("top1", "accuracy"), ("nll", "nll"), ("ece", "ece")):
@@ -53,12 +56,14 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
     else:
         evaluation = "No held-out data was given, so nothing was measured."
     n = len(combined.members)
+    onto = f" onto the base `{combined.base['name']}`" if combined.base else ""
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=name,
-        summary=f"A `{combined.strategy}` of {n} member{'s' if n != 1 else ''}, made with zoo.",
+        summary=f"A `{combined.strategy}` of {n} member{'s' if n != 1 else ''}{onto}, made with zoo.",
         usage=combined.usage or _timm_usage(name),
         members_table=sections.table(["member", "source", "revision", "sha256 (weights)"],
-                                     [_member_row(m) for m in combined.members]),
+                                     ([_member_row(combined.base, " (base)")] if combined.base else [])
+                                     + [_member_row(m) for m in combined.members]),
         evaluation=evaluation, figures=list(combined.figures),
         sections=[sections.render(s) for s in [*combined.card_sections, *extra_sections]],
         strategy=combined.strategy, options_json=json.dumps(combined.options, indent=2))

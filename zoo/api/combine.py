@@ -60,14 +60,18 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
 
 
 def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
-            members_from: str | None = None, eval_data: str | None = None, train_data: str | None = None,
+            members_from: str | None = None, base: str | None = None, eval_data: str | None = None,
+            train_data: str | None = None,
             ood_data: str | None = None,
             options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
             max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
             log: Callable[[str], None] | None = None) -> Combined:
-    """Combine members with a strategy; write the result to ``out`` (and push it) if given."""
+    """Combine members with a strategy; write the result to ``out`` (and push it) if given.
+
+    ``base`` is the model the members were fine-tuned from (a member spec), for strategies that merge
+    task vectors (θ − base); it is pinned in ``zoo.json`` and the card like the members."""
     from zoo.kit import options as _options
     from zoo.kit import output
     from zoo.kit.device import resolve_device
@@ -77,6 +81,9 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     opts = _options.parse(cls.Options, options or {}, strategy=strategy)
     if out is not None:
         output.check_out(Path(out), force)
+    if cls.needs_base and not base:
+        raise BadInput(f"strategy {strategy!r} needs a base model: pass --base SPEC, the model the members "
+                       "were fine-tuned from (hf-hub:ORG/NAME[@REV], a folder or a .safetensors file)")
     if push and out is None:
         raise BadInput("--push needs --out: the folder is written first, then uploaded")
     progress = progress or Silent()
@@ -98,6 +105,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
                        "give them with -m SPEC or --zoo NAME")
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
+    base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
     from zoo.kit import distributed
 
     dev = resolve_device(device)
@@ -110,6 +118,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     ctx = Context(device=dev, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
                   progress=progress,
                   log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy,
+                  origin=host.strategies()[strategy][1], base=base_member,
                   checkpoint_dir=ckpt_dir, resume=resume, rank=rank, world_size=world,
                   load_member=lambda spec: load_members([spec], host=host, allow_pickle=allow_pickle)[0])
     import torch
@@ -118,6 +127,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     result = cls().combine(resolved, opts, ctx)
     # members read in full were hashed on the way (zoo.reader); this reads only what was not
     result.members = [m.provenance() for m in resolved]
+    result.base = base_member.provenance() if base_member is not None else None
     result.strategy = strategy
     result.options = _options.to_dict(opts)
     if result.config is None:
@@ -154,6 +164,7 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
         "strategy": result.strategy,
         "options": result.options,
         "members": result.members,
+        **({"base": result.base} if result.base else {}),
         **recipe_extra,
         "eval_data": eval_data,
         "metrics": result.metrics, "report": result.report,
@@ -165,6 +176,15 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
     return output.write(result, out, force=force, recipe=recipe, card=model_card,
                         max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
+
+
+def _load_base(spec: str, host, *, arch: str | None, allow_pickle: bool):
+    """The base model, resolved and checked like a member."""
+    from zoo.registry import resolve
+
+    member = resolve(spec, host, arch=arch, allow_pickle=allow_pickle)
+    member.check_architecture()
+    return member
 
 
 def _version(pkg: str) -> str:

@@ -17,6 +17,8 @@ def combine(
     zoo_name: Optional[str] = typer.Option(None, "--zoo", help="A named zoo (registry/zoos) or a zoo .toml."),
     members_from: Optional[str] = typer.Option(None, "--members-from", help="Members listed in a zoo .toml, "
                                                "e.g. a zoo select output's zoo.toml (its data is not used)."),
+    base: Optional[str] = typer.Option(None, "--base", help="The model the members were fine-tuned from, for "
+                                       "strategies that merge task vectors (ties); any member spec."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder (class per "
                                             "sub-folder) or timm dataset spec."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data (e.g. for recompute_bn)."),
@@ -57,7 +59,7 @@ def combine(
     progress = progress_bars()
     say = console()
     result = run(lambda: _combine(
-        strategy, member, zoo=zoo_name, members_from=members_from, eval_data=eval_data, train_data=train_data,
+        strategy, member, zoo=zoo_name, members_from=members_from, base=base, eval_data=eval_data, train_data=train_data,
         ood_data=ood_data,
         options=options(), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=state.plugins, seed=seed, max_shard_size=max_shard_size,

@@ -46,6 +46,8 @@ def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
     origin = host.strategies()[name][1]
     console = Console()
     console.print(f"[bold]{cls.name}[/] ({origin}): {cls.summary}", highlight=False)
+    if cls.needs_base:
+        console.print("needs a base model: --base SPEC", highlight=False)
     table = Table()
     for col in ("option", "type", "default", "help"):
         table.add_column(col)

@@ -335,7 +335,7 @@ def _infer_num_classes(m: Member) -> int:
 def classifier_names(arch: str, who: str) -> list[str]:
     """The names of ``arch``'s classifier modules in timm (``["head"]``, ``["head", "head_dist"]``, or
     none for a headless encoder), remembered per timm version so a known answer does not import timm."""
-    from zoo import cache
+    from zoo.kit import cache
 
     known = cache.known_timm_classifiers().get(arch)
     if known is not None:

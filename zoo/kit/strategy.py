@@ -12,7 +12,7 @@ dataclass (fields made with :func:`zoo.option`) and one method::
             scale: float = zoo.option(1.0, "multiply the average by this")
 
         def combine(self, members, options, ctx):
-            sd = zoo.weights.uniform_average(members, progress=ctx.progress)
+            sd = zoo.kit.weights.uniform_average(members, progress=ctx.progress)
             return zoo.Combined(state_dict=sd)
 
 It never prints, never touches the network and never writes files: progress and
@@ -43,6 +43,8 @@ class Strategy:
     summary: ClassVar[str] = ""
     #: fewest members the strategy accepts
     min_members: ClassVar[int] = 1
+    #: True: zoo refuses to run it without ``--base`` (then ``ctx.base`` is the base model)
+    needs_base: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -77,6 +79,8 @@ class Combined:
     strategy: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     members: list[dict[str, Any]] = field(default_factory=list)
+    #: and the base model's provenance (``--base``), if one was given
+    base: dict[str, Any] | None = None
 
 
 @dataclass
@@ -93,6 +97,10 @@ class Context:
     batch_size: int = 256
     extra_metrics: dict[str, Callable] = field(default_factory=dict)
     strategy: str = ""
+    #: where the strategy comes from (``built-in``, a package and version, ``--plugin MODULE``), for messages
+    origin: str = ""
+    #: the base model (``--base``): what the members were fine-tuned from, resolved like a member; or None
+    base: Member | None = None
     #: where a training strategy keeps its checkpoints (next to --out; None: keep none), and whether
     #: to continue the one found there (--resume). The only place a strategy may write.
     checkpoint_dir: Any = None

@@ -1,7 +1,7 @@
 """State-dict arithmetic that strategies share.
 
-Everything streams chunk by chunk: a weighted sum of N members holds the result plus
-a few chunks in flight, whatever N is. Floating-point tensors are accumulated in
+Everything streams chunk by chunk (``zoo.kit.stream.map_tensors``): a weighted sum of N members
+holds the result plus a few chunks in flight, whatever N is. Floating-point tensors are accumulated in
 float32 (float64 for float64 members; half-precision members are never summed in their
 own dtype) and cast back to their own dtype; integer buffers (``num_batches_tracked``)
 are copied from the first member, never averaged.
@@ -15,125 +15,67 @@ deterministic: the same members give the same bytes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from zoo.kit.errors import IncompatibleMembers
+from zoo.kit.errors import BadInput, IncompatibleMembers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from zoo.kit.member import Member
 
-# read about this many bytes per member at a time: few file openings, little memory
-CHUNK_BYTES = 64 << 20
 
 
-def check_compatible(members: Sequence[Member]) -> None:
-    """Same tensor names, shapes and dtypes in every member; else one error naming both and the tensor."""
-    first = members[0]
+def check_compatible(members: Sequence[Member], *, base: Member | None = None) -> None:
+    """Same tensor names, shapes and dtypes in every member (and the base); else one error naming
+    both models and the tensor."""
+    first = base if base is not None else members[0]
+
+    def label(m: Member) -> str:
+        return f"the base {m.name}" if m is base else f"member {m.name}"
+
     ref = {k: (first.shape(k), first.dtype(k)) for k in first.keys()}
-    for other in members[1:]:
+    for other in members[1:] if base is None else members:
         keys = other.keys()
         missing = [k for k in ref if k not in set(keys)]
         extra = [k for k in keys if k not in ref]
+        both = f"members {first.name} and {other.name}" if base is None else f"{label(first)} and {label(other)}"
         if missing or extra:
             what = f"{first.name} has {missing[0]!r} that {other.name} lacks" if missing \
                 else f"{other.name} has {extra[0]!r} that {first.name} lacks"
             raise IncompatibleMembers(
-                f"members {first.name} and {other.name} have different tensors: {what}"
+                f"{both} have different tensors: {what}"
                 f" ({first.architecture} vs {other.architecture}); soups need one architecture and head"
             )
         for k in keys:
             theirs = (other.shape(k), other.dtype(k))
             if theirs != ref[k]:
                 raise IncompatibleMembers(
-                    f"members {first.name} and {other.name} differ at tensor {k!r}: "
+                    f"{both} differ at tensor {k!r}: "
                     f"shape {list(ref[k][0])} {ref[k][1]} vs {list(theirs[0])} {theirs[1]}"
                     " — a different head or width; combine only members of one architecture and head"
                 )
 
 
-def _chunks(member: Member) -> Iterator[list[str]]:
-    import math
-
-    chunk, size = [], 0
-    for k in member.keys():
-        nbytes = math.prod(member.shape(k)) * 4
-        if chunk and size + nbytes > CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(k)
-        size += nbytes
-    if chunk:
-        yield chunk
-
-
 def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress: Any = None,
                  description: str = "merging") -> dict[str, torch.Tensor]:
-    """Σ cᵢ θᵢ over floating tensors, streamed; integer tensors from the first member.
-
-    Two worker threads read (and hash, see ``zoo.kit.reader``) the next members' chunks while
-    this one is added, so the disk, the hashing and the adding overlap. At most ``depth``
-    chunks are in flight, never two of one member (its file is then read strictly in order,
-    which is what lets the hash be computed on the way).
-    """
-    from functools import partial
-
+    """Σ cᵢ θᵢ over floating tensors, streamed (``zoo.kit.stream.map_tensors``); integer tensors from the
+    first member. The terms are added in member order, in float32 (float64 for float64 members)."""
     import torch
 
-    from zoo.kit.prefetch import ahead
+    from zoo.kit.stream import map_tensors
 
     if len(coeffs) != len(members):
         raise ValueError("one coefficient per member")
-    out: dict[str, torch.Tensor] = {}
-    first = members[0]
-    task = progress.task(description, total=len(first.keys())) if progress else None
 
-    def read(keys: list[str], i: int):
-        # borrowed views of the file (no copy), released below; finiteness is checked once, on the sum
-        return keys, i, members[i].read(keys, check_finite=False, borrow=True)
+    def total(key, tensors, base):
+        acc = torch.mul(tensors[0], coeffs[0])
+        for t, c in zip(tensors[1:], coeffs[1:]):
+            acc.add_(t, alpha=c)
+        return acc
 
-    reads = (partial(read, keys, i) for keys in _chunks(first) for i in range(len(members)))
-    acc: dict[str, torch.Tensor] = {}
-    dtypes: dict[str, torch.dtype] = {}
-    for keys, i, part in ahead(reads, depth=min(8, len(members)), workers=4):
-        c = coeffs[i]
-        for k in keys:
-            t = part[k]
-            if not t.is_floating_point():
-                if i == 0:
-                    acc[k] = t.clone()
-            elif i == 0:
-                dtypes[k] = t.dtype
-                acc[k] = torch.mul(t.to(torch.float64 if t.dtype == torch.float64 else torch.float32), c)
-            else:
-                acc[k].add_(t, alpha=c)
-        del part
-        members[i].release(keys)
-        if i == len(members) - 1:
-            for k in keys:
-                total = acc.pop(k)
-                if total.is_floating_point():
-                    _check_sum(members, k, total)
-                    out[k] = total.to(dtypes.pop(k))
-                else:
-                    out[k] = total
-            if task:
-                task.advance(len(keys))
-    if task:
-        task.close()
-    return out
-
-
-def _check_sum(members: Sequence[Member], key: str, total) -> None:
-    """NaN/Inf in any member makes the weighted sum non-finite; only then look for the culprit."""
-    from zoo.kit.member import all_finite
-
-    if all_finite(total):
-        return
-    for m in members:
-        m.read([key])  # raises naming the member and the tensor
-    raise IncompatibleMembers(f"the weighted sum of tensor {key!r} overflows; check the coefficients")
+    return map_tensors(members, total, progress=progress, description=description, who="the weighted sum",
+                       hint="check the coefficients")
 
 
 def uniform_average(members: Sequence[Member], **kw) -> dict[str, torch.Tensor]:
@@ -174,3 +116,54 @@ def fisher_lerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], fa: dict
         else:
             out[k] = (ta.to(torch.float64) * (1.0 - t) + b[k].to(torch.float64) * t).to(ta.dtype)
     return out
+
+
+# ---- arithmetic for method authors ------------------------------------------------------------
+# Each works on one tensor or on a whole state dict (floating tensors only; integer buffers pass through).
+
+def _each(f: Callable, a: Any, *rest: Any) -> Any:
+    if isinstance(a, dict):
+        return {k: f(v, *(r[k] if isinstance(r, dict) else r for r in rest)) if v.is_floating_point() else v
+                for k, v in a.items()}
+    return f(a, *rest)
+
+
+def task_vector(theta: Any, base: Any) -> Any:
+    """θ − base: what fine-tuning added to the base (a tensor or a state dict)."""
+    return _each(lambda t, b: t - b, theta, base)
+
+
+def add(a: Any, b: Any) -> Any:
+    """a + b (tensors or state dicts)."""
+    return _each(lambda x, y: x + y, a, b)
+
+
+def scale(a: Any, s: float) -> Any:
+    """s·a (a tensor or a state dict)."""
+    return _each(lambda x, y: x * y, a, s)
+
+
+def task_vectors(tensors: Sequence[Any], base: Any) -> list:
+    """[θᵢ − base for every member]: the per-tensor form of :func:`task_vector`."""
+    if base is None:
+        raise BadInput("task vectors need a base model: pass --base SPEC")
+    return [task_vector(t, base) for t in tensors]
+
+
+def keep_largest(t: torch.Tensor, density: float) -> torch.Tensor:
+    """``t`` with all but its ``density`` fraction of largest-magnitude entries set to zero.
+
+    k = round(density·numel) entries are kept; entries tied with the k-th largest magnitude are
+    all kept (a threshold, not an arbitrary tie-break), so the result is deterministic.
+    """
+    import torch
+
+    n = t.numel()
+    k = int(round(density * n))
+    if k >= n:
+        return t.clone()
+    if k <= 0:
+        return torch.zeros_like(t)
+    magnitude = t.abs()
+    threshold = magnitude.flatten().kthvalue(n - k + 1).values
+    return torch.where(magnitude >= threshold, t, torch.zeros_like(t))

@@ -1,0 +1,1 @@
+"""An example zoo merge method, installed and run by zoo's tests (docs/writing-a-plugin.md)."""

@@ -1,0 +1,125 @@
+"""Per-tensor merging: one streaming core, and merge methods written as pure functions of tensors.
+
+A merge method is a function of one tensor's values in every member (and the base's)::
+
+    @zoo.merge_method("ties", "TIES-merging: trim, elect sign, disjoint mean", needs_base=True)
+    def ties(tensors, base, *, density: float = zoo.option(0.2, "fraction kept", min=0, max=1)):
+        ...
+        return merged
+
+The decorator turns it into a ``zoo.Strategy``: its keyword-only parameters are the options
+(the type from the annotation, default, help and bounds from :func:`zoo.option`; a plain
+default works too, without help), ``zoo strategies show`` lists them and ``-o key=value``
+sets them. An option annotated ``list[...]`` holds one value per member, in member order.
+
+``zoo.kit.stream.map_tensors`` streams the members (and base) chunk by chunk and calls the function
+once per floating-point tensor; ``zoo.kit.weights`` has the arithmetic methods need (task vectors,
+``keep_largest``, ``add``, ``scale``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Callable
+
+from zoo.kit.errors import BadInput
+from zoo.kit.stream import map_tensors
+from zoo.kit.strategy import Combined, Strategy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from zoo.kit.member import Member
+
+# ---- merge methods ------------------------------------------------------------------------------
+
+def merge_method(name: str, summary: str, *, needs_base: bool = False, min_members: int = 1):
+    """Decorator: a function ``f(tensors, base, *, option: type = zoo.option(default, help), ...)``
+    becomes a strategy named ``name`` (see the module docstring). Raises TypeError at once, naming
+    the function and the parameter, for a signature it cannot turn into options."""
+
+    def decorate(fn: Callable) -> type:
+        options_cls, per_member = _options_from(fn)
+        return type(_class_name(name), (MergeMethod,), {
+            "name": name, "summary": summary, "needs_base": needs_base, "min_members": min_members,
+            "Options": options_cls, "function": staticmethod(fn), "per_member": per_member,
+            "__module__": fn.__module__, "__doc__": fn.__doc__,
+        })
+
+    return decorate
+
+
+def _class_name(name: str) -> str:
+    return "".join(p.capitalize() for p in name.replace("_", "-").split("-") if p) or "Merge"
+
+
+def _options_from(fn: Callable) -> tuple[type, frozenset[str]]:
+    """The Options dataclass of ``fn``'s keyword-only parameters, and the names of the per-member ones."""
+    from zoo.kit.options import option
+
+    what = f"merge method {fn.__module__}.{fn.__qualname__}"
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != 2 or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        raise TypeError(f"{what}: the signature must be (tensors, base, *, option: type = default, ...); "
+                        f"make every option keyword-only (after the *)")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:
+        raise TypeError(f"{what}: cannot resolve its annotations ({type(e).__name__}: {e})") from None
+    fields, per_member = [], set()
+    for p in params[2:]:
+        if p.name not in hints:
+            raise TypeError(f"{what}: option {p.name!r} has no type annotation; write e.g. "
+                            f"`{p.name}: float = zoo.option(1.0, \"what it does\")`")
+        if p.default is inspect.Parameter.empty:
+            raise TypeError(f"{what}: option {p.name!r} has no default; write e.g. "
+                            f"`{p.name}: {getattr(hints[p.name], '__name__', hints[p.name])} = "
+                            f"zoo.option(DEFAULT, \"what it does\")`")
+        tp, default = hints[p.name], p.default
+        if isinstance(default, dataclasses.Field):  # zoo.option(default, help, min=, max=)
+            value = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+            help, lo, hi = (default.metadata.get(m) for m in ("help", "min", "max"))
+        else:  # a plain default: no help, no bounds
+            value, help, lo, hi = default, "", None, None
+        if _is_list(tp):
+            per_member.add(p.name)
+            help = f"{help or ''} (one value per member, in member order)".strip()
+        fields.append((p.name, tp, option(value, help or "", min=lo, max=hi)))
+    return dataclasses.make_dataclass("Options", fields), frozenset(per_member)
+
+
+def _is_list(tp: Any) -> bool:
+    """``list[...]``, or ``list[...] | None``: a per-member option."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return any(typing.get_origin(a) in (list, tuple) for a in args)
+
+
+class MergeMethod(Strategy):
+    """The strategies :func:`merge_method` makes: check the members (and base), stream, call the function."""
+
+    function: Callable
+    per_member: frozenset = frozenset()
+
+    def combine(self, members, options, ctx) -> Combined:
+        from zoo.kit import weights
+
+        weights.check_compatible(members, base=ctx.base)
+        values = dataclasses.asdict(options)
+        for key in sorted(self.per_member):
+            if values[key] is not None and len(values[key]) != len(members):
+                raise BadInput(f"option {key} has {len(values[key])} value(s) but there are {len(members)} "
+                               f"members; give one per member, in member order, e.g. -o {key}="
+                               + ",".join(["0.5"] * len(members)))
+        fn = self.function
+        origin = f" ({ctx.origin})" if ctx.origin else ""
+        who = f"merge method {self.name!r} of plugin {fn.__module__}{origin}"
+        sd = map_tensors(members, lambda key, tensors, base: fn(tensors, base, **values), base=ctx.base,
+                         progress=ctx.progress, description=self.name, who=who)
+        report: dict[str, Any] = {"ingredients": [m.name for m in members]}
+        if ctx.base is not None:
+            report["base"] = ctx.base.name
+        return Combined(state_dict=sd, report=report)
