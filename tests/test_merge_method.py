@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PLUGINS_ON
 from safetensors.torch import load_file, save_file
 
 
@@ -144,13 +145,13 @@ def _ties(base: torch.Tensor, thetas: list[torch.Tensor], density: float) -> tor
 def test_ties_plugin_end_to_end(tmp_path, ties_installed, ingredients, digits_zoo, zoo_cli):
     import timm
 
-    show = zoo_cli("strategies", "show", "ties").stdout
+    show = zoo_cli("strategies", "show", "ties", env=PLUGINS_ON).stdout
     assert "zoo-ties-example" in show and "density" in show and "0.2" in show and "--base" in show
     base = digits_zoo / "members" / "base"
     members = ingredients[:3]
     out = tmp_path / "ties"
     zoo_cli("combine", "--strategy", "ties", "--base", base, *sum((["-m", m] for m in members), []),
-            "-o", "density=0.3", "--out", out)
+            "-o", "density=0.3", "--out", out, env=PLUGINS_ON)
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     merged = model.state_dict()
     b = load_file(str(base / "model.safetensors"))

@@ -34,9 +34,9 @@ AUTOLOAD_VAR = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
 #: the built-in plugins, by import path: strategies, transferability metrics, member sources
 BUILTINS = (
     "zoo.plugins.soup",
-    "zoo.plugins.wise_ft.sweep",
-    "zoo.plugins.distill.strategy",
-    "zoo.plugins.stitch.strategy",
+    "zoo.plugins.wise_ft",
+    "zoo.plugins.distill",
+    "zoo.plugins.stitch",
     "zoo.plugins.transfer",
     "zoo.registry.hub",
     "zoo.registry.local",
