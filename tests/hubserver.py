@@ -5,7 +5,7 @@ mirrors folder, so huggingface_hub's real download and cache code runs against i
 Uploads: olah has no write routes, so a small stdlib HTTP server in front of it
 implements the Hub's public upload API (create repo, preupload, commit) by committing
 into those same git repositories; every other request is passed on to olah. A push is
-therefore read back through olah. See ../shared/HUB-TESTING.md.
+therefore read back through olah. See docs/testing.md.
 """
 
 from __future__ import annotations

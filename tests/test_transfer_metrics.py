@@ -1,4 +1,4 @@
-"""Transferability metrics, checked by the properties ALGORITHMS.md states and by small cases done by hand."""
+"""Transferability metrics, checked by the properties docs/algorithms.md states and by small cases done by hand."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Built-in transferability metrics of one member: LogME, LEEP, NCE, H-score (plain and shrinkage), GBC.
 
-Each follows the paper's definition as ALGORITHMS.md states it; all work in float64 and
+Each follows its paper's definition as docs/algorithms.md states it; all work in float64 and
 return a score where higher means "should transfer better". Registered through the
 ``zoo`` entry-point group exactly like an outside plugin.
 """
