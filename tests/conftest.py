@@ -68,10 +68,15 @@ def val_dir(digits_zoo) -> Path:
 
 
 def run_zoo(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the `zoo` command as a user would; returns the finished process."""
+    """Run the `zoo` command as a user would, in its own process; returns the finished process.
+
+    The process is forked from one that has already imported torch and timm (tests/cli_runner.py), which
+    saves the seconds each import costs; ZOO_TESTS_SUBPROCESS=1 runs every command as `python -m zoo`.
+    """
+    import cli_runner
+
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=600)
+    proc = cli_runner.run([str(a) for a in args], full_env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"zoo {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
