@@ -80,6 +80,8 @@ def test_fisher_weighting_runs_and_differs_from_plain(tmp_path, ends, digits_zoo
 
 
 def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
+    from torch.func import functional_call, grad, vmap
+
     from zoo.data import data_config, load_split
     from zoo.fisher import diagonal_fisher
 
@@ -87,10 +89,35 @@ def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
     model = member.create_model()
     split = load_split(str(digits_zoo / "data" / "train"), data_config(member.pretrained_cfg),
                        label_names=member.label_names, num_classes=member.num_classes)
-    f = diagonal_fisher(model, split, 8, torch.device("cpu"), seed=0)
-    assert set(f) == {n for n, _ in model.named_parameters()}
-    assert all((v >= 0).all() for v in f.values()) and any(v.sum() > 0 for v in f.values())
+    n = 8
+    f = diagonal_fisher(model, split, n, torch.device("cpu"), seed=0)
+    assert set(f) == {k for k, _ in model.named_parameters()}
     assert all(p.grad is None for p in model.parameters())  # leaves the model as it found it
+
+    # by hand: the same n examples (a seeded shuffle), each one's label drawn from the model's own softmax with
+    # the same generator, then every example's gradient of -log p(y|x) on its own (torch.func, no .grad), squared,
+    # and the mean of those squares
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    images = split.images[torch.randperm(len(split), generator=gen)[:n]]
+    with torch.no_grad():
+        labels = torch.cat([torch.multinomial(model(x[None]).softmax(1), 1, generator=gen)[:, 0] for x in images])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p, x, y):
+        logits = functional_call(model, (p, buffers), (x[None],))
+        return torch.nn.functional.cross_entropy(logits, y[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
+    for name, g in per_example.items():
+        assert g.shape == (n, *params[name].shape)
+        want = g.pow(2).mean(0)
+        assert torch.allclose(f[name], want, rtol=1e-4, atol=1e-10), (name, (f[name] - want).abs().max())
+    # the mean of squares, not the square of the mean: on this model they differ (so the check above can fail)
+    squared_mean = {k: g.mean(0).pow(2) for k, g in per_example.items()}
+    assert any(not torch.allclose(f[k], squared_mean[k], rtol=1e-2) for k in f)
+    assert sum(float(v.sum()) for v in f.values()) > 0
 
 
 def _fails(zoo_cli, *args, words=()):
