@@ -57,7 +57,19 @@ def test_sweep_on_held_out_and_shifted_data(tmp_path, ends, digits_zoo, zoo_cli)
     assert report["picked_alpha"] == best["alpha"]
     assert recipe["metrics"]["top1"] == pytest.approx(best["id_top1"])
     assert report["ood_metrics"]["top1"] == pytest.approx(best["ood_top1"])
-    assert (out / "wise-ft.png").stat().st_size > 10_000
+    # the figure is the robustness curve of the kept sweep points: shifted against held-out top-1 along α
+    from figcheck import assert_png_is, lines
+
+    from zoo.plots import robustness_curve
+
+    fig = robustness_curve(kept, picked=report["picked_alpha"],
+                           title=f"WiSE-FT: {report['pretrained_end']} → {report['fine_tuned_end']}")
+    assert_png_is(out / "wise-ft.png", fig)
+    (xs, ys), = [v for k, v in lines(fig).items() if k.startswith("θ(α)")]
+    assert xs == pytest.approx([p["id_top1"] * 100 for p in kept])
+    assert ys == pytest.approx([p["ood_top1"] * 100 for p in kept])
+    star = lines(fig)[f"picked: α={report['picked_alpha']:g}"]
+    assert star[0] == pytest.approx([best["id_top1"] * 100]) and star[1] == pytest.approx([best["ood_top1"] * 100])
     card = (out / "README.md").read_text()
     assert "WiSE-FT sweep" in card and "wise-ft.png" in card
     # the output is what the sweep measured: zoo eval agrees on the held-out data
@@ -87,6 +99,12 @@ def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
 
     member = zoo.load_member(str(ends[1]))
     model = member.create_model()
+    # the fine-tune is so confident that labels drawn from its softmax are the true ones: scale its head down
+    # (logits / 20) so they are not, and the check below also tells sampled labels from true ones
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight /= 20
+        head.bias /= 20
     split = load_split(str(digits_zoo / "data" / "train"), data_config(member.pretrained_cfg),
                        label_names=member.label_names, num_classes=member.num_classes)
     n = 8
@@ -102,6 +120,8 @@ def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
     images = split.images[torch.randperm(len(split), generator=gen)[:n]]
     with torch.no_grad():
         labels = torch.cat([torch.multinomial(model(x[None]).softmax(1), 1, generator=gen)[:, 0] for x in images])
+    true = split.targets[torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n]]
+    assert (labels != true).sum() >= 2, (labels, true)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
