@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import kill_after_checkpoint, start_until
-from zoo.plugins.distill.losses import kd_loss, meal_v2_loss, teacher_target
+from zoo.plugins.distill.strategy.losses import kd_loss, meal_v2_loss, teacher_target
 
 
 # ---- the losses ---------------------------------------------------------------------------------
@@ -103,9 +104,12 @@ def test_interrupted_distillation_resumes_to_the_same_weights(tmp_path, teachers
     assert not out.exists()
     refused = zoo_cli(*args, "--out", out, check=False)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    zoo_cli(*args, "--out", out, "--resume")
+    resumed = zoo_cli(*args, "--out", out, "--resume")
+    # it resumed (a run started over would give the same weights too): from a checkpointed epoch, not epoch 0
+    start = re.search(r"resuming from epoch (\d+) of 3", resumed.stderr)
+    assert start and 1 <= int(start.group(1)) < 3, resumed.stderr
     got, want = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert not checkpoint.parent.exists()
 
 

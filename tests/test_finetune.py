@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import timm
@@ -95,9 +96,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, base, digits_zoo,
 
     refused = zoo_cli(*args, "--out", out, check=False)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    zoo_cli(*args, "--out", out, "--resume")
+    resumed = zoo_cli(*args, "--out", out, "--resume")
+    # it resumed (a run started over would give the same weights too): from a checkpointed epoch, not epoch 0
+    start = re.search(r"resuming from epoch (\d+) of 4", resumed.stderr)
+    assert start and 1 <= int(start.group(1)) < 4, resumed.stderr
     got, want = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert not checkpoint.parent.exists()
 
 

@@ -60,7 +60,19 @@ def test_select_ranks_validates_and_writes_a_zoo(validated):
     z = load_zoo(str(out / "zoo.toml"))
     assert [Path(m).name for m in z.members] == [r["member"] for r in rows[:3]]
     assert Path(z.data["train"]).is_dir() and Path(z.data["eval"]).is_dir()
-    assert (out / "validation.png").stat().st_size > 10_000
+    # the figure is each member's score against its probe accuracy, as in the table, selected ones marked
+    from figcheck import assert_png_is
+
+    from zoo.kit.plots import score_vs_accuracy
+
+    fig = score_vs_accuracy(rows, metric="logme", tau=tau, selected=report["selected"])
+    assert_png_is(out / "validation.png", fig)
+    assert report["selected"] == [r["spec"] for r in rows[:3]]
+    points = [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0]), ln.get_marker())
+              for ln in fig.axes[0].get_lines() if len(ln.get_xdata())]
+    assert sorted(points) == sorted((r["score"], r["probe_top1"] * 100, "o" if r["rank"] <= 3 else "s")
+                                    for r in rows)
+    assert f"τ = {tau:.2f}" in fig.axes[0].get_title()
 
 
 def test_second_select_on_the_same_data_runs_no_forward_pass(validated, tmp_path, zoo_cli):

@@ -57,7 +57,19 @@ def test_sweep_on_held_out_and_shifted_data(tmp_path, ends, digits_zoo, zoo_cli)
     assert report["picked_alpha"] == best["alpha"]
     assert recipe["metrics"]["top1"] == pytest.approx(best["id_top1"])
     assert report["ood_metrics"]["top1"] == pytest.approx(best["ood_top1"])
-    assert (out / "wise-ft.png").stat().st_size > 10_000
+    # the figure is the robustness curve of the kept sweep points: shifted against held-out top-1 along α
+    from figcheck import assert_png_is, lines
+
+    from zoo.kit.plots import robustness_curve
+
+    fig = robustness_curve(kept, picked=report["picked_alpha"],
+                           title=f"WiSE-FT: {report['pretrained_end']} → {report['fine_tuned_end']}")
+    assert_png_is(out / "wise-ft.png", fig)
+    (xs, ys), = [v for k, v in lines(fig).items() if k.startswith("θ(α)")]
+    assert xs == pytest.approx([p["id_top1"] * 100 for p in kept])
+    assert ys == pytest.approx([p["ood_top1"] * 100 for p in kept])
+    star = lines(fig)[f"picked: α={report['picked_alpha']:g}"]
+    assert star[0] == pytest.approx([best["id_top1"] * 100]) and star[1] == pytest.approx([best["ood_top1"] * 100])
     card = (out / "README.md").read_text()
     assert "WiSE-FT sweep" in card and "wise-ft.png" in card
     # the output is what the sweep measured: zoo eval agrees on the held-out data
@@ -80,17 +92,52 @@ def test_fisher_weighting_runs_and_differs_from_plain(tmp_path, ends, digits_zoo
 
 
 def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
+    from torch.func import functional_call, grad, vmap
+
     from zoo.kit.data import data_config, load_split
     from zoo.kit.fisher import diagonal_fisher
 
     member = zoo.load_member(str(ends[1]))
     model = member.create_model()
+    # the fine-tune is so confident that labels drawn from its softmax are the true ones: scale its head down
+    # (logits / 20) so they are not, and the check below also tells sampled labels from true ones
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight /= 20
+        head.bias /= 20
     split = load_split(str(digits_zoo / "data" / "train"), data_config(member.pretrained_cfg),
                        label_names=member.label_names, num_classes=member.num_classes)
-    f = diagonal_fisher(model, split, 8, torch.device("cpu"), seed=0)
-    assert set(f) == {n for n, _ in model.named_parameters()}
-    assert all((v >= 0).all() for v in f.values()) and any(v.sum() > 0 for v in f.values())
+    n = 8
+    f = diagonal_fisher(model, split, n, torch.device("cpu"), seed=0)
+    assert set(f) == {k for k, _ in model.named_parameters()}
     assert all(p.grad is None for p in model.parameters())  # leaves the model as it found it
+
+    # by hand: the same n examples (a seeded shuffle), each one's label drawn from the model's own softmax with
+    # the same generator, then every example's gradient of -log p(y|x) on its own (torch.func, no .grad), squared,
+    # and the mean of those squares
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    images = split.images[torch.randperm(len(split), generator=gen)[:n]]
+    with torch.no_grad():
+        labels = torch.cat([torch.multinomial(model(x[None]).softmax(1), 1, generator=gen)[:, 0] for x in images])
+    true = split.targets[torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n]]
+    assert (labels != true).sum() >= 2, (labels, true)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p, x, y):
+        logits = functional_call(model, (p, buffers), (x[None],))
+        return torch.nn.functional.cross_entropy(logits, y[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
+    for name, g in per_example.items():
+        assert g.shape == (n, *params[name].shape)
+        want = g.pow(2).mean(0)
+        assert torch.allclose(f[name], want, rtol=1e-4, atol=1e-10), (name, (f[name] - want).abs().max())
+    # the mean of squares, not the square of the mean: on this model they differ (so the check above can fail)
+    squared_mean = {k: g.mean(0).pow(2) for k, g in per_example.items()}
+    assert any(not torch.allclose(f[k], squared_mean[k], rtol=1e-2) for k in f)
+    assert sum(float(v.sum()) for v in f.values()) > 0
 
 
 def _fails(zoo_cli, *args, words=()):
