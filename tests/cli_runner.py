@@ -3,7 +3,7 @@
 A test suite that runs the user's command a hundred times spends most of its time importing torch and
 timm (seconds per process on two cores). Each command here still runs in its own process — its own
 environment, working directory, exit code, stdout and stderr, nothing shared with the test — through
-the same entry point as ``python -m zoo`` (``zoo.cli.app.main``); only the imports are done once, by a
+the same entry point as ``python -m zoo`` (``zoo.cli.main``); only the imports are done once, by a
 multiprocessing *forkserver* that the children are forked from.
 
 Settings that libraries read when they are imported (the Hub endpoint and home, offline mode) cannot be
@@ -23,7 +23,7 @@ from pathlib import Path
 #: environment variables read at import time by huggingface_hub, torch or zoo's preloaded modules
 IMPORT_TIME = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HUB_DISABLE_XET", "TORCH_",
                "CUDA_", "OMP_", "MKL_")
-PRELOAD = ["torch", "timm", "safetensors.torch", "huggingface_hub", "matplotlib.pyplot", "zoo.cli.app", "zoo.kit.data",
+PRELOAD = ["torch", "timm", "safetensors.torch", "huggingface_hub", "matplotlib.pyplot", "zoo.cli", "zoo.kit.data",
            "zoo.kit.member", "zoo.kit.metrics", "cli_runner"]
 
 _context = None
@@ -54,7 +54,7 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out_path: str, err_pa
     sys.argv = ["zoo", *args]
     code = 1
     try:
-        from zoo.cli.app import main
+        from zoo.cli import main
 
         main()
         code = 0

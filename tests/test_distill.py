@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import kill_after_checkpoint, start_until
-from zoo.plugins.distill.strategy.losses import kd_loss, meal_v2_loss, teacher_target
+from zoo.plugins.distill.losses import kd_loss, meal_v2_loss, teacher_target
 
 
 # ---- the losses ---------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def _digits(root: Path, n: int = 16) -> torch.Tensor:
 def test_depth_12_pairs_give_34_configs_and_11_layers_and_3_anchors_71():
     import timm
 
-    from zoo.plugins.stitch.strategy.snnet import SNNet, paired_positions, window_stitches
+    from zoo.plugins.stitch.snnet import SNNet, paired_positions, window_stitches
 
     stitches = window_stitches(paired_positions([12], [12]))
     assert len(stitches) == 34 and len({w for *_, w in stitches}) == 11
@@ -59,7 +59,7 @@ def test_depth_12_pairs_give_34_configs_and_11_layers_and_3_anchors_71():
 
 
 def test_depth_mismatch_maps_block_ids_by_nearest_interpolation():
-    from zoo.plugins.stitch.strategy.snnet import paired_positions
+    from zoo.plugins.stitch.snnet import paired_positions
 
     # torch's nearest interpolation of 4 ids onto 6 places: floor(p * 4 / 6)
     expected = torch.nn.functional.interpolate(torch.arange(4.0)[None, None], size=6, mode="nearest")
@@ -69,7 +69,7 @@ def test_depth_mismatch_maps_block_ids_by_nearest_interpolation():
 
 
 def test_least_squares_recovers_identity_and_an_exact_linear_map():
-    from zoo.plugins.stitch.strategy.snnet import least_squares
+    from zoo.plugins.stitch.snnet import least_squares
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(500, 24, generator=gen)
@@ -85,7 +85,7 @@ def test_least_squares_recovers_identity_and_an_exact_linear_map():
 def test_stem_blocks_head_is_the_model_bit_for_bit(arch, args):
     import timm
 
-    from zoo.plugins.stitch.strategy.blocks import family_of
+    from zoo.plugins.stitch.blocks import family_of
 
     model = timm.create_model(arch, num_classes=10, **args).eval()
     x = torch.randn(3, 3, 32, 32)
@@ -101,7 +101,7 @@ def test_flops_summed_over_parts_equal_counting_each_configuration(arch, args):
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoo.plugins.stitch.strategy.snnet import SNNet
+    from zoo.plugins.stitch.snnet import SNNet
 
     widths = {"test_vit": [{"embed_dim": 16, "num_heads": 2}, {"embed_dim": 32, "num_heads": 2}],
               "test_efficientnet": [{"channel_multiplier": 1.0, "depth_multiplier": 1.0},
@@ -182,7 +182,7 @@ def test_vit_stitch_trains_per_token_linear_layers(tmp_path, stitch_zoo, zoo_cli
     """Tokens: nn.Linear stitching layers, depths 4 and 6 mapped by nearest interpolation; one epoch of
     training with a configuration drawn per batch changes the anchors and the layers."""
     import zoo
-    from zoo.plugins.stitch.strategy.snnet import paired_positions, window_stitches
+    from zoo.plugins.stitch.snnet import paired_positions, window_stitches
 
     out = tmp_path / "vit"
     train, val = data(stitch_zoo)
