@@ -1,7 +1,7 @@
-"""The distillation training loop: data, teacher targets, DDP, checkpoints and --resume, evaluation.
+"""Distillation on the one training loop (``zoo.training``): data, teacher targets, the loss step, evaluation.
 
-One ``Run`` holds what the loop needs. The order of the training images comes from a seeded
-``torch.Generator`` whose state is checkpointed with the model, optimizer, scheduler and
+One ``Run`` holds what the step needs. The order of the training images comes from a seeded
+``torch.Generator`` that the loop checkpoints with the model, optimizer, scheduler and
 discriminator after every epoch, so ``--resume`` continues exactly. Under torchrun each process
 takes its contiguous share of every global batch and DistributedDataParallel averages the
 gradients; rank 0 writes the checkpoints.
@@ -30,8 +30,8 @@ class Run:
     maps: list = field(default_factory=list)  # per teacher: its classes → the student's (None: the same)
 
     def __post_init__(self):
-        from zoo import training
         from zoo.data import data_config, load_split
+        from zoo.training import ddp
 
         ctx = self.ctx
         if not ctx.train_data:
@@ -43,7 +43,7 @@ class Run:
         self.student_cfg = {**start.pretrained_cfg, "num_classes": n, "label_names": self.classes}
         self.split = load_split(ctx.train_data, data_config(self.student_cfg), label_names=self.classes,
                                 num_classes=n, progress=ctx.progress)
-        self.model = training.ddp(self.student.to(ctx.device))  # under torchrun: DistributedDataParallel
+        self.model = ddp(self.student.to(ctx.device))  # under torchrun: DistributedDataParallel
 
     def unwrapped(self):
         from zoo.training import unwrap

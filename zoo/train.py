@@ -10,7 +10,8 @@ losses (``timm.data.Mixup``, ``timm.loss``), the cosine schedule with warmup
   mode (BatchNorm statistics untouched): the head then matches the pretrained features,
   which is what makes the LP start a good WiSE-FT end (Kumar et al., LP-FT).
 - FT trains every parameter with AdamW; label smoothing and Mixup calibrate it (BANG).
-- A checkpoint is written after every epoch next to ``--out`` (``.NAME.finetune/``);
+- FT runs on the one training loop (``zoo.training``); a checkpoint is written after every
+  epoch next to ``--out`` (``.NAME.finetune/``);
   ``resume=True`` continues it and gives the same weights as a run never interrupted. The
   output folder appears only when the run is complete.
 """
