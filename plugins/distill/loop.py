@@ -1,7 +1,7 @@
-"""The distillation training loop: data, teacher targets, DDP, checkpoints and --resume, evaluation.
+"""Distillation on the one training loop (``zoo.kit.training``): data, teacher targets, the loss step, evaluation.
 
-One ``Run`` holds what the loop needs. The order of the training images comes from a seeded
-``torch.Generator`` whose state is checkpointed with the model, optimizer, scheduler and
+One ``Run`` holds what the step needs. The order of the training images comes from a seeded
+``torch.Generator`` that the loop checkpoints with the model, optimizer, scheduler and
 discriminator after every epoch, so ``--resume`` continues exactly. Under torchrun each process
 takes its contiguous share of every global batch and DistributedDataParallel averages the
 gradients; rank 0 writes the checkpoints.
@@ -30,9 +30,8 @@ class Run:
     maps: list = field(default_factory=list)  # per teacher: its classes → the student's (None: the same)
 
     def __post_init__(self):
-        import torch
-
         from zoo.kit.data import data_config, load_split
+        from zoo.kit.training import ddp
 
         ctx = self.ctx
         if not ctx.train_data:
@@ -44,12 +43,12 @@ class Run:
         self.student_cfg = {**start.pretrained_cfg, "num_classes": n, "label_names": self.classes}
         self.split = load_split(ctx.train_data, data_config(self.student_cfg), label_names=self.classes,
                                 num_classes=n, progress=ctx.progress)
-        self.model = self.student.to(ctx.device)
-        if ctx.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.model = ddp(self.student.to(ctx.device))  # under torchrun: DistributedDataParallel
 
     def unwrapped(self):
-        return getattr(self.model, "module", self.model)
+        from zoo.kit.training import unwrap
+
+        return unwrap(self.model)
 
     def config(self) -> dict:
         if self.student_member is not None:
@@ -104,9 +103,9 @@ def _live_teachers(run: Run):
 def train(run: Run) -> list[dict]:
     import torch
     import torch.nn.functional as F
-    from timm.scheduler import CosineLRScheduler
 
-    from zoo.kit.device import amp_step, autocast, grad_scaler, to_device
+    from zoo.kit import training
+    from zoo.kit.device import autocast, to_device
     from zoo.plugins.distill.losses import discriminator, kd_loss, meal_v2_loss, teacher_target
 
     opts, ctx, device = run.options, run.ctx, run.ctx.device
@@ -124,95 +123,60 @@ def train(run: Run) -> list[dict]:
     n = len(run.split)
     if n < world:
         raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
-    steps_per_epoch = -(-n // opts.batch_size)
-    total = max(1, steps_per_epoch * opts.epochs)
     model = run.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    if opts.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = CosineLRScheduler(opt, t_initial=total, warmup_t=int(opts.warmup_epochs * steps_per_epoch),
-                              warmup_lr_init=opts.lr * 0.01, lr_min=opts.lr * 0.01, t_in_epochs=False)
-    scaler = grad_scaler(device)
-    disc = disc_ddp = disc_opt = None
+    disc = disc_opt = None
+    stateful = {}
     if opts.discriminator and opts.loss == "meal-v2":
         disc = discriminator(len(run.classes)).to(device)
-        disc_ddp = torch.nn.parallel.DistributedDataParallel(disc) if world > 1 else disc
+        disc_ddp = training.ddp(disc)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=opts.lr, betas=(0.5, 0.999))
-    gen = torch.Generator().manual_seed(ctx.seed + 1)
-    history: list[dict] = []
-    start = 0
-    if state is not None:
-        start = checkpoint.restore_training(state, run.unwrapped(), opt, sched, scaler, gen)
-        if disc is not None:
-            disc.load_state_dict(state["discriminator"])
-            disc_opt.load_state_dict(state["discriminator_optimizer"])
-        history = list(state["history"])
-        ctx.log(f"resuming from epoch {start} of {opts.epochs} ({ckpt.parent})")
+        stateful = {"discriminator": disc, "discriminator_optimizer": disc_opt}
 
-    step = start * steps_per_epoch
-    for epoch in range(start, opts.epochs):
-        model.train()
-        task = ctx.progress.task(f"distil epoch {epoch + 1}/{opts.epochs}", total=steps_per_epoch)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss·n, correct, n, discriminator loss·n
-        for idx, images, labels in _batches(run, gen):
-            if len(idx) < world:
-                task.advance()
-                continue  # a last batch too small to give every process an image
-            mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
-            images, labels = to_device(images[mine], device), labels[mine].to(device)
-            if teachers is None:
-                target = target_all[idx[mine]].to(device)
-            else:
-                with torch.inference_mode(), autocast(device, True):
-                    inputs = [images] * len(teachers[0]) if opts.augment else \
-                        [to_device(s.images[idx[mine]], device) for s in teachers[1]]
-                    logits_t = [m(x).float() for m, x in zip(teachers[0], inputs)]
-                target = teacher_target(logits_t, opts.loss, opts.temperature, run.maps).clone()
-            with autocast(device, True):
-                logits = model(images).float()
-            if opts.loss == "kd":
-                loss = kd_loss(logits, target, labels, opts.temperature, opts.alpha)
-            else:
-                loss = meal_v2_loss(logits, target)
-            if disc is not None:  # the student also tries to make its outputs pass for the teachers'
-                fooled = disc(logits.softmax(dim=1))
-                loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(mine), real=True, device=device))
-            step = amp_step(loss, opt, scaler, sched, step)
-            if disc is not None:
-                d_in = torch.cat([target, logits.detach().softmax(dim=1)])
-                d_sides = torch.cat([_side(len(mine), True, device), _side(len(mine), False, device)])
-                d_loss = F.binary_cross_entropy_with_logits(disc_ddp(d_in), d_sides)
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                disc_opt.step()
-                sums[3] += d_loss.item() * len(mine)
-            sums[0] += loss.item() * len(mine)
-            sums[1] += int((logits.argmax(1) == labels).sum())
-            sums[2] += len(mine)
-            task.describe(f"distil epoch {epoch + 1}/{opts.epochs} · loss {sums[0] / sums[2]:.4f} · "
-                          f"top-1 {sums[1] / sums[2]:.3f}")
-            task.advance()
-        task.close()
-        if world > 1:
-            import torch.distributed as dist
+    def step(batch):
+        idx, images, labels = batch
+        if len(idx) < world:
+            return None  # a last batch too small to give every process an image
+        mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
+        images, labels = to_device(images[mine], device), labels[mine].to(device)
+        if teachers is None:
+            target = target_all[idx[mine]].to(device)
+        else:
+            with torch.inference_mode(), autocast(device, True):
+                inputs = [images] * len(teachers[0]) if opts.augment else \
+                    [to_device(s.images[idx[mine]], device) for s in teachers[1]]
+                logits_t = [m(x).float() for m, x in zip(teachers[0], inputs)]
+            target = teacher_target(logits_t, opts.loss, opts.temperature, run.maps).clone()
+        with autocast(device, True):
+            logits = model(images).float()
+        if opts.loss == "kd":
+            loss = kd_loss(logits, target, labels, opts.temperature, opts.alpha)
+        else:
+            loss = meal_v2_loss(logits, target)
+        correct = int((logits.argmax(1) == labels).sum())
+        if disc is None:
+            return training.Step(loss, n=len(mine), correct=correct)
+        # the student also tries to make its outputs pass for the teachers'
+        fooled = disc(logits.softmax(dim=1))
+        loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(mine), real=True, device=device))
 
-            dist.all_reduce(sums)
-        history.append({"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_top1": float(sums[1] / sums[2]),
-                        "lr": opt.param_groups[0]["lr"],
-                        **({"discriminator_loss": float(sums[3] / sums[2])} if disc is not None else {})})
-        ctx.log(f"epoch {epoch + 1}/{opts.epochs}: loss {history[-1]['loss']:.4f}, "
-                f"train top-1 (labels) {history[-1]['train_top1']:.4f}")
-        if ckpt is not None and rank == 0:
-            checkpoint.save(ckpt, checkpoint.training_state(
-                epoch + 1, run.unwrapped(), opt, sched, scaler, gen, history=history, options=asdict(opts),
-                **({"discriminator": disc.state_dict(), "discriminator_optimizer": disc_opt.state_dict()}
-                   if disc is not None else {})))
-        from zoo.kit.distributed import barrier
+        def discriminator_step():  # once the student has stepped: the discriminator learns to tell them apart
+            d_in = torch.cat([target, logits.detach().softmax(dim=1)])
+            d_sides = torch.cat([_side(len(mine), True, device), _side(len(mine), False, device)])
+            d_loss = F.binary_cross_entropy_with_logits(disc_ddp(d_in), d_sides)
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            return {"discriminator_loss": d_loss.item()}
 
-        barrier()
-    return history
+        return training.Step(loss, n=len(mine), correct=correct, after=discriminator_step)
+
+    options = training.Options(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-n // opts.batch_size),
+                               weight_decay=opts.weight_decay, optimizer=opts.optimizer,
+                               warmup_epochs=opts.warmup_epochs, label="distil", top1_note=" (labels)")
+    return training.train(model, step, lambda epoch, gen: _batches(run, gen), options, device=device,
+                          generator=torch.Generator().manual_seed(ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir,
+                          state=state, stateful=stateful, save_extra={"options": asdict(opts)},
+                          progress=ctx.progress, log=ctx.log)
 
 
 def _batches(run: Run, gen):
@@ -247,26 +211,26 @@ def _side(n: int, real: bool, device):
 
 
 def evaluate(run: Run) -> tuple[dict, dict]:
-    """Held-out metrics of the student, of each teacher and of the teachers' ensemble (mean softmax)."""
+    """Held-out metrics of the student, of each teacher and of the teachers' ensemble (mean softmax), all
+    through the context, so that plugins' metrics (``zoo_metrics``) are measured for each."""
     import torch
 
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.metrics import evaluate_model, metrics_from_logits, predict
+    from zoo.kit.metrics import predict
+    from zoo.plugins.distill.losses import teacher_target
 
     ctx = run.ctx
     split = load_split(ctx.eval_data, data_config(run.student_cfg), label_names=run.classes,
                        num_classes=len(run.classes), progress=ctx.progress)
-    student = evaluate_model(run.unwrapped().eval(), split, ctx.device).as_dict()
-    from zoo.plugins.distill.losses import teacher_target
-
+    student = ctx.evaluate_module(run.unwrapped().eval(), split).as_dict()
     teachers, probs = {}, []
     for i, t in enumerate(run.teachers):
         t_split = load_split(ctx.eval_data, data_config(t.pretrained_cfg), label_names=run.classes,
                              num_classes=len(run.classes), progress=ctx.progress)  # its own preprocessing
         p = teacher_target([predict(t.create_model(), t_split, ctx.device)], "meal-v2", 1.0, run.maps[i:i + 1])
-        teachers[t.name] = metrics_from_logits(p.clamp_min(1e-12).log(), t_split.targets).as_dict()
+        teachers[t.name] = ctx.metrics_of(p.clamp_min(1e-12).log(), t_split.targets).as_dict()
         probs.append(p)
-    ensemble = metrics_from_logits(torch.stack(probs).mean(0).clamp_min(1e-12).log(), t_split.targets).as_dict()
+    ensemble = ctx.metrics_of(torch.stack(probs).mean(0).clamp_min(1e-12).log(), t_split.targets).as_dict()
     return student, {"student": student, "ensemble": ensemble, "teachers": teachers}
 
 

@@ -1,7 +1,8 @@
-"""Stitching's training loop, its evaluation of every configuration, the frontier plot and the card table.
+"""Stitching's training (on the one loop, ``zoo.kit.training``), its evaluation of every configuration, the frontier
+plot and the card table.
 
 Training draws one configuration per batch from a seeded ``torch.Generator`` (as the data order);
-both are checkpointed with the network, optimizer and scheduler after every epoch in
+the loop checkpoints it with the network, optimizer and scheduler after every epoch in
 ``.OUT.stitch/``, so ``--resume`` continues exactly. The least-squares init runs before the first
 epoch and is part of the checkpointed weights.
 """
@@ -34,12 +35,12 @@ class Run:
 
 
 def train(run: Run) -> tuple[list[dict], dict[str, float]]:
-    """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training."""
+    """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training (zoo.kit.training)."""
     import torch
     import torch.nn.functional as F
-    from timm.scheduler import CosineLRScheduler
 
-    from zoo.kit.device import amp_step, autocast, grad_scaler, to_device
+    from zoo.kit import training
+    from zoo.kit.device import autocast, to_device
 
     net, opts, ctx = run.net, run.options, run.ctx
     device = ctx.device
@@ -54,59 +55,38 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
         residual = net.init_stitching(to_device(split.images[pick], device))
         ctx.log("least-squares init on %d images: mean relative residual %.3f over %d layers"
                 % (len(pick), sum(residual.values()) / max(1, len(residual)), len(residual)))
+    else:
+        residual = dict(state["residual"])
     if opts.epochs == 0:
         return [], residual
-    steps_per_epoch = -(-len(split) // opts.batch_size)
-    total = steps_per_epoch * opts.epochs
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = CosineLRScheduler(opt, t_initial=total, lr_min=opts.lr * 0.01, t_in_epochs=False)
-    scaler = grad_scaler(device)
-    gen = torch.Generator().manual_seed(ctx.seed + 1)
-    history: list[dict] = []
-    start = 0
-    if state is not None:
-        start = checkpoint.restore_training(state, net, opt, sched, scaler, gen)
-        history, residual = list(state["history"]), dict(state["residual"])
-        ctx.log(f"resuming from epoch {start} of {opts.epochs} ({ckpt.parent})")
     ids = [c.id for c in net.configs]
-    step = start * steps_per_epoch
-    for epoch in range(start, opts.epochs):
-        net.train()
-        if opts.bn == "frozen":
-            from zoo.kit.batchnorm import freeze_bn_stats
 
-            freeze_bn_stats(net)
-        task = ctx.progress.task(f"stitch epoch {epoch + 1}/{opts.epochs}", total=steps_per_epoch)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
+    def batches(epoch, gen):  # the data order, then one configuration per batch, all from gen
         for idx in torch.randperm(len(split), generator=gen).split(opts.batch_size):
-            cfg = ids[int(torch.randint(len(ids), (1,), generator=gen))]
-            images, labels = to_device(split.images[idx], device), split.targets[idx].to(device)
-            with autocast(device, True):
-                logits = net.run(images, cfg).float()
-            loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)
-            step = amp_step(loss, opt, scaler, sched, step)
-            sums += torch.tensor([loss.item() * len(idx), int((logits.argmax(1) == labels).sum()), len(idx)],
-                                 dtype=torch.float64)
-            task.describe(f"stitch epoch {epoch + 1}/{opts.epochs} · loss {sums[0] / sums[2]:.4f} · "
-                          f"top-1 {sums[1] / sums[2]:.3f}")
-            task.advance()
-        task.close()
-        history.append({"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_top1": float(sums[1] / sums[2]),
-                        "lr": opt.param_groups[0]["lr"]})
-        ctx.log(f"epoch {epoch + 1}/{opts.epochs}: loss {history[-1]['loss']:.4f}, "
-                f"train top-1 (sampled configurations) {history[-1]['train_top1']:.4f}")
-        if ckpt is not None:
-            checkpoint.save(ckpt, checkpoint.training_state(epoch + 1, net, opt, sched, scaler, gen, history=history,
-                                                           options=asdict(opts), residual=residual))
+            yield idx, ids[int(torch.randint(len(ids), (1,), generator=gen))]
+
+    def step(batch):
+        idx, cfg = batch
+        images, labels = to_device(split.images[idx], device), split.targets[idx].to(device)
+        with autocast(device, True):
+            logits = net.run(images, cfg).float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)
+        return training.Step(loss, n=len(idx), correct=int((logits.argmax(1) == labels).sum()))
+
+    options = training.Options(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-len(split) // opts.batch_size),
+                               weight_decay=opts.weight_decay, freeze_bn=opts.bn == "frozen", label="stitch",
+                               top1_note=" (sampled configurations)")
+    history = training.train(net, step, batches, options, device=device, generator=torch.Generator().manual_seed(
+        ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir, state=state,
+        save_extra={"options": asdict(opts), "residual": residual}, progress=ctx.progress, log=ctx.log)
     net.eval()
     return history, residual
 
 
-def evaluate(run: Run) -> None:
-    """Held-out top-1 and NLL of every configuration, into ``net.measured`` (fronts shared per batch)."""
+def evaluate(run: Run) -> dict:
+    """Held-out metrics of every configuration (fronts shared per batch), through the context so that
+    plugins' metrics are measured too; top-1 and NLL also go into ``net.measured``. Returns id → Metrics."""
     import torch
-    import torch.nn.functional as F
 
     from zoo.kit.device import autocast, to_device
 
@@ -114,19 +94,18 @@ def evaluate(run: Run) -> None:
     split = run.split(ctx.eval_data)
     if len(split) == 0:
         raise BadInput(f"--eval-data {ctx.eval_data} holds no images")
-    correct = {c.id: 0 for c in net.configs}
-    nll = {c.id: 0.0 for c in net.configs}
+    logits: dict[int, list] = {c.id: [] for c in net.configs}
     task = ctx.progress.task(f"evaluating {len(net.configs)} configurations", total=len(split))
     with torch.inference_mode(), autocast(ctx.device, True):
         for images, labels in split.batches(ctx.batch_size):
-            for i, logits in net.all_logits(to_device(images, ctx.device)).items():
-                logits = logits.float().cpu()
-                correct[i] += int((logits.argmax(1) == labels).sum())
-                nll[i] += float(F.cross_entropy(logits, labels, reduction="sum"))
+            for i, out in net.all_logits(to_device(images, ctx.device)).items():
+                logits[i].append(out.float().cpu())
             task.advance(len(labels))
     task.close()
-    for i in correct:
-        net.measured.setdefault(i, {}).update(top1=correct[i] / len(split), nll=nll[i] / len(split))
+    metrics = {i: ctx.metrics_of(torch.cat(parts), split.targets) for i, parts in logits.items()}
+    for i, m in metrics.items():
+        net.measured.setdefault(i, {}).update(top1=m.top1, nll=m.nll)
+    return metrics
 
 
 def pareto(net) -> list[int]:

@@ -72,9 +72,8 @@ class Stitch(Strategy):
                   "input_size": list(input_size)}
         metrics = None
         if ctx.eval_data:
-            stitch_loop.evaluate(run)
-            default = net.measured[net.active]
-            metrics = {"top1": default["top1"], "nll": default["nll"], "default_config": net.active,
+            measured = stitch_loop.evaluate(run)
+            metrics = {**measured[net.active].as_dict(), "default_config": net.active,
                        "configurations": len(net.configs),
                        "pareto_configurations": len(stitch_loop.pareto(net))}
         config = snnet_io.to_config(net, anchors=[snnet_io.anchor_config(m) for m in members],

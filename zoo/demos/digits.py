@@ -75,9 +75,11 @@ def new_model(arch: str, seed: int, num_classes: int = 10):
 
 def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: float = 0.0,
           subset: int | None = None, progress: Any = None, name: str = ""):
-    """A short AdamW + cosine run on in-memory tensors, with small random shifts as augmentation."""
+    """A short AdamW + cosine run (zoo.kit.training) on in-memory tensors, with small random shifts as augmentation."""
     import torch
     from timm.loss import LabelSmoothingCrossEntropy
+
+    from zoo.kit import training
 
     gen = torch.Generator().manual_seed(seed)
     images, targets = split.images, split.targets
@@ -85,27 +87,21 @@ def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: f
         keep = torch.randperm(len(targets), generator=gen)[:subset]
         images, targets = images[keep], targets[keep]
     loss_fn = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing else torch.nn.CrossEntropyLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * ((len(targets) + 31) // 32)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-    task = progress.task(f"training {name}", total=steps) if progress else None
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(targets), generator=gen)
-        for i in range(0, len(order), 32):
-            idx = order[i:i + 32]
-            x = images[idx]
+
+    def batches(epoch, gen):  # the order, then each batch's shift, from gen
+        for idx in torch.randperm(len(targets), generator=gen).split(32):
             dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-            loss = loss_fn(model(x), targets[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if task:
-                task.advance()
-    if task:
-        task.close()
+            yield torch.roll(images[idx], shifts=(dy, dx), dims=(2, 3)), targets[idx]
+
+    def step(batch):
+        x, y = batch
+        logits = model(x)
+        return training.Step(loss_fn(logits, y), n=len(y), correct=int((logits.argmax(1) == y).sum()))
+
+    # torch's CosineAnnealingLR down to 0, no warmup: the recipe the demo zoos (VERSION) were built with
+    options = training.Options(epochs=epochs, lr=lr, steps_per_epoch=-(-len(targets) // 32), weight_decay=0.01,
+                               schedule="cosine-annealing", min_lr_ratio=0.0, label=f"training {name}")
+    training.train(model, step, batches, options, device=torch.device("cpu"), generator=gen, progress=progress)
     return model.eval()
 
 

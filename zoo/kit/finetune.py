@@ -10,7 +10,8 @@ losses (``timm.data.Mixup``, ``timm.loss``), the cosine schedule with warmup
   mode (BatchNorm statistics untouched): the head then matches the pretrained features,
   which is what makes the LP start a good WiSE-FT end (Kumar et al., LP-FT).
 - FT trains every parameter with AdamW; label smoothing and Mixup calibrate it (BANG).
-- A checkpoint is written after every epoch next to ``--out`` (``.NAME.finetune/``);
+- FT runs on the one training loop (``zoo.kit.training``); a checkpoint is written after every
+  epoch next to ``--out`` (``.NAME.finetune/``);
   ``resume=True`` continues it and gives the same weights as a run never interrupted. The
   output folder appears only when the run is complete.
 """
@@ -205,14 +206,14 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
 
 def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progress, ckpt_dir: Path | None,
                state, log, history: list[dict]) -> list[dict]:
-    """Train every parameter; a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
+    """Train every parameter (zoo.kit.training); a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
     import numpy as np
     import torch
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.scheduler import CosineLRScheduler
 
-    from zoo.kit.device import amp_step, autocast, grad_scaler, to_device
+    from zoo.kit import training
+    from zoo.kit.device import autocast, to_device
 
     n_classes = model.num_classes
     mixup = Mixup(mixup_alpha=recipe.mixup, label_smoothing=recipe.label_smoothing, num_classes=n_classes) \
@@ -225,58 +226,36 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
         criterion = torch.nn.CrossEntropyLoss()
     drop_last = mixup is not None and n_train >= 2 * recipe.batch_size  # timm's Mixup wants even batches
     steps_per_epoch = n_train // recipe.batch_size if drop_last else -(-n_train // recipe.batch_size)
-    total_steps = max(1, steps_per_epoch * recipe.epochs)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = CosineLRScheduler(opt, t_initial=total_steps, warmup_t=int(recipe.warmup_epochs * steps_per_epoch),
-                              warmup_lr_init=recipe.lr * 0.01, lr_min=recipe.lr * 0.01, t_in_epochs=False)
-    scaler = grad_scaler(device)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    np.random.seed(recipe.seed)  # timm's Mixup draws from numpy's global generator
-    start = 0
-    if state is not None:
-        start = checkpoint.restore_training(state, model, opt, sched, scaler, gen)
-        checkpoint.set_numpy_state(state["numpy_rng"])
-        history = list(state["history"])
-        log(f"resuming from epoch {start} of {recipe.epochs} ({ckpt_dir})")
-    step = start * steps_per_epoch
-    for epoch in range(start, recipe.epochs):
-        model.train()
-        if recipe.bn_handling == "frozen":  # the start's running statistics stay; BatchNorm's scale and shift still learn
-            from zoo.kit.batchnorm import freeze_bn_stats
+    np.random.seed(recipe.seed)  # timm's Mixup draws from numpy's global generator (checkpointed: numpy_rng)
 
-            freeze_bn_stats(model)
-        task = progress.task(f"fine-tune epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch)
-        total, correct, loss_sum = 0, 0, 0.0
+    def batches(epoch, gen):
         for images, targets in epoch_batches(gen, drop_last):
             if drop_last and len(targets) < recipe.batch_size:
-                break
-            images, targets = to_device(images, device), targets.to(device)
-            hard = targets
-            if mixup is not None and len(targets) % 2 == 0:
-                images, targets = mixup(images, targets)
-            elif mixup is not None:  # an odd final batch: soft targets without mixing
-                targets = _smooth(targets, n_classes, recipe.label_smoothing)
-            with autocast(device, True):
-                logits = model(images)
-                loss = criterion(logits.float(), targets)
-            step = amp_step(loss, opt, scaler, sched, step)
-            loss_sum += loss.item() * len(hard)
-            correct += int((logits.argmax(1) == hard).sum())
-            total += len(hard)
-            task.describe(f"fine-tune epoch {epoch + 1}/{recipe.epochs} · loss {loss_sum / total:.4f} · "
-                          f"top-1 {correct / total:.3f}")
-            task.advance()
-        task.close()
-        history.append({"phase": "ft", "epoch": epoch + 1, "loss": loss_sum / max(total, 1),
-                        "train_top1": correct / max(total, 1), "lr": opt.param_groups[0]["lr"]})
-        log(f"epoch {epoch + 1}/{recipe.epochs}: loss {history[-1]['loss']:.4f}, "
-            f"train top-1 {history[-1]['train_top1']:.4f}")
-        if ckpt_dir is None:
-            continue
-        checkpoint.save(ckpt_dir / CHECKPOINT, checkpoint.training_state(
-            epoch + 1, model, opt, sched, scaler, gen, numpy_rng=checkpoint.numpy_state(), history=history,
-            recipe=asdict(recipe)))
-    return history
+                return
+            yield images, targets
+
+    def step(batch):
+        images, targets = batch
+        images, targets = to_device(images, device), targets.to(device)
+        hard = targets
+        if mixup is not None and len(targets) % 2 == 0:
+            images, targets = mixup(images, targets)
+        elif mixup is not None:  # an odd final batch: soft targets without mixing
+            targets = _smooth(targets, n_classes, recipe.label_smoothing)
+        with autocast(device, True):
+            logits = model(images)
+            loss = criterion(logits.float(), targets)
+        return training.Step(loss, n=len(hard), correct=int((logits.argmax(1) == hard).sum()))
+
+    # the start's running statistics stay with bn=frozen; BatchNorm's scale and shift still learn
+    options = training.Options(epochs=recipe.epochs, lr=recipe.lr, steps_per_epoch=steps_per_epoch,
+                               weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
+                               freeze_bn=recipe.bn_handling == "frozen", label="fine-tune",
+                               history_tag={"phase": "ft"})
+    return training.train(model, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
+                          state=state, save_extra={"recipe": asdict(recipe)}, numpy_rng=True, history=history,
+                          progress=progress, log=log)
 
 
 def _smooth(targets, n_classes: int, eps: float):
