@@ -1,6 +1,6 @@
 """Session fixtures: a real zoo built on real data, and command runners.
 
-The zoo is the embedded digits-demo (zoo.demo): timm's tiny test_efficientnet trained
+The zoo is the embedded digits-demo (zoo.demos.digits): timm's tiny test_efficientnet trained
 on scikit-learn's handwritten digits, fine-tuned five ways from one base, plus an
 independently trained member and one of another architecture. It is built once per
 session (or reused from ZOO_CACHE).

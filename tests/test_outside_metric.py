@@ -41,7 +41,8 @@ def _top2_of(out: Path, val: Path) -> float:
     from zoo.kit.data import data_config, load_split
 
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
-    split = load_split(str(val), data_config(model.pretrained_cfg))
+    classes = sorted(p.name for p in Path(val).iterdir() if p.is_dir())
+    split = load_split(str(val), data_config(model.pretrained_cfg), label_names=classes, num_classes=len(classes))
     with torch.no_grad():
         logits = torch.cat([model(x) for x, _ in split.batches(256)])
     return float(logits.topk(2, dim=1).indices.eq(split.targets[:, None]).any(dim=1).float().mean())

@@ -17,7 +17,7 @@ class Stop(Exception):
 @pytest.fixture(scope="module")
 def digits(digits_zoo):
     from zoo.kit.data import data_config, load_split
-    from zoo.demo import LABELS, PRETRAINED_CFG
+    from zoo.demos.digits import LABELS, PRETRAINED_CFG
 
     split = load_split(digits_zoo / "data" / "val", data_config(PRETRAINED_CFG), label_names=LABELS, num_classes=10)
     return split.images[:256].flatten(1), split.targets[:256]

@@ -143,7 +143,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
 
             shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
         if push:
-            from zoo.kit.network import push as _push
+            from zoo.api.push import push as _push
 
             result.report["pushed"] = _push(out, push, private=private)
     return result
