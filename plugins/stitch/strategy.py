@@ -73,6 +73,8 @@ class Stitch(Strategy):
         metrics = None
         if ctx.eval_data:
             measured = stitch_loop.evaluate(run)
+            ctx.log(f"held-out figures below are configuration {net.active}'s (the default) of {len(net.configs)}; "
+                    "`zoo stitch list OUT` shows them all")
             metrics = {**measured[net.active].as_dict(), "default_config": net.active,
                        "configurations": len(net.configs),
                        "pareto_configurations": len(stitch_loop.pareto(net))}

@@ -77,6 +77,16 @@ def run(fn, progress=None):
             progress.stop()
 
 
+def wrote(out, metrics: dict | None) -> str:
+    """The line a command ends with: where it wrote, and the held-out figures when there were any."""
+    summary = f"wrote {out}"
+    if metrics:
+        shown = [f"{label} {metrics[key]:.4f}" for key, label in
+                 (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE")) if key in metrics]
+        summary += " — " + ", ".join(shown)
+    return summary
+
+
 class Commands:
     """What a plugin's ``zoo_commands(app, cli)`` gets as ``cli``: zoo's way to run, print and show progress."""
 

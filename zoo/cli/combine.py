@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state
+from zoo.cli.app import app, console, progress_bars, run, state, wrote
 
 
 @app.command()
@@ -65,14 +65,6 @@ def combine(
         arch=arch, allow_pickle=allow_pickle, plugins=state.plugins, seed=seed, max_shard_size=max_shard_size,
         resume=resume, progress=progress,
         log=say.print), progress=progress)
-    m = result.metrics
-    summary = f"wrote {out}"
-    if m:
-        shown = [f"{label} {m[key]:.4f}" for key, label in (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE"))
-                 if key in m]
-        summary += " — " + ", ".join(shown)
-        if "configurations" in m:  # a stitched network: the figures above are its default configuration's
-            summary += f" (configuration {m['default_config']} of {m['configurations']}; zoo stitch list {out})"
-    say.print(summary, highlight=False)
+    say.print(wrote(out, result.metrics), highlight=False)
     if result.report.get("pushed"):
         say.print(f"pushed: {result.report['pushed']}", highlight=False)

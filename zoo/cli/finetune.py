@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state
+from zoo.cli.app import app, console, progress_bars, run, state, wrote
 from zoo.kit.finetune import Recipe
 from zoo.kit.options import describe
 
@@ -36,14 +36,7 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
     result = run(lambda: _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes,
                                    eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
                                    progress=progress, log=say.print, plugins=state.plugins), progress=progress)
-    m = result.metrics
-    summary = f"wrote {out}"
-    if m:
-        shown = [f"{label} {m[key]:.4f}" for key, label in (("top1", "held-out top-1"), ("nll", "NLL"), ("ece", "ECE"))
-                 if key in m]
-        summary += " — " + ", ".join(shown)
-    say.print(summary, highlight=False)
-
+    say.print(wrote(out, result.metrics), highlight=False)
 
 _RUN_FLAGS = [
     ("member", str, typer.Argument(..., help="The member to start from: hf-hub:ORG/NAME[@REV], a folder or a file.")),
