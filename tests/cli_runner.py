@@ -39,6 +39,9 @@ def _forkserver():
 
 def _child(args: list[str], env: dict[str, str], cwd: str, out_path: str, err_path: str) -> None:
     """In the forked process: this command's environment and streams, then zoo's entry point."""
+    # a forkserver child inherits "forkserver" as its start method; a plain interpreter has the platform's
+    # default (a DataLoader's workers would otherwise start a whole new server every epoch)
+    multiprocessing.set_start_method(None, force=True)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -94,3 +97,20 @@ def run(args: list[str], env: dict[str, str], *, timeout: float = 600) -> subpro
         return subprocess.CompletedProcess(["zoo", *args], proc.exitcode,
                                            out.read_text(errors="replace") if out.exists() else "",
                                            err.read_text(errors="replace") if err.exists() else "")
+
+
+def kill_when(args: list[str], env: dict[str, str], path: Path, *, timeout: float = 300) -> None:
+    """Start ``zoo ARGS`` and SIGKILL it (a crash, not a polite stop) as soon as ``path`` exists."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="zoo-cli-") as tmp:
+        err = Path(tmp) / "stderr"
+        proc = _forkserver().Process(target=_child, args=(list(args), env, os.getcwd(), os.devnull, str(err)))
+        proc.start()
+        deadline = time.time() + timeout
+        while not Path(path).exists() and proc.is_alive() and time.time() < deadline:
+            time.sleep(0.02)
+        alive = proc.is_alive()
+        proc.kill()
+        proc.join()
+        assert alive, f"the run ended before {Path(path).name} appeared: {err.read_text()[-2000:] if err.exists() else ''}"

@@ -101,11 +101,9 @@ def start_until(cmd: list, path: Path, timeout: float = 300) -> subprocess.Popen
 
 def kill_after_checkpoint(args: list, out: Path, checkpoint: Path) -> None:
     """Run ``zoo ARGS --out OUT`` and SIGKILL it (a crash, not a polite stop) once ``checkpoint`` exists."""
-    import signal
+    import cli_runner
 
-    proc = start_until([sys.executable, "-m", "zoo", "--quiet", *args, "--out", out], checkpoint)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    cli_runner.kill_when(["--quiet", *map(str, args), "--out", str(out)], dict(os.environ), checkpoint)
 
 
 def class_slice(data: dict, out: Path, per_class: dict[str, int]) -> dict[str, Path]:
