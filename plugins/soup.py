@@ -151,7 +151,7 @@ def _learned(members, options, ctx: Context) -> Combined:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             task.advance()
     task.close()
     with torch.no_grad():
