@@ -168,9 +168,11 @@ def class_names(train_data: str) -> list[str]:
 
 
 def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
-    """Fit only the classifier, on features of the frozen backbone computed once."""
+    """Fit only the classifier, on features of the frozen backbone computed once (zoo.kit.training)."""
     import torch
     import torch.nn.functional as F
+
+    from zoo.kit import training
 
     model.eval()
     feats = []
@@ -181,26 +183,25 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
     feats = torch.cat(feats)
     targets = train.targets.to(device)
     head = model.get_classifier()
-    opt = torch.optim.AdamW(head.parameters(), lr=recipe.lp_lr, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed)
     # LP-FT: the head is fit to the fine-tune's own loss, so the fine-tune starts at the head's optimum
     smoothing = recipe.label_smoothing if recipe.mode == "lp-ft" else 0.0
-    task = progress.task("linear probe", total=recipe.lp_epochs)
-    history = []
-    for epoch in range(recipe.lp_epochs):
-        total, correct, loss_sum = 0, 0, 0.0
-        for idx in torch.randperm(len(feats), generator=gen).split(recipe.batch_size):
-            logits = head(feats[idx.to(device)])
-            loss = F.cross_entropy(logits, targets[idx.to(device)], label_smoothing=smoothing)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == targets[idx.to(device)]).sum())
-            total += len(idx)
-        history.append({"phase": "lp", "epoch": epoch + 1, "loss": loss_sum / total, "train_top1": correct / total})
-        task.advance()
-    task.close()
+
+    def batches(epoch, gen):
+        yield from torch.randperm(len(feats), generator=gen).split(recipe.batch_size)
+
+    def step(idx):
+        idx = idx.to(device)
+        logits = head(feats[idx])
+        return training.Step(F.cross_entropy(logits, targets[idx], label_smoothing=smoothing), n=len(idx),
+                             correct=int((logits.argmax(1) == targets[idx]).sum()))
+
+    # the kit's one loop, with a constant learning rate and no checkpoints: the probe takes seconds
+    options = training.Options(epochs=recipe.lp_epochs, lr=recipe.lp_lr, weight_decay=recipe.weight_decay,
+                               steps_per_epoch=-(-len(feats) // recipe.batch_size), schedule="constant", amp=False,
+                               label="linear probe", history_tag={"phase": "lp"})
+    history = training.train(head, step, batches, options, device=device, generator=gen, progress=progress)
+    head.eval()
     return history
 
 

@@ -5,8 +5,8 @@ A strategy hands :func:`train` a model (or the parameters to train), a loss step
 
 - the optimizer (AdamW, or SGD with momentum 0.9) over the parameters that require grad;
 - the learning-rate schedule, updated every step: timm's cosine with linear warmup
-  (``schedule="cosine"``), or torch's ``CosineAnnealingLR`` (``"cosine-annealing"``, which the
-  demo zoos were built with);
+  (``schedule="cosine"``), torch's ``CosineAnnealingLR`` (``"cosine-annealing"``, which the
+  demo zoos were built with), or none (``"constant"``, the linear probe's);
 - AMP: the loss goes through the grad scaler (``zoo.device.grad_scaler``: on with CUDA, a
   pass-through on the CPU); the step runs its own forward under ``zoo.device.autocast``, so it
   decides what stays in float32;
@@ -42,7 +42,7 @@ class Options:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     momentum: float = 0.9  # SGD
-    schedule: Literal["cosine", "cosine-annealing"] = "cosine"
+    schedule: Literal["cosine", "cosine-annealing", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # cosine: linear warmup from lr·min_lr_ratio, in epochs
     min_lr_ratio: float = 0.01  # the schedule's floor and warmup start, as a fraction of lr
     amp: bool = True  # the grad scaler (CUDA only; the CPU trains in float32 whatever this says)
@@ -208,6 +208,8 @@ def make_schedule(opt, options: Options):
     """A per-step schedule with timm's interface (``step_update(n)``, ``state_dict``, ``load_state_dict``)."""
     total = max(1, options.steps_per_epoch * options.epochs)
     floor = options.lr * options.min_lr_ratio
+    if options.schedule == "constant":
+        return _Constant()
     if options.schedule == "cosine-annealing":
         import torch
 
@@ -216,6 +218,19 @@ def make_schedule(opt, options: Options):
 
     return CosineLRScheduler(opt, t_initial=total, warmup_t=int(options.warmup_epochs * options.steps_per_epoch),
                              warmup_lr_init=floor, lr_min=floor, t_in_epochs=False)
+
+
+class _Constant:
+    """No schedule: the learning rate stays ``lr`` (a linear probe on cached features)."""
+
+    def step_update(self, num_updates: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _PerStep:
