@@ -23,11 +23,8 @@ from pathlib import Path
 #: environment variables read at import time by huggingface_hub, torch or zoo's preloaded modules
 IMPORT_TIME = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HUB_DISABLE_XET", "TORCH_",
                "CUDA_", "OMP_", "MKL_")
-PRELOAD = ["torch", "timm", "timm.data", "safetensors.torch", "huggingface_hub", "huggingface_hub.hf_api",
-           "matplotlib.pyplot", "PIL.Image", "rich.console", "rich.table", "rich.progress", "zoo.cli", "zoo.host",
-           "zoo.api.combine", "zoo.kit.data", "zoo.kit.member", "zoo.kit.metrics", "zoo.kit.weights",
-           "zoo.plugins.soup", "zoo.plugins.wise_ft", "zoo.plugins.distill", "zoo.plugins.stitch", "zoo.plugins.transfer",
-           "zoo.registry.hub", "zoo.registry.local", "cli_runner"]
+PRELOAD = ["torch", "timm", "safetensors.torch", "huggingface_hub", "matplotlib.pyplot", "zoo.cli", "zoo.kit.data",
+           "zoo.kit.member", "zoo.kit.metrics", "cli_runner"]
 
 _context = None
 
