@@ -24,8 +24,6 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import typer
-
-    from zoo.cli.app import Commands
     from zoo.kit.member import Member
     from zoo.kit.strategy import Combined, Strategy
     from zoo.kit.transfer import TransferMetric
@@ -82,7 +80,7 @@ def zoo_model_card(combined: Combined, sections: list[str]) -> None:
 
 
 @hookspec
-def zoo_commands(app: typer.Typer, cli: Commands) -> None:
+def zoo_commands(app: typer.Typer, cli: Any) -> None:
     """Add sub-commands to the ``zoo`` command: ``app.add_typer(my_app, name="mine")`` or ``app.command()``.
 
     ``cli`` runs a command body the way zoo's own commands do: ``cli.run(fn)`` turns an error into one
