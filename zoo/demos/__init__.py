@@ -26,17 +26,20 @@ def ensure_built(builder: str, *, progress: Any = None) -> Path:
     if (root / "DONE").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{builder}-build-", dir=root.parent))
-    try:
-        build(tmp, progress=progress)
-        (tmp / "DONE").write_text("ok\n")
+    # one builder at a time per zoo: a second process (another test worker, another shell) waits
+    # for the first and then uses its build instead of training the same members again
+    from filelock import FileLock
+
+    with FileLock(str(root.parent / f".{builder}-v{version}.lock")):
+        if (root / "DONE").is_file():
+            return root
+        tmp = Path(tempfile.mkdtemp(prefix=f".{builder}-build-", dir=root.parent))
         try:
+            build(tmp, progress=progress)
+            (tmp / "DONE").write_text("ok\n")
             tmp.rename(root)
-        except OSError:  # another process finished first: use theirs
-            if not (root / "DONE").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
