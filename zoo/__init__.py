@@ -48,6 +48,8 @@ KIT = {
     "option": "zoo.kit.options",
     "merge_method": "zoo.kit.merge",
     "map_tensors": "zoo.kit.stream",
+    "scan_tensors": "zoo.kit.stream",
+    "Spill": "zoo.kit.spill",
     "task_vectors": "zoo.kit.weights",
     "keep_largest": "zoo.kit.weights",
     "Member": "zoo.kit.member",
@@ -73,7 +75,8 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.kit.finetune import FinetuneRecipe
     from zoo.kit.member import Member
     from zoo.kit.merge import merge_method
-    from zoo.kit.stream import map_tensors
+    from zoo.kit.spill import Spill
+    from zoo.kit.stream import map_tensors, scan_tensors
     from zoo.kit.weights import keep_largest, task_vectors
     from zoo.kit.options import option
     from zoo.kit.strategy import Combined, Context, Strategy

@@ -76,9 +76,16 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     from zoo.kit import output
     from zoo.kit.device import resolve_device
 
+    from zoo.api import sweep as _sweep
+
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
-    opts = _options.parse(cls.Options, options or {}, strategy=strategy)
+    options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)
+    opts = _options.parse(cls.Options, options, strategy=strategy)
+    cls.check(opts)
+    if swept is not None:
+        for value in swept.values:
+            cls.check(_options.parse(cls.Options, {**options, swept.name: value}, strategy=strategy))
     if out is not None:
         output.check_out(Path(out), force)
     if cls.needs_base and not base:
@@ -104,6 +111,17 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     if len(specs) < max(1, cls.min_members):
         raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
                        "give them with -m SPEC or --zoo NAME")
+    most = getattr(cls, "max_members", None)
+    if most is not None and len(specs) > most:
+        raise BadInput(f"strategy {strategy!r} takes {'exactly' if most == cls.min_members else 'at most'} "
+                       f"{most} members, got {len(specs)}")
+    for need, value in (("train", train_data), ("eval", eval_data), ("ood", ood_data)):
+        if need in getattr(cls, "needs", ()) and not value:
+            raise BadInput(f"strategy {strategy!r} needs {need} data: pass --{need}-data DIR "
+                           "(an image folder with one sub-folder per class)")
+    if swept is not None and not eval_data:
+        raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
+                       "data: pass --eval-data DIR (never the test split)")
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
     base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
     from zoo.kit import distributed
@@ -124,7 +142,12 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     import torch
 
     torch.manual_seed(seed)
-    result = cls().combine(resolved, opts, ctx)
+    if swept is not None:
+        result = _sweep.run(cls, options, swept, resolved, ctx, strategy=strategy)
+        opts = _options.parse(cls.Options, {**options, swept.name: result.report["sweep"]["best"]},
+                              strategy=strategy)
+    else:
+        result = cls().combine(resolved, opts, ctx)
     # members read in full were hashed on the way (zoo.reader); this reads only what was not
     result.members = [m.provenance() for m in resolved]
     result.base = base_member.provenance() if base_member is not None else None

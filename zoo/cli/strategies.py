@@ -48,6 +48,13 @@ def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
     console.print(f"[bold]{cls.name}[/] ({origin}): {cls.summary}", highlight=False)
     if cls.needs_base:
         console.print("needs a base model: --base SPEC", highlight=False)
+    flags = {"train": "--train-data", "eval": "--eval-data", "ood": "--ood-data"}
+    for need in getattr(cls, "needs", ()):
+        console.print(f"needs {flags.get(need, need)} DIR", highlight=False)
+    most = getattr(cls, "max_members", None)
+    members = f"{cls.min_members}" if most == cls.min_members else (
+        f"{cls.min_members} or more" if most is None else f"{cls.min_members} to {most}")
+    console.print(f"members: {members}", highlight=False)
     table = Table()
     for col in ("option", "type", "default", "help"):
         table.add_column(col)

@@ -46,6 +46,18 @@ class Member:
         return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors))
 
     # ---- what it is -------------------------------------------------------------------
+    def recipe(self) -> dict[str, Any] | None:
+        """The member's ``zoo.json`` (how zoo made it: strategy, options, training history), if it is a
+        folder that has one; None otherwise (a timm repo zoo did not write, a raw file, a Hub member)."""
+
+        path = self.root / "zoo.json" if self.root is not None else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise BadInput(f"member {self.name}: its zoo.json is not readable JSON ({short_error(e)})") from None
+
     @property
     def architecture(self) -> str:
         return self.config["architecture"]

@@ -15,6 +15,16 @@ sets them. An option annotated ``list[...]`` holds one value per member, in memb
 ``zoo.kit.stream.map_tensors`` streams the members (and base) chunk by chunk and calls the function
 once per floating-point tensor; ``zoo.kit.weights`` has the arithmetic methods need (task vectors,
 ``keep_largest``, ``add``, ``scale``).
+
+Two keyword-only parameter names are not options but filled in by zoo:
+
+- ``key: str`` — the tensor's name (``blocks.0.conv.weight``), for methods that treat some tensors
+  differently or seed randomness per tensor (DARE);
+- ``stats`` — whatever the decorator's ``prepare(members, base, options, ctx)`` returned. ``prepare``
+  runs once before the merge: it checks what the signature cannot (``raise zoo.BadInput``) and computes
+  what the method needs beyond one tensor — a model-wide threshold in a first streamed pass
+  (``map_tensors``), Fisher information on ``ctx.train_split(...)``. ``report(stats, options)``, if
+  given, returns a JSON-able dict kept in zoo.json and shown in the card.
 """
 
 from __future__ import annotations
@@ -36,16 +46,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # ---- merge methods ------------------------------------------------------------------------------
 
-def merge_method(name: str, summary: str, *, needs_base: bool = False, min_members: int = 1):
+#: keyword-only parameters zoo fills in itself (not options): the tensor's name, what ``prepare`` returned
+RESERVED = ("key", "stats")
+
+
+def merge_method(name: str, summary: str, *, needs_base: bool = False, min_members: int = 1,
+                 max_members: int | None = None, needs: tuple[str, ...] = (), check: Callable | None = None,
+                 prepare: Callable | None = None, report: Callable | None = None):
     """Decorator: a function ``f(tensors, base, *, option: type = zoo.option(default, help), ...)``
     becomes a strategy named ``name`` (see the module docstring). Raises TypeError at once, naming
-    the function and the parameter, for a signature it cannot turn into options."""
+    the function and the parameter, for a signature it cannot turn into options.
+
+    ``needs`` names the data it cannot run without (``"train"``, ``"eval"``, ``"ood"``) and ``check(options)``
+    refuses option values the bounds cannot express (``raise zoo.BadInput``): both are checked before
+    any member is loaded. ``prepare`` and ``report``: see the module docstring.
+    """
 
     def decorate(fn: Callable) -> type:
-        options_cls, per_member = _options_from(fn)
+        options_cls, per_member, wants = _options_from(fn)
+        if "stats" in wants and prepare is None:
+            raise TypeError(f"merge method {fn.__module__}.{fn.__qualname__}: it takes `stats` but the "
+                            "decorator has no prepare= to compute them")
         return type(_class_name(name), (MergeMethod,), {
             "name": name, "summary": summary, "needs_base": needs_base, "min_members": min_members,
-            "Options": options_cls, "function": staticmethod(fn), "per_member": per_member,
+            "max_members": max_members, "needs": tuple(needs), "Options": options_cls, "function": staticmethod(fn),
+            "per_member": per_member, "wants": wants,
+            "prepare_fn": staticmethod(prepare) if prepare else None,
+            "report_fn": staticmethod(report) if report else None,
+            "check_fn": staticmethod(check) if check else None,
             "__module__": fn.__module__, "__doc__": fn.__doc__,
         })
 
@@ -56,8 +84,9 @@ def _class_name(name: str) -> str:
     return "".join(p.capitalize() for p in name.replace("_", "-").split("-") if p) or "Merge"
 
 
-def _options_from(fn: Callable) -> tuple[type, frozenset[str]]:
-    """The Options dataclass of ``fn``'s keyword-only parameters, and the names of the per-member ones."""
+def _options_from(fn: Callable) -> tuple[type, frozenset[str], frozenset[str]]:
+    """The Options dataclass of ``fn``'s keyword-only parameters, the names of the per-member ones, and
+    the reserved parameters (:data:`RESERVED`) it takes."""
     from zoo.kit.options import option
 
     what = f"merge method {fn.__module__}.{fn.__qualname__}"
@@ -71,7 +100,10 @@ def _options_from(fn: Callable) -> tuple[type, frozenset[str]]:
     except Exception as e:
         raise TypeError(f"{what}: cannot resolve its annotations ({type(e).__name__}: {e})") from None
     fields, per_member = [], set()
+    wants = frozenset(p.name for p in params[2:] if p.name in RESERVED)
     for p in params[2:]:
+        if p.name in RESERVED:
+            continue
         if p.name not in hints:
             raise TypeError(f"{what}: option {p.name!r} has no type annotation; write e.g. "
                             f"`{p.name}: float = zoo.option(1.0, \"what it does\")`")
@@ -89,7 +121,7 @@ def _options_from(fn: Callable) -> tuple[type, frozenset[str]]:
             per_member.add(p.name)
             help = f"{help or ''} (one value per member, in member order)".strip()
         fields.append((p.name, tp, option(value, help or "", min=lo, max=hi)))
-    return dataclasses.make_dataclass("Options", fields), frozenset(per_member)
+    return dataclasses.make_dataclass("Options", fields), frozenset(per_member), wants
 
 
 def _is_list(tp: Any) -> bool:
@@ -103,6 +135,15 @@ class MergeMethod(Strategy):
 
     function: Callable
     per_member: frozenset = frozenset()
+    wants: frozenset = frozenset()
+    prepare_fn: Callable | None = None
+    report_fn: Callable | None = None
+    check_fn: Callable | None = None
+
+    @classmethod
+    def check(cls, options) -> None:
+        if cls.check_fn is not None:
+            cls.check_fn(options)
 
     def combine(self, members, options, ctx) -> Combined:
         from zoo.kit import weights
@@ -117,9 +158,20 @@ class MergeMethod(Strategy):
         fn = self.function
         origin = f" ({ctx.origin})" if ctx.origin else ""
         who = f"merge method {self.name!r} of plugin {fn.__module__}{origin}"
-        sd = map_tensors(members, lambda key, tensors, base: fn(tensors, base, **values), base=ctx.base,
-                         progress=ctx.progress, description=self.name, who=who)
+        stats = self.prepare_fn(members, ctx.base, options, ctx) if self.prepare_fn else None
+        extra = {"stats": stats} if "stats" in self.wants else {}
+        if "key" in self.wants:
+            call = lambda key, tensors, base: fn(tensors, base, key=key, **extra, **values)  # noqa: E731
+        else:
+            call = lambda key, tensors, base: fn(tensors, base, **extra, **values)  # noqa: E731
+        try:
+            sd = map_tensors(members, call, base=ctx.base, progress=ctx.progress, description=self.name, who=who)
+        finally:
+            if hasattr(stats, "close"):
+                stats.close()  # e.g. a zoo.Spill's folder
         report: dict[str, Any] = {"ingredients": [m.name for m in members]}
         if ctx.base is not None:
             report["base"] = ctx.base.name
+        if self.report_fn is not None:
+            report.update(self.report_fn(stats, options))
         return Combined(state_dict=sd, report=report)

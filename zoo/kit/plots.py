@@ -87,6 +87,31 @@ def robustness_curve(points: Sequence[dict], *, picked: float, title: str):
     return fig
 
 
+def sweep_curve(points: Sequence[dict], *, option: str, picked: float, title: str):
+    """A swept option against held-out top-1 (and shifted top-1 where measured), the kept value starred.
+
+    ``points``: dicts with ``value``, ``metrics`` (``top1``) and optionally ``ood_metrics``.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
+    xs = [p["value"] for p in points]
+    ax.plot(xs, [p["metrics"]["top1"] * 100 for p in points], "-o", color="tab:blue", markersize=4,
+            label="held-out top-1")
+    if all("ood_metrics" in p for p in points):
+        ax.plot(xs, [p["ood_metrics"]["top1"] * 100 for p in points], "-s", color="tab:purple", markersize=4,
+                label="shifted top-1")
+    best = next(p for p in points if p["value"] == picked)
+    ax.plot([picked], [best["metrics"]["top1"] * 100], "*", color="tab:orange", markersize=15,
+            label=f"kept: {option}={picked:g}")
+    ax.set_xlabel(option)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def score_vs_accuracy(rows: Sequence[dict], *, metric: str, tau: float, selected: Sequence[str] = ()):
     """zoo select --validate: each member's metric score against its linear-probe accuracy, τ in the title."""
     plt = pyplot()

@@ -43,12 +43,21 @@ class Strategy:
     summary: ClassVar[str] = ""
     #: fewest members the strategy accepts
     min_members: ClassVar[int] = 1
+    #: most members the strategy accepts (None: no limit)
+    max_members: ClassVar[int | None] = None
     #: True: zoo refuses to run it without ``--base`` (then ``ctx.base`` is the base model)
     needs_base: ClassVar[bool] = False
+    #: data zoo refuses to run it without: any of "train", "eval", "ood" (--train-data, ...)
+    needs: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Options:
         pass
+
+    @classmethod
+    def check(cls, options: Any) -> None:
+        """Refuse option values the bounds of :func:`zoo.option` cannot express (``raise zoo.BadInput``);
+        called before any member is loaded."""
 
     def combine(self, members: Sequence[Member], options: Any, ctx: Context) -> Combined:
         raise NotImplementedError
@@ -99,8 +108,6 @@ class Context:
     strategy: str = ""
     #: where the strategy comes from (``built-in``, a package and version, ``--plugin MODULE``), for messages
     origin: str = ""
-    #: the base model (``--base``): what the members were fine-tuned from, resolved like a member; or None
-    base: Member | None = None
     #: where a training strategy keeps its checkpoints (next to --out; None: keep none), and whether
     #: to continue the one found there (--resume). The only place a strategy may write.
     checkpoint_dir: Any = None

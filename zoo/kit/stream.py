@@ -64,6 +64,42 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     ``who`` names the computation in errors: a NaN/Inf result from finite inputs, an exception in
     ``fn`` (re-raised as a :class:`MergeFailed`, exit code 1, naming ``who`` and the tensor).
     """
+    readers = ([base] if base is not None else []) + list(members)
+    out: dict[str, torch.Tensor] = {}
+    for k, first, tensors, b, originals in _walk(members, base, progress, description):
+        if not first.is_floating_point():
+            out[k] = first.clone()
+            continue
+        result = _call(fn, k, tensors, b, who)
+        out[k] = _owned(_checked(result, first, k, who), originals).to(first.dtype)
+        if not _finite(out[k]):
+            _blame(readers, k, who, hint)
+    return out
+
+
+def scan_tensors(members: Sequence[Member], fn: Callable[[str, list, Any], None], *, base: Member | None = None,
+                 progress: Any = None, description: str = "reading", who: str = "the merge") -> None:
+    """Call ``fn(key, tensors, base_tensor)`` on every floating tensor, streamed as :func:`map_tensors`
+    does, keeping nothing: the first pass of a method that needs a statistic of the whole model (TIES's
+    model-wide magnitude threshold) before it merges tensor by tensor."""
+    for k, first, tensors, b, _ in _walk(members, base, progress, description):
+        if first.is_floating_point():
+            _call(fn, k, tensors, b, who)
+
+
+def _call(fn: Callable, k: str, tensors: list, b: Any, who: str) -> Any:
+    try:
+        return fn(k, tensors, b)
+    except ZooError:
+        raise
+    except Exception as e:
+        raise MergeFailed(f"{who} failed at tensor {k!r}: {type(e).__name__}: {e}") from e
+
+
+def _walk(members: Sequence[Member], base: Member | None, progress: Any, description: str):
+    """Yield ``(key, first, tensors, base_tensor, originals)`` chunk by chunk: ``first`` is the base's tensor
+    (or the first member's) as stored, ``tensors`` the members' in the compute dtype, ``originals`` every
+    reader's stored tensor. The views are released once the chunk's keys have all been yielded."""
     import torch
 
     from zoo.kit.prefetch import ahead
@@ -78,7 +114,6 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
 
     groups = list(_chunks(ref, max(1, CHUNK_BYTES // len(readers))))
     reads = (partial(read, keys, r) for keys in groups for r in readers)
-    out: dict[str, torch.Tensor] = {}
     parts: list[dict] = []
     chunk = iter(groups)
     for part in ahead(reads, depth=min(8, len(readers)), workers=4):
@@ -91,20 +126,12 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
         for k in keys:
             first = parts[0][k]  # the base's, or the first member's
             if not first.is_floating_point():
-                out[k] = first.clone()
+                yield k, first, None, None, None
                 continue
             compute = torch.float64 if first.dtype == torch.float64 else torch.float32
             tensors = [p[k].to(compute) for p in m_parts]
             b = b_part[k].to(compute) if b_part is not None else None
-            try:
-                result = fn(k, tensors, b)
-            except ZooError:
-                raise
-            except Exception as e:
-                raise MergeFailed(f"{who} failed at tensor {k!r}: {type(e).__name__}: {e}") from e
-            out[k] = _owned(_checked(result, first, k, who), [p[k] for p in parts]).to(first.dtype)
-            if not _finite(out[k]):
-                _blame(readers, k, who, hint)
+            yield k, first, tensors, b, [p[k] for p in parts]
         parts = []
         for r in readers:
             r.release(keys)
@@ -112,7 +139,6 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
             task.advance(len(keys))
     if task:
         task.close()
-    return out
 
 
 def _checked(result: Any, like: torch.Tensor, key: str, who: str) -> torch.Tensor:

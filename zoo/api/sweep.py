@@ -1,0 +1,105 @@
+"""A scalar sweep: ``-o scale=0.1:1.0:0.1`` runs the strategy once per value and keeps the best on held-out data.
+
+Any numeric (int or float) option of any strategy can be swept: a value ``start:stop:step`` (stop
+included) or ``v1,v2,…`` for a scalar option is a sweep. Each value is run and its result evaluated on
+``--eval-data`` (never the test split); the one with the best held-out top-1 is kept (the first on a
+tie). The curve — and the shifted-data curve with ``--ood-data`` — is drawn in the card, every value's
+metrics are kept in zoo.json's ``report.sweep``. Memory: the best result so far and the current one.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from zoo.kit.errors import BadInput
+
+
+@dataclass
+class Sweep:
+    name: str
+    raw: str
+    values: list[Any]
+
+
+def split(options_cls: type, given: dict[str, Any], *, strategy: str) -> tuple[dict[str, Any], Sweep | None]:
+    """(the options without a swept one, the sweep or None): a range or list given for a scalar number."""
+    from zoo.kit.options import _parse_sequence, describe
+
+    infos = {i.name: i for i in describe(options_cls)}
+    sweeps = []
+    for key, raw in given.items():
+        info = infos.get(key.replace("-", "_"))
+        if info is None or not isinstance(raw, str) or not (":" in raw or "," in raw):
+            continue
+        tp = info.type
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[0] if len(args) == 1 else tp
+        if tp not in (int, float):
+            continue
+        sweeps.append(Sweep(info.name, raw, [tp(float(v)) if tp is int else float(v)
+                                             for v in _checked_values(_parse_sequence(raw, key), key)]))
+        given = {k: v for k, v in given.items() if k != key}
+    if len(sweeps) > 1:
+        raise BadInput(f"options {sweeps[0].name} and {sweeps[1].name} are both sweeps; sweep one option at a time")
+    if sweeps and len(sweeps[0].values) < 2:
+        raise BadInput(f"-o {sweeps[0].name}={sweeps[0].raw}: a sweep needs at least two values")
+    return given, (sweeps[0] if sweeps else None)
+
+
+def _checked_values(values: list[str], key: str) -> list[str]:
+    for v in values:
+        try:
+            float(v)
+        except ValueError:
+            raise BadInput(f"option {key}: {v!r} in the sweep is not a number") from None
+    return values
+
+
+def run(cls: type, options: dict[str, Any], sweep: Sweep, members, ctx, *, strategy: str):
+    """Run ``cls`` once per swept value; the best result on held-out data, with the sweep in its report."""
+    from zoo.kit import card
+    from zoo.kit.options import parse
+    from zoo.kit.plots import sweep_curve
+
+    like = members[0]
+    held_out = ctx.eval_split(like)
+    shifted = ctx.ood_split(like) if ctx.ood_data else None
+    best, best_top1, points = None, -1.0, []
+    task = ctx.progress.task(f"sweeping {sweep.name}", total=len(sweep.values))
+    for value in sweep.values:
+        opts = parse(cls.Options, {**options, sweep.name: value}, strategy=strategy)
+        result = cls().combine(members, opts, ctx)
+        metrics = ctx.evaluate(result.state_dict, like=like, split=held_out).as_dict()
+        point = {"value": value, "metrics": metrics}
+        if shifted is not None:
+            point["ood_metrics"] = ctx.evaluate(result.state_dict, like=like, split=shifted).as_dict()
+        points.append(point)
+        ctx.log(f"{sweep.name}={value:g}: held-out top-1 {metrics['top1']:.4f}")
+        if metrics["top1"] > best_top1:
+            best, best_top1 = result, metrics["top1"]
+            best.metrics = metrics
+        else:
+            del result
+        task.advance()
+    task.close()
+    picked = next(p["value"] for p in points if p["metrics"] is best.metrics)
+    best.report["sweep"] = {"option": sweep.name, "values": sweep.values, "best": picked,
+                            "selected_on": "held-out (--eval-data) top-1", "points": points}
+    best.figures[f"sweep-{sweep.name}.png"] = sweep_curve(points, option=sweep.name, picked=picked,
+                                                          title=f"{strategy}: {sweep.name} on held-out data")
+    rows = [[p["value"], p["metrics"]["top1"], *([p["ood_metrics"]["top1"]] if shifted is not None else []),
+             "← kept" if p["value"] == picked else ""] for p in points]
+    best.card_sections.append(card.Section(
+        f"Sweep of {sweep.name}",
+        f"Each value of `{sweep.name}` was run and evaluated on the held-out data; "
+        f"{sweep.name}={picked:g}, the best held-out top-1, is this model.",
+        columns=[sweep.name, "held-out top-1", *(["shifted top-1"] if shifted is not None else []), ""],
+        rows=rows, after=f"![sweep](sweep-{sweep.name}.png)"))
+    return best
+
+
+
