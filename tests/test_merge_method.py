@@ -145,12 +145,12 @@ def _ties(base: torch.Tensor, thetas: list[torch.Tensor], density: float) -> tor
 def test_ties_plugin_end_to_end(tmp_path, ties_installed, ingredients, digits_zoo, zoo_cli):
     import timm
 
-    show = zoo_cli("strategies", "show", "ties", env=PLUGINS_ON).stdout
+    show = zoo_cli("strategies", "show", "example-ties", env=PLUGINS_ON).stdout
     assert "zoo-ties-example" in show and "density" in show and "0.2" in show and "--base" in show
     base = digits_zoo / "members" / "base"
     members = ingredients[:3]
     out = tmp_path / "ties"
-    zoo_cli("combine", "--strategy", "ties", "--base", base, *sum((["-m", m] for m in members), []),
+    zoo_cli("combine", "--strategy", "example-ties", "--base", base, *sum((["-m", m] for m in members), []),
             "-o", "density=0.3", "--out", out, env=PLUGINS_ON)
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     merged = model.state_dict()
@@ -210,13 +210,13 @@ def zoo_strategies():
 
 def test_needs_base_without_base(tmp_path, ingredients, zoo_cli):
     env = {"PYTHONPATH": str(TIES / "src"), "ZOO_PLUGINS": "zoo_ties_example.ties"}
-    _fails(zoo_cli, tmp_path / "out", "combine", "-s", "ties", "-m", ingredients[0], "-m", ingredients[1], env=env,
-           words=["'ties' needs a base model", "--base SPEC"])
+    _fails(zoo_cli, tmp_path / "out", "combine", "-s", "example-ties", "-m", ingredients[0], "-m", ingredients[1], env=env,
+           words=["'example-ties' needs a base model", "--base SPEC"])
 
 
 def test_base_of_another_architecture(tmp_path, ingredients, digits_zoo, zoo_cli):
     env = {"PYTHONPATH": str(TIES / "src"), "ZOO_PLUGINS": "zoo_ties_example.ties"}
-    _fails(zoo_cli, tmp_path / "out", "combine", "-s", "ties", "--base", digits_zoo / "members" / "other-arch",
+    _fails(zoo_cli, tmp_path / "out", "combine", "-s", "example-ties", "--base", digits_zoo / "members" / "other-arch",
            "-m", ingredients[0], "-m", ingredients[1], env=env,
            words=["the base other-arch", "member ft-lr3e-3", "different tensors", "test_resnet"])
 

@@ -34,6 +34,7 @@ AUTOLOAD_VAR = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
 #: the built-in plugins, by import path: strategies, transferability metrics, member sources
 BUILTINS = (
     "zoo.plugins.soup",
+    "zoo.plugins.merges",
     "zoo.plugins.wise_ft",
     "zoo.plugins.distill",
     "zoo.plugins.stitch",

@@ -5,7 +5,7 @@ import torch
 import zoo
 
 
-@zoo.merge_method("ties", "TIES-merging: trim task vectors, elect signs, average the agreeing entries",
+@zoo.merge_method("example-ties", "TIES-merging: trim task vectors, elect signs, average the agreeing entries",
                   needs_base=True, min_members=2)
 def ties(tensors: list[torch.Tensor], base: torch.Tensor, *,
          density: float = zoo.option(0.2, "fraction of each task vector kept, by magnitude", min=0, max=1),

@@ -1,0 +1,17 @@
+"""Task-vector merges: task arithmetic, TIES, DARE, Model Stock, SLERP, Fisher, RegMean and MWA.
+
+Each method is a per-tensor function on the kit's merge contract (``zoo.merge_method``): zoo streams
+the members (and ``--base``) one chunk at a time, so memory is one output model plus bounded chunks,
+whatever the number of members. Definitions, defaults and the checks the tests make are in
+docs/algorithms.md ("Task-vector merges").
+"""
+
+import zoo
+
+from . import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
+
+
+@zoo.hookimpl
+def zoo_strategies():
+    return [arithmetic.task_arithmetic, ties.ties, dare.dare, model_stock.model_stock, slerp.slerp,
+            fisher.fisher, regmean.regmean, mwa.mwa]

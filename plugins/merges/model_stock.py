@@ -1,0 +1,41 @@
+"""Model Stock (Jang et al., ECCV 2024, "Model Stock: All We Need Is Just a Few Fine-Tuned Models").
+
+Per tensor: cos θ = the mean over pairs i < j of cos(τᵢ, τⱼ); t = N·cos θ / (1 + (N−1)·cos θ);
+θ = t·mean(θᵢ) + (1−t)·base. Identical fine-tunes (cos θ = 1) give t = 1: the fine-tune itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+import zoo
+
+from .common import mean, task_vectors
+
+EPS = 1e-12
+
+
+def interpolation_ratio(vectors: list[torch.Tensor]) -> float:
+    """t of one tensor from its task vectors. cos θ is clamped to [0, 1]: the formula assumes fine-tunes
+    that agree at least a little (for cos θ < 0, t leaves [0, 1] and reaches a pole at −1/(N−1)); an
+    unchanged tensor (all τᵢ = 0) gives t = 0, the base, which is also every member."""
+    n = len(vectors)
+    flat = [v.flatten().double() for v in vectors]
+    norms = [float(f.norm()) for f in flat]
+    if max(norms) <= EPS:
+        return 0.0
+    cosines = [float(flat[i] @ flat[j]) / max(norms[i] * norms[j], EPS)
+               for i, j in itertools.combinations(range(n), 2)]
+    cos = min(1.0, max(0.0, sum(cosines) / len(cosines)))
+    return n * cos / (1.0 + (n - 1) * cos)
+
+
+@zoo.merge_method("model-stock", "Model Stock: per layer, move from the base towards the members' average by a "
+                  "ratio set by the angle between their task vectors (Jang et al. 2024)",
+                  needs_base=True, min_members=2,
+                  )
+def model_stock(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    t = interpolation_ratio(task_vectors(tensors, base))
+    return t * mean(tensors) + (1.0 - t) * base

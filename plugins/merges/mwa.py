@@ -1,0 +1,85 @@
+"""MWA — Metrics-Weighted Averaging of checkpoints (Yu & Choi 2025, "Parameter-Efficient Checkpoint
+Merging via Metrics-Weighted Averaging").
+
+θ = Σᵢ wᵢθᵢ with weights from each checkpoint's training metric and one penalty factor p:
+
+- ``by=loss``: wᵢ ∝ ℓᵢ^(−p) (a lower training loss weighs more);
+- ``by=step``: wᵢ ∝ sᵢ^p (a later checkpoint weighs more);
+
+normalised to sum to 1; p = 0 is the uniform average, a larger p moves the weight towards the best
+(or last) checkpoint. The paper's exact formula could not be retrieved where zoo was written: this
+power form is ours (docs/algorithms.md says so). The metrics come from each member's ``zoo.json``
+training history (the last row ``zoo finetune`` wrote: its ``loss`` and ``step``), or from the
+``losses`` / ``steps`` options, one value per member.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+import zoo
+
+
+def metric_of(member, by: str) -> float | None:
+    """The training loss (or step) a member's zoo.json history ends with; None without one."""
+    history = ((member.recipe() or {}).get("report") or {}).get("history") or []
+    if not history:
+        return None
+    last = history[-1]
+    if by == "loss":
+        return last.get("loss")
+    return last.get("step", last.get("epoch"))
+
+
+def mwa_weights(metrics: list[float], by: str, penalty: float) -> list[float]:
+    """wᵢ ∝ ℓᵢ^(−p) (loss) or sᵢ^p (step), normalised to sum 1."""
+    raw = [m ** (-penalty) if by == "loss" else m ** penalty for m in metrics]
+    total = sum(raw)
+    return [r / total for r in raw]
+
+
+def check(options) -> None:
+    if options.penalty < 0:
+        raise zoo.BadInput(f"option penalty={options.penalty}: must be ≥ 0 (0 is the uniform average)")
+    for name in ("losses", "steps"):
+        for v in getattr(options, name) or []:
+            if v <= 0:
+                raise zoo.BadInput(f"option {name}: every value must be positive, got {v}")
+
+
+def prepare(members, base, options, ctx) -> dict:
+    given = options.losses if options.by == "loss" else options.steps
+    if given is not None:
+        metrics, source = list(given), "options"
+    else:
+        metrics = [metric_of(m, options.by) for m in members]
+        missing = [m.name for m, v in zip(members, metrics) if v is None]
+        if missing:
+            flag = "losses" if options.by == "loss" else "steps"
+            raise zoo.BadInput(f"MWA weights checkpoints by their training {options.by}, but "
+                               f"{', '.join(missing)} has no training history in its zoo.json (zoo finetune "
+                               f"writes one); give one value per member with -o {flag}=…")
+        source = "zoo.json training history"
+    bad = [m.name for m, v in zip(members, metrics) if not v > 0]
+    if bad:
+        raise zoo.BadInput(f"MWA: the training {options.by} of {', '.join(bad)} is not positive")
+    weights = mwa_weights([float(v) for v in metrics], options.by, options.penalty)
+    return {"by": options.by, "metrics": metrics, "weights": weights, "source": source}
+
+
+@zoo.merge_method("mwa", "metrics-weighted average of checkpoints: weights from training loss or step and one "
+                  "penalty factor (Yu & Choi 2025)", prepare=prepare, check=check,
+                  report=lambda stats, options: {"mwa": stats})
+def mwa(tensors: list[torch.Tensor], base: torch.Tensor | None, *, stats,
+        by: Literal["loss", "step"] = zoo.option("loss", "weigh by training loss (lower weighs more) or by step "
+                                                  "(later weighs more)"),
+        penalty: float = zoo.option(1.0, "p: wᵢ ∝ lossᵢ^(−p) or stepᵢ^p; 0 is the uniform average", min=0),
+        losses: list[float] | None = zoo.option(None, "training loss of each member (default: from its zoo.json)"),
+        steps: list[float] | None = zoo.option(None, "training step of each member (default: from its zoo.json)"),
+        ) -> torch.Tensor:
+    total = torch.zeros_like(tensors[0])
+    for w, t in zip(stats["weights"], tensors):
+        total += w * t
+    return total
