@@ -1,0 +1,379 @@
+"""The task-vector merges (plugins/merges): each method's defining checks (docs/algorithms.md), then the
+commands users run on the digits-demo zoo, then bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from zoo.plugins.merges import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties, trim
+
+
+def _call(method, tensors, base, key="blocks.0.conv.weight", **options):
+    """One tensor through a merge method's function, with its option defaults (as zoo calls it)."""
+    import dataclasses
+
+    values = {f.name: f.default for f in dataclasses.fields(method.Options)} | options
+    extra = {"key": key} if "key" in method.wants else {}
+    if "stats" in method.wants:
+        extra["stats"] = values.pop("stats", None)
+    values.pop("stats", None)
+    return method.function(tensors, base, **extra, **values)
+
+
+def _finetunes(n=3, shape=(64, 33), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    return base, [base + 0.1 * torch.randn(shape, generator=g) for _ in range(n)]
+
+
+# ---- the defining checks -------------------------------------------------------------------------
+
+def test_one_task_at_scale_one_gives_the_finetune():
+    base, (ft,) = _finetunes(1)
+    assert torch.allclose(_call(arithmetic.task_arithmetic, [ft], base, scale=1.0), ft, atol=1e-6)
+    assert torch.allclose(_call(ties.ties, [ft], base, density=1.0, trim="tensor"), ft, atol=1e-6)
+    # and a smaller λ moves along the task vector, not elsewhere
+    half = _call(arithmetic.task_arithmetic, [ft], base, scale=0.5)
+    assert torch.allclose(half, base + 0.5 * (ft - base), atol=1e-6)
+
+
+def test_task_arithmetic_weights_each_task_vector():
+    base, fts = _finetunes(2)
+    got = _call(arithmetic.task_arithmetic, fts, base, scale=0.3, weights=[2.0, -1.0])
+    assert torch.allclose(got, base + 0.3 * (2 * (fts[0] - base) - (fts[1] - base)), atol=1e-6)
+
+
+def test_dare_with_drop_zero_is_task_arithmetic():
+    base, fts = _finetunes(3)
+    ta = _call(arithmetic.task_arithmetic, fts, base, scale=0.3)
+    assert torch.equal(_call(dare.dare, fts, base, drop=0.0), ta)
+
+
+def test_dare_drops_a_fraction_p_and_rescales_the_survivors():
+    base, (ft,) = _finetunes(1, shape=(200, 100))
+    got = _call(dare.dare, [ft], base, drop=0.9, scale=1.0)
+    tv, kept = ft - base, got - base
+    survived = kept != 0
+    assert abs(survived.float().mean().item() - 0.1) < 0.01  # 20 000 entries: p̂ within 1 point of 0.9
+    assert torch.allclose(kept[survived], tv[survived] / (1 - 0.9), atol=1e-5)
+
+
+def test_dare_is_the_same_bytes_in_any_streaming_order():
+    base, fts = _finetunes(2)
+    keys = ["a.weight", "b.weight", "c.weight"]
+    first = {k: _call(dare.dare, fts, base, key=k, drop=0.5) for k in keys}
+    again = {k: _call(dare.dare, fts, base, key=k, drop=0.5) for k in reversed(keys)}
+    assert all(torch.equal(first[k], again[k]) for k in keys)
+    assert not torch.equal(first["a.weight"], first["b.weight"])  # each tensor has its own drop
+    assert not torch.equal(first["a.weight"], _call(dare.dare, fts, base, key="a.weight", drop=0.5, seed=1))
+
+
+def _ties_written_out(base, thetas, density):
+    """TIES as the paper's three steps, per tensor, with a plain sort for the trim."""
+    out = []
+    for tv in (t - base for t in thetas):
+        flat = tv.flatten().abs()
+        k = int(round(density * flat.numel()))
+        threshold = flat.sort(descending=True).values[k - 1]
+        out.append(torch.where(tv.abs() >= threshold, tv, torch.zeros_like(tv)))
+    stacked = torch.stack(out)
+    sign = torch.sign(stacked.sum(0))
+    sign[sign == 0] = 1.0 if sign.sum() >= 0 else -1.0
+    agree = (torch.sign(stacked) == sign) & (stacked != 0)
+    return base + (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+
+def test_ties_trims_elects_and_averages_the_agreeing_entries():
+    base, fts = _finetunes(3)
+    got = _call(ties.ties, fts, base, density=0.3, trim="tensor")
+    assert torch.allclose(got, _ties_written_out(base, fts, 0.3), atol=1e-6)
+    # an entry where the members disagree takes only the elected side's values
+    base = torch.zeros(1)
+    assert torch.allclose(_call(ties.ties, [torch.tensor([3.0]), torch.tensor([-1.0])], base, density=1.0,
+                                trim="tensor"), torch.tensor([3.0]))
+
+
+def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(50, 20, generator=g)
+    fts = [base + torch.rand(50, 20, generator=g) for _ in range(3)]  # every τᵢ > 0: no conflict
+    got = _call(ties.ties, fts, base, density=1.0, scale=0.9, trim="tensor")
+    # the disjoint mean of agreeing entries is the mean: task arithmetic with λ/N
+    assert torch.allclose(got, _call(arithmetic.task_arithmetic, fts, base, scale=0.9 / 3), atol=1e-6)
+
+
+def _members(tmp_path, n=3, seed=0):
+    """In-memory members of three tensors of different sizes, and their base."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"a.weight": (40, 30), "b.weight": (7,), "c.running_var": (7,), "d.weight": (300,)}
+    config = {"architecture": "test_efficientnet", "num_classes": 10}
+    base_sd = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    base = zoo.Member.in_memory("base", base_sd, config=config)
+    members = [zoo.Member.in_memory(f"ft{i}", {k: v + torch.randn(v.shape, generator=g) * (i + 1) * 0.1
+                                               for k, v in base_sd.items()}, config=config) for i in range(n)]
+    return base, members
+
+
+def test_model_wide_trim_threshold_is_the_exact_kth_largest_magnitude(tmp_path, monkeypatch):
+    import zoo.kit.stream as stream
+
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64)  # many chunks: a tensor or two at a time
+    base, members = _members(tmp_path)
+    skip = ties.is_statistic
+    for density in (0.2, 0.5, 1.0):
+        got = trim.model_thresholds(members, base, density, skip=skip)
+        for m, threshold in zip(members, got):
+            flat = torch.cat([(m.state_dict()[k] - base.state_dict()[k]).flatten().abs()
+                              for k in m.keys() if not skip(k)])
+            k = int(round(density * flat.numel()))
+            assert threshold == flat.sort(descending=True).values[k - 1].item()
+            assert int((flat >= threshold).sum()) == k  # no ties in random floats: exactly k kept
+
+
+def test_ties_trims_over_the_whole_model_by_default(tmp_path):
+    base, members = _members(tmp_path)
+    ctx = zoo.Context()
+    ctx.base = base
+    opts = ties.ties.Options(density=0.2)
+    assert opts.trim == "model"
+    merged = ties.ties().combine(members, opts, ctx).state_dict
+    # written out: the top 20% over the concatenation of every (non-statistic) tensor of each member
+    keys = [k for k in base.keys() if not ties.is_statistic(k)]
+    cat = lambda sd: torch.cat([sd[k].flatten() for k in keys])  # noqa: E731
+    b = cat(base.state_dict())
+    expected = _ties_written_out(b, [cat(m.state_dict()) for m in members], 0.2)
+    assert torch.allclose(cat(merged), expected, atol=1e-6)
+    # a per-tensor trim keeps another set: the option matters
+    per_tensor = ties.ties().combine(members, ties.ties.Options(density=0.2, trim="tensor"), ctx).state_dict
+    assert not torch.allclose(cat(per_tensor), expected, atol=1e-6)
+    # BatchNorm statistics are averaged, never extrapolated
+    assert torch.allclose(merged["c.running_var"], torch.stack([m.state_dict()["c.running_var"]
+                                                                for m in members]).mean(0), atol=1e-6)
+
+
+def test_model_stock_of_identical_finetunes_is_the_finetune():
+    base, (ft,) = _finetunes(1)
+    assert torch.allclose(_call(model_stock.model_stock, [ft, ft.clone(), ft.clone()], base), ft, atol=1e-5)
+
+
+def test_model_stock_ratio_follows_the_angle():
+    base = torch.zeros(2)
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])  # orthogonal: cos 0, t = 0: the base
+    assert torch.allclose(_call(model_stock.model_stock, [a, b], base), base)
+    c = torch.tensor([math.cos(math.pi / 3), math.sin(math.pi / 3)])  # 60°: cos ½, t = 2·½/(1+½) = ⅔
+    assert torch.allclose(_call(model_stock.model_stock, [a, c], base), (2 / 3) * (a + c) / 2, atol=1e-6)
+
+
+def test_slerp_at_zero_and_one_gives_the_ends():
+    _, (a, b) = _finetunes(2)
+    assert torch.equal(_call(slerp.slerp, [a, b], None, t=0.0), a)
+    assert torch.equal(_call(slerp.slerp, [a, b], None, t=1.0), b)
+    # orthogonal unit vectors: halfway along the arc stays on the unit circle (a straight line would not)
+    mid = _call(slerp.slerp, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], None, t=0.5)
+    assert torch.allclose(mid, torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]))
+    # nearly parallel: linear interpolation
+    near = _call(slerp.slerp, [a, a * 1.001], None, t=0.25)
+    assert torch.allclose(near, 0.75 * a + 0.25 * a * 1.001)
+
+
+def test_fisher_with_equal_fishers_is_the_average_and_weighs_otherwise():
+    _, fts = _finetunes(2)
+    with zoo.Spill() as spill:
+        for i in range(2):
+            spill.put(i, {"w": torch.full(fts[0].shape, 0.5)})
+        avg = _call(fisher.fisher, fts, None, key="w", stats=spill)
+        assert torch.allclose(avg, (fts[0] + fts[1]) / 2, atol=1e-6)
+        spill.put(1, {"w": torch.full(fts[0].shape, 1.5)})  # member 1 three times as sure
+        assert torch.allclose(_call(fisher.fisher, fts, None, key="w", stats=spill),
+                              (0.5 * fts[0] + 1.5 * fts[1]) / 2, atol=1e-6)
+        # a buffer has no Fisher: averaged
+        assert torch.allclose(_call(fisher.fisher, fts, None, key="bn.running_mean", stats=spill),
+                              (fts[0] + fts[1]) / 2, atol=1e-6)
+    assert not spill.folder.exists()
+
+
+def test_regmean_with_identical_members_is_the_member_and_otherwise_least_squares():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 8, generator=g)
+    xs = [torch.randn(100, 8, generator=g) for _ in range(2)]
+    grams_ = [x.T @ x / len(x) for x in xs]
+    assert torch.allclose(regmean.regmean_merge([w, w.clone()], grams_, 0.9), w, atol=1e-5)
+    # α = 1: W minimises Σᵢ ‖Xᵢ Wᵀ − Xᵢ Wᵢᵀ‖² — the least-squares fit on the stacked inputs
+    ws = [torch.randn(5, 8, generator=g) for _ in range(2)]
+    got = regmean.regmean_merge(ws, grams_, 1.0)
+    x = torch.cat([xs[0] / math.sqrt(100), xs[1] / math.sqrt(100)]).double()
+    y = torch.cat([xs[0] @ ws[0].T / math.sqrt(100), xs[1] @ ws[1].T / math.sqrt(100)]).double()
+    assert torch.allclose(got.double(), torch.linalg.lstsq(x, y).solution.T, atol=1e-5)
+    # a 1×1 convolution is the same map: its weight keeps its shape
+    conv = regmean.regmean_merge([w[:, :, None, None]] * 2, grams_, 0.9)
+    assert conv.shape == (5, 8, 1, 1) and torch.allclose(conv[:, :, 0, 0], w, atol=1e-5)
+
+
+def test_regmean_grams_are_the_mean_outer_products_of_each_linear_input():
+    import timm
+
+    model = timm.create_model("test_vit", num_classes=3).eval()
+    images = torch.randn(6, 3, *model.pretrained_cfg["input_size"][1:])
+
+    class Split:
+        def __len__(self):
+            return len(images)
+
+        def batches(self, batch_size):
+            yield images, torch.zeros(len(images), dtype=torch.long)
+
+    got = regmean.grams(model, Split(), 6, torch.device("cpu"))
+    assert set(got) == set(regmean.linear_maps(model)) and "head.weight" in got
+    seen = {}
+    model.head.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0].detach()))
+    with torch.no_grad():
+        model(images)
+    x = seen["x"].reshape(-1, seen["x"].shape[-1]).double()
+    assert torch.allclose(got["head.weight"].double(), x.T @ x / len(x), atol=1e-5)
+
+
+def test_mwa_weights_follow_loss_or_step_with_one_penalty():
+    assert mwa.mwa_weights([0.5, 0.25], "loss", 0.0) == [0.5, 0.5]  # p = 0: uniform
+    assert mwa.mwa_weights([0.5, 0.25], "loss", 1.0) == pytest.approx([1 / 3, 2 / 3])
+    assert mwa.mwa_weights([1, 2, 3], "step", 1.0) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    sharp = mwa.mwa_weights([1, 2, 3], "step", 4.0)
+    assert sharp[2] > 0.75 and sharp == sorted(sharp)  # a larger p: towards the last checkpoint
+    _, fts = _finetunes(2)
+    stats = {"weights": [0.25, 0.75]}
+    assert torch.allclose(_call(mwa.mwa, fts, None, stats=stats), 0.25 * fts[0] + 0.75 * fts[1], atol=1e-6)
+
+
+# ---- the commands, on the digits-demo zoo --------------------------------------------------------
+
+def _args(members):
+    return sum((["-m", str(m)] for m in members), [])
+
+
+def test_ties_command_writes_a_timm_model_with_the_base_in_card_and_zoo_json(tmp_path, ingredients, digits_zoo,
+                                                                             val_dir, zoo_cli):
+    import timm
+
+    base = digits_zoo / "members" / "base"
+    out = tmp_path / "ties"
+    zoo_cli("combine", "--strategy", "ties", "--base", base, *_args(ingredients[:3]), "-o", "density=0.3",
+            "--eval-data", val_dir, "--out", out)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    recipe = json.loads((out / "zoo.json").read_text())
+    assert recipe["strategy"] == "ties" and recipe["options"] == {"density": 0.3, "scale": 1.0, "trim": "model"}
+    assert len(recipe["base"]["files"]["model.safetensors"]) == 64 and len(recipe["report"]["thresholds"]) == 3
+    card = (out / "README.md").read_text()
+    assert "base" in card and "density" in card and "0.3" in card
+    # the weights are TIES of the files, trimmed over the whole model
+    b = load_file(str(base / "model.safetensors"))
+    thetas = [load_file(str(m / "model.safetensors")) for m in ingredients[:3]]
+    keys = [k for k in b if b[k].is_floating_point() and not ties.is_statistic(k)]
+    cat = lambda sd: torch.cat([sd[k].float().flatten() for k in keys])  # noqa: E731
+    expected = _ties_written_out(cat(b), [cat(t) for t in thetas], 0.3)
+    assert torch.allclose(cat(model.state_dict()), expected, atol=1e-6)
+    assert recipe["metrics"]["top1"] > 0.5
+
+
+def test_a_sweep_keeps_the_best_value_on_held_out_data_and_plots_it(tmp_path, ingredients, digits_zoo, val_dir,
+                                                                   zoo_cli):
+    from figcheck import assert_png_is, lines
+
+    from zoo.kit.plots import sweep_curve
+
+    base = digits_zoo / "members" / "base"
+    out = tmp_path / "ta"
+    zoo_cli("combine", "-s", "task-arithmetic", "--base", base, *_args(ingredients[:3]), "-o", "scale=0.2:1.0:0.4",
+            "--eval-data", val_dir, "--out", out)
+    recipe = json.loads((out / "zoo.json").read_text())
+    sweep = recipe["report"]["sweep"]
+    top1 = {p["value"]: p["metrics"]["top1"] for p in sweep["points"]}
+    assert sorted(top1) == [0.2, 0.6, 1.0]
+    assert sweep["best"] == max(top1, key=top1.get) and recipe["options"]["scale"] == sweep["best"]
+    assert recipe["metrics"]["top1"] == top1[sweep["best"]]
+    # the output is task arithmetic at the kept value
+    b = load_file(str(base / "model.safetensors"))
+    thetas = [load_file(str(m / "model.safetensors")) for m in ingredients[:3]]
+    merged = load_file(str(out / "model.safetensors"))
+    k = "conv_stem.weight"
+    assert torch.allclose(merged[k], b[k] + sweep["best"] * sum(t[k] - b[k] for t in thetas), atol=1e-6)
+    fig = sweep_curve(sweep["points"], option="scale", picked=sweep["best"],
+                      title="task-arithmetic: scale on held-out data")
+    assert_png_is(out / "sweep-scale.png", fig)
+    assert lines(fig)["held-out top-1"] == ([0.2, 0.6, 1.0], [top1[v] * 100 for v in (0.2, 0.6, 1.0)])
+    assert "Sweep of scale" in (out / "README.md").read_text()
+
+
+def test_fisher_and_regmean_run_on_training_data(tmp_path, ingredients, digits_zoo, val_dir, zoo_cli):
+    train = digits_zoo / "data" / "train"
+    for method, option in (("fisher", "samples=32"), ("regmean", "examples=64")):
+        out = tmp_path / method
+        zoo_cli("combine", "-s", method, *_args(ingredients[:2]), "-o", option, "--train-data", train,
+                "--eval-data", val_dir, "--out", out)
+        recipe = json.loads((out / "zoo.json").read_text())
+        assert recipe["metrics"]["top1"] > 0.5, (method, recipe["metrics"])
+        merged = load_file(str(out / "model.safetensors"))
+        a, b = (load_file(str(m / "model.safetensors")) for m in ingredients[:2])
+        # the classifier is weighted (not the plain mean); a depthwise conv is averaged by RegMean
+        k = "classifier.weight"
+        assert not torch.allclose(merged[k], (a[k] + b[k]) / 2, atol=1e-6), method
+    dw = next(k for k, v in a.items() if v.dim() == 4 and v.shape[1] == 1 and v.shape[2] > 1)
+    assert torch.allclose(merged[dw], (a[dw] + b[dw]) / 2, atol=1e-6)
+
+
+def test_mwa_reads_the_training_loss_from_zoo_json(tmp_path, digits_zoo, val_dir, zoo_cli):
+    base = digits_zoo / "members" / "base"
+    train = digits_zoo / "data" / "train"
+    runs = []
+    for epochs in (1, 2):
+        out = tmp_path / f"ft{epochs}"
+        zoo_cli("finetune", base, "--train-data", train, "--epochs", str(epochs), "--lr", "3e-3", "--out", out)
+        runs.append(out)
+    losses = [json.loads((r / "zoo.json").read_text())["report"]["history"][-1]["loss"] for r in runs]
+    out = tmp_path / "mwa"
+    zoo_cli("combine", "-s", "mwa", *_args(runs), "-o", "penalty=2", "--eval-data", val_dir, "--out", out)
+    report = json.loads((out / "zoo.json").read_text())["report"]["mwa"]
+    assert report["metrics"] == losses and report["source"] == "zoo.json training history"
+    assert report["weights"] == pytest.approx(mwa.mwa_weights(losses, "loss", 2.0))
+    merged = load_file(str(out / "model.safetensors"))
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    k = "classifier.weight"
+    w = report["weights"]
+    assert torch.allclose(merged[k], w[0] * a[k] + w[1] * b[k], atol=1e-6)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+def _fails(zoo_cli, out, *args, words=()):
+    proc = zoo_cli(*args, "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert err.startswith("error:") and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    assert not out.exists()
+
+
+def test_bad_input(tmp_path, ingredients, digits_zoo, val_dir, zoo_cli):
+    base = str(digits_zoo / "members" / "base")
+    out = tmp_path / "out"
+    two = _args(ingredients[:2])
+    _fails(zoo_cli, out, "combine", "-s", "ties", *two, words=["'ties' needs a base model", "--base SPEC"])
+    _fails(zoo_cli, out, "combine", "-s", "task-arithmetic", "--base", str(digits_zoo / "members" / "other-arch"),
+           *two, words=["the base other-arch", "test_resnet"])
+    _fails(zoo_cli, out, "combine", "-s", "slerp", *_args(ingredients[:3]), words=["exactly 2 members, got 3"])
+    _fails(zoo_cli, out, "combine", "-s", "ties", "--base", base, *two, "-o", "density=0",
+           words=["density=0.0", "(0, 1]"])
+    _fails(zoo_cli, out, "combine", "-s", "dare", "--base", base, *two, "-o", "drop=1",
+           words=["drop=1.0", "[0, 1)"])
+    _fails(zoo_cli, out, "combine", "-s", "ties", "--base", base, *two, "-o", "scale=0:1:0.5",
+           words=["sweeps scale", "--eval-data"])
+    for method in ("regmean", "fisher"):
+        _fails(zoo_cli, out, "combine", "-s", method, *two, words=[f"'{method}' needs train data", "--train-data"])
+    _fails(zoo_cli, out, "combine", "-s", "mwa", *two,
+           words=["no training history", "ft-lr3e-3", "-o losses="])
+    _fails(zoo_cli, out, "combine", "-s", "mwa", *two, "-o", "losses=1", words=["1 value(s)", "2 members"])
