@@ -377,3 +377,58 @@ def test_bad_input(tmp_path, ingredients, digits_zoo, val_dir, zoo_cli):
     _fails(zoo_cli, out, "combine", "-s", "mwa", *two,
            words=["no training history", "ft-lr3e-3", "-o losses="])
     _fails(zoo_cli, out, "combine", "-s", "mwa", *two, "-o", "losses=1", words=["1 value(s)", "2 members"])
+
+
+# ---- several tasks: heads kept apart -------------------------------------------------------------
+
+def _parity_data(digits_zoo, root):
+    """The digits relabelled even/odd: another task (2 classes) on the same images."""
+    import shutil
+
+    for split in ("train", "val"):
+        for f in sorted((digits_zoo / "data" / split).glob("*/*.png")):
+            d = root / split / ("even" if int(f.parent.name) % 2 == 0 else "odd")
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, d / f.name)
+    return root
+
+
+def test_multi_task_merge_keeps_each_members_head_and_evaluates_each_task_on_its_data(tmp_path, ingredients,
+                                                                                      digits_zoo, val_dir, zoo_cli):
+    import timm
+
+    base = digits_zoo / "members" / "base"
+    parity = _parity_data(digits_zoo, tmp_path / "parity")
+    ft_parity = tmp_path / "parity-ft"
+    zoo_cli("finetune", base, "--train-data", parity / "train", "--epochs", "1", "--lr", "3e-3", "--out", ft_parity)
+    digits_ft = ingredients[0]
+    out = tmp_path / "mt"
+    # a per-task --eval-data without --multi-task, and a task name that is not a member: refused
+    _fails(zoo_cli, out, "combine", "-s", "task-arithmetic", "--base", base, *_args([digits_ft, ft_parity]),
+           "--eval-data", f"parity-ft={parity / 'val'}", words=["NAME=DIR", "--multi-task"])
+    _fails(zoo_cli, out, "combine", "-s", "task-arithmetic", "--base", base, *_args([digits_ft, ft_parity]),
+           "--multi-task", "--eval-data", f"parity={parity / 'val'}",
+           words=["'parity' is not a member", "parity-ft", digits_ft.name])
+    zoo_cli("combine", "-s", "task-arithmetic", "--base", base, *_args([digits_ft, ft_parity]), "--multi-task",
+            "-o", "scale=0.5", "--eval-data", f"{digits_ft.name}={val_dir}", "--eval-data",
+            f"parity-ft={parity / 'val'}", "--out", out)
+    recipe = json.loads((out / "zoo.json").read_text())
+    assert set(recipe["tasks"]) == {digits_ft.name, "parity-ft"} and recipe["multi_task"] is True
+    b = load_file(str(base / "model.safetensors"))
+    models = {}
+    for member in (digits_ft, ft_parity):
+        folder = out / member.name
+        models[member.name] = timm.create_model(f"local-dir:{folder}", pretrained=True).state_dict()
+        theirs = load_file(str(member / "model.safetensors"))
+        for k in ("classifier.weight", "classifier.bias"):  # the member's own head, untouched
+            assert torch.equal(models[member.name][k], theirs[k])
+        task = json.loads((folder / "zoo.json").read_text())
+        assert task["metrics"]["top1"] == recipe["tasks"][member.name]["metrics"]["top1"] > 0.5
+        assert 0 < recipe["tasks"][member.name]["normalized_top1"] <= 1.5
+    assert models["parity-ft"]["classifier.weight"].shape[0] == 2
+    # one merged backbone, written twice: task arithmetic over the non-head tensors
+    thetas = [load_file(str(m / "model.safetensors")) for m in (digits_ft, ft_parity)]
+    for k in ("conv_stem.weight", "bn1.weight", "conv_head.weight"):
+        want = b[k] + 0.5 * sum(t[k] - b[k] for t in thetas)
+        assert torch.allclose(models["parity-ft"][k], want, atol=1e-6)
+        assert torch.equal(models["parity-ft"][k], models[digits_ft.name][k])

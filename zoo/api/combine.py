@@ -67,16 +67,28 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
             max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
-            log: Callable[[str], None] | None = None) -> Combined:
+            log: Callable[[str], None] | None = None, multi_task: bool = False) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given.
 
     ``base`` is the model the members were fine-tuned from (a member spec), for strategies that merge
-    task vectors (θ − base); it is pinned in ``zoo.json`` and the card like the members."""
+    task vectors (θ − base); it is pinned in ``zoo.json`` and the card like the members.
+
+    ``multi_task``: the members are fine-tunes on different tasks; their heads are kept apart and ``out``
+    gets one timm repo per member (``zoo.api.tasks``); ``eval_data`` may then be ``{member name: folder}``
+    (the CLI's ``--eval-data NAME=DIR``)."""
+    from zoo.api import sweep as _sweep
+    from zoo.api import tasks as _tasks
     from zoo.kit import options as _options
     from zoo.kit import output
     from zoo.kit.device import resolve_device
 
-    from zoo.api import sweep as _sweep
+    eval_data, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
+    if eval_named and not multi_task:
+        raise BadInput("--eval-data NAME=DIR gives each task its own held-out data: pass --multi-task too "
+                       "(members fine-tuned on different tasks, each keeping its own head)")
+    if multi_task and push:
+        raise BadInput("--multi-task writes one timm repo per task under --out: push each with "
+                       "`zoo push OUT/NAME ORG/NAME`")
 
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
@@ -122,6 +134,8 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     if swept is not None and not eval_data:
         raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
                        "data: pass --eval-data DIR (never the test split)")
+    if swept is not None and multi_task:
+        raise BadInput("a sweep keeps the best value on one held-out set; with --multi-task give the value")
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
     base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
     from zoo.kit import distributed
@@ -142,6 +156,11 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     import torch
 
     torch.manual_seed(seed)
+    if multi_task:
+        _tasks.check_names(eval_named, resolved)
+        return _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_data, out=out, force=force,
+                              host=host, strategy=strategy, zoo_info=zoo_info, train_data=train_data, seed=seed,
+                              max_shard_size=max_shard_size)
     if swept is not None:
         result = _sweep.run(cls, options, swept, resolved, ctx, strategy=strategy)
         opts = _options.parse(cls.Options, {**options, swept.name: result.report["sweep"]["best"]},
@@ -170,6 +189,33 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
 
             result.report["pushed"] = _push(out, push, private=private)
     return result
+
+
+def _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all, *, out, force, host, strategy,
+                   zoo_info, train_data, seed, max_shard_size) -> Combined:
+    """--multi-task: merge the backbones, write one timm repo per member with its own head."""
+    from zoo.api import tasks as _tasks
+    from zoo.kit import options as _options
+
+    tasks, merged = _tasks.combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all)
+    members = [m.provenance() for m in resolved]
+    base = base_member.provenance() if base_member is not None else None
+    for _, result in tasks:
+        result.members, result.base, result.strategy = members, base, strategy
+        result.options = _options.to_dict(opts)
+    merged.report["tasks"] = {m.name: r.metrics for m, r in tasks}
+    merged.members, merged.base, merged.strategy, merged.options = members, base, strategy, _options.to_dict(opts)
+    if out is not None:
+        extra = {"zoo": zoo_info.name if zoo_info else None, "train_data": train_data, "seed": seed}
+
+        def save_one(result, folder):
+            save(result, folder, host=host, eval_data=result.report["task"]["eval_data"],
+                 max_shard_size=max_shard_size, multi_task=True, **extra)
+
+        recipe = {"zoo_version": __version__, "strategy": strategy, "options": merged.options, "members": members,
+                  **({"base": base} if base else {}), "multi_task": True, **extra}
+        _tasks.save_tasks(tasks, Path(out), force=force, recipe=recipe, save_one=save_one)
+    return merged
 
 
 def save(result: Combined, out: str | Path, *, host=None, force: bool = False, eval_data: str | None = None,

@@ -19,8 +19,9 @@ def combine(
                                                "e.g. a zoo select output's zoo.toml (its data is not used)."),
     base: Optional[str] = typer.Option(None, "--base", help="The model the members were fine-tuned from, for "
                                        "strategies that merge task vectors (ties); any member spec."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder (class per "
-                                            "sub-folder) or timm dataset spec."),
+    eval_data: List[str] = typer.Option([], "--eval-data", help="Held-out data: image folder (class per "
+                                        "sub-folder) or timm dataset spec; with --multi-task, NAME=DIR per "
+                                        "member (repeatable)."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data (e.g. for recompute_bn)."),
     ood_data: Optional[str] = typer.Option(None, "--ood-data", help="Shifted (out-of-distribution) data, for "
                                            "strategies that report robustness (wise-ft)."),
@@ -38,6 +39,9 @@ def combine(
                                          "the same as --option epochs=N."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training strategy (distill) "
                                 "of the same --out from its last checkpoint (same options)."),
+    multi_task: bool = typer.Option(False, "--multi-task", help="Members are fine-tunes of --base on different "
+                                    "tasks: merge all but their heads and write one timm repo per member, with "
+                                    "its own head, under --out."),
     max_shard_size: str = typer.Option("20GB", "--max-shard-size", help="Split model.safetensors into shards "
                                        "with an index past this size. timm's hf-hub: loader reads a single "
                                        "model.safetensors, so shard only when you must."),
@@ -59,11 +63,11 @@ def combine(
     progress = progress_bars()
     say = console()
     result = run(lambda: _combine(
-        strategy, member, zoo=zoo_name, members_from=members_from, base=base, eval_data=eval_data, train_data=train_data,
+        strategy, member, zoo=zoo_name, members_from=members_from, base=base, eval_data=eval_data or None, train_data=train_data,
         ood_data=ood_data,
         options=options(), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=state.plugins, seed=seed, max_shard_size=max_shard_size,
-        resume=resume, progress=progress,
+        resume=resume, progress=progress, multi_task=multi_task,
         log=say.print), progress=progress)
     say.print(wrote(out, result.metrics), highlight=False)
     if result.report.get("pushed"):

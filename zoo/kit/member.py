@@ -39,6 +39,7 @@ class Member:
     repo_id: str | None = None
     revision: str | None = None
     _tensors: dict[str, Any] | None = field(default=None, repr=False)  # only for opted-in pickles
+    _hidden: frozenset = field(default=frozenset(), repr=False)  # keys a view leaves out (without())
 
     @classmethod
     def in_memory(cls, name: str, tensors: dict[str, Any], *, config: dict[str, Any], spec: str | None = None) -> Member:
@@ -99,8 +100,21 @@ class Member:
     def _header(self) -> dict[str, tuple[Any, tuple[int, ...], str]]:
         """key -> (file, shape, dtype), from the safetensors headers only, in file order."""
         if self._tensors is not None:
-            return {k: (None, tuple(v.shape), _torch_dtype_name(v)) for k, v in self._tensors.items()}
-        return {k: (f, e.shape, e.dtype) for f in self._files for k, e in f.entries.items()}
+            return {k: (None, tuple(v.shape), _torch_dtype_name(v)) for k, v in self._tensors.items()
+                    if k not in self._hidden}
+        return {k: (f, e.shape, e.dtype) for f in self._files for k, e in f.entries.items() if k not in self._hidden}
+
+    def head_keys(self) -> list[str]:
+        """The tensors of the classifier (timm's ``pretrained_cfg["classifier"]``: ``head.weight``, ...)."""
+        heads = classifier_names(self.architecture, self.name)
+        return [k for k in self.keys() if any(k.startswith(f"{h}.") for h in heads)]
+
+    def without(self, keys: Iterable[str]) -> Member:
+        """A view of this member without ``keys`` (e.g. its head): the same files and provenance, fewer
+        tensors — what a multi-task merge streams, so that heads of different tasks are never mixed."""
+        import dataclasses
+
+        return dataclasses.replace(self, _hidden=self._hidden | frozenset(keys))
 
     def keys(self) -> list[str]:
         return list(self._header)
