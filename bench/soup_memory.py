@@ -16,6 +16,10 @@ in its own process; peak RSS is that process's ru_maxrss (os.wait4). Results: be
   stack   : load every member, torch.stack(...).mean(0) per tensor, save      (a)
   float64 : one member at a time into a float64 accumulator, save (timm's avg_checkpoints way) (b)
   read    : just read every file once (the floor for any method)
+  ties, ties-tensor: `zoo combine --strategy ties --base BASE -m ...` (the unperturbed init as the base),
+            the model-wide trim (two more streamed passes for its thresholds) and the per-tensor trim
+
+    python bench/soup_memory.py --members 8 --only read,zoo-again,ties,ties-tensor   # a subset of the runs
 """
 
 from __future__ import annotations
@@ -78,11 +82,12 @@ def make_members(arch: str, n: int, work: Path) -> list[Path]:
     from timm.models import save_for_hf
 
     folders = [work / f"m{i}" for i in range(n)]
-    if all((f / "model.safetensors").is_file() for f in folders):
+    if all((f / "model.safetensors").is_file() for f in folders + [work / "base"]):
         return folders
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False)
     base = {k: v.clone() for k, v in model.state_dict().items()}
+    save_for_hf(model, str(work / "base"), safe_serialization=True)  # the start every member moved from
     for i, f in enumerate(folders):
         g = torch.Generator().manual_seed(i + 1)
         with torch.no_grad():
@@ -131,16 +136,20 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-soup-bench"))
     ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only", default="", help="comma-separated runs (default: all but ties, ties-tensor)")
+    ap.add_argument("--no-raw", action="store_true", help="skip the bare-file copies (they double the disk)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.make_only:
-        make_raw(make_members(args.arch, args.members, args.work), args.work)
+        folders = make_members(args.arch, args.members, args.work)
+        if not args.no_raw:
+            make_raw(folders, args.work)
         return
     print(f"making {args.members} members of {args.arch} in {args.work}", flush=True)
     # members are made in a child process: ru_maxrss survives fork+exec on Linux, so this process
     # must stay small (no torch) or every measured child would inherit its peak
     subprocess.run([sys.executable, __file__, "--make-only", "--arch", args.arch, "--members", str(args.members),
-                    "--work", str(args.work)], check=True)
+                    "--work", str(args.work), *(["--no-raw"] if args.no_raw else [])], check=True)
     folders = [args.work / f"m{i}" for i in range(args.members)]
     files = [f / "model.safetensors" for f in folders]
     raw = [args.work / "raw" / f"{f.name}.safetensors" for f in folders]
@@ -164,28 +173,51 @@ def main() -> None:
         "stack": [py, "-c", STACK, *map(str, files), str(args.work / "out-stack.safetensors")],
         "float64": [py, "-c", FLOAT64, *map(str, files), str(args.work / "out-f64.safetensors")],
     }
+    ties = [py, "-m", "zoo", "--quiet", "combine", "-s", "ties", "--base", str(args.work / "base"),
+            *sum((["-m", str(f)] for f in folders), []), "--device", "cpu", "--out", str(args.work / "out-ties"),
+            "--force"]
+    runs["ties"] = ties
+    runs["ties-tensor"] = [*ties, "-o", "trim=tensor"]
+    only = [r for r in args.only.split(",") if r] or [r for r in runs if not r.startswith("ties")]
+    unknown = sorted(set(only) - set(runs))
+    if unknown:
+        raise SystemExit(f"--only: unknown run(s) {unknown}; known: {', '.join(runs)}")
+    runs = {name: cmd for name, cmd in runs.items() if name in only}
+    if args.no_raw and any(r.startswith("raw") for r in runs):
+        raise SystemExit("--no-raw: leave the raw runs out of --only")
     results = {}
     for name, cmd in runs.items():
         cache = caches["raw" if name.startswith("raw") else "zoo"]
         if name.endswith("-new"):
             shutil.rmtree(cache / "sha256")  # members never seen before; timm's names still known
-        drop_caches(files + raw)
+        drop_caches(files + ([] if args.no_raw else raw))
         results[name] = measure(cmd, {**os.environ, "ZOO_CACHE": str(cache)})
+        if name.startswith("ties"):
+            shutil.rmtree(args.work / "out-ties", ignore_errors=True)  # disk: one output at a time
         print(f"  {name:9s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB", flush=True)
-    same = subprocess.run([py, "-c", SAME, str(args.work / "out-zoo"), str(args.work / "out-raw")],
-                          capture_output=True, text=True)
-    if same.returncode != 0:
-        raise SystemExit(f"the soups of folders and of raw files differ: {same.stderr[-2000:]}")
+    if (args.work / "out-zoo").is_dir() and (args.work / "out-raw").is_dir():
+        same = subprocess.run([py, "-c", SAME, str(args.work / "out-zoo"), str(args.work / "out-raw")],
+                              capture_output=True, text=True)
+        if same.returncode != 0:
+            raise SystemExit(f"the soups of folders and of raw files differ: {same.stderr[-2000:]}")
     t0 = time.perf_counter()
     subprocess.run([py, "-m", "zoo", "--help"], check=True, stdout=subprocess.DEVNULL)
     startup = time.perf_counter() - t0
-    sw, sr = results["stack"]
-    fw, fr = results["float64"]
     print(f"\n{args.members} x {args.arch} ({size:.2f} GiB of members)")
-    print("| method | wall (s) | peak RSS (GiB) | wall / stack | wall / float64 | RSS / stack | RSS / float64 |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (w, r) in results.items():
-        print(f"| {name} | {w:.1f} | {r:.2f} | {w / sw:.2f} | {w / fw:.2f} | {r / sr:.2f} | {r / fr:.2f} |")
+    if "stack" in results and "float64" in results:
+        sw, sr = results["stack"]
+        fw, fr = results["float64"]
+        print("| method | wall (s) | peak RSS (GiB) | wall / stack | wall / float64 | RSS / stack | RSS / float64 |")
+        print("|---|---|---|---|---|---|---|")
+        for name, (w, r) in results.items():
+            print(f"| {name} | {w:.1f} | {r:.2f} | {w / sw:.2f} | {w / fw:.2f} | {r / sr:.2f} | {r / fr:.2f} |")
+    else:  # a subset (--only): ratios to the first of these that ran
+        ref = next(r for r in ("zoo-again", "zoo", "read", *results) if r in results)
+        rw, rr = results[ref]
+        print(f"| method | wall (s) | peak RSS (GiB) | wall / {ref} | RSS / {ref} |")
+        print("|---|---|---|---|---|")
+        for name, (w, r) in results.items():
+            print(f"| {name} | {w:.1f} | {r:.2f} | {w / rw:.2f} | {r / rr:.2f} |")
     print("\ntargets: zoo and raw wall / stack <= 1.0; peak RSS / float64 <= 0.5")
     print("soups of folders and of raw files: same tensors, same config.json num_classes")
     print(f"`zoo --help` start-up: {startup:.2f} s")
