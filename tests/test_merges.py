@@ -325,25 +325,33 @@ def test_fisher_and_regmean_run_on_training_data(tmp_path, ingredients, digits_z
     assert torch.allclose(merged[dw], (a[dw] + b[dw]) / 2, atol=1e-6)
 
 
-def test_mwa_reads_the_training_loss_from_zoo_json(tmp_path, digits_zoo, val_dir, zoo_cli):
+def test_mwa_averages_the_snapshots_of_one_finetune_by_their_loss_or_step(tmp_path, digits_zoo, val_dir, zoo_cli):
     base = digits_zoo / "members" / "base"
     train = digits_zoo / "data" / "train"
-    runs = []
-    for epochs in (1, 2):
-        out = tmp_path / f"ft{epochs}"
-        zoo_cli("finetune", base, "--train-data", train, "--epochs", str(epochs), "--lr", "3e-3", "--out", out)
-        runs.append(out)
-    losses = [json.loads((r / "zoo.json").read_text())["report"]["history"][-1]["loss"] for r in runs]
-    out = tmp_path / "mwa"
-    zoo_cli("combine", "-s", "mwa", *_args(runs), "-o", "penalty=2", "--eval-data", val_dir, "--out", out)
-    report = json.loads((out / "zoo.json").read_text())["report"]["mwa"]
-    assert report["metrics"] == losses and report["source"] == "zoo.json training history"
-    assert report["weights"] == pytest.approx(mwa.mwa_weights(losses, "loss", 2.0))
-    merged = load_file(str(out / "model.safetensors"))
-    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    snaps = tmp_path / "snaps"
+    zoo_cli("finetune", base, "--train-data", train, "--epochs", "3", "--lr", "3e-3", "--snapshots", snaps,
+            "--out", tmp_path / "ft")
+    runs = [snaps / f"epoch-{i}" for i in (1, 2, 3)]
+    last = json.loads((runs[-1] / "zoo.json").read_text())["report"]["history"]
+    assert [r["epoch"] for r in last] == [1, 2, 3] and last[0]["step"] < last[1]["step"] < last[2]["step"]
+    # the last snapshot is the run's output itself
+    assert load_file(str(runs[-1] / "model.safetensors")).keys() == load_file(
+        str(tmp_path / "ft" / "model.safetensors")).keys()
+    assert all(torch.equal(a, b) for a, b in zip(load_file(str(runs[-1] / "model.safetensors")).values(),
+                                                 load_file(str(tmp_path / "ft" / "model.safetensors")).values()))
+    thetas = [load_file(str(r / "model.safetensors")) for r in runs]
     k = "classifier.weight"
-    w = report["weights"]
-    assert torch.allclose(merged[k], w[0] * a[k] + w[1] * b[k], atol=1e-6)
+    for by, metric in (("loss", "loss"), ("step", "step")):
+        out = tmp_path / f"mwa-{by}"
+        zoo_cli("combine", "-s", "mwa", *_args(runs), "-o", f"by={by}", "-o", "penalty=2", "--eval-data", val_dir,
+                "--out", out)
+        report = json.loads((out / "zoo.json").read_text())["report"]["mwa"]
+        assert report["metrics"] == [r[metric] for r in last] and report["source"] == "zoo.json training history"
+        w = report["weights"]
+        assert w == pytest.approx(mwa.mwa_weights([r[metric] for r in last], by, 2.0))
+        assert w[2] > w[0]  # lower loss, later step: more weight
+        merged = load_file(str(out / "model.safetensors"))
+        assert torch.allclose(merged[k], sum(wi * t[k] for wi, t in zip(w, thetas)), atol=1e-6)
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -13,15 +13,18 @@ from typing import Any, Sequence
 from zoo import host as _host
 from zoo.kit import checkpoint
 from zoo.kit.errors import BadInput
-from zoo.kit.finetune import CHECKPOINT, Recipe, class_names, fit, model_for
+from zoo.kit.finetune import CHECKPOINT, Recipe, class_names, config_for, fit, model_for
 from zoo.kit.plots import training_curves
 
 
 def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Recipe | None = None,
              num_classes: int | None = None, eval_data: str | None = None, resume: bool = False,
              force: bool = False, device: str = "auto", arch: str | None = None, allow_pickle: bool = False,
-             progress: Any = None, log=None, plugins: Sequence[str] = ()):
-    """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``."""
+             progress: Any = None, log=None, plugins: Sequence[str] = (), snapshots: str | Path | None = None):
+    """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``.
+
+    ``snapshots``: also write the weights after every fine-tuning epoch as members ``SNAPSHOTS/epoch-N``
+    (each with the training history up to that epoch in its zoo.json): checkpoints to average (``mwa``)."""
     from zoo.api.combine import load_member, save
     from zoo.kit import output
     from zoo.kit.data import data_config, load_split
@@ -49,8 +52,21 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     held_out = load_split(eval_data, cfg, label_names=classes, num_classes=len(classes),
                           progress=progress) if eval_data else None
 
+    on_epoch = None
+    if snapshots is not None:
+        snapshots = Path(snapshots)
+        if snapshots.resolve() == out.resolve() or out.resolve() in snapshots.resolve().parents:
+            raise BadInput(f"--snapshots {snapshots}: give a folder outside --out (the output is one timm repo)")
+
+        def on_epoch(epoch: int, weights: dict, rows: list[dict]) -> None:
+            snap = Combined(state_dict=weights, config=config_for(member, classes),
+                            report={"history": rows, "classes": classes}, strategy="finetune",
+                            options=asdict(recipe), members=[member.provenance()])
+            save(snap, snapshots / f"epoch-{epoch}", host=host, force=True, train_data=train_data,
+                 snapshot_of=out.name)
+
     sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
-                              ckpt_dir=ckpt_dir, state=state)
+                              ckpt_dir=ckpt_dir, state=state, on_epoch=on_epoch)
     result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
                       strategy="finetune", options=asdict(recipe), members=[member.provenance()])
     if held_out is not None:

@@ -19,7 +19,7 @@ from zoo.kit.options import describe
 
 def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[int], linear_probe_first: bool,
                   eval_data: Optional[str], resume: bool, force: bool, device: str, arch: Optional[str],
-                  **recipe_fields: Any) -> None:
+                  snapshots: Optional[str] = None, **recipe_fields: Any) -> None:
     """Fine-tune a member (linear probe, full, or LP then FT); the output is a member."""
     from zoo.api.finetune import finetune as _finetune
     from zoo.kit.options import parse
@@ -35,7 +35,8 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
 
     result = run(lambda: _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes,
                                    eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
-                                   progress=progress, log=say.print, plugins=state.plugins), progress=progress)
+                                   progress=progress, log=say.print, plugins=state.plugins, snapshots=snapshots),
+                 progress=progress)
     say.print(wrote(out, result.metrics), highlight=False)
 
 _RUN_FLAGS = [
@@ -50,6 +51,9 @@ _RUN_FLAGS = [
     ("force", bool, typer.Option(False, "--force", help="Replace a non-empty --out.")),
     ("device", str, typer.Option("auto", "--device", help="auto, cpu or cuda.")),
     ("arch", Optional[str], typer.Option(None, "--arch", help="timm architecture of a bare .safetensors member.")),
+    ("snapshots", Optional[str], typer.Option(None, "--snapshots", help="Also write the weights after every "
+                                              "fine-tuning epoch as members DIR/epoch-N (to average them: "
+                                              "zoo combine --strategy mwa).")),
 ]
 
 

@@ -90,10 +90,12 @@ FinetuneRecipe = Recipe  # the name it has at the top level: zoo.FinetuneRecipe
 
 
 def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, log, ckpt_dir: Path | None = None,
-        state: dict | None = None) -> tuple[dict, dict, list[dict]]:
+        state: dict | None = None, on_epoch=None) -> tuple[dict, dict, list[dict]]:
     """Train ``member`` on the split ``train`` as ``recipe`` says: (state dict, timm config, history).
 
     With ``ckpt_dir``, a checkpoint after every fine-tuning epoch; ``state`` is one to resume.
+    ``on_epoch(epoch, state_dict, history)``: after each fine-tuning epoch, the weights (a CPU copy) and
+    the history so far (``zoo finetune --snapshots``).
     """
     import torch
 
@@ -104,7 +106,7 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
         history = _linear_probe(model, train, recipe, device, progress)
     if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
         history = _fine_tune(model, _epochs_of(member, train, recipe, device), len(train), recipe, device, progress,
-                             ckpt_dir, state, log, history)
+                             ckpt_dir, state, log, history, on_epoch=on_epoch)
         if recipe.bn_handling == "recompute":
             from zoo.kit.batchnorm import recompute_bn_stats
 
@@ -206,7 +208,7 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
 
 
 def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progress, ckpt_dir: Path | None,
-               state, log, history: list[dict]) -> list[dict]:
+               state, log, history: list[dict], on_epoch=None) -> list[dict]:
     """Train every parameter (zoo.kit.training); a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
     import numpy as np
     import torch
@@ -254,9 +256,16 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
                                weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
                                freeze_bn=recipe.bn_handling == "frozen", label="fine-tune",
                                history_tag={"phase": "ft"})
+    rows = list(state["history"] if state is not None else history)
+
+    def snapshot(epoch: int, row: dict) -> None:
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, list(rows))
+
     return training.train(model, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
                           state=state, save_extra={"recipe": asdict(recipe)}, numpy_rng=True, history=history,
-                          progress=progress, log=log)
+                          on_epoch_end=snapshot, progress=progress, log=log)
 
 
 def _smooth(targets, n_classes: int, eps: float):

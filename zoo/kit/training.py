@@ -179,7 +179,7 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
             dist.all_reduce(sums)
             extra_sums, sums = sums[3:].tolist(), sums[:3]
         n = max(float(sums[2]), 1.0)
-        row = {**options.history_tag, "epoch": epoch + 1, "loss": float(sums[0] / n),
+        row = {**options.history_tag, "epoch": epoch + 1, "step": n_step, "loss": float(sums[0] / n),
                "train_top1": float(sums[1] / n), "lr": opt.param_groups[0]["lr"],
                **{name: s / n for name, s in zip(extra_names, extra_sums)}}
         if on_epoch_end is not None:
