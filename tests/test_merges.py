@@ -255,6 +255,20 @@ def _args(members):
     return sum((["-m", str(m)] for m in members), [])
 
 
+@pytest.fixture(scope="module")
+def parity_run(tmp_path_factory, digits_zoo):
+    """One `zoo finetune --snapshots` of the digits base on another task, the digits labelled even/odd
+    (2 classes, so a new head): MWA averages its snapshots, the multi-task merge uses its output."""
+    from conftest import run_zoo
+
+    root = tmp_path_factory.mktemp("parity")
+    data = _parity_data(digits_zoo, root / "data")
+    out, snaps = root / "parity-ft", root / "snapshots"
+    run_zoo("finetune", digits_zoo / "members" / "base", "--train-data", data / "train", "--epochs", "3", "--lr",
+            "3e-3", "--snapshots", snaps, "--out", out)
+    return {"data": data, "out": out, "snapshots": snaps}
+
+
 def test_ties_command_writes_a_timm_model_with_the_base_in_card_and_zoo_json(tmp_path, ingredients, digits_zoo,
                                                                              val_dir, zoo_cli):
     import timm
@@ -325,26 +339,20 @@ def test_fisher_and_regmean_run_on_training_data(tmp_path, ingredients, digits_z
     assert torch.allclose(merged[dw], (a[dw] + b[dw]) / 2, atol=1e-6)
 
 
-def test_mwa_averages_the_snapshots_of_one_finetune_by_their_loss_or_step(tmp_path, digits_zoo, val_dir, zoo_cli):
-    base = digits_zoo / "members" / "base"
-    train = digits_zoo / "data" / "train"
-    snaps = tmp_path / "snaps"
-    zoo_cli("finetune", base, "--train-data", train, "--epochs", "3", "--lr", "3e-3", "--snapshots", snaps,
-            "--out", tmp_path / "ft")
+def test_mwa_averages_the_snapshots_of_one_finetune_by_their_loss_or_step(tmp_path, parity_run, zoo_cli):
+    snaps, ft, parity = parity_run["snapshots"], parity_run["out"], parity_run["data"]
     runs = [snaps / f"epoch-{i}" for i in (1, 2, 3)]
     last = json.loads((runs[-1] / "zoo.json").read_text())["report"]["history"]
     assert [r["epoch"] for r in last] == [1, 2, 3] and last[0]["step"] < last[1]["step"] < last[2]["step"]
     # the last snapshot is the run's output itself
-    assert load_file(str(runs[-1] / "model.safetensors")).keys() == load_file(
-        str(tmp_path / "ft" / "model.safetensors")).keys()
-    assert all(torch.equal(a, b) for a, b in zip(load_file(str(runs[-1] / "model.safetensors")).values(),
-                                                 load_file(str(tmp_path / "ft" / "model.safetensors")).values()))
+    final, output = load_file(str(runs[-1] / "model.safetensors")), load_file(str(ft / "model.safetensors"))
+    assert final.keys() == output.keys() and all(torch.equal(final[k], output[k]) for k in final)
     thetas = [load_file(str(r / "model.safetensors")) for r in runs]
     k = "classifier.weight"
     for by, metric in (("loss", "loss"), ("step", "step")):
         out = tmp_path / f"mwa-{by}"
-        zoo_cli("combine", "-s", "mwa", *_args(runs), "-o", f"by={by}", "-o", "penalty=2", "--eval-data", val_dir,
-                "--out", out)
+        zoo_cli("combine", "-s", "mwa", *_args(runs), "-o", f"by={by}", "-o", "penalty=2", "--eval-data",
+                parity / "val", "--out", out)
         report = json.loads((out / "zoo.json").read_text())["report"]["mwa"]
         assert report["metrics"] == [r[metric] for r in last] and report["source"] == "zoo.json training history"
         w = report["weights"]
@@ -402,13 +410,12 @@ def _parity_data(digits_zoo, root):
 
 
 def test_multi_task_merge_keeps_each_members_head_and_evaluates_each_task_on_its_data(tmp_path, ingredients,
-                                                                                      digits_zoo, val_dir, zoo_cli):
+                                                                                      digits_zoo, val_dir,
+                                                                                      parity_run, zoo_cli):
     import timm
 
     base = digits_zoo / "members" / "base"
-    parity = _parity_data(digits_zoo, tmp_path / "parity")
-    ft_parity = tmp_path / "parity-ft"
-    zoo_cli("finetune", base, "--train-data", parity / "train", "--epochs", "1", "--lr", "3e-3", "--out", ft_parity)
+    parity, ft_parity = parity_run["data"], parity_run["out"]
     digits_ft = ingredients[0]
     out = tmp_path / "mt"
     # a per-task --eval-data without --multi-task, and a task name that is not a member: refused
