@@ -441,6 +441,9 @@ def test_multi_task_merge_keeps_each_members_head_and_evaluates_each_task_on_its
         assert task["metrics"]["top1"] == recipe["tasks"][member.name]["metrics"]["top1"] > 0.5
         assert 0 < recipe["tasks"][member.name]["normalized_top1"] <= 1.5
     assert models["parity-ft"]["classifier.weight"].shape[0] == 2
+    with pytest.raises(zoo.BadInput, match="multi-task merge with one model per task.*parity-ft"):
+        zoo.load(out)
+    assert zoo.load(out / "parity-ft").num_classes == 2
     # one merged backbone, written twice: task arithmetic over the non-head tensors
     thetas = [load_file(str(m / "model.safetensors")) for m in (digits_ft, ft_parity)]
     for k in ("conv_stem.weight", "bn1.weight", "conv_head.weight"):

@@ -22,6 +22,11 @@ def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):
     folder = folder_of(str(spec))
     config_path = folder / "config.json"
     if not config_path.is_file():
+        recipe = folder / "zoo.json"
+        tasks = json.loads(recipe.read_text()).get("tasks") if recipe.is_file() else None
+        if tasks:  # a --multi-task output: one timm repo per task inside
+            raise BadInput(f"{spec} is a multi-task merge with one model per task: load one of them, e.g. "
+                           f"zoo.load('{Path(str(spec)) / next(iter(tasks))}') (tasks: {', '.join(tasks)})")
         raise BadInput(f"{spec}: no config.json; give a folder zoo wrote (or any timm folder)")
     try:
         config = json.loads(config_path.read_text())
