@@ -157,17 +157,56 @@ def test_ties_trims_over_the_whole_model_by_default(tmp_path):
                                                                 for m in members]).mean(0), atol=1e-6)
 
 
+def _stock(tensors, base, key="blocks.0.conv.weight"):
+    ratio = model_stock.interpolation_ratio([t - base for t in tensors])
+    return _call(model_stock.model_stock, tensors, base, key=key, stats={key: ratio})
+
+
 def test_model_stock_of_identical_finetunes_is_the_finetune():
     base, (ft,) = _finetunes(1)
-    assert torch.allclose(_call(model_stock.model_stock, [ft, ft.clone(), ft.clone()], base), ft, atol=1e-5)
+    assert torch.allclose(_stock([ft, ft.clone(), ft.clone()], base), ft, atol=1e-5)
 
 
 def test_model_stock_ratio_follows_the_angle():
     base = torch.zeros(2)
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])  # orthogonal: cos 0, t = 0: the base
-    assert torch.allclose(_call(model_stock.model_stock, [a, b], base), base)
+    assert torch.allclose(_stock([a, b], base), base)
     c = torch.tensor([math.cos(math.pi / 3), math.sin(math.pi / 3)])  # 60°: cos ½, t = 2·½/(1+½) = ⅔
-    assert torch.allclose(_call(model_stock.model_stock, [a, c], base), (2 / 3) * (a + c) / 2, atol=1e-6)
+    assert torch.allclose(_stock([a, c], base), (2 / 3) * (a + c) / 2, atol=1e-6)
+
+
+def test_batchnorm_statistics_move_as_far_as_the_weights_and_never_beyond_the_average(tmp_path):
+    base, members = _members(tmp_path)
+    ctx = zoo.Context()
+    ctx.base = base
+    b = base.state_dict()
+    avg = torch.stack([m.state_dict()["c.running_var"] for m in members]).mean(0)
+    # λ = 0: the base exactly, its statistics too
+    zero = arithmetic.task_arithmetic().combine(members, arithmetic.task_arithmetic.Options(scale=0.0), ctx)
+    assert all(torch.equal(zero.state_dict[k], b[k]) for k in b)
+    # λ·N = 0.3·3 = 0.9 of the way to the members' average; λ = 1 stops at the average (no extrapolation)
+    ta = arithmetic.task_arithmetic().combine(members, arithmetic.task_arithmetic.Options(), ctx).state_dict
+    assert torch.allclose(ta["c.running_var"], b["c.running_var"] + 0.9 * (avg - b["c.running_var"]), atol=1e-6)
+    far = arithmetic.task_arithmetic().combine(members, arithmetic.task_arithmetic.Options(scale=1.0), ctx)
+    assert torch.allclose(far.state_dict["c.running_var"], avg, atol=1e-6)
+    # Model Stock, where no c.weight exists: the statistic keeps its own ratio (the next test: its layer's)
+    stock = model_stock.model_stock().combine(members, model_stock.model_stock.Options(), ctx)
+    t = stock.report["ratios"]["c.running_var"]
+    assert torch.allclose(stock.state_dict["c.running_var"], t * avg + (1 - t) * b["c.running_var"], atol=1e-6)
+
+
+def test_model_stock_gives_batchnorm_statistics_their_layers_ratio(ingredients, digits_zoo):
+    base = zoo.load_member(str(digits_zoo / "members" / "base"))
+    members = [zoo.load_member(str(m)) for m in ingredients[:3]]
+    ctx = zoo.Context()
+    ctx.base = base
+    stock = model_stock.model_stock().combine(members, model_stock.model_stock.Options(), ctx)
+    ratios, b = stock.report["ratios"], base.state_dict()
+    key = "bn1.running_var"
+    t = ratios["bn1.weight"]
+    assert ratios[key] != t  # its own angle would give another ratio
+    avg = torch.stack([m.state_dict()[key] for m in members]).mean(0)
+    assert torch.allclose(stock.state_dict[key], t * avg + (1 - t) * b[key], atol=1e-6)
 
 
 def test_slerp_at_zero_and_one_gives_the_ends():

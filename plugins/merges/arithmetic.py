@@ -6,7 +6,7 @@ import torch
 
 import zoo
 
-from .common import is_statistic, mean, task_vectors, weighted
+from .common import is_statistic, statistics_toward, task_vectors, weighted
 
 
 @zoo.merge_method("task-arithmetic", "base + λ·Σ wᵢ·(θᵢ − base): add the members' task vectors (Ilharco et al. 2023)",
@@ -17,5 +17,5 @@ def task_arithmetic(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str
                     weights: list[float] | None = zoo.option(None, "wᵢ of each task vector (default 1 each)"),
                     ) -> torch.Tensor:
     if is_statistic(key):
-        return mean(tensors)
+        return statistics_toward(tensors, base, scale * (sum(weights) if weights else len(tensors)))
     return base + scale * weighted(task_vectors(tensors, base), weights)

@@ -18,7 +18,7 @@ import zoo
 
 from . import ties as _ties
 from . import trim
-from .common import is_statistic, mean, task_vectors, weighted
+from .common import is_statistic, statistics_toward, task_vectors, weighted
 
 DEFAULT_SCALE = {"ta": 0.3, "ties": 1.0}  # λ of task arithmetic and of TIES (docs/algorithms.md)
 
@@ -76,10 +76,11 @@ def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
                                      "magnitude over the whole model (1: no trim, as mergekit's dare_ties)",
                                      min=0, max=1),
          seed: int = zoo.option(0, "seed of the random drop")) -> torch.Tensor:
-    if is_statistic(key):
-        return mean(tensors)
-    vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(task_vectors(tensors, base))]
     lam = DEFAULT_SCALE[then] if scale is None else scale
+    if is_statistic(key):
+        reach = lam * (sum(weights) if weights else len(tensors)) if then == "ta" else lam
+        return statistics_toward(tensors, base, reach)
+    vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(task_vectors(tensors, base))]
     if then == "ta":
         return base + lam * weighted(vectors, weights)
     if stats is not None:

@@ -15,7 +15,7 @@ import torch
 import zoo
 
 from . import trim
-from .common import is_statistic, mean, task_vectors
+from .common import is_statistic, statistics_toward, task_vectors
 
 
 def elect_and_average(trimmed: list[torch.Tensor]) -> torch.Tensor:
@@ -63,6 +63,6 @@ def ties(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
              "model", "where the top-k magnitudes are taken: model (over the whole flattened model, as the paper "
              "and FusionBench) or tensor (each tensor on its own, as mergekit)")) -> torch.Tensor:
     if is_statistic(key):
-        return mean(tensors)
+        return statistics_toward(tensors, base, scale)
     merged = elect_and_average(trimmed(task_vectors(tensors, base), density, stats))
     return base + scale * merged

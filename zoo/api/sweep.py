@@ -87,7 +87,11 @@ def run(cls: type, options: dict[str, Any], sweep: Sweep, members, ctx, *, strat
         task.advance()
     task.close()
     picked = next(p["value"] for p in points if p["metrics"] is best.metrics)
-    best.report["sweep"] = {"option": sweep.name, "values": sweep.values, "best": picked,
+    at_edge = picked in (sweep.values[0], sweep.values[-1])
+    if at_edge:
+        ctx.log(f"warning: the best {sweep.name}={picked:g} is at the end of the sweep "
+                f"({sweep.values[0]:g}…{sweep.values[-1]:g}); a wider range may do better")
+    best.report["sweep"] = {"option": sweep.name, "values": sweep.values, "best": picked, "at_edge": at_edge,
                             "selected_on": "held-out (--eval-data) top-1", "points": points}
     best.figures[f"sweep-{sweep.name}.png"] = sweep_curve(points, option=sweep.name, picked=picked,
                                                           title=f"{strategy}: {sweep.name} on held-out data")
