@@ -64,7 +64,7 @@ def _run(digits, epochs: int, ckpt=None, state=None, stop_after: int | None = No
 def test_an_interrupted_run_resumes_to_the_same_weights_and_history(tmp_path, digits):
     model, history = _run(digits, 3)
     assert [h["epoch"] for h in history] == [1, 2, 3] and [h["seen"] for h in history] == [1, 2, 3]
-    assert list(history[0]) == ["epoch", "loss", "train_top1", "lr", "count", "seen"]
+    assert list(history[0]) == ["epoch", "step", "loss", "train_top1", "lr", "count", "seen"]
     assert history[-1]["train_top1"] > history[0]["train_top1"] and history[-1]["loss"] < history[0]["loss"]
     steps = -(-256 // 50)
     # count after step k is k; its mean over an epoch weights each step by its batch size
