@@ -6,7 +6,7 @@ import torch
 
 import zoo
 
-from .common import is_statistic, statistics_toward, task_vectors, weighted
+from .common import is_statistic, statistics_toward, weighted
 
 
 @zoo.merge_method("task-arithmetic", "base + λ·Σ wᵢ·(θᵢ − base): add the members' task vectors (Ilharco et al. 2023)",
@@ -18,4 +18,4 @@ def task_arithmetic(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str
                     ) -> torch.Tensor:
     if is_statistic(key):
         return statistics_toward(tensors, base, scale * (sum(weights) if weights else len(tensors)))
-    return base + scale * weighted(task_vectors(tensors, base), weights)
+    return base + scale * weighted(zoo.task_vectors(tensors, base), weights)

@@ -1,10 +1,9 @@
-"""What the task-vector merges share: which tensors are statistics, and the task vectors themselves."""
+"""What the task-vector merges share: which tensors are statistics and how they move, sums of vectors."""
 
 from __future__ import annotations
 
 import torch
 
-import zoo
 
 
 def is_statistic(key: str) -> bool:
@@ -32,7 +31,3 @@ def weighted(vectors: list[torch.Tensor], weights: list[float] | None) -> torch.
     for i, tv in enumerate(vectors):
         total += tv if weights is None else weights[i] * tv
     return total
-
-
-def task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
-    return zoo.task_vectors(tensors, base)

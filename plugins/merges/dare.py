@@ -18,7 +18,7 @@ import zoo
 
 from . import ties as _ties
 from . import trim
-from .common import is_statistic, statistics_toward, task_vectors, weighted
+from .common import is_statistic, statistics_toward, weighted
 
 DEFAULT_SCALE = {"ta": 0.3, "ties": 1.0}  # λ of task arithmetic and of TIES (docs/algorithms.md)
 
@@ -80,7 +80,7 @@ def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
     if is_statistic(key):
         reach = lam * (sum(weights) if weights else len(tensors)) if then == "ta" else lam
         return statistics_toward(tensors, base, reach)
-    vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(task_vectors(tensors, base))]
+    vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(zoo.task_vectors(tensors, base))]
     if then == "ta":
         return base + lam * weighted(vectors, weights)
     if stats is not None:

@@ -13,7 +13,7 @@ import torch
 
 import zoo
 
-from .common import is_statistic, mean, task_vectors
+from .common import is_statistic, mean
 
 EPS = 1e-12
 
@@ -44,7 +44,7 @@ def prepare(members, base, options, ctx) -> dict[str, float]:
     ratios: dict[str, float] = {}
 
     def record(key, tensors, b):
-        ratios[key] = interpolation_ratio(task_vectors(tensors, b))
+        ratios[key] = interpolation_ratio(zoo.task_vectors(tensors, b))
 
     zoo.scan_tensors(members, record, base=base, progress=ctx.progress, description="model-stock: angles")
     return ratios

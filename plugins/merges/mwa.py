@@ -21,6 +21,8 @@ import torch
 
 import zoo
 
+from .common import weighted
+
 
 def metric_of(member, by: str) -> float | None:
     """The training loss (or step) a member's zoo.json history ends with; None without one."""
@@ -79,7 +81,4 @@ def mwa(tensors: list[torch.Tensor], base: torch.Tensor | None, *, stats,
         losses: list[float] | None = zoo.option(None, "training loss of each member (default: from its zoo.json)"),
         steps: list[float] | None = zoo.option(None, "training step of each member (default: from its zoo.json)"),
         ) -> torch.Tensor:
-    total = torch.zeros_like(tensors[0])
-    for w, t in zip(stats["weights"], tensors):
-        total += w * t
-    return total
+    return weighted(tensors, stats["weights"])

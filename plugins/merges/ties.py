@@ -15,7 +15,7 @@ import torch
 import zoo
 
 from . import trim
-from .common import is_statistic, statistics_toward, task_vectors
+from .common import is_statistic, statistics_toward
 
 
 def elect_and_average(trimmed: list[torch.Tensor]) -> torch.Tensor:
@@ -64,5 +64,5 @@ def ties(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
              "and FusionBench) or tensor (each tensor on its own, as mergekit)")) -> torch.Tensor:
     if is_statistic(key):
         return statistics_toward(tensors, base, scale)
-    merged = elect_and_average(trimmed(task_vectors(tensors, base), density, stats))
+    merged = elect_and_average(trimmed(zoo.task_vectors(tensors, base), density, stats))
     return base + scale * merged

@@ -131,11 +131,11 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         if need in getattr(cls, "needs", ()) and not value:
             raise BadInput(f"strategy {strategy!r} needs {need} data: pass --{need}-data DIR "
                            "(an image folder with one sub-folder per class)")
+    if swept is not None and multi_task:
+        raise BadInput("a sweep keeps the best value on one held-out set; with --multi-task give the value")
     if swept is not None and not eval_data:
         raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
                        "data: pass --eval-data DIR (never the test split)")
-    if swept is not None and multi_task:
-        raise BadInput("a sweep keeps the best value on one held-out set; with --multi-task give the value")
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
     base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
     from zoo.kit import distributed

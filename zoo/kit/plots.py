@@ -53,6 +53,15 @@ def greedy_path(steps: Sequence[dict], *, title: str):
     return fig
 
 
+def _finish(fig, ax, title: str):
+    """Title, a small legend, a light grid, a tight layout: how the curve figures end."""
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def robustness_curve(points: Sequence[dict], *, picked: float, title: str):
     """WiSE-FT's figure: shifted-data accuracy against held-out accuracy along α, ends marked.
 
@@ -80,11 +89,7 @@ def robustness_curve(points: Sequence[dict], *, picked: float, title: str):
     else:
         ax.set_xlabel("α")
         ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def sweep_curve(points: Sequence[dict], *, option: str, picked: float, title: str):
@@ -105,11 +110,7 @@ def sweep_curve(points: Sequence[dict], *, option: str, picked: float, title: st
             label=f"kept: {option}={picked:g}")
     ax.set_xlabel(option)
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def score_vs_accuracy(rows: Sequence[dict], *, metric: str, tau: float, selected: Sequence[str] = ()):
