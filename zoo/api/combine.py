@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -156,38 +159,37 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     import torch
 
     torch.manual_seed(seed)
-    if multi_task:
-        _tasks.check_names(eval_named, resolved)
-        return _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_data, out=out, force=force,
-                              host=host, strategy=strategy, zoo_info=zoo_info, train_data=train_data, seed=seed,
-                              max_shard_size=max_shard_size)
-    if swept is not None:
-        result = _sweep.run(cls, options, swept, resolved, ctx, strategy=strategy)
-        opts = _options.parse(cls.Options, {**options, swept.name: result.report["sweep"]["best"]},
-                              strategy=strategy)
-    else:
-        result = cls().combine(resolved, opts, ctx)
-    # members read in full were hashed on the way (zoo.reader); this reads only what was not
-    result.members = [m.provenance() for m in resolved]
-    result.base = base_member.provenance() if base_member is not None else None
-    result.strategy = strategy
-    result.options = _options.to_dict(opts)
-    if result.config is None:
-        result.config = dict(resolved[0].config)
-    if eval_data and result.metrics is None:
-        result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
-    if out is not None and rank == 0:
-        save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
-             zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
-             world_size=world)
-        if ckpt_dir is not None and ckpt_dir.exists():
-            import shutil
+    with _staged(out if rank == 0 else None, max_shard_size):
+        if multi_task:
+            _tasks.check_names(eval_named, resolved)
+            return _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_data, out=out, force=force,
+                                  host=host, strategy=strategy, zoo_info=zoo_info, train_data=train_data, seed=seed,
+                                  max_shard_size=max_shard_size)
+        if swept is not None:
+            result = _sweep.run(cls, options, swept, resolved, ctx, strategy=strategy)
+            opts = _options.parse(cls.Options, {**options, swept.name: result.report["sweep"]["best"]},
+                                  strategy=strategy)
+        else:
+            result = cls().combine(resolved, opts, ctx)
+        # members read in full were hashed on the way (zoo.reader); this reads only what was not
+        result.members = [m.provenance() for m in resolved]
+        result.base = base_member.provenance() if base_member is not None else None
+        result.strategy = strategy
+        result.options = _options.to_dict(opts)
+        if result.config is None:
+            result.config = dict(resolved[0].config)
+        if eval_data and result.metrics is None:
+            result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
+        if out is not None and rank == 0:
+            save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
+                 zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
+                 world_size=world)
+            if ckpt_dir is not None and ckpt_dir.exists():
+                shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
+            if push:
+                from zoo.api.push import push as _push
 
-            shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
-        if push:
-            from zoo.api.push import push as _push
-
-            result.report["pushed"] = _push(out, push, private=private)
+                result.report["pushed"] = _push(out, push, private=private)
     return result
 
 
@@ -245,6 +247,26 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
     return output.write(result, out, force=force, recipe=recipe, card=model_card,
                         max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
+
+
+@contextlib.contextmanager
+def _staged(out: str | Path | None, max_shard_size: str | None):
+    """With ``out``: merges write their results into a staging folder beside it as they compute them
+    (``zoo.kit.stream.output_to``); ``save`` moves the finished files into the output. Removed at the end."""
+    if out is None:
+        yield
+        return
+    from zoo.kit import output
+    from zoo.kit.stream import output_to
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.stage-{os.getpid()}"
+    try:
+        with output_to(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
+            yield
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _load_base(spec: str, host, *, arch: str | None, allow_pickle: bool):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.kit.errors import BadInput, short_error
-from zoo.kit.reader import SafetensorsFile, sha256_of
+from zoo.kit.reader import SafetensorsFile, dtype_name, sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -100,7 +100,7 @@ class Member:
     def _header(self) -> dict[str, tuple[Any, tuple[int, ...], str]]:
         """key -> (file, shape, dtype), from the safetensors headers only, in file order."""
         if self._tensors is not None:
-            return {k: (None, tuple(v.shape), _torch_dtype_name(v)) for k, v in self._tensors.items()
+            return {k: (None, tuple(v.shape), dtype_name(v)) for k, v in self._tensors.items()
                     if k not in self._hidden}
         return {k: (f, e.shape, e.dtype) for f in self._files for k, e in f.entries.items() if k not in self._hidden}
 
@@ -244,15 +244,6 @@ def all_finite(t) -> bool:
     if math.isfinite(float(t.sum(dtype=acc))):
         return True
     return bool(torch.isfinite(t).all())
-
-
-def _torch_dtype_name(t) -> str:
-    import torch
-
-    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-             torch.uint8: "U8", torch.bool: "BOOL"}
-    return names.get(t.dtype, str(t.dtype))
 
 
 def load_config(path: Path, who: str) -> dict[str, Any]:

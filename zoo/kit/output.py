@@ -47,13 +47,19 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
           max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
     from huggingface_hub import save_torch_state_dict
 
+    from zoo.kit.writer import METADATA, StoredState, check_space
+
     out = Path(out).resolve()
     with atomic_folder(out, force) as tmp:
-        state = {k: v.contiguous() for k, v in combined.state_dict.items()}
-        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
-                              # one key only: safetensors writes a metadata map in no fixed order, and
-                              # outputs must be byte-identical run to run (the strategy is in zoo.json)
-                              metadata={"format": "pt"})
+        sd = combined.state_dict
+        # a streamed merge already wrote its files (zoo.kit.stream.output_to): move them, they are the bytes
+        if not (isinstance(sd, StoredState) and sd.adopt(tmp, max_shard_size=max_shard_size)):
+            state = {k: v.contiguous() for k, v in sd.items()}
+            check_space(tmp, sum(v.numel() * v.element_size() for v in state.values()))
+            save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
+                                  # one key only: safetensors writes a metadata map in no fixed order, and
+                                  # outputs must be byte-identical run to run (the strategy is in zoo.json)
+                                  metadata=METADATA)
         (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
         (tmp / "zoo.json").write_text(json.dumps(recipe, indent=2, default=str))
         for filename, fig in combined.figures.items():

@@ -51,7 +51,7 @@ class Entry:
 
 
 class SafetensorsFile:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, hash: bool = True) -> None:
         from safetensors import safe_open
 
         self.path = Path(path)
@@ -68,8 +68,8 @@ class SafetensorsFile:
                                  base + v["data_offsets"][1]) for k, v in items}
         self.size = self.path.stat().st_size
         self._lock = threading.Lock()
-        self._digest = _known_digest(self.path)
-        self._sha = None if self._digest else hashlib.sha256(struct.pack("<Q", n) + head)
+        self._digest = _known_digest(self.path) if hash else None
+        self._sha = hashlib.sha256(struct.pack("<Q", n) + head) if hash and not self._digest else None
         self._pos = base  # everything before this has been hashed
         self._map: mmap.mmap | None = None
 
@@ -103,6 +103,8 @@ class SafetensorsFile:
 
     def sha256(self) -> str:
         """The file's sha256; reads (and hashes) only the bytes no in-order read has covered."""
+        if self._digest is None and self._sha is None:  # opened with hash=False
+            return sha256_of(self.path)
         with self._lock:
             if self._digest is None:
                 view = self._view()
@@ -163,6 +165,22 @@ _DTYPES = {
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
     "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
 }
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a safetensors dtype name (``F32`` -> ``torch.float32``)."""
+    import torch
+
+    return getattr(torch, _DTYPES[name])
+
+
+def dtype_name(t) -> str:
+    """A tensor's dtype as safetensors spells it (``torch.float32`` -> ``F32``)."""
+    name = str(t.dtype).removeprefix("torch.")
+    for short, long in _DTYPES.items():
+        if long == name:
+            return short
+    return str(t.dtype)
 
 
 def _tensor(buf: memoryview, e: Entry, path: Path, key: str):

@@ -1,17 +1,27 @@
 """The streaming core: apply a function to one tensor of every member (and the base) at a time.
 
 :func:`map_tensors` reads the members chunk by chunk — a few chunks in flight, read (and hashed, see
-``zoo.kit.reader``) by worker threads while the previous one is computed — calls ``fn`` once per
-floating-point tensor and assembles the result. Peak memory: the output model plus the chunks in
-flight, whatever the number of members. ``zoo.kit.weights.weighted_sum`` (every soup) and every merge
-method (``zoo.kit.merge``) run on it: there is one streaming implementation.
+``zoo.kit.reader``) by worker threads while the previous one is computed — and calls ``fn`` once per
+floating-point tensor. ``zoo.kit.weights.weighted_sum`` (every soup) and every merge method
+(``zoo.kit.merge``) run on it: there is one streaming implementation.
+
+Where the results go: inside :func:`output_to` (``zoo combine --out`` runs every strategy inside it)
+each finished tensor is written straight into its place in the output's safetensors files
+(``zoo.kit.writer``) and dropped, so peak memory is the chunks in flight — independent of the model's
+size and of the number of members — and the result is a :class:`~zoo.kit.writer.StoredState` that reads
+tensors back on demand. Outside it (the Python API without ``out``), the result is a plain dict in memory.
+The bytes written are the same either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import itertools
 import math
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, MutableMapping, Sequence
 
 from zoo.kit.errors import BadInput, ZooError
 
@@ -24,6 +34,23 @@ if TYPE_CHECKING:  # pragma: no cover
 CHUNK_BYTES = 64 << 20
 
 TensorFn = Callable[[str, list, Any], Any]  # fn(key, tensors, base_tensor) -> tensor
+
+# where finished tensors go: (folder, max_shard_size), or None for a dict in memory
+_OUTPUT: contextvars.ContextVar[tuple[Path, int | str] | None] = contextvars.ContextVar("zoo_output", default=None)
+_CALLS = itertools.count()
+
+
+@contextlib.contextmanager
+def output_to(folder: Path, *, max_shard_size: int | str) -> Iterator[None]:
+    """Within this block, :func:`map_tensors` writes its results into files under ``folder`` (laid out as
+    ``huggingface_hub.save_torch_state_dict`` lays out ``max_shard_size`` shards) instead of holding them.
+    The caller owns ``folder`` and removes it afterwards; ``zoo.kit.output.write`` moves a result's
+    files from there into the output folder."""
+    token = _OUTPUT.set((Path(folder), max_shard_size))
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
 
 
 class MergeFailed(ZooError):
@@ -45,8 +72,8 @@ def _chunks(ref: Member, budget: int) -> Iterator[list[str]]:
 
 
 def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None = None, progress: Any = None,
-                description: str = "merging", who: str = "the merge",
-                hint: str = "check the options") -> dict[str, torch.Tensor]:
+                description: str = "merging", who: str = "the merge", hint: str = "check the options",
+                device: Any = None) -> MutableMapping[str, torch.Tensor]:
     """``{key: fn(key, tensors, base_tensor)}`` over floating tensors, streamed; integer buffers
     (``num_batches_tracked``) are copied from the base, or from the first member without one.
 
@@ -55,34 +82,60 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     or None. They may be views of the members' files: read them, do not keep them. The result is
     cast back to the members' dtype.
 
-    Memory: the result, plus one chunk of every member and the next one being read — each chunk
-    is ``CHUNK_BYTES`` split among the readers, so the total does not grow with the number of
-    members (only a single tensor larger than its share is read whole, from every member).
+    Memory: one chunk of every member and the next one being read — each chunk is ``CHUNK_BYTES``
+    split among the readers, so the total does not grow with the number of members (only a single
+    tensor larger than its share is read whole, from every member) — plus the result, unless it is
+    written as it is finished (inside :func:`output_to`; the result is then a mapping over the files).
     Worker threads read (and hash, see ``zoo.kit.reader``) the next chunks while ``fn`` computes;
     at most one read per member is in flight, so each file is read in order and hashed on the way.
 
     ``who`` names the computation in errors: a NaN/Inf result from finite inputs, an exception in
     ``fn`` (re-raised as a :class:`MergeFailed`, exit code 1, naming ``who`` and the tensor).
+
+    ``device`` (a CUDA device; default: the CPU): the reading threads copy each chunk into pinned
+    memory, the tensors go to the GPU without blocking, ``fn`` computes there while the next chunks
+    are read, and each result comes back to be written. ``fn`` then gets (and returns) tensors on
+    that device.
     """
     readers = ([base] if base is not None else []) + list(members)
+    target = _OUTPUT.get()
+    writer = _writer(readers[0], *target) if target is not None else None
     out: dict[str, torch.Tensor] = {}
-    for k, first, tensors, b, originals in _walk(members, base, progress, description):
-        if not first.is_floating_point():
-            out[k] = first.clone()
-            continue
-        result = _call(fn, k, tensors, b, who)
-        out[k] = _owned(_checked(result, first, k, who), originals).to(first.dtype)
-        if not _finite(out[k]):
-            _blame(readers, k, who, hint)
-    return out
+    try:
+        for k, first, tensors, b, originals in _walk(members, base, progress, description, device):
+            if not first.is_floating_point():
+                done = first if writer is not None else first.clone()  # written before its view is released
+            else:
+                result = _call(fn, k, tensors, b, who)
+                done = _owned(_checked(result, first, k, who), originals).to("cpu", first.dtype)
+                if not _finite(done):
+                    _blame(readers, k, who, hint)
+            if writer is None:
+                out[k] = done
+            else:
+                writer.put(k, done)  # into its place in the output file; nothing of it stays here
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return out if writer is None else writer.finish(readers[0].keys())
+
+
+def _writer(ref: Member, folder: Path, max_shard_size: int | str):
+    from zoo.kit.writer import Layout, Spec, StreamWriter
+
+    layout = Layout.plan([Spec(k, tuple(ref.shape(k)), ref.dtype(k)) for k in ref.keys()],
+                         max_shard_size=max_shard_size)
+    return StreamWriter(folder / f"result-{next(_CALLS)}", layout)
 
 
 def scan_tensors(members: Sequence[Member], fn: Callable[[str, list, Any], None], *, base: Member | None = None,
-                 progress: Any = None, description: str = "reading", who: str = "the merge") -> None:
+                 progress: Any = None, description: str = "reading", who: str = "the merge",
+                 device: Any = None) -> None:
     """Call ``fn(key, tensors, base_tensor)`` on every floating tensor, streamed as :func:`map_tensors`
     does, keeping nothing: the first pass of a method that needs a statistic of the whole model (TIES's
     model-wide magnitude threshold) before it merges tensor by tensor."""
-    for k, first, tensors, b, _ in _walk(members, base, progress, description):
+    for k, first, tensors, b, _ in _walk(members, base, progress, description, device):
         if first.is_floating_point():
             _call(fn, k, tensors, b, who)
 
@@ -96,10 +149,11 @@ def _call(fn: Callable, k: str, tensors: list, b: Any, who: str) -> Any:
         raise MergeFailed(f"{who} failed at tensor {k!r}: {type(e).__name__}: {e}") from e
 
 
-def _walk(members: Sequence[Member], base: Member | None, progress: Any, description: str):
+def _walk(members: Sequence[Member], base: Member | None, progress: Any, description: str, device: Any = None):
     """Yield ``(key, first, tensors, base_tensor, originals)`` chunk by chunk: ``first`` is the base's tensor
-    (or the first member's) as stored, ``tensors`` the members' in the compute dtype, ``originals`` every
-    reader's stored tensor. The views are released once the chunk's keys have all been yielded."""
+    (or the first member's) as stored, ``tensors`` the members' in the compute dtype (on ``device``),
+    ``originals`` every reader's stored tensor. The views are released once the chunk's keys have all been
+    yielded."""
     import torch
 
     from zoo.kit.prefetch import ahead
@@ -107,10 +161,15 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
     readers = ([base] if base is not None else []) + list(members)
     ref = readers[0]
     task = progress.task(description, total=len(ref.keys())) if progress else None
+    gpu = device is not None and torch.device(device).type == "cuda"
 
     def read(keys: list[str], r: Member):
         # borrowed views of the file (no copy), released below; finiteness is checked once, on the result
-        return r.read(keys, check_finite=False, borrow=True)
+        part = r.read(keys, check_finite=False, borrow=True)
+        if gpu:  # into pinned memory here, on the reading thread, so the copy to the GPU can be asynchronous
+            part = {k: v.pin_memory() if v.is_floating_point() else v.clone() for k, v in part.items()}
+            r.release(keys)
+        return part
 
     groups = list(_chunks(ref, max(1, CHUNK_BYTES // len(readers))))
     reads = (partial(read, keys, r) for keys in groups for r in readers)
@@ -129,8 +188,9 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
                 yield k, first, None, None, None
                 continue
             compute = torch.float64 if first.dtype == torch.float64 else torch.float32
-            tensors = [p[k].to(compute) for p in m_parts]
-            b = b_part[k].to(compute) if b_part is not None else None
+            to = {"device": device, "non_blocking": True} if gpu else {}
+            tensors = [p[k].to(**to).to(compute) for p in m_parts]
+            b = b_part[k].to(**to).to(compute) if b_part is not None else None
             yield k, first, tensors, b, [p[k] for p in parts]
         parts = []
         for r in readers:
