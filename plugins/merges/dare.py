@@ -83,6 +83,7 @@ def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
     vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(zoo.task_vectors(tensors, base))]
     if then == "ta":
         return base + lam * weighted(vectors, weights)
+    stacked = torch.stack(vectors)
     if stats is not None:
-        vectors = [trim.keep_at_least(tv, t) for tv, t in zip(vectors, stats)]
-    return base + lam * _ties.elect_and_average(vectors)
+        _ties.trim_rows(stacked, density, stats)
+    return base + lam * _ties.elect_and_average(stacked)

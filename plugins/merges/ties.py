@@ -18,18 +18,28 @@ from . import trim
 from .common import is_statistic, statistics_toward
 
 
-def elect_and_average(trimmed: list[torch.Tensor]) -> torch.Tensor:
-    """Steps 2 and 3: the elected sign of Σᵢ τ̂ᵢ per entry, then the mean of the agreeing non-zero τ̂ᵢ.
+def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
+    """Steps 2 and 3 on the trimmed task vectors stacked as ``[members, ...]``: the elected sign of Σᵢ τ̂ᵢ
+    per entry, then the mean of the agreeing non-zero τ̂ᵢ. ``stacked`` is overwritten (memory: the stack,
+    one tensor of signs and boolean masks, instead of four stacks).
 
     An entry whose sum is exactly 0 gets the majority sign of the tensor's entries (the paper's code
     resolves zero signs the same way, over the whole model; here per tensor, which streaming allows).
     """
-    stacked = torch.stack(trimmed)
     sign = torch.sign(stacked.sum(dim=0))
     majority = 1.0 if sign.sum() >= 0 else -1.0
     sign = torch.where(sign == 0, torch.full_like(sign, majority), sign)
-    agree = (torch.sign(stacked) == sign) & (stacked != 0)
-    return (stacked * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+    agree = torch.where(sign > 0, stacked > 0, stacked < 0)  # same sign as elected, and not zero
+    count = agree.sum(dim=0)
+    return stacked.mul_(agree).sum(dim=0) / count.clamp(min=1)
+
+
+def stacked_task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """``torch.stack(zoo.task_vectors(tensors, base))``, written straight into the stack."""
+    out = torch.empty((len(tensors), *base.shape), dtype=base.dtype, device=base.device)
+    for i, t in enumerate(tensors):
+        torch.sub(t, base, out=out[i])
+    return out
 
 
 def check(options) -> None:
@@ -45,11 +55,15 @@ def prepare(members, base, options, ctx):
     return trim.model_thresholds(members, base, options.density, skip=is_statistic, progress=ctx.progress)
 
 
-def trimmed(vectors: list[torch.Tensor], density: float, thresholds: list[float] | None) -> list[torch.Tensor]:
-    """Step 1: each τᵢ with all but its largest-magnitude entries zeroed (model-wide thresholds, if given)."""
-    if thresholds is not None:
-        return [trim.keep_at_least(tv, t) for tv, t in zip(vectors, thresholds)]
-    return [zoo.keep_largest(tv, density) for tv in vectors]
+def trim_rows(stacked: torch.Tensor, density: float, thresholds: list[float] | None) -> torch.Tensor:
+    """Step 1, in place: each τᵢ with all but its largest-magnitude entries zeroed (model-wide thresholds,
+    if given; else the top ``density`` of each tensor)."""
+    for i, row in enumerate(stacked):
+        if thresholds is not None:
+            trim.zero_below(row, thresholds[i])
+        elif density < 1.0:
+            row.copy_(zoo.keep_largest(row, density))
+    return stacked
 
 
 @zoo.merge_method("ties", "TIES-merging: trim task vectors, elect signs, average the agreeing entries "
@@ -64,5 +78,5 @@ def ties(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
              "and FusionBench) or tensor (each tensor on its own, as mergekit)")) -> torch.Tensor:
     if is_statistic(key):
         return statistics_toward(tensors, base, scale)
-    merged = elect_and_average(trimmed(zoo.task_vectors(tensors, base), density, stats))
+    merged = elect_and_average(trim_rows(stacked_task_vectors(tensors, base), density, stats))
     return base + scale * merged

@@ -27,8 +27,12 @@ def _bits(tv: torch.Tensor) -> torch.Tensor:
 
 def keep_at_least(tv: torch.Tensor, threshold: float) -> torch.Tensor:
     """``tv`` with entries of magnitude below ``threshold`` (a float32 value) set to zero."""
-    keep = tv.abs().to(torch.float32) >= threshold
-    return torch.where(keep, tv, torch.zeros_like(tv))
+    return zero_below(tv.clone(), threshold)
+
+
+def zero_below(tv: torch.Tensor, threshold: float) -> torch.Tensor:
+    """:func:`keep_at_least` in place."""
+    return tv.masked_fill_(tv.abs().to(torch.float32) < threshold, 0.0)
 
 
 def model_thresholds(members, base, density: float, *, skip: Callable[[str], bool] = lambda key: False,
