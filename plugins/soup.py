@@ -64,7 +64,7 @@ def _member_scores(members, ctx: Context) -> list[float]:
 def _uniform(members, ctx: Context) -> Combined:
     from zoo.kit import plots
 
-    sd = weights.uniform_average(members, progress=ctx.progress)
+    sd = weights.uniform_average(members, progress=ctx.progress, device=ctx.device)
     result = Combined(state_dict=sd, report={"ingredients": [m.name for m in members]})
     if ctx.eval_data:
         scores = _member_scores(members, ctx)

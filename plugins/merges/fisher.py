@@ -43,7 +43,7 @@ def fisher(tensors: list[torch.Tensor], base: torch.Tensor | None, *, key: str, 
     num = torch.zeros_like(tensors[0])
     den = torch.zeros_like(tensors[0])
     for t, f in zip(tensors, fishers):
-        f = f.to(t.dtype).clamp_min(floor)
+        f = f.to(t.device, t.dtype).clamp_min(floor)
         num += f * t
         den += f
     return num / den

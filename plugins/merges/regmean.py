@@ -116,4 +116,4 @@ def regmean(tensors: list[torch.Tensor], base: torch.Tensor | None, *, key: str,
     gram_list = stats.get(key)
     if gram_list is None:
         return torch.stack(tensors).mean(dim=0)
-    return regmean_merge(tensors, gram_list, alpha)
+    return regmean_merge(tensors, [g.to(tensors[0].device) for g in gram_list], alpha)

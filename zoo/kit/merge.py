@@ -165,7 +165,8 @@ class MergeMethod(Strategy):
         else:
             call = lambda key, tensors, base: fn(tensors, base, **extra, **values)  # noqa: E731
         try:
-            sd = map_tensors(members, call, base=ctx.base, progress=ctx.progress, description=self.name, who=who)
+            sd = map_tensors(members, call, base=ctx.base, progress=ctx.progress, description=self.name, who=who,
+                             device=ctx.device)
         finally:
             if hasattr(stats, "close"):
                 stats.close()  # e.g. a zoo.Spill's folder

@@ -58,9 +58,10 @@ def check_compatible(members: Sequence[Member], *, base: Member | None = None) -
 
 
 def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress: Any = None,
-                 description: str = "merging") -> dict[str, torch.Tensor]:
-    """Σ cᵢ θᵢ over floating tensors, streamed (``zoo.kit.stream.map_tensors``); integer tensors from the
-    first member. The terms are added in member order, in float32 (float64 for float64 members)."""
+                 description: str = "merging", device: Any = None) -> dict[str, torch.Tensor]:
+    """Σ cᵢ θᵢ over floating tensors, streamed (``zoo.kit.stream.map_tensors``, on ``device`` if given);
+    integer tensors from the first member. The terms are added in member order, in float32 (float64 for
+    float64 members)."""
     import torch
 
     from zoo.kit.stream import map_tensors
@@ -75,7 +76,7 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
         return acc
 
     return map_tensors(members, total, progress=progress, description=description, who="the weighted sum",
-                       hint="check the coefficients")
+                       hint="check the coefficients", device=device)
 
 
 def uniform_average(members: Sequence[Member], **kw) -> dict[str, torch.Tensor]:
