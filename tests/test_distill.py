@@ -163,13 +163,16 @@ def test_bad_input(tmp_path, teachers, digits_zoo, zoo_cli):
     assert proc.returncode == 2 and "damaged" in proc.stderr and ckpt.exists() and not out.exists()
 
 
-def test_live_teachers_train_exactly_like_cached_ones_and_augment_runs_them_live(tmp_path, teachers, digits_zoo,
-                                                                                 zoo_cli):
+def test_live_teachers_train_like_cached_ones_and_augment_runs_them_live(tmp_path, teachers, digits_zoo, zoo_cli):
+    """Live teachers see each training batch as it comes, cached ones were run once over the split in order:
+    the same logits up to the rounding of batched convolutions, whose blocking depends on the batch size on
+    some CPUs (bit-identical on the Intel machines this was first written on; ~7e-5 apart after one epoch on
+    an AMD EPYC). A wrong teacher, order or temperature moves the student by far more than the tolerance."""
     args = _args(teachers[:2], digits_zoo, f"student={digits_zoo / 'members' / 'base'}", "epochs=1")
     zoo_cli(*args, "--option", "teacher_outputs=live", "--out", tmp_path / "live")
     zoo_cli(*args, "--option", "teacher_outputs=cached", "--out", tmp_path / "cached")
     a, b = load_file(tmp_path / "live" / "model.safetensors"), load_file(tmp_path / "cached" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-3) for k in a)
     aug = tmp_path / "aug"
     zoo_cli(*args, "--option", "augment=true", "--option", "hflip=0", "--option", "crop_scale=0.5",
             "--eval-data", digits_zoo / "data" / "val", "--out", aug)
