@@ -26,12 +26,15 @@ def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
     An entry whose sum is exactly 0 gets the majority sign of the tensor's entries (the paper's code
     resolves zero signs the same way, over the whole model; here per tensor, which streaming allows).
     """
-    sign = torch.sign(stacked.sum(dim=0))
+    sign = stacked.sum(dim=0).sign_()
     majority = 1.0 if sign.sum() >= 0 else -1.0
-    sign = torch.where(sign == 0, torch.full_like(sign, majority), sign)
-    agree = torch.where(sign > 0, stacked > 0, stacked < 0)  # same sign as elected, and not zero
-    count = agree.sum(dim=0)
-    return stacked.mul_(agree).sum(dim=0) / count.clamp(min=1)
+    sign.masked_fill_(sign == 0, majority)
+    negative = sign < 0
+    agree = torch.gt(stacked, 0)  # then, row by row: the same sign as elected, and not zero
+    for i in range(len(stacked)):
+        torch.where(negative, stacked[i] < 0, agree[i], out=agree[i])
+    count = agree.sum(dim=0, dtype=torch.int32).clamp_(min=1)
+    return stacked.mul_(agree).sum(dim=0).div_(count)
 
 
 def stacked_task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
@@ -79,4 +82,4 @@ def ties(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
     if is_statistic(key):
         return statistics_toward(tensors, base, scale)
     merged = elect_and_average(trim_rows(stacked_task_vectors(tensors, base), density, stats))
-    return base + scale * merged
+    return merged.mul_(scale).add_(base)  # base + λ·merged, in place

@@ -43,8 +43,10 @@ def model_thresholds(members, base, density: float, *, skip: Callable[[str], boo
     n = len(members)
 
     def vectors(key, tensors, b):
-        tvs = zoo.task_vectors(tensors, b)
-        return [transform(key, i, tv) for i, tv in enumerate(tvs)] if transform else tvs
+        # one member's task vector at a time: the counts are the same, the memory one tensor, not n
+        for i, t in enumerate(tensors):
+            tv = zoo.task_vectors([t], b)[0]
+            yield transform(key, i, tv) if transform else tv
 
     hi = torch.zeros(n, HI_BINS, dtype=torch.int64)
 

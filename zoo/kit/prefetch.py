@@ -14,22 +14,31 @@ from typing import Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 
-def ahead(tasks: Iterable[Callable[[], T]], *, depth: int = 2, workers: int = 1) -> Iterator[T]:
+def ahead(tasks: Iterable[Callable[[], T]], *, depth: int = 2, workers: int = 1,
+          costs: Iterable[int] | None = None, budget: int | None = None) -> Iterator[T]:
     """Yield each task's result in order; at most ``depth`` tasks are submitted and not yet consumed.
 
-    A task's exception is raised in the consumer. A consumer that stops early (break,
+    With ``costs`` (one number per task, e.g. the bytes it reads) and ``budget``, the submitted and
+    not yet consumed tasks also cost at most ``budget`` together (one task is always allowed in flight,
+    however large). A task's exception is raised in the consumer. A consumer that stops early (break,
     exception) cancels what has not started and waits for what has.
     """
     depth = max(1, depth)
+    cost_of = iter(costs) if costs is not None else None
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="zoo-prefetch") as pool:
-        pending: deque = deque()
+        pending: deque = deque()  # (future, cost)
+        held = 0
         try:
             for task in tasks:
-                pending.append(pool.submit(task))
-                if len(pending) >= depth:
-                    yield pending.popleft().result()
+                cost = next(cost_of) if cost_of is not None else 0
+                while pending and (len(pending) >= depth or (budget is not None and held + cost > budget)):
+                    future, c = pending.popleft()
+                    held -= c
+                    yield future.result()
+                pending.append((pool.submit(task), cost))
+                held += cost
             while pending:
-                yield pending.popleft().result()
+                yield pending.popleft()[0].result()
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()

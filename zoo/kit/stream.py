@@ -173,9 +173,12 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
 
     groups = list(_chunks(ref, max(1, CHUNK_BYTES // len(readers))))
     reads = (partial(read, keys, r) for keys in groups for r in readers)
+    # what is read ahead while a chunk is computed: at most CHUNK_BYTES (or one read), so a chunk of
+    # large tensors read whole from every member is not read a second time over before it is merged
+    costs = (sum(_nbytes(r, k) for k in keys) for keys in groups for r in readers)
     parts: list[dict] = []
     chunk = iter(groups)
-    for part in ahead(reads, depth=min(8, len(readers)), workers=4):
+    for part in ahead(reads, depth=min(8, len(readers)), workers=4, costs=costs, budget=CHUNK_BYTES):
         parts.append(part)
         if len(parts) < len(readers):
             continue
@@ -199,6 +202,12 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
             task.advance(len(keys))
     if task:
         task.close()
+
+
+def _nbytes(m: Member, key: str) -> int:
+    from zoo.kit.writer import Spec
+
+    return Spec(key, tuple(m.shape(key)), m.dtype(key)).nbytes
 
 
 def _checked(result: Any, like: torch.Tensor, key: str, who: str) -> torch.Tensor:
