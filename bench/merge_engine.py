@@ -99,6 +99,7 @@ def section_a(args, env) -> None:
     arch = ["--arch", "vit_large_patch16_224"]
     out = args.work / "out"
     mk = [args.mergekit, "--quiet"]
+    shutil.rmtree(env["ZOO_CACHE"], ignore_errors=True)  # zoo starts with an empty cache
     print("A: 8 x ViT-L, soup", flush=True)
     soup: dict = {}
     run("mergekit-pytorch linear", [*mk, str(mergekit_config("linear", files, None, args.work / "linear.yml")),
