@@ -19,7 +19,7 @@ def zoo_resolve_member(spec: str, arch: str | None, allow_pickle: bool):
     if not spec.startswith(PREFIX):
         return None
     repo_id, revision = parse(spec)
-    patterns = ["config.json", "*.safetensors", _member.SAFE_INDEX]
+    patterns = ["config.json", "*.safetensors", _member.SAFE_INDEX, "README.md", "zoo.json"]  # card: license, lineage
     if allow_pickle:
         patterns += list(_member.PICKLE_NAMES)
     folder = download(repo_id, revision, patterns, f"member {spec}")

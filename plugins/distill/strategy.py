@@ -28,6 +28,7 @@ class Distill(Strategy):
     name = "distill"
     summary = "distil the members (teachers) into one student: MEAL V2 (mean teacher softmax) or Hinton KD"
     min_members = 1
+    relation = None  # the student is trained, not made of the teachers' weights: they are no base_model
 
     @dataclass
     class Options:

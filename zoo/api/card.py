@@ -32,9 +32,13 @@ model = timm.create_model("hf-hub:ORG/{name}", pretrained=True)  # or "local-dir
 def build(combined: Combined, *, name: str, eval_data: str | None, extra_sections: list) -> Any:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    # the base first: it is what every member was fine-tuned from
-    base_models = [m["repo_id"] for m in ([combined.base] if combined.base else []) + combined.members
-                   if m.get("repo_id")]
+    # the base first: it is what every member was fine-tuned from; a member that is a local zoo output
+    # stands for the Hub repos it was made from (its lineage)
+    base_models: list[str] = []
+    relation = "merge" if combined.relation == "" else combined.relation
+    if relation is not None:
+        for m in ([combined.base] if combined.base else []) + combined.members:
+            base_models += [m["repo_id"]] if m.get("repo_id") else list(m.get("lineage") or [])
     base_models = list(dict.fromkeys(base_models))
     eval_results = []
     if combined.metrics:
@@ -47,8 +51,10 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
     data = ModelCardData(
         library_name="timm" if combined.usage is None else "zoo", pipeline_tag="image-classification", model_name=name,
         tags=["zoo", "model-merging", f"zoo-{combined.strategy}", "image-classification"],
-        base_model=base_models or None, eval_results=eval_results or None, license=None,
+        base_model=base_models or None, eval_results=eval_results or None, license=combined.license,
     )
+    if base_models:  # how the Hub's model tree files it (merge, finetune, ...)
+        data.base_model_relation = relation
     if combined.metrics:
         evaluation = sections.table(["metric", "value"], [[k, v] for k, v in combined.metrics.items()])
         if eval_data:

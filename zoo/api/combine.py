@@ -175,6 +175,10 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         result.members = [m.provenance() for m in resolved]
         result.base = base_member.provenance() if base_member is not None else None
         result.strategy = strategy
+        if result.relation == "":
+            result.relation = cls.relation
+        result.license = result.license or agreed_license(result.members + ([result.base] if result.base else []),
+                                                          log or (lambda message: None))
         result.options = _options.to_dict(opts)
         if result.config is None:
             result.config = dict(resolved[0].config)
@@ -220,13 +224,28 @@ def _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all, 
     return merged
 
 
+def agreed_license(provenance: list[dict], log: Callable[[str], None]) -> str | None:
+    """The license the members' cards agree on, else None — with a warning naming who says what."""
+    said = {m["name"]: m.get("license") for m in provenance}
+    values = set(said.values())
+    if len(values) == 1:
+        return next(iter(values))
+    log("warning: the members' cards do not agree on a license ("
+        + ", ".join(f"{name}: {value or 'none'}" for name, value in said.items())
+        + "); the output's card names none: add the right one to its README.md before you publish it")
+    return None
+
+
 def save(result: Combined, out: str | Path, *, host=None, force: bool = False, eval_data: str | None = None,
          max_shard_size: str | None = None, **recipe_extra) -> Path:
     """Write a result as a timm / Hub repo: weights, config, card, zoo.json (the recipe) and figures."""
+    import dataclasses
+
     import torch
 
     from zoo.api import card
     from zoo.kit import output
+    from zoo.kit.public import scrub
 
     host = host or _host.load()
     out = Path(out)
@@ -244,7 +263,10 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     }
     sections: list[str] = []
     host.pm.hook.zoo_model_card(combined=result, sections=sections)
-    model_card = card.build(result, name=out.resolve().name, eval_data=eval_data, extra_sections=sections)
+    # the card shows members, options and data by their public names (zoo.kit.public): no path of this machine
+    shown = dataclasses.replace(result, members=scrub(result.members), base=scrub(result.base),
+                                options=scrub(result.options))
+    model_card = card.build(shown, name=out.resolve().name, eval_data=scrub(eval_data), extra_sections=sections)
     return output.write(result, out, force=force, recipe=recipe, card=model_card,
                         max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
 

@@ -61,14 +61,16 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
         def on_epoch(epoch: int, weights: dict, rows: list[dict]) -> None:
             snap = Combined(state_dict=weights, config=config_for(member, classes),
                             report={"history": rows, "classes": classes}, strategy="finetune",
-                            options=asdict(recipe), members=[member.provenance()])
+                            options=asdict(recipe), members=[member.provenance()], relation="finetune",
+                            license=member.license())
             save(snap, snapshots / f"epoch-{epoch}", host=host, force=True, train_data=train_data,
                  snapshot_of=out.name)
 
     sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
                               ckpt_dir=ckpt_dir, state=state, on_epoch=on_epoch)
     result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
-                      strategy="finetune", options=asdict(recipe), members=[member.provenance()])
+                      strategy="finetune", options=asdict(recipe), members=[member.provenance()],
+                      relation="finetune", license=member.license())
     if held_out is not None:
         from zoo.kit.metrics import evaluate_model
 

@@ -88,6 +88,7 @@ def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_on
     import json
 
     from zoo.kit import card, output
+    from zoo.kit.public import scrub
 
     with output.atomic_folder(Path(out), force) as tmp:
         rows = []
@@ -99,7 +100,8 @@ def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_on
         summary = {m.name: {"folder": m.name, "metrics": r.metrics,
                             "member_metrics": r.report["task"].get("member_metrics"),
                             "normalized_top1": r.report["task"].get("normalized_top1")} for m, r in tasks}
-        (tmp / "zoo.json").write_text(json.dumps({**recipe, "tasks": summary}, indent=2, default=str))
+        published = scrub(json.loads(json.dumps({**recipe, "tasks": summary}, default=str)))  # no local paths
+        (tmp / "zoo.json").write_text(json.dumps(published, indent=2))
         table = card.table(["task (member)", "classes", "merged: held-out top-1", "the member alone",
                             "merged ÷ alone", "timm repo"], rows)
         (tmp / "README.md").write_text(

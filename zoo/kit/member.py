@@ -212,7 +212,7 @@ class Member:
             files.update({p.name: sha256_of(p) for p in self.weight_files})
         for p in self._config_files():
             files[p.name] = sha256_of(p)
-        return {
+        out = {
             "name": self.name,
             "spec": self.spec,
             "repo_id": self.repo_id,
@@ -220,7 +220,37 @@ class Member:
             "architecture": self.architecture,
             "num_classes": self.num_classes,
             "files": files,
+            "license": self.license(),
         }
+        lineage = self.lineage()
+        if lineage:
+            out["lineage"] = lineage
+        return out
+
+    def license(self) -> str | None:
+        """The ``license`` of the member's model card (its README.md), if it has one."""
+        card = self.root / "README.md" if self.root is not None else None
+        if card is None or not card.is_file():
+            return None
+        from huggingface_hub import ModelCard
+
+        try:
+            value = ModelCard.load(card).data.license
+        except Exception:  # a README that is not a model card: no license to carry
+            return None
+        return str(value) if value else None
+
+    def lineage(self) -> list[str]:
+        """The Hub repos a local zoo output descends from (its zoo.json's members and base, and theirs):
+        what the card's ``base_model`` names when this member itself is not on the Hub."""
+        if self.repo_id is not None:
+            return []
+        recipe = self.recipe() or {}
+        out: list[str] = []
+        for m in ([recipe["base"]] if recipe.get("base") else []) + list(recipe.get("members") or []):
+            if isinstance(m, dict):
+                out += [m["repo_id"]] if m.get("repo_id") else list(m.get("lineage") or [])
+        return list(dict.fromkeys(out))
 
     def _config_files(self) -> list[Path]:
         if self.root is None:

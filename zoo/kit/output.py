@@ -47,6 +47,7 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
           max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
     from huggingface_hub import save_torch_state_dict
 
+    from zoo.kit.public import scrub, scrub_text
     from zoo.kit.writer import METADATA, StoredState, check_space
 
     out = Path(out).resolve()
@@ -61,9 +62,11 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
                                   # outputs must be byte-identical run to run (the strategy is in zoo.json)
                                   metadata=METADATA)
         (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
-        (tmp / "zoo.json").write_text(json.dumps(recipe, indent=2, default=str))
+        # what is written here is meant to be pushed: no path of this machine in it (zoo.kit.public)
+        (tmp / "zoo.json").write_text(json.dumps(scrub(json.loads(json.dumps(recipe, default=str))), indent=2))
         for filename, fig in combined.figures.items():
             fig.savefig(tmp / filename)
+        card.content = scrub_text(card.content)
         card.save(tmp / "README.md")
     return out
 

@@ -49,6 +49,10 @@ class Strategy:
     needs_base: ClassVar[bool] = False
     #: data zoo refuses to run it without: any of "train", "eval", "ood" (--train-data, ...)
     needs: ClassVar[tuple[str, ...]] = ()
+    #: how the output relates to its Hub members, as the card's ``base_model_relation`` says it: "merge"
+    #: (weights combined from several), "finetune" (trained from one), or None (not derived from the
+    #: members' weights, e.g. a student distilled from teachers: the card then names no base_model)
+    relation: ClassVar[str | None] = "merge"
 
     @dataclass
     class Options:
@@ -90,6 +94,11 @@ class Combined:
     members: list[dict[str, Any]] = field(default_factory=list)
     #: and the base model's provenance (``--base``), if one was given
     base: dict[str, Any] | None = None
+    #: the card's ``base_model_relation`` ("" until set: zoo fills in the strategy's ``relation``, and a
+    #: card of a result that never went through zoo says "merge") and ``license`` (the members' when their
+    #: cards agree on one)
+    relation: str | None = ""
+    license: str | None = None
 
 
 @dataclass
