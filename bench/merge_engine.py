@@ -107,6 +107,8 @@ def section_a(args, env) -> None:
     run("zoo soup, folders", zoo_cmd("soup", folders, out), files + raws, out, soup, env)
     run("zoo soup, raw files", zoo_cmd("soup", raws, out, *arch), files + raws, out, soup, env)
     table(soup, "mergekit-pytorch linear")
+    if args.soup_only:
+        return
     print("\nA: 8 x ViT-L, TIES (density 0.2)", flush=True)
     ties: dict = {}
     bfile = base / "model.safetensors"
@@ -166,6 +168,7 @@ def main() -> None:
     ap.add_argument("--mergekit", default=shutil.which("mergekit-pytorch") or "mergekit-pytorch")
     ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-engine"))
     ap.add_argument("--only", default="A,B,C,D")
+    ap.add_argument("--soup-only", action="store_true", help="section A without TIES (2 minutes, not 15)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ZOO_CACHE": str(args.work / "zoo-cache")}
