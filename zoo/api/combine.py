@@ -70,11 +70,15 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
             max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
-            log: Callable[[str], None] | None = None, multi_task: bool = False) -> Combined:
+            log: Callable[[str], None] | None = None, multi_task: bool = False,
+            dtype: str | None = None) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given.
 
     ``base`` is the model the members were fine-tuned from (a member spec), for strategies that merge
     task vectors (θ − base); it is pinned in ``zoo.json`` and the card like the members.
+
+    ``dtype``: the output's floating-point dtype (float32, float16, bfloat16); default: the members' where
+    they agree, float32 where they do not (members stored in different precisions merge in float32).
 
     ``multi_task``: the members are fine-tunes on different tasks; their heads are kept apart and ``out``
     gets one timm repo per member (``zoo.api.tasks``); ``eval_data`` may then be ``{member name: folder}``
@@ -93,6 +97,9 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         raise BadInput("--multi-task writes one timm repo per task under --out: push each with "
                        "`zoo push OUT/NAME ORG/NAME`")
 
+    from zoo.kit.stream import check_dtype, output_dtype
+
+    check_dtype(dtype)
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
     options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)
@@ -159,7 +166,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     import torch
 
     torch.manual_seed(seed)
-    with _staged(out if rank == 0 else None, max_shard_size):
+    with _staged(out if rank == 0 else None, max_shard_size), output_dtype(dtype):
         if multi_task:
             _tasks.check_names(eval_named, resolved)
             return _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_data, out=out, force=force,
@@ -187,7 +194,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         if out is not None and rank == 0:
             save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
                  zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
-                 world_size=world)
+                 world_size=world, dtype=dtype)
             if ckpt_dir is not None and ckpt_dir.exists():
                 shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
             if push:
@@ -237,8 +244,9 @@ def agreed_license(provenance: list[dict], log: Callable[[str], None]) -> str | 
 
 
 def save(result: Combined, out: str | Path, *, host=None, force: bool = False, eval_data: str | None = None,
-         max_shard_size: str | None = None, **recipe_extra) -> Path:
-    """Write a result as a timm / Hub repo: weights, config, card, zoo.json (the recipe) and figures."""
+         max_shard_size: str | None = None, dtype: str | None = None, **recipe_extra) -> Path:
+    """Write a result as a timm / Hub repo: weights, config, card, zoo.json (the recipe) and figures.
+    ``dtype``: floating tensors are written in it (float32, float16, bfloat16), recorded in zoo.json."""
     import dataclasses
 
     import torch
@@ -256,6 +264,7 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
         "members": result.members,
         **({"base": result.base} if result.base else {}),
         **recipe_extra,
+        **({"dtype": dtype} if dtype else {}),
         "eval_data": eval_data,
         "metrics": result.metrics, "report": result.report,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
@@ -268,7 +277,7 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
                                 options=scrub(result.options))
     model_card = card.build(shown, name=out.resolve().name, eval_data=scrub(eval_data), extra_sections=sections)
     return output.write(result, out, force=force, recipe=recipe, card=model_card,
-                        max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD)
+                        max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD, dtype=dtype)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,9 @@ def combine(
     multi_task: bool = typer.Option(False, "--multi-task", help="Members are fine-tunes of --base on different "
                                     "tasks: merge all but their heads and write one timm repo per member, with "
                                     "its own head, under --out."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="The output's floating-point dtype: float32, "
+                                        "float16 or bfloat16. Default: the members' where they agree, else "
+                                        "float32 (members in different precisions are merged in float32)."),
     max_shard_size: str = typer.Option("20GB", "--max-shard-size", help="Split model.safetensors into shards "
                                        "with an index past this size. timm's hf-hub: loader reads a single "
                                        "model.safetensors, so shard only when you must."),
@@ -67,7 +70,7 @@ def combine(
         ood_data=ood_data,
         options=options(), out=out, force=force, push=push, private=private, device=device,
         arch=arch, allow_pickle=allow_pickle, plugins=state.plugins, seed=seed, max_shard_size=max_shard_size,
-        resume=resume, progress=progress, multi_task=multi_task,
+        resume=resume, progress=progress, multi_task=multi_task, dtype=dtype,
         log=say.print), progress=progress)
     say.print(wrote(out, result.metrics), highlight=False)
     if result.report.get("pushed"):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.kit.errors import BadInput, short_error
-from zoo.kit.reader import SafetensorsFile, dtype_name, sha256_of
+from zoo.kit.reader import FLOAT_DTYPES, SafetensorsFile, dtype_name, sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -23,8 +23,6 @@ SAFE_NAME = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
-# dtype names as safetensors' header spells them
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
 @dataclass
@@ -126,7 +124,7 @@ class Member:
         return self._header[key][2]
 
     def is_float(self, key: str) -> bool:
-        return self._header[key][2] in _FLOAT_DTYPES
+        return self._header[key][2] in FLOAT_DTYPES
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.weight_files)

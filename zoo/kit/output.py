@@ -44,18 +44,26 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
 
 
 def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
-          max_shard_size: str = DEFAULT_MAX_SHARD) -> Path:
+          max_shard_size: str = DEFAULT_MAX_SHARD, dtype: str | None = None) -> Path:
+    """Write ``combined`` as a timm repo in ``out`` (atomically); ``dtype`` (float32, float16, bfloat16):
+    the floating tensors' dtype in the file."""
     from huggingface_hub import save_torch_state_dict
 
+    import torch
+
     from zoo.kit.public import scrub, scrub_text
+    from zoo.kit.stream import DTYPES
     from zoo.kit.writer import METADATA, StoredState, check_space
 
     out = Path(out).resolve()
     with atomic_folder(out, force) as tmp:
         sd = combined.state_dict
+        cast = getattr(torch, dtype) if dtype else None
         # a streamed merge already wrote its files (zoo.kit.stream.output_to): move them, they are the bytes
-        if not (isinstance(sd, StoredState) and sd.adopt(tmp, max_shard_size=max_shard_size)):
-            state = {k: v.contiguous() for k, v in sd.items()}
+        in_dtype = cast is None or (isinstance(sd, StoredState) and sd.float_dtypes() <= {DTYPES[dtype]})
+        if not (isinstance(sd, StoredState) and in_dtype and sd.adopt(tmp, max_shard_size=max_shard_size)):
+            state = {k: (v.to(cast) if cast is not None and v.is_floating_point() else v).contiguous()
+                     for k, v in sd.items()}
             check_space(tmp, sum(v.numel() * v.element_size() for v in state.values()))
             save_torch_state_dict(state, tmp, max_shard_size=max_shard_size,
                                   # one key only: safetensors writes a metadata map in no fixed order, and

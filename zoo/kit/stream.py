@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, MutableMapping, Sequence
 
 from zoo.kit.errors import BadInput, ZooError
+from zoo.kit.reader import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,6 +39,44 @@ TensorFn = Callable[[str, list, Any], Any]  # fn(key, tensors, base_tensor) -> t
 # where finished tensors go: (folder, max_shard_size), or None for a dict in memory
 _OUTPUT: contextvars.ContextVar[tuple[Path, int | str] | None] = contextvars.ContextVar("zoo_output", default=None)
 _CALLS = itertools.count()
+# the floating-point dtype of results (--dtype: "F32", "F16", "BF16"), or None: the members' if they agree
+_DTYPE: contextvars.ContextVar[str | None] = contextvars.ContextVar("zoo_dtype", default=None)
+DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def check_dtype(name: str | None) -> None:
+    """Refuse a ``--dtype`` zoo does not write."""
+    if name is not None and name not in DTYPES:
+        raise BadInput(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}")
+
+
+@contextlib.contextmanager
+def output_dtype(name: str | None) -> Iterator[None]:
+    """Within this block, :func:`map_tensors` casts floating results to ``name`` (float32, float16 or
+    bfloat16); None keeps the members' dtype where they agree (float32 where they do not)."""
+    check_dtype(name)
+    token = _DTYPE.set(DTYPES[name] if name else None)
+    try:
+        yield
+    finally:
+        _DTYPE.reset(token)
+
+
+def result_dtypes(members: Sequence[Member], base: Member | None = None) -> dict[str, str]:
+    """Each tensor's dtype in the result, from the headers: floating tensors in the ``--dtype`` asked for,
+    else the members' where they all agree, else float32; other tensors as the base (or first member) has them."""
+    asked = _DTYPE.get()
+    ref = base if base is not None else members[0]
+    out = {}
+    for k in ref.keys():
+        theirs = {m.dtype(k) for m in members}
+        if ref.dtype(k) not in FLOAT_DTYPES:
+            out[k] = ref.dtype(k)
+        elif asked is not None:
+            out[k] = asked
+        else:
+            out[k] = theirs.pop() if len(theirs) == 1 else "F32"
+    return out
 
 
 @contextlib.contextmanager
@@ -77,10 +116,11 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     """``{key: fn(key, tensors, base_tensor)}`` over floating tensors, streamed; integer buffers
     (``num_batches_tracked``) are copied from the base, or from the first member without one.
 
-    ``tensors`` holds the key's tensor of every member, in member order, as float32 (float64 for
-    float64 members: half precision is never computed in its own dtype); ``base_tensor`` likewise,
+    ``tensors`` holds the key's tensor of every member, in member order, as float32 (float64 if any
+    input is float64: half precision is never computed in its own dtype); ``base_tensor`` likewise,
     or None. They may be views of the members' files: read them, do not keep them. The result is
-    cast back to the members' dtype.
+    cast to :func:`result_dtypes`' dtype: the ``--dtype`` asked for (:func:`output_dtype`), else the
+    members' where they agree (members stored in different precisions give float32).
 
     Memory: one chunk of every member and the next one being read — each chunk is ``CHUNK_BYTES``
     split among the readers, so the total does not grow with the number of members (only a single
@@ -97,9 +137,12 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     are read, and each result comes back to be written. ``fn`` then gets (and returns) tensors on
     that device.
     """
+    from zoo.kit.reader import torch_dtype
+
     readers = ([base] if base is not None else []) + list(members)
+    dtypes = result_dtypes(members, base)
     target = _OUTPUT.get()
-    writer = _writer(readers[0], *target) if target is not None else None
+    writer = _writer(readers[0], dtypes, *target) if target is not None else None
     out: dict[str, torch.Tensor] = {}
     try:
         for k, first, tensors, b, originals in _walk(members, base, progress, description, device):
@@ -107,7 +150,7 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
                 done = first if writer is not None else first.clone()  # written before its view is released
             else:
                 result = _call(fn, k, tensors, b, who)
-                done = _owned(_checked(result, first, k, who), originals).to("cpu", first.dtype)
+                done = _owned(_checked(result, first, k, who), originals).to("cpu", torch_dtype(dtypes[k]))
                 if not _finite(done):
                     _blame(readers, k, who, hint)
             if writer is None:
@@ -121,10 +164,10 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     return out if writer is None else writer.finish(readers[0].keys())
 
 
-def _writer(ref: Member, folder: Path, max_shard_size: int | str):
+def _writer(ref: Member, dtypes: dict[str, str], folder: Path, max_shard_size: int | str):
     from zoo.kit.writer import Layout, Spec, StreamWriter
 
-    layout = Layout.plan([Spec(k, tuple(ref.shape(k)), ref.dtype(k)) for k in ref.keys()],
+    layout = Layout.plan([Spec(k, tuple(ref.shape(k)), dtypes[k]) for k in ref.keys()],
                          max_shard_size=max_shard_size)
     return StreamWriter(folder / f"result-{next(_CALLS)}", layout)
 
@@ -190,7 +233,8 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
             if not first.is_floating_point():
                 yield k, first, None, None, None
                 continue
-            compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+            # float64 if any input is float64; float32 otherwise (half precision is never computed in itself)
+            compute = torch.float64 if any(p[k].dtype == torch.float64 for p in parts) else torch.float32
             to = {"device": device, "non_blocking": True} if gpu else {}
             tensors = [p[k].to(**to).to(compute) for p in m_parts]
             b = b_part[k].to(**to).to(compute) if b_part is not None else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from zoo.kit.errors import BadInput, IncompatibleMembers
+from zoo.kit.reader import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,8 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def check_compatible(members: Sequence[Member], *, base: Member | None = None) -> None:
-    """Same tensor names, shapes and dtypes in every member (and the base); else one error naming
-    both models and the tensor."""
+    """Same tensor names and shapes in every member (and the base), floating tensors in any precision and
+    other tensors in one dtype; else one error naming both models, the tensor and what differs (the tensor
+    set, the shape, or the dtype)."""
     first = base if base is not None else members[0]
 
     def label(m: Member) -> str:
@@ -48,12 +50,17 @@ def check_compatible(members: Sequence[Member], *, base: Member | None = None) -
                 f" ({first.architecture} vs {other.architecture}); soups need one architecture and head"
             )
         for k in keys:
-            theirs = (other.shape(k), other.dtype(k))
-            if theirs != ref[k]:
+            shape, dtype = other.shape(k), other.dtype(k)
+            if tuple(shape) != tuple(ref[k][0]):
                 raise IncompatibleMembers(
-                    f"{both} differ at tensor {k!r}: "
-                    f"shape {list(ref[k][0])} {ref[k][1]} vs {list(theirs[0])} {theirs[1]}"
+                    f"{both} differ at tensor {k!r} in shape: {list(ref[k][0])} vs {list(shape)}"
                     " — a different head or width; combine only members of one architecture and head"
+                )
+            if dtype != ref[k][1] and not (dtype in FLOAT_DTYPES and ref[k][1] in FLOAT_DTYPES):
+                # floating tensors in different precisions are merged in float32 (see map_tensors)
+                raise IncompatibleMembers(
+                    f"{both} differ at tensor {k!r} in dtype: {ref[k][1]} vs {dtype}"
+                    " — one stores it as a floating-point tensor, the other not; these checkpoints do not match"
                 )
 
 

@@ -264,6 +264,12 @@ class StoredState(MutableMapping):
         return key in self._changed or (key in self._files and key not in self._deleted)
 
     # ---- the files ----
+    def float_dtypes(self) -> set[str]:
+        """The dtypes of its floating-point tensors (as safetensors spells them)."""
+        from zoo.kit.reader import FLOAT_DTYPES
+
+        return {s.dtype for s in self.layout.specs if s.dtype in FLOAT_DTYPES}
+
     @property
     def untouched(self) -> bool:
         """True while the files are exactly the output: nothing set or deleted since the merge wrote them."""
