@@ -13,6 +13,7 @@ from zoo.kit.strategy import Combined, Context, Strategy
 
 class Soup(Strategy):
     name = "soup"
+    same_tensors = True
     summary = "average the weights of fine-tunes of one model (uniform, greedy or learned soup)"
 
     @dataclass

@@ -121,3 +121,26 @@ def test_select_over_the_hub_pins_revisions_and_reports_a_member_that_fails_to_d
     closed = f"http://127.0.0.1:{free_port()}"
     proc = zoo_cli(*args, "--out", tmp_path / "down", env={"HF_ENDPOINT": closed}, check=False)
     assert proc.returncode == 1 and "cannot reach" in proc.stderr and not (tmp_path / "down").exists()
+
+
+def test_an_incompatible_hub_member_is_refused_from_its_header_before_any_download(tmp_path, hub, ingredients,
+                                                                                  digits_zoo, zoo_cli):
+    """The soup's members are checked from their safetensors headers (HTTP range requests through
+    HfApi.get_safetensors_metadata, which olah serves): no weights reach the cache before the refusal."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub.publish(ingredients[0], f"{ORG}/header-a")
+    hub.publish(digits_zoo / "members" / "other-arch", f"{ORG}/header-other")
+    out = tmp_path / "soup"
+    proc = zoo_cli("combine", "-s", "soup", "-m", f"hf-hub:{ORG}/header-a", "-m", f"hf-hub:{ORG}/header-other",
+                   "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "before downloading any weights" in proc.stderr and f"hf-hub:{ORG}/header-other" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    for repo in ("header-a", "header-other"):
+        assert not isinstance(try_to_load_from_cache(f"{ORG}/{repo}", "model.safetensors"), str), repo
+    # a local member against a Hub one: the same check, the same words
+    proc = zoo_cli("combine", "-s", "soup", "-m", ingredients[1], "-m", f"hf-hub:{ORG}/header-other",
+                   "--out", out, check=False)
+    assert proc.returncode == 2 and "before downloading any weights" in proc.stderr
+    assert not isinstance(try_to_load_from_cache(f"{ORG}/header-other", "model.safetensors"), str)

@@ -21,6 +21,7 @@ PICKS = ("best-id", "best-ood", "best-avg")
 
 class WiseFT(Strategy):
     name = "wise-ft"
+    same_tensors = True
     summary = "interpolate a pretrained (or linear-probed) start and its fine-tune in weight space (WiSE-FT)"
     min_members = 2
 

@@ -146,6 +146,8 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     if swept is not None and not eval_data:
         raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
                        "data: pass --eval-data DIR (never the test split)")
+    if getattr(cls, "same_tensors", False) and not multi_task:  # a multi-task merge's heads differ by design
+        check_headers(specs, base, host=host, arch=arch, progress=progress)
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
     base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
     from zoo.kit import distributed
@@ -229,6 +231,41 @@ def _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all, 
                   **({"base": base} if base else {}), "multi_task": True, **extra}
         _tasks.save_tasks(tasks, Path(out), force=force, recipe=recipe, save_one=save_one)
     return merged
+
+
+def check_headers(specs: Sequence[str], base: str | None, *, host, arch: str | None = None,
+                  progress: Progress | None = None) -> None:
+    """For a weight merge: every member's tensors (names, shapes, dtypes) compared with the first's (the
+    base's, if given) before any weights are downloaded. Hub members' headers are read with HTTP range
+    requests (``zoo.kit.network.remote_header``); local members' from their files. A member whose header
+    cannot be read this way is left to the checks after loading."""
+    from zoo.kit.network import PREFIX, remote_header
+    from zoo.kit.weights import compare_headers, header_of
+    from zoo.registry import resolve
+
+    every = ([base] if base else []) + list(specs)
+    if not any(s.startswith(PREFIX) for s in every):
+        return  # all on disk: the members are checked as they load, which reads nothing more
+    task = (progress or Silent()).task("reading headers", total=len(every))
+    first: tuple[str, dict] | None = None
+    for spec in every:
+        if spec.startswith(PREFIX):
+            header = remote_header(spec)
+        else:
+            try:
+                header = header_of(resolve(spec, host, arch=arch))
+            except Exception:  # a pickle, a missing file: its own error comes when it is loaded
+                header = None
+        task.advance()
+        if header is None:
+            continue
+        if first is None:
+            first = (spec, header)
+            continue
+        role = "the base" if base and first[0] == base else "member"
+        compare_headers(first[1], header, both=f"{role} {first[0]} and member {spec}", names=(first[0], spec),
+                        after=" (seen in the safetensors headers, before downloading any weights)")
+    task.close()
 
 
 def agreed_license(provenance: list[dict], log: Callable[[str], None]) -> str | None:

@@ -133,6 +133,7 @@ def _is_list(tp: Any) -> bool:
 class MergeMethod(Strategy):
     """The strategies :func:`merge_method` makes: check the members (and base), stream, call the function."""
 
+    same_tensors = True
     function: Callable
     per_member: frozenset = frozenset()
     wants: frozenset = frozenset()

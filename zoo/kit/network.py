@@ -82,6 +82,25 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
 
 
+def remote_header(spec: str) -> dict[str, tuple[tuple[int, ...], str]] | None:
+    """The tensors (name -> (shape, dtype)) of a Hub member's safetensors files, read from their headers
+    alone (HTTP range requests, through ``HfApi.get_safetensors_metadata``): no weights are downloaded.
+    None when the headers cannot be read that way (no safetensors, a network error, a missing repo):
+    the download then says what is wrong."""
+    from huggingface_hub import HfApi
+
+    repo_id, revision = parse(spec)
+    try:
+        meta = HfApi().get_safetensors_metadata(repo_id, revision=revision or "main")
+    except Exception:  # any failure here is reported, better, by the download that follows
+        return None
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for f in meta.files_metadata.values():
+        for name, info in f.tensors.items():
+            out[name] = (tuple(info.shape), info.dtype)
+    return out
+
+
 def folder_of(spec: str) -> Path:
     """A local folder for ``spec``: the folder itself, or the Hub snapshot (``hf-hub:ORG/NAME[@REV]``,
     config and safetensors files) that huggingface_hub downloads into its cache."""

@@ -53,6 +53,9 @@ class Strategy:
     #: (weights combined from several), "finetune" (trained from one), or None (not derived from the
     #: members' weights, e.g. a student distilled from teachers: the card then names no base_model)
     relation: ClassVar[str | None] = "merge"
+    #: True for a weight merge: every member (and the base) must have the same tensors and shapes, and zoo
+    #: compares Hub members' safetensors headers before it downloads any weights
+    same_tensors: ClassVar[bool] = False
 
     @dataclass
     class Options:
