@@ -25,13 +25,8 @@ def _bits(tv: torch.Tensor) -> torch.Tensor:
     return tv.abs().to(torch.float32).flatten().contiguous().view(torch.int32).to(torch.int64)
 
 
-def keep_at_least(tv: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``tv`` with entries of magnitude below ``threshold`` (a float32 value) set to zero."""
-    return zero_below(tv.clone(), threshold)
-
-
 def zero_below(tv: torch.Tensor, threshold: float) -> torch.Tensor:
-    """:func:`keep_at_least` in place."""
+    """``tv`` with entries of magnitude below ``threshold`` (a float32 value) set to zero, in place."""
     return tv.masked_fill_(tv.abs().to(torch.float32) < threshold, 0.0)
 
 

@@ -146,7 +146,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     if swept is not None and not eval_data:
         raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
                        "data: pass --eval-data DIR (never the test split)")
-    if getattr(cls, "same_tensors", False) and not multi_task:  # a multi-task merge's heads differ by design
+    if cls.same_tensors and not multi_task:  # a multi-task merge's heads differ by design
         check_headers(specs, base, host=host, arch=arch, progress=progress)
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
     base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None

@@ -59,18 +59,20 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
             raise BadInput(f"--snapshots {snapshots}: give a folder outside --out (the output is one timm repo)")
 
         def on_epoch(epoch: int, weights: dict, rows: list[dict]) -> None:
+            pinned = member.provenance()
             snap = Combined(state_dict=weights, config=config_for(member, classes),
                             report={"history": rows, "classes": classes}, strategy="finetune",
-                            options=asdict(recipe), members=[member.provenance()], relation="finetune",
-                            license=member.license())
+                            options=asdict(recipe), members=[pinned], relation="finetune",
+                            license=pinned["license"])
             save(snap, snapshots / f"epoch-{epoch}", host=host, force=True, train_data=train_data,
                  snapshot_of=out.name)
 
     sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
                               ckpt_dir=ckpt_dir, state=state, on_epoch=on_epoch)
+    pinned = member.provenance()
     result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
-                      strategy="finetune", options=asdict(recipe), members=[member.provenance()],
-                      relation="finetune", license=member.license())
+                      strategy="finetune", options=asdict(recipe), members=[pinned],
+                      relation="finetune", license=pinned["license"])
     if held_out is not None:
         from zoo.kit.metrics import evaluate_model
 

@@ -85,10 +85,8 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
 
 def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_one) -> None:
     """``out/NAME/`` per task (``save_one(result, folder)``), then ``out/zoo.json`` and ``out/README.md``."""
-    import json
-
     from zoo.kit import card, output
-    from zoo.kit.public import scrub
+    from zoo.kit.public import published_json
 
     with output.atomic_folder(Path(out), force) as tmp:
         rows = []
@@ -100,8 +98,7 @@ def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_on
         summary = {m.name: {"folder": m.name, "metrics": r.metrics,
                             "member_metrics": r.report["task"].get("member_metrics"),
                             "normalized_top1": r.report["task"].get("normalized_top1")} for m, r in tasks}
-        published = scrub(json.loads(json.dumps({**recipe, "tasks": summary}, default=str)))  # no local paths
-        (tmp / "zoo.json").write_text(json.dumps(published, indent=2))
+        (tmp / "zoo.json").write_text(published_json({**recipe, "tasks": summary}))  # no local paths
         table = card.table(["task (member)", "classes", "merged: held-out top-1", "the member alone",
                             "merged ÷ alone", "timm repo"], rows)
         (tmp / "README.md").write_text(

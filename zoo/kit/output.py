@@ -51,7 +51,7 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
 
     import torch
 
-    from zoo.kit.public import scrub, scrub_text
+    from zoo.kit.public import published_json, scrub_text
     from zoo.kit.stream import DTYPES
     from zoo.kit.writer import METADATA, StoredState, check_space
 
@@ -71,7 +71,7 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
                                   metadata=METADATA)
         (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
         # what is written here is meant to be pushed: no path of this machine in it (zoo.kit.public)
-        (tmp / "zoo.json").write_text(json.dumps(scrub(json.loads(json.dumps(recipe, default=str))), indent=2))
+        (tmp / "zoo.json").write_text(published_json(recipe))
         for filename, fig in combined.figures.items():
             fig.savefig(tmp / filename)
         card.content = scrub_text(card.content)

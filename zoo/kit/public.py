@@ -44,16 +44,12 @@ def public_path(text: str) -> str:
     if not (raw.startswith(("/", "~")) or (len(raw) > 2 and raw[1] == ":" and raw[2] in "\\/")):
         return text  # relative (the user's own words), or a spec of another kind
     path = Path(os.path.abspath(os.path.expanduser(raw)))
-    for root in (Path(cache.root()).resolve(), None):
-        try:
-            if root is not None:  # zoo's cache is no place a reader could know: the name alone
-                path.resolve().relative_to(root)
-                return prefix + path.name
-            rel = path.resolve().relative_to(Path.cwd().resolve())
-            if rel.parts:
-                return prefix + rel.as_posix()
-        except (ValueError, OSError):
-            continue
+    where = path.resolve()
+    if where.is_relative_to(Path(cache.root()).resolve()):  # zoo's cache is no place a reader could know
+        return prefix + path.name
+    cwd = Path.cwd().resolve()
+    if where != cwd and where.is_relative_to(cwd):
+        return prefix + where.relative_to(cwd).as_posix()
     return prefix + (path.name or "/")
 
 
@@ -67,6 +63,13 @@ def _looks_local(token: str) -> bool:
 def scrub_text(text: str) -> str:
     """Every path of this machine in ``text`` replaced by its public form."""
     return _PATH_IN_TEXT.sub(lambda m: public_path(m.group(1)) if _looks_local(m.group(1)) else m.group(1), text)
+
+
+def published_json(value: Any) -> str:
+    """``value`` as the JSON zoo writes into an output (``zoo.json``): non-JSON values as strings, scrubbed."""
+    import json
+
+    return json.dumps(scrub(json.loads(json.dumps(value, default=str))), indent=2)
 
 
 def scrub(value: Any) -> Any:

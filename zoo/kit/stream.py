@@ -69,12 +69,12 @@ def result_dtypes(members: Sequence[Member], base: Member | None = None) -> dict
     ref = base if base is not None else members[0]
     out = {}
     for k in ref.keys():
-        theirs = {m.dtype(k) for m in members}
         if ref.dtype(k) not in FLOAT_DTYPES:
             out[k] = ref.dtype(k)
         elif asked is not None:
             out[k] = asked
         else:
+            theirs = {m.dtype(k) for m in members}
             out[k] = theirs.pop() if len(theirs) == 1 else "F32"
     return out
 

@@ -110,7 +110,7 @@ def _shard(filename: str, specs: list[Spec]) -> Shard:
     # safetensors decides the order of a file's tensors (by dtype, then name): ask it, with stand-ins
     stand_ins = {s.name: torch.zeros(1, dtype=_torch_dtype(s.dtype)) for s in specs}
     probe = save(stand_ins, metadata=METADATA)
-    (n,) = (int.from_bytes(probe[:8], "little"),)
+    n = int.from_bytes(probe[:8], "little")
     order = [k for k in json.loads(probe[8:8 + n]) if k != "__metadata__"]
     by_name = {s.name: s for s in specs}
     header: dict[str, Any] = {"__metadata__": METADATA}
@@ -174,7 +174,9 @@ class StreamWriter:
                            f"planned {list(spec.shape)} {spec.dtype}")
         i, (start, end) = self._where[name]
         if end > start:
-            data = tensor.detach().cpu().contiguous().reshape(-1).view(_byte_dtype()).numpy()
+            import torch
+
+            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             _pwrite_all(self._fds[i], memoryview(data).cast("B"), start)
         self._left.discard(name)
         del self._where[name]
@@ -316,8 +318,3 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
-
-def _byte_dtype():
-    import torch
-
-    return torch.uint8
