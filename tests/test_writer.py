@@ -129,6 +129,7 @@ def test_not_enough_disk_is_refused_before_merging(tmp_path, ingredients, monkey
         zoo.combine("soup", [str(p) for p in ingredients[:2]], out=out)
     assert f"{need / 2**20:.1f} MiB" in str(err.value)
     assert any(entry.name == "_reserve" for entry in err.traceback)  # when the output was laid out
+    assert f"on the disk of {tmp_path.resolve()};" in str(err.value)  # the folder chosen, not zoo's staging
     assert not out.exists() and not list(tmp_path.glob(".soup*"))
 
 

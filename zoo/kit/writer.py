@@ -211,8 +211,10 @@ def check_space(folder: Path, need: int) -> None:
 
 class NotEnoughDisk(BadInput):
     def __init__(self, need: int, free: int, where: Path) -> None:
+        # name the folder the user chose, not zoo's hidden staging or temporary folders inside it
+        shown = next((p for p in Path(where).parents if not p.name.startswith(".")), Path(where).parent)
         super().__init__(f"not enough disk space for the output: it needs {_gib(need)}, {_gib(free)} is free "
-                         f"on the disk of {where.parent}; free some space or write --out to another disk")
+                         f"on the disk of {shown}; free some space or write --out to another disk")
 
 
 class StoredState(MutableMapping):
