@@ -5,7 +5,9 @@ mirrors folder, so huggingface_hub's real download and cache code runs against i
 Uploads: olah has no write routes, so a small stdlib HTTP server in front of it
 implements the Hub's public upload API (create repo, preupload, commit) by committing
 into those same git repositories; every other request is passed on to olah. A push is
-therefore read back through olah. See docs/testing.md.
+therefore read back through olah. The front also answers the model search
+(``GET /api/models``, which olah does not serve) from the same repositories' model cards.
+See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 TOKEN = "hf_zoo_test_token_not_secret"
 _GIT = ["git", "-c", "user.name=zoo-tests", "-c", "user.email=tests@zoo.invalid", "-c", "init.defaultBranch=main"]
@@ -49,6 +53,8 @@ class Hub:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.fail_with: int | None = None  # make every request answer this status (e.g. 500)
+        #: what the Hub counts and a git repo cannot say, per repo id: {"downloads": N, "likes": N}
+        self.stats: dict[str, dict[str, int]] = {}
         self.lock = threading.Lock()
         self._olah = None
         self._server = None
@@ -211,8 +217,17 @@ class _Front(BaseHTTPRequestHandler):
             if not self._authorized():
                 return
             return self._commit(m.group(1), self._body())
+        if self.command == "GET" and path == "/api/models":
+            return self._send(200, self._models(parse_qs(urlsplit(self.path).query)))
         if path == "/api/agent-harnesses":
             return self._send(404, {"error": "not here"})
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path)
+        if m and self.command == "GET" and (self.hub.repo_dir(m.group(1)) / ".git").exists():
+            try:  # olah answers from its cache a commit the repo no longer has (history rewritten); the Hub:
+                git(self.hub.repo_dir(m.group(1)), "cat-file", "-e", f"{m.group(2)}^{{commit}}")
+            except subprocess.CalledProcessError:
+                return self._send(404, {"error": f"Invalid rev id: {m.group(2)}"},
+                                  {"X-Error-Code": "RevisionNotFound"})
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m and self.command == "HEAD":
             repo = self.hub.repo_dir(m.group(1))
@@ -223,6 +238,64 @@ class _Front(BaseHTTPRequestHandler):
                     # olah answers 401 for a missing file; the Hub answers this
                     return self._send(404, None, {"X-Error-Code": "EntryNotFound"})
         return self._proxy()
+
+    # ---- the model search: GET /api/models -------------------------------------------
+    #: what the Hub answers for each model when neither ``expand`` nor ``full`` says otherwise
+    _DEFAULT_FIELDS = ("_id", "id", "modelId", "likes", "trendingScore", "private", "downloads", "tags",
+                       "pipeline_tag", "library_name", "createdAt")
+    _SORT_KEYS = frozenset({"downloads", "likes", "createdAt", "lastModified", "trendingScore"})
+
+    def _models(self, query: dict[str, list[str]]) -> list[dict]:
+        """``list_models`` as the Hub answers it, over the repos this hub holds: ``filter`` (every one must be
+        a tag), ``search`` (part of the id), ``author``, ``sort`` + ``direction`` (descending unless 1),
+        ``limit``, and the fields of ``expand`` / ``full``. One page: no ``Link`` header to a next one."""
+
+        def one(key: str) -> str | None:
+            return (query.get(key) or [None])[0]
+
+        found = [info for info in map(self._model_info, sorted((self.hub.mirrors / "models").glob("*/*")))
+                 if info is not None]
+        found = [m for m in found if all(f in m["tags"] for f in query.get("filter", []))]
+        if one("search"):
+            found = [m for m in found if one("search").lower() in m["id"].lower()]
+        if one("author"):
+            found = [m for m in found if m["id"].split("/")[0] == one("author")]
+        key = one("sort")
+        if key in self._SORT_KEYS:
+            found.sort(key=lambda m: m["id"])  # ties in a fixed order
+            found.sort(key=lambda m: m[key], reverse=one("direction") in (None, "-1"))
+        if one("limit"):
+            found = found[:int(one("limit"))]
+        expand = query.get("expand") or query.get("expand[]")
+        if expand:
+            fields = {"_id", "id", *expand}
+        else:
+            fields = set(self._DEFAULT_FIELDS) | ({"sha", "lastModified", "siblings"} if one("full") else set())
+        return [{k: v for k, v in m.items() if k in fields} for m in found]
+
+    def _model_info(self, repo: Path) -> dict | None:
+        """One repo as the Hub describes it in a search; None for a repo with nothing beyond its first commit."""
+        if not (repo / ".git").exists():
+            return None
+        with self.hub.lock:
+            if int(git(repo, "rev-list", "--count", "HEAD")) < 2:
+                return None
+            sha = git(repo, "rev-parse", "HEAD")
+            times = git(repo, "log", "--format=%ct", "HEAD").split()  # newest first
+            files = git(repo, "ls-tree", "-r", "--name-only", "HEAD").split("\n")
+            card = git(repo, "show", "HEAD:README.md") if "README.md" in files else ""
+        repo_id = f"{repo.parent.name}/{repo.name}"
+        meta = _front_matter(card)
+        stats = self.hub.stats.get(repo_id, {})
+
+        def when(t: str) -> str:  # as the Hub writes dates
+            return datetime.fromtimestamp(int(t), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+        return {"_id": sha[:24], "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+                "tags": _tags(meta, files), "downloads": stats.get("downloads", 0), "likes": stats.get("likes", 0),
+                "trendingScore": 0, "createdAt": when(times[-1]), "lastModified": when(times[0]),
+                "library_name": meta.get("library_name"), "pipeline_tag": meta.get("pipeline_tag"),
+                "siblings": [{"rfilename": f} for f in files]}
 
     def _commit(self, repo_id: str, body: bytes) -> None:
         repo = self.hub.repo_dir(repo_id)
@@ -252,6 +325,42 @@ class _Front(BaseHTTPRequestHandler):
                          "pullRequestUrl": None})
 
     do_GET = do_HEAD = do_POST = do_PUT = _route
+
+
+def _front_matter(card: str) -> dict:
+    """The YAML metadata at the top of a model card (README.md), {} when it has none."""
+    import yaml
+
+    m = re.match(r"---\s*\n(.*?)\n---\s*(\n|$)", card, re.S)
+    meta = yaml.safe_load(m.group(1)) if m else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _tags(meta: dict, files: list[str]) -> list[str]:
+    """A model's tags, computed as the Hub does from its card's metadata: ``tags``, ``library_name``, and the
+    model tree's ``base_model:ORG/NAME`` and ``base_model:RELATION:ORG/NAME`` for each base model.
+
+    The relation is the card's ``base_model_relation`` when it gives one. Otherwise the Hub infers it
+    (docs/hub/model-cards.md, "Specifying a base model": "The Hub will infer the type of relationship ...",
+    the rule itself unpublished); the stand-in keeps to the simple cases: two or more base models make a
+    merge, an ``adapter_config.json`` an adapter, a ``.gguf`` file a quantization, anything else a fine-tune.
+    The Hub also tags by file formats, libraries it detects, licenses, papers; the stand-in adds only
+    ``safetensors``.
+    """
+    tags = [str(t) for t in meta.get("tags") or []]
+    if meta.get("library_name"):
+        tags.append(str(meta["library_name"]))
+    if any(f.endswith(".safetensors") for f in files):
+        tags.append("safetensors")
+    bases = meta.get("base_model") or []
+    bases = [bases] if isinstance(bases, str) else [str(b) for b in bases]
+    relation = meta.get("base_model_relation")
+    if not relation and bases:
+        relation = ("merge" if len(bases) > 1 else "adapter" if "adapter_config.json" in files
+                    else "quantized" if any(f.endswith(".gguf") for f in files) else "finetune")
+    for base in bases:
+        tags += [f"base_model:{base}", f"base_model:{relation}:{base}"]
+    return list(dict.fromkeys(tags))
 
 
 def start_hub() -> Hub:

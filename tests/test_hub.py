@@ -144,3 +144,38 @@ def test_an_incompatible_hub_member_is_refused_from_its_header_before_any_downlo
                    "--out", out, check=False)
     assert proc.returncode == 2 and "before downloading any weights" in proc.stderr
     assert not isinstance(try_to_load_from_cache(f"{ORG}/header-other", "model.safetensors"), str)
+
+
+def test_select_refuses_a_candidate_that_cannot_be_ranked_before_downloading_any_weights(
+        tmp_path, hub, ingredients, digits_zoo, zoo_cli):
+    """zoo select ranks any architecture, so its early check is "can it be ranked at all": a config.json
+    naming a timm architecture, and safetensors weights, read without the weights."""
+    import shutil
+
+    from huggingface_hub import try_to_load_from_cache
+
+    hub.publish(ingredients[0], f"{ORG}/sel-good")
+    unknown = tmp_path / "unknown-arch"
+    shutil.copytree(ingredients[1], unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "architecture": "no_such_net"}))
+    hub.publish(unknown, f"{ORG}/sel-unknown-arch")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(ingredients[2] / "config.json", pickled / "config.json")
+    torch.save(load_file(str(ingredients[2] / "model.safetensors")), pickled / "pytorch_model.bin")
+    hub.publish(pickled, f"{ORG}/sel-pickled")
+    args = ["select", "-m", f"hf-hub:{ORG}/sel-good", "-m", f"hf-hub:{ORG}/sel-unknown-arch",
+            "-m", f"hf-hub:{ORG}/sel-pickled", "--target-data", digits_zoo / "data" / "train", "--metric", "leep"]
+    out = tmp_path / "sel"
+    proc = zoo_cli(*args, "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "no_such_net" in proc.stderr and "before downloading any weights" in proc.stderr
+    assert not out.exists()
+    assert not isinstance(try_to_load_from_cache(f"{ORG}/sel-good", "model.safetensors"), str)
+    # with --skip-failed both are reported with their reasons, and the good one is ranked
+    proc = zoo_cli(*args, "--skip-failed", "--out", out)
+    failed = {f["spec"]: f["error"] for f in json.loads((out / "ranking.json").read_text())["failed"]}
+    assert "no_such_net" in failed[f"hf-hub:{ORG}/sel-unknown-arch"]
+    assert "has no safetensors weights" in failed[f"hf-hub:{ORG}/sel-pickled"]
+    assert [r["spec"] for r in json.loads((out / "ranking.json").read_text())["ranking"]] == [f"hf-hub:{ORG}/sel-good"]

@@ -9,6 +9,9 @@ The public names are imported lazily so that `import zoo` (and `zoo --help`) sta
     zoo.push("./soup", "org/my-soup")
     zoo.finetune("hf-hub:org/base", "./train", "./ft", recipe=zoo.FinetuneRecipe(mode="lp-ft"))
     zoo.select(["./a", "./b", "./c"], "./train", metric="logme", out="./selection")
+    found = zoo.discover("timm/resnet50.a1_in1k", check=True)   # the Hub's fine-tunes of a base, what fits
+    zoo.run_recipe("recipe.toml")      # select → combine → push, as `zoo run recipe.toml`
+    zoo.reproduce("./soup").identical   # re-run an output's zoo.json and compare the bytes
     net = zoo.load("./snnet")           # any output folder or hf-hub:ORG/NAME, as a module
     net.select(max_gflops=0.3)          # a stitched network: pick a configuration by budget
 
@@ -26,6 +29,7 @@ __version__ = "0.1.0"
 #: what users call: name → module
 API = {
     "combine": "zoo.api.combine",
+    "discover": "zoo.api.discover",
     "save": "zoo.api.combine",
     "strategies": "zoo.api.combine",
     "load_member": "zoo.api.combine",
@@ -34,6 +38,8 @@ API = {
     "finetune": "zoo.api.finetune",
     "load": "zoo.api.load",
     "push": "zoo.api.push",
+    "reproduce": "zoo.api.reproduce",
+    "run_recipe": "zoo.api.recipe",
     "select": "zoo.api.selection",
     "transfer_metrics": "zoo.api.selection",
     "stitch_configs": "zoo.plugins.stitch.export",
@@ -65,10 +71,13 @@ __all__ = sorted(set(API) | set(KIT)) + ["__version__"]
 
 if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and type checkers
     from zoo.api.combine import combine, load_member, load_members, save, strategies
+    from zoo.api.discover import discover
     from zoo.api.evaluate import evaluate
     from zoo.api.finetune import finetune
     from zoo.api.load import load
     from zoo.api.push import push
+    from zoo.api.recipe import run_recipe
+    from zoo.api.reproduce import reproduce
     from zoo.api.selection import select, transfer_metrics
     from zoo.hookspecs import hookimpl
     from zoo.kit.errors import BadInput, IncompatibleMembers, ZooError

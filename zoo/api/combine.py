@@ -71,7 +71,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
             max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
             log: Callable[[str], None] | None = None, multi_task: bool = False,
-            dtype: str | None = None) -> Combined:
+            dtype: str | None = None, recipe_file: dict[str, Any] | None = None) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given.
 
     ``base`` is the model the members were fine-tuned from (a member spec), for strategies that merge
@@ -82,39 +82,21 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
 
     ``multi_task``: the members are fine-tunes on different tasks; their heads are kept apart and ``out``
     gets one timm repo per member (``zoo.api.tasks``); ``eval_data`` may then be ``{member name: folder}``
-    (the CLI's ``--eval-data NAME=DIR``)."""
+    (the CLI's ``--eval-data NAME=DIR``).
+
+    ``recipe_file``: the recipe this run is a step of (``zoo run``, ``zoo.api.recipe``), stored in
+    ``zoo.json`` beside what ``zoo reproduce`` replays (strategy, options, pinned members, data, seed,
+    dtype, device)."""
     from zoo.api import sweep as _sweep
     from zoo.api import tasks as _tasks
     from zoo.kit import options as _options
-    from zoo.kit import output
     from zoo.kit.device import resolve_device
+    from zoo.kit.stream import output_dtype
 
     eval_data, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
-    if eval_named and not multi_task:
-        raise BadInput("--eval-data NAME=DIR gives each task its own held-out data: pass --multi-task too "
-                       "(members fine-tuned on different tasks, each keeping its own head)")
-    if multi_task and push:
-        raise BadInput("--multi-task writes one timm repo per task under --out: push each with "
-                       "`zoo push OUT/NAME ORG/NAME`")
-
-    from zoo.kit.stream import check_dtype, output_dtype
-
-    check_dtype(dtype)
-    host = _host.load(list(plugins))
-    cls = host.strategy(strategy)
-    options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)
-    opts = _options.parse(cls.Options, options, strategy=strategy)
-    cls.check(opts)
-    if swept is not None:
-        for value in swept.values:
-            cls.check(_options.parse(cls.Options, {**options, swept.name: value}, strategy=strategy))
-    if out is not None:
-        output.check_out(Path(out), force)
-    if cls.needs_base and not base:
-        raise BadInput(f"strategy {strategy!r} needs a base model: pass --base SPEC, the model the members "
-                       "were fine-tuned from (hf-hub:ORG/NAME[@REV], a folder or a .safetensors file)")
-    if push and out is None:
-        raise BadInput("--push needs --out: the folder is written first, then uploaded")
+    host, cls, options, opts, swept = check_request(
+        strategy, options=options, plugins=plugins, base=base, out=out, force=force, push=push, dtype=dtype,
+        multi_task=multi_task, eval_named=eval_named)
     progress = progress or Silent()
     specs = list(members)
     zoo_info = None
@@ -130,22 +112,8 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         from zoo.registry import load_zoo
 
         specs = load_zoo(members_from, progress=progress).members + specs
-    if len(specs) < max(1, cls.min_members):
-        raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
-                       "give them with -m SPEC or --zoo NAME")
-    most = getattr(cls, "max_members", None)
-    if most is not None and len(specs) > most:
-        raise BadInput(f"strategy {strategy!r} takes {'exactly' if most == cls.min_members else 'at most'} "
-                       f"{most} members, got {len(specs)}")
-    for need, value in (("train", train_data), ("eval", eval_data), ("ood", ood_data)):
-        if need in getattr(cls, "needs", ()) and not value:
-            raise BadInput(f"strategy {strategy!r} needs {need} data: pass --{need}-data DIR "
-                           "(an image folder with one sub-folder per class)")
-    if swept is not None and multi_task:
-        raise BadInput("a sweep keeps the best value on one held-out set; with --multi-task give the value")
-    if swept is not None and not eval_data:
-        raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
-                       "data: pass --eval-data DIR (never the test split)")
+    check_inputs(cls, strategy, members=len(specs), data={"train": train_data, "eval": eval_data, "ood": ood_data},
+                 swept=swept, multi_task=multi_task)
     if cls.same_tensors and not multi_task:  # a multi-task merge's heads differ by design
         check_headers(specs, base, host=host, arch=arch, progress=progress)
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
@@ -196,7 +164,8 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         if out is not None and rank == 0:
             save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
                  zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
-                 world_size=world, dtype=dtype)
+                 world_size=world, dtype=dtype, device=dev.type, arch=arch,
+                 **({"recipe_file": recipe_file} if recipe_file else {}))
             if ckpt_dir is not None and ckpt_dir.exists():
                 shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
             if push:
@@ -204,6 +173,64 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
 
                 result.report["pushed"] = _push(out, push, private=private)
     return result
+
+
+def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugins: Sequence[str] = (),
+                  base: str | None = None, out: str | Path | None = None, force: bool = False,
+                  push: str | None = None, dtype: str | None = None, multi_task: bool = False,
+                  eval_named: dict[str, str] | None = None):
+    """What ``combine`` checks before it reads any member: the strategy, its options (a sweep's every
+    value), the base it needs, the output folder, the dtype. Returns (host, strategy class, options
+    without the swept one, parsed options, sweep or None). ``zoo run`` checks a recipe's steps with it."""
+    from zoo.api import sweep as _sweep
+    from zoo.kit import options as _options
+    from zoo.kit import output
+    from zoo.kit.stream import check_dtype
+
+    if eval_named and not multi_task:
+        raise BadInput("--eval-data NAME=DIR gives each task its own held-out data: pass --multi-task too "
+                       "(members fine-tuned on different tasks, each keeping its own head)")
+    if multi_task and push:
+        raise BadInput("--multi-task writes one timm repo per task under --out: push each with "
+                       "`zoo push OUT/NAME ORG/NAME`")
+    check_dtype(dtype)
+    host = _host.load(list(plugins))
+    cls = host.strategy(strategy)
+    options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)
+    opts = _options.parse(cls.Options, options, strategy=strategy)
+    cls.check(opts)
+    if swept is not None:
+        for value in swept.values:
+            cls.check(_options.parse(cls.Options, {**options, swept.name: value}, strategy=strategy))
+    if out is not None:
+        output.check_out(Path(out), force)
+    if cls.needs_base and not base:
+        raise BadInput(f"strategy {strategy!r} needs a base model: pass --base SPEC, the model the members "
+                       "were fine-tuned from (hf-hub:ORG/NAME[@REV], a folder or a .safetensors file)")
+    if push and out is None:
+        raise BadInput("--push needs --out: the folder is written first, then uploaded")
+    return host, cls, options, opts, swept
+
+
+def check_inputs(cls, strategy: str, *, members: int, data: dict[str, Any], swept=None,
+                 multi_task: bool = False) -> None:
+    """The number of members and the data a strategy needs (``data``: kind → given or not)."""
+    if members < max(1, cls.min_members):
+        raise BadInput(f"strategy {strategy!r} needs at least {max(1, cls.min_members)} member(s); "
+                       "give them with -m SPEC or --zoo NAME")
+    most = getattr(cls, "max_members", None)
+    if most is not None and members > most:
+        raise BadInput(f"strategy {strategy!r} takes {'exactly' if most == cls.min_members else 'at most'} "
+                       f"{most} members, got {members}")
+    for need in ("train", "eval", "ood"):
+        if need in getattr(cls, "needs", ()) and not data.get(need):
+            raise BadInput(f"strategy {strategy!r} needs {need} data: pass --{need}-data DIR "
+                           "(an image folder with one sub-folder per class)")
+    if swept is not None and multi_task:
+        raise BadInput("a sweep keeps the best value on one held-out set; with --multi-task give the value")
+    if swept is not None and not data.get("eval"):
+        raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
+                       "data: pass --eval-data DIR (never the test split)")
 
 
 def _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all, *, out, force, host, strategy,
@@ -281,12 +308,13 @@ def agreed_license(provenance: list[dict], log: Callable[[str], None]) -> str | 
 
 
 def save(result: Combined, out: str | Path, *, host=None, force: bool = False, eval_data: str | None = None,
-         max_shard_size: str | None = None, dtype: str | None = None, **recipe_extra) -> Path:
+         max_shard_size: str | None = None, dtype: str | None = None, device: str | None = None,
+         **recipe_extra) -> Path:
     """Write a result as a timm / Hub repo: weights, config, card, zoo.json (the recipe) and figures.
-    ``dtype``: floating tensors are written in it (float32, float16, bfloat16), recorded in zoo.json."""
+    ``dtype``: floating tensors are written in it (float32, float16, bfloat16), recorded in zoo.json.
+    ``device`` (cpu, cuda): where the result was computed, recorded with the versions, so that
+    ``zoo reproduce`` can name it when a re-run differs."""
     import dataclasses
-
-    import torch
 
     from zoo.api import card
     from zoo.kit import output
@@ -302,10 +330,10 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
         **({"base": result.base} if result.base else {}),
         **recipe_extra,
         **({"dtype": dtype} if dtype else {}),
+        **({"max_shard_size": max_shard_size} if max_shard_size else {}),
         "eval_data": eval_data,
         "metrics": result.metrics, "report": result.report,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "timm": _version("timm"), "huggingface_hub": _version("huggingface_hub")},
+        "environment": environment(device),
     }
     sections: list[str] = []
     host.pm.hook.zoo_model_card(combined=result, sections=sections)
@@ -344,6 +372,35 @@ def _load_base(spec: str, host, *, arch: str | None, allow_pickle: bool):
     member = resolve(spec, host, arch=arch, allow_pickle=allow_pickle)
     member.check_architecture()
     return member
+
+
+def environment(device: str | None = None) -> dict[str, str]:
+    """What a result's bytes may depend on besides its inputs: versions, the processor and the device."""
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "timm": _version("timm"),
+           "huggingface_hub": _version("huggingface_hub"), "safetensors": _version("safetensors"),
+           "machine": platform.machine(),
+           # a CPU reduction's order, hence its last bits, follows the number of threads
+           "threads": str(torch.get_num_threads())}
+    cpu = _cpu_model()
+    if cpu:
+        env["cpu"] = cpu  # float kernels differ by instruction set: the usual cause of a last-bit difference
+    if device:
+        env["device"] = device
+        if device == "cuda" and torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _version(pkg: str) -> str:

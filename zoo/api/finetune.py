@@ -20,11 +20,13 @@ from zoo.kit.plots import training_curves
 def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Recipe | None = None,
              num_classes: int | None = None, eval_data: str | None = None, resume: bool = False,
              force: bool = False, device: str = "auto", arch: str | None = None, allow_pickle: bool = False,
-             progress: Any = None, log=None, plugins: Sequence[str] = (), snapshots: str | Path | None = None):
+             progress: Any = None, log=None, plugins: Sequence[str] = (), snapshots: str | Path | None = None,
+             recipe_file: dict | None = None):
     """Fine-tune ``member_spec`` on the image folder ``train_data`` and write the result to ``out``.
 
     ``snapshots``: also write the weights after every fine-tuning epoch as members ``SNAPSHOTS/epoch-N``
-    (each with the training history up to that epoch in its zoo.json): checkpoints to average (``mwa``)."""
+    (each with the training history up to that epoch in its zoo.json): checkpoints to average (``mwa``).
+    ``recipe_file``: the recipe this run is a step of (``zoo run``), stored in zoo.json."""
     from zoo.api.combine import load_member, save
     from zoo.kit import output
     from zoo.kit.data import data_config, load_split
@@ -65,7 +67,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
                             options=asdict(recipe), members=[pinned], relation="finetune",
                             license=pinned["license"])
             save(snap, snapshots / f"epoch-{epoch}", host=host, force=True, train_data=train_data,
-                 snapshot_of=out.name)
+                 snapshot_of=out.name, device=dev.type)
 
     sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
                               ckpt_dir=ckpt_dir, state=state, on_epoch=on_epoch)
@@ -81,7 +83,8 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
         result.metrics = evaluate_model(model.eval(), held_out, dev, extra=host.metrics()).as_dict()
     if history:
         result.figures["training.png"] = training_curves(history)
-    save(result, out, host=host, force=force, eval_data=eval_data, train_data=train_data)
+    save(result, out, host=host, force=force, eval_data=eval_data, train_data=train_data, device=dev.type,
+         arch=arch, **({"recipe_file": recipe_file} if recipe_file else {}))
     if ckpt_dir.exists():
         import shutil
 

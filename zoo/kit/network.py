@@ -82,23 +82,79 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
 
 
-def remote_header(spec: str) -> dict[str, tuple[tuple[int, ...], str]] | None:
-    """The tensors (name -> (shape, dtype)) of a Hub member's safetensors files, read from their headers
-    alone (HTTP range requests, through ``HfApi.get_safetensors_metadata``): no weights are downloaded.
-    None when the headers cannot be read that way (no safetensors, a network error, a missing repo):
-    the download then says what is wrong."""
+def safetensors_header(repo_id: str, revision: str | None, who: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The tensors (name -> (shape, dtype)) of a Hub repo's safetensors files, read from their headers alone
+    (HTTP range requests, through ``HfApi.get_safetensors_metadata``): no weights are downloaded. BadInput
+    when the repo has no safetensors weights (the Hub answers so for a missing repo too) or a header that
+    does not parse; HubError when the Hub fails or cannot be reached."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError
 
-    repo_id, revision = parse(spec)
+    rev = revision or "main"
     try:
-        meta = HfApi().get_safetensors_metadata(repo_id, revision=revision or "main")
-    except Exception:  # any failure here is reported, better, by the download that follows
-        return None
+        meta = HfApi().get_safetensors_metadata(repo_id, revision=rev)
+    except NotASafetensorsRepoError:
+        raise BadInput(f"{who}: {repo_id}@{rev} has no safetensors weights (no model.safetensors, "
+                       "no model.safetensors.index.json)") from None
+    except SafetensorsParsingError as e:
+        raise BadInput(f"{who}: the safetensors header of {repo_id}@{rev} does not parse ({short_error(e)})") from None
+    except HfHubHTTPError as e:  # before network_errors: huggingface_hub's HTTP errors are OSErrors too
+        raise HubError(f"{who}: the Hub at {endpoint()} answered {short_error(e)}") from None
+    except network_errors() as e:
+        raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
     out: dict[str, tuple[tuple[int, ...], str]] = {}
     for f in meta.files_metadata.values():
         for name, info in f.tensors.items():
             out[name] = (tuple(info.shape), info.dtype)
     return out
+
+
+def remote_header(spec: str) -> dict[str, tuple[tuple[int, ...], str]] | None:
+    """A Hub member's tensors from its safetensors headers (:func:`safetensors_header`), or None when they
+    cannot be read that way (no safetensors, a network error, a missing repo): the download then says what
+    is wrong."""
+    repo_id, revision = parse(spec)
+    try:
+        return safetensors_header(repo_id, revision, spec)
+    except Exception:  # any failure here is reported, better, by the download that follows
+        return None
+
+
+def small_file(repo_id: str, filename: str, revision: str | None, who: str) -> Path | None:
+    """One small file of a Hub repo (``hf_hub_download``, into huggingface_hub's cache), or None when the repo
+    has no such file. A missing repo or revision is BadInput; the Hub failing or out of reach, HubError."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    rev = revision or "main"
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=rev))
+    except GatedRepoError:
+        raise BadInput(f"{who}: {repo_id} is gated; accept its terms on the Hub and log in "
+                       "(`hf auth login` or HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise BadInput(f"{who}: revision {rev!r} not found in {repo_id}") from None
+    except RepositoryNotFoundError:
+        raise _not_found(who, repo_id, rev) from None
+    except LocalEntryNotFoundError as e:  # the Hub out of reach, and the file not in the cache
+        status = getattr(getattr(e.__cause__ or e.__context__, "response", None), "status_code", None)
+        if status in (401, 404):  # as in download(): the cause says the repo is not there
+            raise _not_found(who, repo_id, rev) from None
+        raise HubError(f"{who}: cannot reach {endpoint()} and {repo_id}@{rev} is not in the local cache "
+                       f"({short_error(e)})") from None
+    except EntryNotFoundError:
+        return None
+    except HfHubHTTPError as e:
+        raise HubError(f"{who}: the Hub at {endpoint()} answered {short_error(e)}") from None
+    except network_errors() as e:
+        raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
 
 
 def folder_of(spec: str) -> Path:

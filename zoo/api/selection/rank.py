@@ -112,9 +112,17 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
     dev = resolve_device(device)
 
     members, views, rows, failed = [], [], [], []
+    from zoo.api.selection.headers import problems
+
+    early = problems(specs, allow_pickle=allow_pickle, progress=progress)
+    if early and not skip_failed:
+        spec, e = next(iter(early.items()))
+        raise BadInput(f"{e} — fix or remove it, or pass --skip-failed to rank the others without it")
     task = progress.task("members", total=len(specs))
     for spec in specs:
         try:
+            if spec in early:
+                raise early[spec]
             member = resolve(spec, host, arch=arch, allow_pickle=allow_pickle)
             member.check_architecture()
             got = extract(member, target_data, classes, dev, batch_size=batch_size, progress=progress)
