@@ -38,6 +38,7 @@ BUILTINS = (
     "zoo.plugins.wise_ft",
     "zoo.plugins.distill",
     "zoo.plugins.stitch",
+    "zoo.plugins.ensemble",
     "zoo.plugins.transfer",
     "zoo.registry.hub",
     "zoo.registry.local",

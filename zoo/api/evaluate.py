@@ -20,4 +20,7 @@ def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = 
     member = resolve(model, host, arch=arch, allow_pickle=allow_pickle)
     split = load_split(data, data_config(member.pretrained_cfg), label_names=member.label_names,
                        num_classes=member.num_classes, progress=progress)
-    return evaluate_model(member.create_model(), split, resolve_device(device), extra=host.metrics())
+    # an output that is not one timm architecture (an ensemble, a stitched network) opens as its plugin says
+    opened = host.pm.hook.zoo_open_output(folder=member.root, config=member.config) if member.root else None
+    model = opened if opened is not None else member.create_model()
+    return evaluate_model(model, split, resolve_device(device), extra=host.metrics())
