@@ -39,6 +39,7 @@ BUILTINS = (
     "zoo.plugins.distill",
     "zoo.plugins.stitch",
     "zoo.plugins.ensemble",
+    "zoo.plugins.levi",
     "zoo.plugins.transfer",
     "zoo.registry.hub",
     "zoo.registry.local",

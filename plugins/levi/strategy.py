@@ -1,0 +1,178 @@
+"""``--strategy levi``: a pre-trained member ensembled layer by layer with a small model trained from scratch
+on ``--train-data`` (Roh et al. 2024; the network in ``zoo.plugins.levi.net``).
+
+What the paper fixes, and what zoo had to choose (the paper's text was read through its abstract and
+summaries; its code is not public):
+- the pre-trained model is kept fixed (``pretrained=frozen``, the default; ``finetune`` trains it too);
+- the small task-specific model is randomly initialised and trained from scratch (``small``: any timm
+  architecture; default ``resnet10t``);
+- adapting layers read the concatenated intermediate outputs of both models and are trained with one
+  loss over the levels. zoo's choices: ``levels`` depths from the top (the pre-logits features and the
+  last blocks' outputs, pooled), one linear adapting layer per level (``hidden`` > 0: an MLP), the loss
+  the mean of the levels' cross-entropies, the prediction the mean of their logits.
+
+Training is the kit's loop (AdamW, cosine schedule, a checkpoint every epoch, ``--resume``, torchrun).
+With the pre-trained model frozen and no augmentation, its views of the training images are computed
+once and reused every epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+from zoo import Combined, Strategy, option
+from zoo.kit.errors import BadInput
+
+
+class Levi(Strategy):
+    name = "levi"
+    summary = "ensemble a frozen pre-trained model layer by layer with a small model trained from scratch (LEVI)"
+    min_members = 1
+    max_members = 1
+    needs = ("train",)
+    relation = "finetune"
+
+    @dataclass
+    class Options:
+        small: str = option("resnet10t", "the small task-specific model: a timm architecture, trained from scratch")
+        levels: int = option(2, "depths ensembled, from the top: the pre-logits features and the outputs of the "
+                                "last levels − 1 blocks of both models", min=1, max=4)
+        hidden: int = option(0, "hidden units of each adapting layer (0: one linear layer)", min=0)
+        pretrained: Literal["frozen", "finetune"] = option(
+            "frozen", "the pre-trained model: frozen (the paper's) or trained with the rest")
+        epochs: int = option(5, "training epochs", min=1)
+        lr: float = option(1e-3, "AdamW peak learning rate (cosine schedule)", min=0.0)
+        weight_decay: float = option(0.05, "AdamW weight decay", min=0.0)
+        batch_size: int = option(64, "batch size (global, split across processes)", min=1)
+        warmup_epochs: float = option(0.5, "linear warmup, in epochs", min=0.0)
+
+    @classmethod
+    def check(cls, options) -> None:
+        import timm
+
+        if not timm.is_model(options.small):
+            raise BadInput(f"option small={options.small!r}: timm has no such architecture (see timm.list_models())")
+
+    def combine(self, members, options, ctx):
+        import timm
+
+        from zoo.kit import checkpoint, training
+        from zoo.kit.data import data_config, load_split
+        from zoo.kit.device import to_device
+        from zoo.kit.finetune import class_names
+        from zoo.plugins.levi import net as levi
+
+        base = members[0]
+        classes = class_names(ctx.train_data)
+        cfg = data_config(base.pretrained_cfg)
+        big = base.create_model()
+        frozen = options.pretrained == "frozen"
+        for p in big.parameters():
+            p.requires_grad_(not frozen)
+        small = timm.create_model(options.small, pretrained=False, num_classes=len(classes))
+        try:
+            net = levi.LEVINet(big, small, classes=len(classes), levels=options.levels, hidden=options.hidden,
+                               input_size=tuple(cfg["input_size"]))
+        except (RuntimeError, TypeError, NotImplementedError) as e:
+            raise BadInput(f"option levels={options.levels}: {base.architecture} or {options.small} does not give "
+                           f"{options.levels} levels of features ({e}); try levels=1") from None
+        net.frozen_big = frozen
+        net = net.to(ctx.device)
+        split = load_split(ctx.train_data, cfg, label_names=classes, num_classes=len(classes), progress=ctx.progress)
+        n, world, rank = len(split), ctx.world_size, ctx.rank
+        if n < world:
+            raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
+        cached = _big_views(net, split, ctx) if frozen else None
+        model = training.ddp(net)
+        ckpt = ctx.checkpoint_dir / training.CHECKPOINT if ctx.checkpoint_dir is not None else None
+        state = checkpoint.resume_state(ckpt, asdict(options), ctx.resume, what="LEVI training", key="options") \
+            if ckpt is not None else None
+
+        def step(batch):
+            idx, images, labels = batch
+            if len(idx) < world:
+                return None
+            mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
+            images, labels = to_device(images[mine], ctx.device), labels[mine].to(ctx.device)
+            given = [v[idx[mine]].to(ctx.device) for v in cached] if cached is not None else None
+            levels = model(images, big_views=given, per_level=True)
+            loss = torch.stack([torch.nn.functional.cross_entropy(lg.float(), labels) for lg in levels]).mean()
+            correct = int((levels.mean(0).argmax(1) == labels).sum())
+            return training.Step(loss, n=len(mine), correct=correct)
+
+        def batches(epoch, gen):
+            for idx in torch.randperm(n, generator=gen).split(options.batch_size):
+                yield idx, split.images[idx], split.targets[idx]
+
+        loop = training.Options(epochs=options.epochs, lr=options.lr, steps_per_epoch=-(-n // options.batch_size),
+                                weight_decay=options.weight_decay, warmup_epochs=options.warmup_epochs, label="levi")
+        history = training.train(model, step, batches, loop, device=ctx.device,
+                                 generator=torch.Generator().manual_seed(ctx.seed + 1),
+                                 checkpoint_dir=ctx.checkpoint_dir, state=state,
+                                 save_extra={"options": asdict(options)}, progress=ctx.progress, log=ctx.log)
+        net = training.unwrap(model).eval()
+        report, metrics = {"history": history, "classes": classes, "small": options.small}, None
+        for kind, source in (("eval", ctx.eval_data), ("ood", ctx.ood_data)):
+            if not source:
+                continue
+            held = load_split(source, cfg, label_names=classes, num_classes=len(classes), progress=ctx.progress)
+            measured = ctx.evaluate_module(net, held).as_dict()
+            report[f"{kind}_levels_top1"] = _levels_top1(net, held, ctx)  # each adapting layer alone
+            if kind == "eval":
+                metrics = measured
+            else:
+                report["ood"] = measured
+        config = levi.to_config(net, _spec(base), {"architecture": options.small, "num_classes": len(classes)},
+                                pretrained_cfg=dict(base.pretrained_cfg), label_names=classes, frozen=frozen)
+        from zoo.kit.plots import training_curves
+
+        out = Combined(state_dict={k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                       config=config, metrics=metrics, report=report, usage=_USAGE)
+        out.figures["training.png"] = training_curves(history)
+        return out
+
+
+def _spec(member) -> dict:
+    return {"name": member.name, "architecture": member.architecture, "num_classes": member.num_classes,
+            "model_args": member.model_args, "pretrained_cfg": member.pretrained_cfg}
+
+
+def _big_views(net, split, ctx) -> list[torch.Tensor]:
+    """The frozen pre-trained model's views of every training image, computed once (in split order)."""
+    from zoo.plugins.levi.net import views
+    from zoo.kit.device import to_device
+
+    out: list[list[torch.Tensor]] = [[] for _ in range(net.levels)]
+    task = ctx.progress.task("pre-trained views of the training images", total=-(-len(split) // ctx.batch_size))
+    with torch.inference_mode():
+        for images, _ in split.batches(ctx.batch_size):
+            for level, v in enumerate(views(net.big, to_device(images, ctx.device), net.levels)):
+                out[level].append(v.float().cpu())
+            task.advance()
+    task.close()
+    return [torch.cat(v) for v in out]
+
+
+def _levels_top1(net, split, ctx) -> list[float]:
+    """Each adapting layer's own held-out top-1 (the prediction averages their logits)."""
+    from zoo.kit.device import to_device
+
+    right = torch.zeros(net.levels)
+    with torch.inference_mode():
+        for images, labels in split.batches(ctx.batch_size):
+            for level, lg in enumerate(net(to_device(images, ctx.device), per_level=True)):
+                right[level] += (lg.argmax(1).cpu() == labels).sum()
+    return (right / len(split)).tolist()
+
+
+_USAGE = """A LEVI network: a pre-trained model and a small model trained from scratch, ensembled layer by layer
+(not one timm architecture). It loads with zoo, from the folder or the Hub:
+
+```python
+import zoo
+net = zoo.load("hf-hub:ORG/NAME")   # or the folder
+logits = net(images)                # images: the pre-trained model's preprocessing (this repo's pretrained_cfg)
+```"""
