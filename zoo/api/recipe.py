@@ -264,11 +264,12 @@ def _reference(value: Any, name: str, key: str, earlier: list[Step], fail) -> An
 #: keys whose value is data on disk (or a timm dataset spec), and keys whose value is a member
 _DATA = ("eval_data", "train_data", "ood_data", "target_data", "val_data")
 _MEMBERS = ("members", "base", "member_spec", "folder")
-_TIMM_DATASETS = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
 
 
 def _check_paths(step: Step, earlier: list[Step], fail) -> None:
     """What a step reads exists now, or an earlier step writes it: a typo fails before the first step."""
+    from zoo.kit.data import TIMM_PREFIXES
+
     made = {str(Path(s.out).resolve()) for s in earlier if s.out and not s.out.startswith("hf-hub:")}
 
     def exists(value: str) -> bool:
@@ -277,7 +278,7 @@ def _check_paths(step: Step, earlier: list[Step], fail) -> None:
     a = step.args
     for key in _DATA:
         value = a.get(key)
-        if isinstance(value, str) and value and not value.startswith(_TIMM_DATASETS) and not exists(value):
+        if isinstance(value, str) and value and not value.startswith(TIMM_PREFIXES) and not exists(value):
             raise fail(f"{key} = {value!r}: no such folder", key)
     for key in _MEMBERS:
         values = a.get(key)

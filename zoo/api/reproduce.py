@@ -17,7 +17,7 @@ dtype, and the environment it ran in (versions, processor, device). Reproducing 
 
 from __future__ import annotations
 
-import hashlib
+import filecmp
 import json
 import os
 import tempfile
@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from zoo.kit.data import TIMM_PREFIXES  # dataset specs timm reads itself
 from zoo.kit.errors import BadInput
 from zoo.kit.progress import Progress, Silent
 
-#: dataset specs timm reads itself (not folders): used as they are
-_TIMM_DATASETS = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
 #: what a re-run is compared on: the weights and the config (the card and figures name the output folder)
 _COMPARED = ("config.json", "*.safetensors", "*.safetensors.index.json")
 
@@ -190,24 +189,17 @@ def _check_revision(repo_id: str, revision: str, who: str) -> None:
 
 
 def _check_hashes(prov: dict, path: Path, who: str) -> None:
+    from zoo.kit.reader import sha256_of
     for filename, expected in (prov.get("files") or {}).items():
         f = path if path.is_file() else path / filename
         if path.is_file() and path.name != filename:
             continue
         if not f.is_file():
             raise BadInput(f"{who}: {path} has no {filename}, which the output's member had")
-        got = _sha256(f)
+        got = sha256_of(f)
         if got != expected:
             raise BadInput(f"{who}: {f} is not the file the output was made from (sha256 {got[:12]}…, "
                            f"zoo.json pins {expected[:12]}…)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _data(kind: str, recorded: str | None, given: str | None, zoo_info) -> str | None:
@@ -217,7 +209,7 @@ def _data(kind: str, recorded: str | None, given: str | None, zoo_info) -> str |
         return None
     if zoo_info is not None and kind in zoo_info.data and Path(zoo_info.data[kind]).name == Path(recorded).name:
         return zoo_info.data[kind]
-    if Path(recorded).exists() or recorded.startswith(_TIMM_DATASETS):
+    if Path(recorded).exists() or recorded.startswith(TIMM_PREFIXES):
         return recorded
     raise BadInput(f"the output was made with --{kind}-data {recorded}, a folder of the machine it was made on, "
                    f"and there is no {recorded} here: give it with --{kind}-data DIR")
@@ -255,7 +247,7 @@ def compare(original: Path, again: Path) -> tuple[list[str], str | None]:
     # the weights first: a weight difference explains a config or index difference, never the other way
     for name in sorted(mine, key=lambda n: (not n.endswith(".safetensors"), n)):
         a, b = original / name, again / name
-        if _sha256(a) == _sha256(b):
+        if filecmp.cmp(a, b, shallow=False):
             continue
         if name.endswith(".safetensors"):
             return sorted(mine), f"{name}: {_first_tensor_difference(a, b)}"

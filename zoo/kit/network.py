@@ -3,6 +3,7 @@ per failure, where huggingface_hub points, and what a broken connection raises."
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from zoo.kit.errors import BadInput, HubError, short_error
@@ -46,9 +47,9 @@ def _not_found(who: str, repo_id: str, rev: str) -> BadInput:
                     "if it is private, log in (`hf auth login` or HF_TOKEN)")
 
 
-def download(repo_id: str, revision: str | None, patterns: list[str], who: str) -> Path:
-    """snapshot_download with each failure turned into one clear line."""
-    from huggingface_hub import snapshot_download
+@contextmanager
+def _hub_errors(who: str, repo_id: str, rev: str):
+    """A download's failures (``snapshot_download``, ``hf_hub_download``) as one clear line each."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -57,9 +58,8 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         RevisionNotFoundError,
     )
 
-    rev = revision or "main"
     try:
-        return Path(snapshot_download(repo_id, revision=rev, allow_patterns=patterns))
+        yield
     except GatedRepoError:
         raise BadInput(f"{who}: {repo_id} is gated; accept its terms on the Hub and log in "
                        "(`hf auth login` or HF_TOKEN)") from None
@@ -69,7 +69,7 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         # A mirror (and the Hub for private repos) answers "not found" for a missing revision too.
         raise _not_found(who, repo_id, rev) from None
     except LocalEntryNotFoundError as e:
-        # snapshot_download falls back to the cache on any HTTP failure; the cause says what happened
+        # downloads fall back to the cache on any HTTP failure; the cause says what happened
         cause = e.__cause__ or e.__context__
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if status in (401, 404):
@@ -80,6 +80,15 @@ def download(repo_id: str, revision: str | None, patterns: list[str], who: str) 
         raise HubError(f"{who}: the Hub at {endpoint()} answered {short_error(e)}") from None
     except network_errors() as e:  # connection refused, DNS, ...
         raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
+
+
+def download(repo_id: str, revision: str | None, patterns: list[str], who: str) -> Path:
+    """snapshot_download with each failure turned into one clear line."""
+    from huggingface_hub import snapshot_download
+
+    rev = revision or "main"
+    with _hub_errors(who, repo_id, rev):
+        return Path(snapshot_download(repo_id, revision=rev, allow_patterns=patterns))
 
 
 def safetensors_header(repo_id: str, revision: str | None, who: str) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -124,37 +133,16 @@ def small_file(repo_id: str, filename: str, revision: str | None, who: str) -> P
     """One small file of a Hub repo (``hf_hub_download``, into huggingface_hub's cache), or None when the repo
     has no such file. A missing repo or revision is BadInput; the Hub failing or out of reach, HubError."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     rev = revision or "main"
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=rev))
-    except GatedRepoError:
-        raise BadInput(f"{who}: {repo_id} is gated; accept its terms on the Hub and log in "
-                       "(`hf auth login` or HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise BadInput(f"{who}: revision {rev!r} not found in {repo_id}") from None
-    except RepositoryNotFoundError:
-        raise _not_found(who, repo_id, rev) from None
-    except LocalEntryNotFoundError as e:  # the Hub out of reach, and the file not in the cache
-        status = getattr(getattr(e.__cause__ or e.__context__, "response", None), "status_code", None)
-        if status in (401, 404):  # as in download(): the cause says the repo is not there
-            raise _not_found(who, repo_id, rev) from None
-        raise HubError(f"{who}: cannot reach {endpoint()} and {repo_id}@{rev} is not in the local cache "
-                       f"({short_error(e)})") from None
-    except EntryNotFoundError:
-        return None
-    except HfHubHTTPError as e:
-        raise HubError(f"{who}: the Hub at {endpoint()} answered {short_error(e)}") from None
-    except network_errors() as e:
-        raise HubError(f"{who}: cannot reach {endpoint()} ({short_error(e)})") from None
+    with _hub_errors(who, repo_id, rev):
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=rev))
+        except EntryNotFoundError as e:
+            if isinstance(e, LocalEntryNotFoundError):  # out of reach, not missing: _hub_errors says which
+                raise
+            return None
 
 
 def folder_of(spec: str) -> Path:
