@@ -40,6 +40,7 @@ BUILTINS = (
     "zoo.plugins.stitch",
     "zoo.plugins.ensemble",
     "zoo.plugins.levi",
+    "zoo.plugins.rebasin",
     "zoo.plugins.transfer",
     "zoo.registry.hub",
     "zoo.registry.local",

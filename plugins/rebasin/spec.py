@@ -390,8 +390,10 @@ class _Builder:
             return self.cat(node, flows, shape)
         if target in _POOL_FUNCTIONS:
             return self.keep_axes(x, shape)
-        if target is F.layer_norm:
+        if target is F.layer_norm or getattr(target, "__name__", "") == "rms_norm":
             return self.fn_norm(node, flows, x, shape)
+        if target is F.group_norm:
+            return self.fn_group_norm(node, flows, x, shape)
         if target is F.linear:
             return self.fn_linear(node, flows, x, shape)
         if getattr(target, "__name__", "") in _RESAMPLE_POS:  # timm's position-embedding resize: space only
@@ -558,6 +560,18 @@ class _Builder:
                 p = flows[arg]
                 self.union(self.at(p, 0), ch)
         return self._out(x, shape, len(shape) - 1, ch)
+
+    def fn_group_norm(self, node, flows, x, shape) -> _Flow:
+        groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+        if groups not in (1, x.shape[1]):
+            self.fail(f"is a GroupNorm with {groups} groups: only 1 or one per channel keep it unchanged under a "
+                      "permutation")
+        ch = self.at(x, 1)
+        for pos, key in ((2, "weight"), (3, "bias")):
+            arg = node.args[pos] if len(node.args) > pos else node.kwargs.get(key)
+            if isinstance(arg, torch.fx.Node) and isinstance(flows.get(arg), _Flow):
+                self.union(self.at(flows[arg], 0), ch)
+        return self._out(x, shape, 1, ch)
 
     def fn_linear(self, node, flows, x, shape) -> _Flow:
         weight = flows.get(node.args[1]) if len(node.args) > 1 else flows.get(node.kwargs.get("weight"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from zoo.cli import combine, discover, evaluate, finetune, push, reproduce, run, select, strategies  # noqa: F401  (they register)
+from zoo.cli import align, combine, discover, evaluate, finetune, push, reproduce, run, select, strategies  # noqa: F401  (they register)
 from zoo.cli.app import Commands, app, hoist_global_flags, state
 
 

@@ -1,0 +1,301 @@
+"""``--strategy align`` (one member's units permuted to line up with a reference's: ``zoo align``) and
+``--strategy rebasin`` (members trained from different starts, aligned, then averaged).
+
+Both derive the permutation spec from the first member's timm model (``spec.py``), check it against the
+model's outputs before anything is matched (``permute.check_function``), and match weights
+(``match.py``). ``rebasin`` then averages the aligned members (uniform or ``weights``), re-estimates
+BatchNorm statistics on ``--train-data`` (``bn``), and with ``repair`` rescales each BatchNorm's output
+to the members' statistics (``repair.py``). ``report`` measures the loss barrier along the path between
+the reference and each member, before and after alignment (``barrier.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from zoo import BadInput, Combined, Strategy, option
+from zoo.kit import card
+from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
+from zoo.plugins.rebasin import barrier, match, permute
+from zoo.plugins.rebasin import spec as specs
+
+#: held-out images the function check runs on (random ones without --eval-data)
+CHECK_IMAGES = 16
+
+
+@dataclass
+class _Common:
+    max_sweeps: int = option(100, "most sweeps over the permutation groups (stops earlier after a sweep that "
+                                  "gains nothing)", min=1)
+    first_sweep: Literal["graph", "random"] = option(
+        "graph", "order of the first sweep: the graph's (input to output; zoo's default) or random (the paper's)")
+    report: bool = option(False, "measure the loss barrier along the path between the reference and each member, "
+                                 "before and after alignment (needs --eval-data; --train-data adds the aligned "
+                                 "path with BatchNorm statistics recomputed)")
+    points: int = option(11, "α points on each path the report measures", min=3)
+    bn_batches: int = option(20, "batches of --train-data used to re-estimate BatchNorm statistics", min=1)
+
+
+def _check_members(members) -> None:
+    arch = {m.architecture for m in members}
+    if len(arch) > 1:
+        raise BadInput(f"members of different architectures ({', '.join(sorted(arch))}): weight matching permutes "
+                       "the units of one architecture; align members of the same architecture and width")
+
+
+def derive_checked(like, ctx, *, what: str):
+    """The permutation spec of ``like``'s model, checked against its outputs, and the model."""
+    from zoo.kit.data import data_config
+
+    model = like.create_model().to(ctx.device).eval()
+    size = tuple(data_config(like.pretrained_cfg)["input_size"])
+    spec = specs.derive(model.cpu(), size, what=what)
+    model = model.to(ctx.device)
+    images = _probe(ctx, like, size)
+    permute.check_function(spec, model, images, seed=ctx.seed, what=what)
+    if not spec.groups:
+        raise BadInput(f"{what}: the model has no permutable units (every channel is tied to the input or the "
+                       "classes), so there is nothing to align")
+    return spec, model, images
+
+
+def _probe(ctx, like, size) -> torch.Tensor:
+    from zoo.kit.device import to_device
+
+    if ctx.eval_data:
+        images = ctx.eval_split(like).images[:CHECK_IMAGES]
+    else:
+        images = torch.randn(CHECK_IMAGES, *size, generator=torch.Generator().manual_seed(ctx.seed))
+    return to_device(images, ctx.device)
+
+
+def _same_function(model, before: dict, after: dict, images, *, what: str, rtol: float = 1e-4) -> float:
+    with torch.no_grad():
+        model.load_state_dict(before)
+        a = model(images).double()
+        model.load_state_dict(after)
+        b = model(images).double()
+    diff = float((a - b).abs().max()) / (float(a.abs().max()) or 1.0)
+    if diff > rtol:
+        raise BadInput(f"{what}: the aligned weights compute something else (outputs differ by {diff:.2g} of their "
+                       "scale); nothing was written")
+    return diff
+
+
+def _report_paths(ctx, like, spec, ref, raw, aligned, options, name: str) -> dict:
+    split = ctx.eval_split(like)
+    alphas = barrier.grid(options.points)
+    curves = {"before alignment": barrier.path(ctx, like, ref, raw, alphas, split, label=f"path to {name}"),
+              "aligned": barrier.path(ctx, like, ref, aligned, alphas, split, label=f"aligned path to {name}")}
+    model = ctx.model(ref, like)
+    if has_batchnorm(model) and ctx.train_data:
+        curves["aligned + BN recomputed"] = barrier.path(
+            ctx, like, ref, aligned, alphas, split, recompute=ctx.train_split(like), bn_batches=options.bn_batches,
+            label=f"aligned path to {name}, BN recomputed")
+    keys = list(spec.axes)
+    return {"member": name, "l2_before": barrier.l2(ref, raw, keys), "l2_after": barrier.l2(ref, aligned, keys),
+            "curves": curves}
+
+
+def _paths_section(paths: list[dict]) -> card.Section:
+    rows = []
+    for p in paths:
+        for variant, c in p["curves"].items():
+            rows.append([p["member"], variant, c["loss_barrier"], c["top1_drop"], c["midpoint_top1"]])
+    return card.Section(
+        "Loss barrier along the path", "θ(α) = (1−α)·θ(reference) + α·θ(member) on the held-out data; the barrier "
+        "is the largest excess of the loss over the straight line between the two ends' losses.",
+        columns=["member", "path", "loss barrier", "top-1 drop", "top-1 at α=0.5"], rows=rows)
+
+
+def _describe(spec) -> str:
+    kinds = {}
+    for g, where in spec.where.items():
+        kind = "attention heads" if where.endswith(" heads") else "head dimensions" if where.endswith(" head dims") \
+            else "units"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(f"{n} groups of {k}" for k, n in kinds.items())
+
+
+class Align(Strategy):
+    name = "align"
+    summary = "permute a member's units to line up with a reference's (weight matching): the same function, " \
+              "ready to merge (zoo align)"
+    min_members = 2
+    max_members = 2
+    same_tensors = True
+    relation = "finetune"
+
+    @dataclass
+    class Options(_Common):
+        pass
+
+    @classmethod
+    def check(cls, options) -> None:
+        pass
+
+    def combine(self, members, options, ctx) -> Combined:
+        _check_members(members)
+        reference, member = members
+        if options.report and not ctx.eval_data:
+            raise BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
+        spec, model, images = derive_checked(reference, ctx, what=reference.architecture)
+        ref, raw = reference.state_dict(), member.state_dict()
+        matched = match.weight_matching(spec, ref, raw, seed=ctx.seed, max_sweeps=options.max_sweeps,
+                                        first_sweep=options.first_sweep)
+        aligned = permute.apply(spec, raw, matched.perms)
+        diff = _same_function(model, raw, aligned, images, what=f"{member.name} aligned to {reference.name}")
+        moved = {g: int((p != torch.arange(len(p))).sum()) for g, p in matched.perms.items()}
+        report = {"reference": reference.name, "member": member.name, "spec": spec.describe(),
+                  "groups": {g: {"size": spec.groups[g], "starts_at": spec.where[g], "units_moved": moved[g]}
+                             for g in spec.groups},
+                  "sweeps": matched.sweeps, "inner_before": matched.inner_before, "inner_after": matched.inner_after,
+                  "output_difference": diff}
+        result = Combined(state_dict=aligned, config=member.config, report=report)
+        sections = [card.Section(
+            "Alignment", f"The units of {member.name} permuted to line up with {reference.name} (weight matching, "
+            f"{matched.sweeps} sweeps over {_describe(spec)}). It computes what {member.name} computes: the "
+            f"outputs differ by {diff:.1e} of their scale on the check images. No training.",
+            columns=["", "value"],
+            rows=[["units moved", f"{sum(moved.values())} of {sum(spec.groups.values())}"],
+                  ["Σ⟨reference, member⟩ before", matched.inner_before], ["after", matched.inner_after]])]
+        if options.report:
+            paths = [_report_paths(ctx, reference, spec, ref, raw, aligned, options, member.name)]
+            report["paths"] = paths
+            result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
+                                                          title=f"{reference.name} → {member.name}")
+            sections.append(_paths_section(paths))
+        result.card_sections += sections
+        return result
+
+
+class Rebasin(Strategy):
+    name = "rebasin"
+    summary = "align members trained from different starts (weight matching), then average them; BatchNorm " \
+              "statistics recomputed (Git Re-Basin; REPAIR as an option)"
+    min_members = 2
+    same_tensors = True
+
+    @dataclass
+    class Options(_Common):
+        method: Literal["reference", "merge-many"] = option(
+            "reference", "match every member to the first (reference) or Git Re-Basin's MergeMany (each to the mean "
+                         "of the others, repeated until nothing changes)")
+        weights: list[float] = option([], "one weight per member for the average (default: uniform)", min=0)
+        bn: Literal["auto", "recompute", "keep"] = option(
+            "auto", "BatchNorm statistics of the average: recompute them on --train-data (auto: when the model has "
+                    "BatchNorm), or keep the averaged ones")
+        repair: bool = option(False, "REPAIR: rescale each BatchNorm's output to the members' statistics (needs "
+                                     "--train-data and a model with BatchNorm)")
+
+    def combine(self, members, options, ctx) -> Combined:
+        _check_members(members)
+        if options.weights and len(options.weights) != len(members):
+            raise BadInput(f"option weights has {len(options.weights)} values for {len(members)} members")
+        if options.weights and sum(options.weights) <= 0:
+            raise BadInput("option weights must not sum to 0")
+        weights = [w / sum(options.weights) for w in options.weights] if options.weights else \
+            [1 / len(members)] * len(members)
+        if options.report and not ctx.eval_data:
+            raise BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
+        like = members[0]
+        spec, model, images = derive_checked(like, ctx, what=like.architecture)
+        with_bn = has_batchnorm(model)
+        recompute = options.bn == "recompute" or (options.bn == "auto" and with_bn) or options.repair
+        if options.repair and not with_bn:
+            raise BadInput(f"option repair=true rescales BatchNorm outputs; {like.architecture} has no BatchNorm "
+                           "(use bn=keep, or a model with BatchNorm)")
+        if recompute and with_bn and not ctx.train_data:
+            raise BadInput(f"{like.architecture} has BatchNorm: averaged statistics fit no member, so rebasin "
+                           "recomputes them; pass --train-data DIR (or -o bn=keep to keep the averaged ones)")
+        train = ctx.train_split(like) if recompute and with_bn else None
+        states = [m.state_dict() for m in members]
+        found = match.align_many(spec, states, method=options.method, seed=ctx.seed, max_sweeps=options.max_sweeps,
+                                 first_sweep=options.first_sweep, progress=ctx.progress)
+        aligned = [permute.apply(spec, s, f.perms) for s, f in zip(states, found)]
+        for m, s, a in zip(members, states, aligned):
+            _same_function(model, s, a, images, what=f"{m.name} aligned")
+        merged = _average(aligned, weights)
+        net = ctx.model(merged, like)
+        if options.repair:
+            from zoo.plugins.rebasin import repair as repairing
+
+            stats = [repairing.output_stats(ctx.model(a, like), train, options.bn_batches, ctx.device, seed=ctx.seed)
+                     for a in aligned]
+            net = ctx.model(merged, like)
+            repairing.repair(net, stats, weights, train, options.bn_batches, ctx.device, seed=ctx.seed)
+        elif train is not None:
+            recompute_bn_stats(net, train, options.bn_batches, ctx.device, seed=ctx.seed)
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        report = {"method": options.method, "weights": weights, "spec": spec.describe(),
+                  "bn": "repair" if options.repair else ("recomputed" if train is not None else "averaged"),
+                  "sweeps": [f.sweeps for f in found]}
+        result = Combined(state_dict=state, report=report)
+        rows = []
+        if ctx.eval_data:
+            split = ctx.eval_split(like)
+            naive = _average(states, weights)
+            if train is not None:
+                naive = _finish(ctx, like, naive, train, options.bn_batches)
+            ens = _ensemble(ctx, like, aligned, weights, split)
+            per = [ctx.evaluate(s, like=like, split=split) for s in states]
+            report["members"] = {m.name: p.as_dict() for m, p in zip(members, per)}
+            report["ensemble"] = ens.as_dict()
+            report["average_without_alignment"] = ctx.evaluate(naive, like=like, split=split).as_dict()
+            rows = [[m.name, p.top1, p.nll] for m, p in zip(members, per)]
+            rows += [["output ensemble (mean softmax)", ens.top1, ens.nll],
+                     ["average without alignment", report["average_without_alignment"]["top1"],
+                      report["average_without_alignment"]["nll"]]]
+            result.figures["rebasin.png"] = _bars(rows, ctx.evaluate(state, like=like, split=split))
+        if options.report:
+            paths = [_report_paths(ctx, like, spec, states[0], s, a, options, m.name)
+                     for m, s, a in zip(members[1:], states[1:], aligned[1:])]
+            report["paths"] = paths
+            result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
+                                                          title=f"{like.name} → {members[1].name}")
+            result.card_sections.append(_paths_section(paths))
+        result.card_sections.insert(0, card.Section(
+            "Re-basin", f"{len(members)} members aligned to {'the first' if options.method == 'reference' else 'each other (MergeMany)'} by "
+            f"weight matching ({_describe(spec)}), then averaged"
+            + (", BatchNorm statistics recomputed on the training data" if train is not None else "")
+            + (" and each BatchNorm's output rescaled to the members' (REPAIR)" if options.repair else "") + ".",
+            columns=["model", "held-out top-1", "held-out NLL"], rows=rows) if rows else
+            card.Section("Re-basin", f"{len(members)} members aligned by weight matching ({_describe(spec)}), then "
+                                     "averaged."))
+        return result
+
+
+def _average(states, weights) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            out[k] = sum(w * s[k].double() for w, s in zip(weights, states)).to(v.dtype)
+        else:
+            out[k] = v
+    return out
+
+
+def _finish(ctx, like, state, train, n_batches) -> dict[str, torch.Tensor]:
+    model = ctx.model(state, like)
+    recompute_bn_stats(model, train, n_batches, ctx.device, seed=ctx.seed)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _ensemble(ctx, like, states, weights, split):
+    from zoo.kit.metrics import predict
+
+    probs = 0
+    for w, s in zip(weights, states):
+        probs = probs + w * predict(ctx.model(s, like), split, ctx.device, batch_size=ctx.batch_size).float().softmax(1)
+    return ctx.metrics_of(probs.clamp_min(1e-12).log(), split.targets)
+
+
+def _bars(rows, merged):
+    from zoo.kit import plots
+
+    labels = [r[0] for r in rows] + ["re-basin merge"]
+    values = [r[1] for r in rows] + [merged.top1]
+    return plots.bars(labels, values, highlight=[len(values) - 1], title="held-out top-1", ylabel="top-1 (%)")
