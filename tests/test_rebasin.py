@@ -151,6 +151,9 @@ def test_zoo_align_writes_a_timm_repo_computing_what_the_member_computes(tmp_pat
     assert set(paths) == {"before alignment", "aligned", "aligned + BN recomputed"}
     assert all(len(c["loss"]) == 5 and c["loss_barrier"] >= 0 for c in paths.values())
     assert recipe["report"]["inner_after"] > recipe["report"]["inner_before"]
+    # the aligned member merges like any same-shaped member: the kit's merge methods work on it as they are
+    zoo_cli("combine", "-s", "slerp", "-m", members / "base", "-m", out, "--out", tmp_path / "slerp")
+    assert (tmp_path / "slerp" / "model.safetensors").exists()
     card = (out / "README.md").read_text()
     assert "barrier.png" in card and (out / "barrier.png").stat().st_size > 10_000
     assert "Loss barrier along the path" in card

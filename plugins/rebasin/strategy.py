@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+import zoo
 from zoo import BadInput, Combined, Strategy, option
 from zoo.kit import card
 from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
@@ -212,85 +213,106 @@ class Rebasin(Strategy):
             raise BadInput(f"{like.architecture} has BatchNorm: averaged statistics fit no member, so rebasin "
                            "recomputes them; pass --train-data DIR (or -o bn=keep to keep the averaged ones)")
         train = ctx.train_split(like) if recompute and with_bn else None
-        states = [m.state_dict() for m in members]
-        found = match.align_many(spec, states, method=options.method, seed=ctx.seed, max_sweeps=options.max_sweeps,
-                                 first_sweep=options.first_sweep, progress=ctx.progress)
-        aligned = [permute.apply(spec, s, f.perms) for s, f in zip(states, found)]
-        for m, s, a in zip(members, states, aligned):
-            _same_function(model, s, a, images, what=f"{m.name} aligned")
-        merged = _average(aligned, weights)
+        split = ctx.eval_split(like) if ctx.eval_data else None
+        perms, sweeps = self._match(members, spec, options, ctx)
+
+        # one member at a time from here: its function checked, measured, its path to the reference
+        reference = like.state_dict()
+        per, paths, stats, probs = [], [], [], 0
+        for m, p, w in zip(members, perms, weights):
+            raw = reference if m is like else m.state_dict()
+            aligned = permute.apply(spec, raw, p)
+            _same_function(model, raw, aligned, images, what=f"{m.name} aligned")
+            if split is not None:
+                per.append(ctx.evaluate(raw, like=like, split=split))
+                from zoo.kit.metrics import predict
+
+                logits = predict(ctx.model(aligned, like), split, ctx.device, batch_size=ctx.batch_size)
+                probs = probs + w * logits.float().softmax(1)
+            if options.report and m is not like:
+                paths.append(_report_paths(ctx, like, spec, reference, raw, aligned, options, m.name))
+            if options.repair:
+                from zoo.plugins.rebasin import repair as repairing
+
+                stats.append(repairing.output_stats(ctx.model(aligned, like), train, options.bn_batches, ctx.device,
+                                                    seed=ctx.seed))
+            del raw, aligned
+
+        # the average itself is streamed tensor by tensor through the kit: no member is held whole
+        def permuted_mean(key, tensors, _base):
+            return sum(w * permute.permute_tensor(spec, key, t, p) for w, t, p in zip(weights, tensors, perms))
+
+        merged = zoo.map_tensors(members, permuted_mean, progress=ctx.progress, description="averaging aligned members",
+                                 who="rebasin")
         net = ctx.model(merged, like)
         if options.repair:
             from zoo.plugins.rebasin import repair as repairing
 
-            stats = [repairing.output_stats(ctx.model(a, like), train, options.bn_batches, ctx.device, seed=ctx.seed)
-                     for a in aligned]
-            net = ctx.model(merged, like)
             repairing.repair(net, stats, weights, train, options.bn_batches, ctx.device, seed=ctx.seed)
         elif train is not None:
             recompute_bn_stats(net, train, options.bn_batches, ctx.device, seed=ctx.seed)
-        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        if train is not None:
+            merged = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         report = {"method": options.method, "weights": weights, "spec": spec.describe(),
                   "bn": "repair" if options.repair else ("recomputed" if train is not None else "averaged"),
-                  "sweeps": [f.sweeps for f in found]}
-        result = Combined(state_dict=state, report=report)
+                  "sweeps": sweeps}
+        result = Combined(state_dict=merged, report=report)
         rows = []
-        if ctx.eval_data:
-            split = ctx.eval_split(like)
-            naive = _average(states, weights)
+        if split is not None:
+            naive = zoo.map_tensors(members, lambda key, tensors, _b: sum(w * t for w, t in zip(weights, tensors)),
+                                    progress=ctx.progress, description="averaging without alignment", who="rebasin")
+            naive = dict(naive)
             if train is not None:
                 naive = _finish(ctx, like, naive, train, options.bn_batches)
-            ens = _ensemble(ctx, like, aligned, weights, split)
-            per = [ctx.evaluate(s, like=like, split=split) for s in states]
+            ens = ctx.metrics_of(probs.clamp_min(1e-12).log(), split.targets)
+            unaligned = ctx.evaluate(naive, like=like, split=split)
             report["members"] = {m.name: p.as_dict() for m, p in zip(members, per)}
             report["ensemble"] = ens.as_dict()
-            report["average_without_alignment"] = ctx.evaluate(naive, like=like, split=split).as_dict()
+            report["average_without_alignment"] = unaligned.as_dict()
             rows = [[m.name, p.top1, p.nll] for m, p in zip(members, per)]
             rows += [["output ensemble (mean softmax)", ens.top1, ens.nll],
-                     ["average without alignment", report["average_without_alignment"]["top1"],
-                      report["average_without_alignment"]["nll"]]]
-            result.figures["rebasin.png"] = _bars(rows, ctx.evaluate(state, like=like, split=split))
-        if options.report:
-            paths = [_report_paths(ctx, like, spec, states[0], s, a, options, m.name)
-                     for m, s, a in zip(members[1:], states[1:], aligned[1:])]
+                     ["average without alignment", unaligned.top1, unaligned.nll]]
+            result.figures["rebasin.png"] = _bars(rows, ctx.evaluate(dict(merged), like=like, split=split))
+        if paths:
             report["paths"] = paths
             result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
                                                           title=f"{like.name} → {members[1].name}")
             result.card_sections.append(_paths_section(paths))
-        result.card_sections.insert(0, card.Section(
-            "Re-basin", f"{len(members)} members aligned to {'the first' if options.method == 'reference' else 'each other (MergeMany)'} by "
-            f"weight matching ({_describe(spec)}), then averaged"
-            + (", BatchNorm statistics recomputed on the training data" if train is not None else "")
-            + (" and each BatchNorm's output rescaled to the members' (REPAIR)" if options.repair else "") + ".",
-            columns=["model", "held-out top-1", "held-out NLL"], rows=rows) if rows else
-            card.Section("Re-basin", f"{len(members)} members aligned by weight matching ({_describe(spec)}), then "
-                                     "averaged."))
+        how = "the first" if options.method == "reference" else "each other (MergeMany)"
+        text = (f"{len(members)} members aligned to {how} by weight matching ({_describe(spec)}), then averaged"
+                + (", BatchNorm statistics recomputed on the training data" if train is not None else "")
+                + (" and each BatchNorm's output rescaled to the members' (REPAIR)" if options.repair else "") + ".")
+        result.card_sections.insert(0, card.Section("Re-basin", text, columns=["model", "held-out top-1",
+                                                                             "held-out NLL"], rows=rows)
+                                    if rows else card.Section("Re-basin", text))
         return result
 
-
-def _average(states, weights) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in states[0].items():
-        if v.is_floating_point():
-            out[k] = sum(w * s[k].double() for w, s in zip(weights, states)).to(v.dtype)
-        else:
-            out[k] = v
-    return out
+    @staticmethod
+    def _match(members, spec, options, ctx) -> tuple[list[dict], list[int]]:
+        """Each member's permutations. ``reference`` holds the reference and one member at a time (twice a
+        model); MergeMany holds every member (it matches each to the mean of the others)."""
+        if options.method == "merge-many":
+            found = match.align_many(spec, [m.state_dict() for m in members], method="merge-many", seed=ctx.seed,
+                                     max_sweeps=options.max_sweeps, first_sweep=options.first_sweep,
+                                     progress=ctx.progress)
+            return [f.perms for f in found], [f.sweeps for f in found]
+        reference = members[0].state_dict()
+        perms, sweeps = [permute.identity(spec)], [0]
+        task = ctx.progress.task("weight matching", total=len(members) - 1)
+        for i, m in enumerate(members[1:], 1):
+            f = match.weight_matching(spec, reference, m.state_dict(), seed=ctx.seed + i,
+                                      max_sweeps=options.max_sweeps, first_sweep=options.first_sweep)
+            perms.append(f.perms)
+            sweeps.append(f.sweeps)
+            task.advance()
+        task.close()
+        return perms, sweeps
 
 
 def _finish(ctx, like, state, train, n_batches) -> dict[str, torch.Tensor]:
     model = ctx.model(state, like)
     recompute_bn_stats(model, train, n_batches, ctx.device, seed=ctx.seed)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _ensemble(ctx, like, states, weights, split):
-    from zoo.kit.metrics import predict
-
-    probs = 0
-    for w, s in zip(weights, states):
-        probs = probs + w * predict(ctx.model(s, like), split, ctx.device, batch_size=ctx.batch_size).float().softmax(1)
-    return ctx.metrics_of(probs.clamp_min(1e-12).log(), split.targets)
 
 
 def _bars(rows, merged):
