@@ -104,7 +104,7 @@ def barrier(work: Path, results: dict) -> None:
                 flush=True)
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharey=True)
     for ax, (name, row) in zip(axes, out.items()):
-        for variant in ("before alignment", "aligned", "aligned + BN recomputed"):
+        for variant in ("before alignment", "aligned", "before alignment, BN recomputed", "aligned + BN recomputed"):
             if variant in row:
                 alphas = [i / (len(row[variant]["top1"]) - 1) for i in range(len(row[variant]["top1"]))]
                 ax.plot(alphas, [100 * v for v in row[variant]["top1"]], marker="o", ms=3, label=variant)
@@ -163,31 +163,35 @@ def svd(work: Path, results: dict) -> None:
         buckets = 10
         sums = {"before": [0.0] * buckets, "after": [0.0] * buckets}
         counts = [0] * buckets
+        l2 = {"before": 0.0, "after": 0.0}
         for k, wa in a.items():
-            if wa.dim() < 2 or k.endswith("pos_embed") or "head" in k or wa.shape[0] < 8:
+            if wa.dim() < 2 or k.endswith(("pos_embed", "cls_token")) or wa.shape[0] < 8:
                 continue
-            ua, _, _ = torch.linalg.svd(wa.reshape(wa.shape[0], -1).double(), full_matrices=False)
+            for which, other in (("before", b[k]), ("after", aligned[k])):
+                l2[which] += float(((wa.double() - other.double()) ** 2).sum())
+            if k.startswith(("head", "fc.")):
+                continue  # the classifier's rows are the classes: never permuted
+            ua = torch.linalg.svd(wa.reshape(wa.shape[0], -1).double(), full_matrices=False)[0]
             r = ua.shape[1]
             for which, other in (("before", b[k]), ("after", aligned[k])):
-                ub, _, _ = torch.linalg.svd(other.reshape(other.shape[0], -1).double(), full_matrices=False)
-                cos = (ua * ub).sum(0).abs()  # the i-th left singular vectors of A and B
+                ub = torch.linalg.svd(other.reshape(other.shape[0], -1).double(), full_matrices=False)[0]
+                cos = (ua * ub).sum(0).abs()  # the i-th left singular vectors of A and B (sign-free)
                 for i in range(r):
                     sums[which][min(buckets - 1, i * buckets // r)] += float(cos[i])
             for i in range(r):
-                counts[min(buckets - 1, i * buckets // r)] += 1 if True else 0
-        counts = [c // 1 for c in counts]
-        curve = {w: [s / max(1, c) for s, c in zip(v, counts)] for w, v in sums.items()}
-        row = results["barrier"][f"{family}-{width}"]
-        out[f"{family}-{width}"] = {"l2_before": row["l2_before"], "l2_after": row["l2_after"], "cos_by_rank": curve}
+                counts[min(buckets - 1, i * buckets // r)] += 1
+        curve = {w: [s_ / max(1, c) for s_, c in zip(v, counts)] for w, v in sums.items()}
+        row = {"l2_weights_before": l2["before"] ** 0.5, "l2_weights_after": l2["after"] ** 0.5}
+        out[f"{family}-{width}"] = {**row, "cos_by_rank": curve}
         xs = [(i + 0.5) / buckets for i in range(buckets)]
         for which, marker in (("before", "o"), ("after", "s")):
             ax.plot(xs, curve[which], marker=marker, label=f"{which} alignment")
-        ax.set(title=f"{family}-{width}: L2 {row['l2_before']:.1f} → {row['l2_after']:.1f}",
+        ax.set(title=f"{family}-{width}: weights' L2 distance {row['l2_weights_before']:.1f} → {row['l2_weights_after']:.1f}",
                xlabel="singular value rank (fraction; 0 = largest)", ylabel="|cos| of matched left singular vectors")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         print(f"svd {family}-{width}: top-decile |cos| {curve['before'][0]:.3f} → {curve['after'][0]:.3f}; "
-              f"L2 {row['l2_before']:.2f} → {row['l2_after']:.2f}", flush=True)
+              f"L2 {row['l2_weights_before']:.2f} → {row['l2_weights_after']:.2f}", flush=True)
     fig.tight_layout()
     fig.savefig(FIGURES / "rebasin_svd.png", dpi=110)
 

@@ -148,7 +148,7 @@ def test_zoo_align_writes_a_timm_repo_computing_what_the_member_computes(tmp_pat
     assert not torch.equal(moved["conv_stem.weight"], member.state_dict()["conv_stem.weight"])
     recipe = json.loads((out / "zoo.json").read_text())
     paths = recipe["report"]["paths"][0]["curves"]
-    assert set(paths) == {"before alignment", "aligned", "aligned + BN recomputed"}
+    assert set(paths) == {"before alignment", "aligned", "before alignment, BN recomputed", "aligned + BN recomputed"}
     assert all(len(c["loss"]) == 5 and c["loss_barrier"] >= 0 for c in paths.values())
     assert recipe["report"]["inner_after"] > recipe["report"]["inner_before"]
     # the aligned member merges like any same-shaped member: the kit's merge methods work on it as they are

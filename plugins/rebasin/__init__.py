@@ -1,7 +1,8 @@
 """Permutation alignment (Git Re-Basin weight matching) for timm models: members trained from different
 starts made mergeable — ``zoo align`` and ``zoo combine --strategy rebasin``.
 
-- ``spec.py``: which permutation acts on which axis of every tensor, derived from the model's fx graph
+- ``spec.py``: which permutation acts on which axis of every tensor (the rules); ``graph.py``: how they are
+  read from the model's fx graph
 - ``permute.py``: permutations applied, and checked against the model's outputs
 - ``match.py``: weight matching (linear assignment per group), several members (reference, MergeMany)
 - ``repair.py``: REPAIR for BatchNorm networks; ``barrier.py``: the loss barrier along a path

@@ -92,10 +92,10 @@ def _report_paths(ctx, like, spec, ref, raw, aligned, options, name: str) -> dic
     curves = {"before alignment": barrier.path(ctx, like, ref, raw, alphas, split, label=f"path to {name}"),
               "aligned": barrier.path(ctx, like, ref, aligned, alphas, split, label=f"aligned path to {name}")}
     model = ctx.model(ref, like)
-    if has_batchnorm(model) and ctx.train_data:
-        curves["aligned + BN recomputed"] = barrier.path(
-            ctx, like, ref, aligned, alphas, split, recompute=ctx.train_split(like), bn_batches=options.bn_batches,
-            label=f"aligned path to {name}, BN recomputed")
+    if has_batchnorm(model) and ctx.train_data:  # both, so what alignment adds is not credited to the recompute
+        for variant, end in (("before alignment, BN recomputed", raw), ("aligned + BN recomputed", aligned)):
+            curves[variant] = barrier.path(ctx, like, ref, end, alphas, split, recompute=ctx.train_split(like),
+                                           bn_batches=options.bn_batches, label=f"{variant}: {name}")
     keys = list(spec.axes)
     return {"member": name, "l2_before": barrier.l2(ref, raw, keys), "l2_after": barrier.l2(ref, aligned, keys),
             "curves": curves}
