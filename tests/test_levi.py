@@ -38,6 +38,14 @@ def test_levi_keeps_the_pretrained_model_frozen_and_predicts_the_mean_of_its_lev
     recipe = json.loads((out / "zoo.json").read_text())
     measured = json.loads(zoo_cli("eval", out, "--data", digits_zoo / "data" / "val", "--json").stdout)
     assert measured["top1"] == pytest.approx(recipe["metrics"]["top1"], abs=1e-9)
+    # the selective-classification figures and the cost, as for ensembles and cascades
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, *member.pretrained_cfg["input_size"]))
+    assert recipe["metrics"]["macs_per_image"] == counter.get_total_flops() // 2 > 0
+    assert 0 < recipe["metrics"]["aurc"] < 1 and 0 <= recipe["metrics"]["coverage@risk5%"] <= 1
+    assert "LEVI: measured" in (out / "README.md").read_text()
     assert recipe["metrics"]["top1"] > 0.5 and len(recipe["report"]["eval_levels_top1"]) == 2
 
 

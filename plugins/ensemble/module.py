@@ -43,13 +43,10 @@ def member_config(member) -> dict[str, Any]:
 
 
 def macs_of(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Multiply–accumulates of one image through ``model`` (torch's flop counter: FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply–accumulates of one image through ``model`` (``zoo.kit.metrics.macs_per_image``)."""
+    from zoo.kit.metrics import macs_per_image
 
-    model = model.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_size))
-    return counter.get_total_flops() // 2
+    return macs_per_image(model, input_size)
 
 
 class _Preprocess(nn.Module):

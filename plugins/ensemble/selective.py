@@ -1,10 +1,8 @@
 """Selective classification and the cascade's exit windows, as Xia & Bouganis define them (ICCV 2023,
 "Window-Based Early-Exit Cascades for Uncertainty Estimation"; code: Guoxoug/window-early-exit).
 
-- **Score**: the confidence a stage's output has in its prediction: the maximum softmax probability
-  (``msp``), or minus the entropy of the softmax (``entropy``); higher is more confident.
-- **Risk–coverage curve**: samples sorted by score, most confident first; at coverage k/N the risk is
-  the error rate of the k most confident (risk 0 at coverage 0). AURC is its area.
+- **Score**, **risk–coverage curve**, **AURC**: as ``zoo.kit.selective`` defines them (shared with every
+  strategy that reports selective classification).
 - **Operating threshold τ** on the validation data for a target:
   - ``risk@R``: the threshold whose risk is closest to R, ignoring the least-covered 1% of the curve,
     where the risk of a few samples is noise (the paper's code ignores the first 500 of ImageNet's
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from zoo.kit.errors import BadInput
+from zoo.kit.selective import aurc, coverage_at_risk, risk_coverage, scores  # noqa: F401  (the cascade's too)
 
 _TARGET = re.compile(r"^(risk|coverage|tpr)@(\d+(?:\.\d+)?)%?$")
 
@@ -54,37 +53,6 @@ def parse_target(text: str) -> Target:
     if not 0 < value < 1:
         raise BadInput(f"option target={text!r}: the percentage must lie between 0 and 100")
     return Target(m.group(1), value)
-
-
-def scores(probs: torch.Tensor, kind: str = "msp") -> torch.Tensor:
-    """The confidence of each row of ``probs`` (softmax outputs): higher is more confident."""
-    if kind == "msp":
-        return probs.max(dim=1).values
-    p = probs.double().clamp_min(1e-12)
-    return (p * p.log()).sum(dim=1).to(probs.dtype)  # −entropy
-
-
-def risk_coverage(correct: torch.Tensor, score: torch.Tensor):
-    """(risk, coverage) at every coverage 0, 1/N … 1 (length N + 1), and the sorted scores (length N)."""
-    order = score.argsort(descending=True)
-    wrong = (~correct.bool())[order].double()
-    n = len(score)
-    risk = torch.cat([torch.zeros(1, dtype=torch.float64), wrong.cumsum(0) / torch.arange(1, n + 1)])
-    coverage = torch.linspace(0, 1, n + 1, dtype=torch.float64)
-    return risk, coverage, score[order]
-
-
-def aurc(correct: torch.Tensor, score: torch.Tensor) -> float:
-    """The area under the risk–coverage curve (trapezoids over coverage 0 … 1)."""
-    risk, coverage, _ = risk_coverage(correct, score)
-    return float(torch.trapezoid(risk, coverage))
-
-
-def coverage_at_risk(correct: torch.Tensor, score: torch.Tensor, risk_target: float) -> float:
-    """The largest coverage whose risk is at most ``risk_target`` (0 when none, coverage 0 aside)."""
-    risk, coverage, _ = risk_coverage(correct, score)
-    ok = (risk[1:] <= risk_target + 1e-12).nonzero()
-    return float(coverage[1:][ok[-1]].item()) if len(ok) else 0.0
 
 
 def threshold(correct: torch.Tensor, score: torch.Tensor, target: Target) -> float:

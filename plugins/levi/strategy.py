@@ -115,12 +115,21 @@ class Levi(Strategy):
                                  save_extra={"options": asdict(options)}, progress=ctx.progress, log=ctx.log)
         net = training.unwrap(model).eval()
         report, metrics = {"history": history, "classes": classes, "small": options.small}, None
+        from zoo.kit.metrics import macs_per_image, predict
+        from zoo.kit.selective import selective_metrics
+
+        macs = float(macs_per_image(net, tuple(cfg["input_size"])))
+        report["macs_per_image"] = macs
+        rows = []
         for kind, source in (("eval", ctx.eval_data), ("ood", ctx.ood_data)):
             if not source:
                 continue
             held = load_split(source, cfg, label_names=classes, num_classes=len(classes), progress=ctx.progress)
             measured = ctx.evaluate_module(net, held).as_dict()
+            probs = predict(net, held, ctx.device, batch_size=ctx.batch_size).float().softmax(1)
+            measured.update(selective_metrics(probs, held.targets), macs_per_image=macs)
             report[f"{kind}_levels_top1"] = _levels_top1(net, held, ctx)  # each adapting layer alone
+            rows.append(["held-out" if kind == "eval" else "shifted", *(measured[k] for k in _CARD_KEYS)])
             if kind == "eval":
                 metrics = measured
             else:
@@ -132,7 +141,18 @@ class Levi(Strategy):
         out = Combined(state_dict={k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                        config=config, metrics=metrics, report=report, usage=_USAGE)
         out.figures["training.png"] = training_curves(history)
+        if rows:
+            from zoo.kit import card
+
+            out.card_sections.append(card.Section(
+                "LEVI: measured", f"{macs / 1e6:.3f} M multiply–accumulates per image (both models and the adapting "
+                "layers; torch's flop counter). AURC: area under the risk–coverage curve (maximum-softmax "
+                "confidence); coverage@risk5%: the share of images kept at 5% errors among them.",
+                columns=["data", "top-1", "NLL", "ECE", "AURC", "coverage@risk5%"], rows=rows))
         return out
+
+
+_CARD_KEYS = ("top1", "nll", "ece", "aurc", "coverage@risk5%")
 
 
 def _spec(member) -> dict:

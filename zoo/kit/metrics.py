@@ -75,3 +75,16 @@ def predict(model, split: Split, device, *, batch_size: int = 256, amp: bool = T
 
 def evaluate_model(model, split: Split, device, *, extra=None, batch_size: int = 256) -> Metrics:
     return metrics_from_logits(predict(model, split, device, batch_size=batch_size), split.targets, extra)
+
+
+def macs_per_image(model, input_size: tuple[int, ...]) -> int:
+    """Multiply–accumulates of one image of ``input_size`` (C, H, W) through ``model``: torch's flop counter
+    (``torch.utils.flop_counter``), FLOPs / 2. The image is made on the model's device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size, device=device))
+    return counter.get_total_flops() // 2
