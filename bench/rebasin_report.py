@@ -37,7 +37,7 @@ FAMILIES = {  # name → (timm architecture, constructor arguments per width, ep
     "resnet": ("resnet18", {"w16": {"channels": [16, 32, 64, 128]}, "w64": {}}, 12, 3e-3),
     "vit": ("vit_tiny_patch16_224", {
         "d64": {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4},
-        "d256": {"img_size": 32, "patch_size": 4, "embed_dim": 256, "depth": 4, "num_heads": 4}}, 30, 1e-3),
+        "d128": {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}}, 30, 1e-3),
 }
 
 
@@ -155,7 +155,7 @@ def svd(work: Path, results: dict) -> None:
     plt = pyplot()
     out = results.setdefault("svd", {})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for ax, (family, width) in zip(axes, (("resnet", "w64"), ("vit", "d256"))):
+    for ax, (family, width) in zip(axes, (("resnet", "w64"), ("vit", "d128"))):
         a_dir, b_dir = _members(work, family, width)[:2]
         a = zoo.load_member(a_dir).state_dict()
         b = zoo.load_member(b_dir).state_dict()

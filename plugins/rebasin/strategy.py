@@ -34,8 +34,8 @@ class _Common:
     first_sweep: Literal["graph", "random"] = option(
         "graph", "order of the first sweep: the graph's (input to output; zoo's default) or random (the paper's)")
     report: bool = option(False, "measure the loss barrier along the path between the reference and each member, "
-                                 "before and after alignment (needs --eval-data; --train-data adds the aligned "
-                                 "path with BatchNorm statistics recomputed)")
+                                 "before and after alignment (needs --eval-data; --train-data adds both paths "
+                                 "with BatchNorm statistics recomputed)")
     points: int = option(11, "α points on each path the report measures", min=3)
     bn_batches: int = option(20, "batches of --train-data used to re-estimate BatchNorm statistics", min=1)
 
@@ -132,10 +132,6 @@ class Align(Strategy):
 
     @dataclass
     class Options(_Common):
-        pass
-
-    @classmethod
-    def check(cls, options) -> None:
         pass
 
     def combine(self, members, options, ctx) -> Combined:

@@ -17,7 +17,7 @@ def align(
     out: str = typer.Option(..., "--out", help="Output folder: an ordinary timm repo computing what MEMBER computes."),
     report: bool = typer.Option(False, "--report", help="Also measure the loss barrier along the path between "
                                 "the reference and the member, before and after alignment (needs --eval-data; "
-                                "--train-data adds the path with BatchNorm statistics recomputed)."),
+                                "--train-data adds both paths with BatchNorm statistics recomputed)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder or timm "
                                             "dataset spec (the function check runs on its first images)."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data, for --report's BatchNorm "
