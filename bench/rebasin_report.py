@@ -33,6 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FIGURES = HERE / "figures"
 SEEDS = range(5)
+FILTER = ""
 FAMILIES = {  # name → (timm architecture, constructor arguments per width, epochs, lr)
     "resnet": ("resnet18", {"w16": {"channels": [16, 32, 64, 128]}, "w64": {}}, 12, 3e-3),
     "vit": ("vit_tiny_patch16_224", {
@@ -129,6 +130,8 @@ def merge(work: Path, results: dict) -> None:
                 if family == "resnet":
                     runs.append(("reference + REPAIR", {"repair": "true"}))
                 for label, opts in runs:
+                    if FILTER and FILTER not in label:
+                        continue
                     t = time.time()
                     r = zoo.combine("rebasin", _members(work, family, width)[:n], eval_data=data["eval"],
                                     train_data=data["train"], options=opts, force=True,
@@ -229,7 +232,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--stage", action="append", choices=["train", "barrier", "merge", "svd", "cost"])
+    p.add_argument("--merge-filter", default="", help="merge stage: only the runs whose label contains this")
     args = p.parse_args()
+    global FILTER
+    FILTER = args.merge_filter
     stages = args.stage or ["train", "barrier", "merge", "svd", "cost"]
     args.work.mkdir(parents=True, exist_ok=True)
     FIGURES.mkdir(exist_ok=True)

@@ -58,9 +58,10 @@ def output_stats(model, split, n_batches: int, device, *, batch_size: int = 64, 
 
 def repair(model, member_stats: Sequence[dict], weights: Sequence[float], split, n_batches: int, device, *,
            seed: int = 0):
-    """Re-estimate ``model``'s BatchNorm statistics on ``split``, then give each BatchNorm's output the
-    weighted mean of the members' output statistics (``member_stats``: :func:`output_stats` of each)."""
-    recompute_bn_stats(model, split, n_batches, device, seed=seed)
+    """Give each BatchNorm's output the weighted mean of the members' output statistics (``member_stats``:
+    :func:`output_stats` of each): its affine part first, then every running statistic re-estimated on
+    ``split`` in one pass, so each BatchNorm normalises what the corrected layers before it now give it
+    (correcting after the re-estimate would leave every later BatchNorm's statistics stale)."""
     with torch.no_grad():
         for name, bn in _bns(model).items():
             if bn.weight is None or bn.bias is None:  # no affine part to carry the correction
@@ -70,4 +71,5 @@ def repair(model, member_stats: Sequence[dict], weights: Sequence[float], split,
             sign = torch.where(bn.weight.detach().cpu() < 0, -1.0, 1.0).double()
             bn.weight.copy_((sign * std).to(bn.weight))
             bn.bias.copy_(mean.to(bn.bias))
+    recompute_bn_stats(model, split, n_batches, device, seed=seed)
     return model
