@@ -217,7 +217,8 @@ class _Builder:
                 axes[key] = (view, named)
         nested = {roots[id(h.root())]: roots[id(d.root())] for h, d in self.nested
                   if id(h.root()) in roots and id(d.root()) in roots}
-        return {"groups": groups, "axes": axes, "where": where, "nested": nested}
+        buffers = frozenset(k for k, _ in self.model.named_buffers() if k in axes)
+        return {"groups": groups, "axes": axes, "where": where, "nested": nested, "buffers": buffers}
 
     # ---- modules -----------------------------------------------------------------------------
     def module(self, m: nn.Module, name: str, node: torch.fx.Node, flows, leaves) -> Any:

@@ -2,7 +2,8 @@
 
 For each permutation group π in turn (a random order per sweep, seeded), every other permutation held
 fixed, the best π maximises Σ over the tensors it acts on of ⟨W_A, π(W_B)⟩, a linear assignment
-problem: C = Σ W_A (group axis first, flattened) · W_B' (same, with the other permutations applied)ᵀ,
+problem: C = Σ W_A (group axis first, flattened) · W_B' (same, with the other permutations applied)ᵀ over
+the parameters the group acts on (BatchNorm's running statistics are permuted, not matched),
 solved with ``scipy.optimize.linear_sum_assignment(C, maximize=True)``. Sweeps repeat until one brings no
 gain above 1e-12 (at most ``max_sweeps``).
 
@@ -53,7 +54,7 @@ def _flat(t: torch.Tensor, view, ax: int) -> torch.Tensor:
 
 
 def _inner(spec: Spec, a, b) -> float:
-    return float(sum((a[k].double() * b[k].double()).sum() for k in spec.axes))
+    return float(sum((a[k].double() * b[k].double()).sum() for k in spec.axes if k not in spec.buffers))
 
 
 def _cost(spec: Spec, g: str, a_flat, b, perms, users) -> torch.Tensor:
@@ -95,7 +96,7 @@ def weight_matching(spec: Spec, a: Mapping[str, torch.Tensor], b: Mapping[str, t
     from scipy.optimize import linear_sum_assignment
 
     perms = {g: p.clone() for g, p in (init or permute.identity(spec)).items()}
-    users = {g: spec.users(g) for g in spec.groups}
+    users = {g: spec.users(g, weights_only=True) for g in spec.groups}
     a_flat = {(k, ax): _flat(a[k], spec.axes[k][0], ax) for g in spec.groups for k, ax in users[g]}
     rng = np.random.default_rng(seed)
     names = sorted(spec.groups, key=lambda g: int(g[1:]))  # P0, P1, …: the order the graph binds them

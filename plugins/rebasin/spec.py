@@ -39,10 +39,14 @@ class Spec:
     axes: dict[str, tuple[tuple[int, ...], dict[int, str]]]
     where: dict[str, str] = field(default_factory=dict)
     nested: dict[str, str] = field(default_factory=dict)
+    #: tensors that are buffers (BatchNorm's running statistics): permuted with their channels, but not
+    #: weights, so weight matching leaves them out of its objective (as Git Re-Basin's code does)
+    buffers: frozenset = frozenset()
 
-    def users(self, group: str) -> list[tuple[str, int]]:
-        """(tensor, view axis) pairs ``group`` acts on."""
-        return [(k, ax) for k, (_, axes) in self.axes.items() for ax, g in axes.items() if g == group]
+    def users(self, group: str, *, weights_only: bool = False) -> list[tuple[str, int]]:
+        """(tensor, view axis) pairs ``group`` acts on (``weights_only``: parameters, not buffers)."""
+        return [(k, ax) for k, (_, axes) in self.axes.items() for ax, g in axes.items()
+                if g == group and not (weights_only and k in self.buffers)]
 
     def describe(self) -> dict[str, Any]:
         return {"permutations": len(self.groups), "units": sum(self.groups.values()),
