@@ -14,8 +14,8 @@ the stream that feeds it lines up with the wrong stream, and the two then hold e
 ConvNeXt matched against a permuted copy of itself, 10 of 16 groups stayed wrong that way, none with the
 graph-ordered first sweep. ``first_sweep="random"`` is the paper's order.
 
-Matching holds both models' tensors and one group's working copies at a time: about twice one model's
-float32 size.
+Matching holds both models' tensors and one tensor's working copies at a time (measured in
+bench/RESULTS.md).
 
 Attention heads and the dimensions inside them depend on each other (a head is only recognisable once its
 dimensions line up, and the reverse): a heads group is solved with, for each pair of heads, the best
@@ -50,19 +50,22 @@ class Matched:
 
 
 def _flat(t: torch.Tensor, view, ax: int) -> torch.Tensor:
-    return t.reshape(view).movedim(ax, 0).reshape(view[ax], -1).double()
+    return t.reshape(view).movedim(ax, 0).reshape(view[ax], -1).float()
 
 
 def _inner(spec: Spec, a, b) -> float:
     return float(sum((a[k].double() * b[k].double()).sum() for k in spec.axes if k not in spec.buffers))
 
 
-def _cost(spec: Spec, g: str, a_flat, b, perms, users) -> torch.Tensor:
+def _cost(spec: Spec, g: str, a, b, perms, users) -> torch.Tensor:
+    """C for group ``g``: float32 products (as the weights are), summed over tensors in float64. Nothing of A
+    is kept between visits: matching holds the two models and one tensor's working copies."""
     n = spec.groups[g]
     cost = torch.zeros(n, n, dtype=torch.float64)
     for k, ax in users:
+        view = spec.axes[k][0]
         wb = permute.permute_tensor(spec, k, b[k], perms, skip_axis=ax)
-        cost += a_flat[k, ax] @ _flat(wb, spec.axes[k][0], ax).T
+        cost += (_flat(a[k], view, ax) @ _flat(wb, view, ax).T).double()
     return cost
 
 
@@ -76,10 +79,10 @@ def _heads_cost(spec: Spec, g: str, a, b, perms, users) -> np.ndarray:
     for k, ax in users:
         view, axes = spec.axes[k]
         ax_d = next(x for x, name in axes.items() if name == inner)
-        wa = a[k].reshape(view).movedim((ax, ax_d), (0, 1)).reshape(n, d, -1).double()
+        wa = a[k].reshape(view).movedim((ax, ax_d), (0, 1)).reshape(n, d, -1).float()
         wb = permute.permute_tensor(spec, k, b[k], {**perms, inner: torch.arange(d)}, skip_axis=ax)
-        wb = wb.reshape(view).movedim((ax, ax_d), (0, 1)).reshape(n, d, -1).double()
-        pair += torch.einsum("ipx,jqx->ijpq", wa, wb)
+        wb = wb.reshape(view).movedim((ax, ax_d), (0, 1)).reshape(n, d, -1).float()
+        pair += torch.einsum("ipx,jqx->ijpq", wa, wb).double()
     score = np.zeros((n, n))
     for i in range(n):
         for j in range(n):
@@ -97,7 +100,6 @@ def weight_matching(spec: Spec, a: Mapping[str, torch.Tensor], b: Mapping[str, t
 
     perms = {g: p.clone() for g, p in (init or permute.identity(spec)).items()}
     users = {g: spec.users(g, weights_only=True) for g in spec.groups}
-    a_flat = {(k, ax): _flat(a[k], spec.axes[k][0], ax) for g in spec.groups for k, ax in users[g]}
     rng = np.random.default_rng(seed)
     names = sorted(spec.groups, key=lambda g: int(g[1:]))  # P0, P1, …: the order the graph binds them
     before = _inner(spec, a, permute.apply(spec, b, perms))
@@ -108,7 +110,7 @@ def weight_matching(spec: Spec, a: Mapping[str, torch.Tensor], b: Mapping[str, t
         for g in (names[i] for i in order):
             n = spec.groups[g]
             c = _heads_cost(spec, g, a, b, perms, users[g]) if g in spec.nested else \
-                _cost(spec, g, a_flat, b, perms, users[g]).numpy()
+                _cost(spec, g, a, b, perms, users[g]).numpy()
             rows, cols = linear_sum_assignment(c, maximize=True)
             old = float(c[np.arange(n), perms[g].numpy()].sum())
             new = float(c[rows, cols].sum())
