@@ -14,7 +14,7 @@ cli = None
 
 @stitch_app.command("list")
 def list_cmd(
-    folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME[@REV]."),
+    folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME\\[@REV]."),
     sort: str = typer.Option("id", "--sort", help="Order rows by id, gflops, params or top1."),
     json_out: bool = typer.Option(False, "--json", help="Print the configurations as JSON."),
 ):
@@ -59,7 +59,7 @@ def _pareto(rows: list[dict]) -> set[int]:
 
 @stitch_app.command("export")
 def export_cmd(
-    folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME[@REV]."),
+    folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME\\[@REV]."),
     out: str = typer.Option(..., "--out", "-o", help="Folder to write the configuration to."),
     config: Optional[int] = typer.Option(None, "--config", help="The configuration's id (zoo stitch list)."),
     max_gflops: Optional[float] = typer.Option(None, "--max-gflops", help="Or: the most accurate configuration "

@@ -11,7 +11,7 @@ from zoo.cli.app import app, console, progress_bars, run, state, wrote
 
 @app.command()
 def align(
-    member: str = typer.Argument(..., help="The member to permute: hf-hub:ORG/NAME[@REV], a folder, or a "
+    member: str = typer.Argument(..., help="The member to permute: hf-hub:ORG/NAME\\[@REV], a folder, or a "
                                  ".safetensors file."),
     to: str = typer.Option(..., "--to", help="The reference it is lined up with (same architecture and width)."),
     out: str = typer.Option(..., "--out", help="Output folder: an ordinary timm repo computing what MEMBER computes."),

@@ -13,7 +13,7 @@ from zoo.cli.app import app, console, progress_bars, run, state, wrote
 def combine(
     strategy: str = typer.Option(..., "--strategy", "-s", help="Strategy name (see `zoo strategies`)."),
     member: List[str] = typer.Option([], "--member", "-m",
-                                     help="A member: hf-hub:ORG/NAME[@REV], a folder, or a .safetensors file."),
+                                     help="A member: hf-hub:ORG/NAME\\[@REV], a folder, or a .safetensors file."),
     zoo_name: Optional[str] = typer.Option(None, "--zoo", help="A named zoo (registry/zoos) or a zoo .toml."),
     members_from: Optional[str] = typer.Option(None, "--members-from", help="Members listed in a zoo .toml, "
                                                "e.g. a zoo select output's zoo.toml (its data is not used)."),

@@ -13,7 +13,7 @@ from zoo.cli.app import app, console, progress_bars, run
 
 @app.command("discover")
 def discover_cmd(
-    base: str = typer.Argument(..., help="The base model: ORG/NAME or hf-hub:ORG/NAME\\[@REV]."),
+    base: str = typer.Argument(..., help="The base model: ORG/NAME or hf-hub:ORG/NAME\\\\[@REV]."),
     relation: List[str] = typer.Option(["finetune"], "--relation", "-r", help="How the models derive from the "
                                        "base, as the Hub's model tree says: finetune, adapter, merge or "
                                        "quantized (repeatable), or all."),

@@ -11,7 +11,7 @@ from zoo.cli.app import app, progress_bars, run, state
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="A zoo output folder, hf-hub:ORG/NAME[@REV], or any member spec."),
+    model: str = typer.Argument(..., help="A zoo output folder, hf-hub:ORG/NAME\\[@REV], or any member spec."),
     data: str = typer.Option(..., "--data", help="Image folder (class per sub-folder) or timm dataset spec."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of a bare .safetensors file."),

@@ -40,7 +40,7 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
     say.print(wrote(out, result.metrics), highlight=False)
 
 _RUN_FLAGS = [
-    ("member", str, typer.Argument(..., help="The member to start from: hf-hub:ORG/NAME[@REV], a folder or a file.")),
+    ("member", str, typer.Argument(..., help="The member to start from: hf-hub:ORG/NAME\\[@REV], a folder or a file.")),
     ("train_data", str, typer.Option(..., "--train-data", help="Image folder, one sub-folder per class.")),
     ("out", str, typer.Option(..., "--out", help="Output folder (a member: timm / Hub repo).")),
     ("num_classes", Optional[int], typer.Option(None, "--num-classes", help="Check: the number of classes (the "

@@ -11,7 +11,7 @@ from zoo.cli.app import app, console, progress_bars, run, state
 
 @app.command()
 def reproduce(
-    output: str = typer.Argument(..., help="An output zoo wrote: a folder, or hf-hub:ORG/NAME[@REV]."),
+    output: str = typer.Argument(..., help="An output zoo wrote: a folder, or hf-hub:ORG/NAME\\[@REV]."),
     out: Optional[str] = typer.Option(None, "--out", help="Keep the re-run here (default: a temporary folder, "
                                       "removed when compared)."),
     member: List[str] = typer.Option([], "--member", "-m", help="NAME=PATH: where a member that was a local "

@@ -9,7 +9,7 @@ from zoo.cli.app import app, console, progress_bars, run, state
 
 @app.command("run")
 def run_cmd(
-    recipe: str = typer.Argument(..., help="A recipe .toml: [[step]] tables, each with run = \"select\", "
+    recipe: str = typer.Argument(..., help="A recipe .toml: \\[\\[step]] tables, each with run = \"select\", "
                                  "\"combine\", \"finetune\" or \"push\" and that command's options."),
     check: bool = typer.Option(False, "--check", help="Only check the recipe (keys, strategies, options, "
                                "how the steps feed each other); run nothing."),

@@ -12,7 +12,7 @@ from zoo.cli.app import app, console, progress_bars, run, state
 @app.command("select")
 def select_cmd(
     member: List[str] = typer.Option([], "--member", "-m", help="A candidate member (repeatable): "
-                                     "hf-hub:ORG/NAME[@REV], a folder, or a .safetensors file."),
+                                     "hf-hub:ORG/NAME\\[@REV], a folder, or a .safetensors file."),
     zoo_name: Optional[str] = typer.Option(None, "--zoo", help="Candidates from a named zoo or zoo .toml (its "
                                            "train/eval data are the defaults for --target-data/--val-data)."),
     members_from: Optional[str] = typer.Option(None, "--members-from", help="Candidates from a zoo .toml (e.g. "
