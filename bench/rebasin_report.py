@@ -15,6 +15,8 @@ recipe (AdamW, cosine, small shifts). Stages:
   ResNets) against the best member, the output ensemble and the average without alignment;
 - ``svd``: the L2 distance before and after matching, and |cos| between the matched left singular vectors of
   each weight matrix of seed 0 and seed 1, by singular-value rank, before and after alignment;
+- ``corr``: whether weight matching pairs each unit with its real counterpart: the correlation of the two
+  seeds' activations, unit by unit, as paired by weight matching and by the best pairing of the activations;
 - ``cost``: wall time and peak memory of matching one ViT-B/16 and one ResNet-50 (each in its own process).
 
 Results go to --work/results.json and figures to bench/figures/rebasin_*.png.
@@ -199,6 +201,49 @@ def svd(work: Path, results: dict) -> None:
     fig.savefig(FIGURES / "rebasin_svd.png", dpi=110)
 
 
+def corr(work: Path, results: dict) -> None:
+    """Does weight matching find the units' real counterparts? Per-unit correlation of the activations of seed 0
+    and seed 1 on the held-out images, paired as they are (identity), as weight matching paired them, and as
+    the best pairing of the activations themselves would (a linear assignment on their correlations)."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    import zoo
+    from zoo.kit.data import data_config, load_split
+
+    data = _data()
+    out = results.setdefault("corr", {})
+    where = {"resnet-w64": ["layer2", "layer3.0.act1"], "vit-d128": ["blocks.1", "blocks.1.mlp.act", "blocks.3"]}
+    for name, layers in where.items():
+        a, b = (zoo.load_member(m) for m in _members(work, *name.split("-"))[:2])
+        aligned = zoo.load_member(str(work / "aligned" / name))
+        split = load_split(data["eval"], data_config(a.pretrained_cfg), label_names=a.label_names, num_classes=10)
+
+        def units(member):
+            model, got = member.create_model().eval(), {}
+            modules = dict(model.named_modules())
+            hooks = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: got.__setitem__(n, o.detach()))
+                     for n in layers]
+            with torch.no_grad():
+                model(split.images)
+            for h in hooks:
+                h.remove()
+            flat = {n: (v.transpose(1, -1) if v.dim() == 4 else v).reshape(-1, v.shape[1] if v.dim() == 4 else v.shape[-1])
+                    for n, v in got.items()}
+            return {n: (v - v.mean(0)) / (v.std(0) + 1e-8) for n, v in flat.items()}
+
+        ua, ub, ual = units(a), units(b), units(aligned)
+        for n in layers:
+            c = (ua[n].T @ ub[n] / len(ua[n])).numpy()
+            rows, cols = linear_sum_assignment(c, maximize=True)
+            row = {"identity": float((ua[n] * ub[n]).mean(0).mean()),
+                   "weight_matching": float((ua[n] * ual[n]).mean(0).mean()),
+                   "best_activation_pairing": float(c[rows, cols].mean())}
+            out[f"{name} {n}"] = row
+            print(f"corr {name} {n}: identity {row['identity']:.3f}, weight matching {row['weight_matching']:.3f}, "
+                  f"best pairing of activations {row['best_activation_pairing']:.3f}", flush=True)
+
+
 COST = """
 import resource, sys, time, timm, torch
 from zoo.plugins.rebasin import spec as S, permute as P, match as M
@@ -231,12 +276,12 @@ def cost(work: Path, results: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, type=Path)
-    p.add_argument("--stage", action="append", choices=["train", "barrier", "merge", "svd", "cost"])
+    p.add_argument("--stage", action="append", choices=["train", "barrier", "merge", "svd", "corr", "cost"])
     p.add_argument("--merge-filter", default="", help="merge stage: only the runs whose label contains this")
     args = p.parse_args()
     global FILTER
     FILTER = args.merge_filter
-    stages = args.stage or ["train", "barrier", "merge", "svd", "cost"]
+    stages = args.stage or ["train", "barrier", "merge", "svd", "corr", "cost"]
     args.work.mkdir(parents=True, exist_ok=True)
     FIGURES.mkdir(exist_ok=True)
     path = args.work / "results.json"
