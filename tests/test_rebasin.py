@@ -193,3 +193,47 @@ def test_align_refuses_bad_input_with_one_message_and_writes_nothing(tmp_path, d
     proc = zoo_cli("align", grouped, "--to", grouped, "--out", tmp_path / "g-out", check=False)
     assert proc.returncode == 2 and "grouped convolution" in proc.stderr and "stem" not in proc.stderr.split(":")[0]
     assert not (tmp_path / "g-out").exists()
+
+
+def test_merge_many_brings_a_model_and_two_permuted_copies_into_one_frame():
+    model, size = _model("resnet (BatchNorm, residual stages)")
+    spec = specs.derive(model, size)
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    copies = [a] + [permute.apply(spec, a, permute.random_perms(spec, seed=s)) for s in (21, 22)]
+    found = match.align_many(spec, copies, method="merge-many", seed=0)
+    aligned = [permute.apply(spec, c, f.perms) for c, f in zip(copies, found)]
+    # one common frame: every copy lands on the same tensors (a permutation of the original, all alike)
+    assert all(torch.equal(x[k], aligned[0][k]) for x in aligned[1:] for k in a)
+    with torch.no_grad():
+        images = torch.randn(4, *size)
+        expected = model(images)
+        model.load_state_dict(aligned[0])
+        assert torch.allclose(model(images), expected, atol=1e-5)
+
+
+def test_repair_gives_each_batchnorm_the_members_mean_output_statistics(digits_zoo):
+    import zoo
+    from zoo.kit.data import data_config, load_split
+    from zoo.plugins.rebasin import repair
+
+    base, other = (zoo.load_member(str(digits_zoo / "members" / n)) for n in ("base", "independent"))
+    train = load_split(str(digits_zoo / "data" / "train"), data_config(base.pretrained_cfg),
+                       label_names=base.label_names, num_classes=10)
+    spec = specs.derive(base.create_model(), (3, 32, 32))
+    a = base.state_dict()
+    b = permute.apply(spec, other.state_dict(), match.weight_matching(spec, a, other.state_dict()).perms)
+    cpu = torch.device("cpu")
+    stats = [repair.output_stats(base.create_model(s), train, 10, cpu) for s in (a, b)]
+    mean = {k: (v + b[k]) / 2 if v.is_floating_point() else v for k, v in a.items()}
+    net = repair.repair(base.create_model(mean), stats, [0.5, 0.5], train, 10, cpu)
+    after = repair.output_stats(net, train, 10, cpu)
+    plain = repair.output_stats(base.create_model(mean), train, 10, cpu)  # the average as it is, no repair
+    off_repaired = off_plain = 0.0
+    for name, (mu_a, sd_a) in stats[0].items():
+        mu_t, sd_t = (mu_a + stats[1][name][0]) / 2, (sd_a + stats[1][name][1]) / 2
+        scale = float(sd_t.mean())
+        assert float((after[name][0] - mu_t).abs().max()) < 0.05 * scale, name
+        assert float(((after[name][1] - sd_t) / sd_t.clamp_min(1e-3)).abs().median()) < 0.05, name
+        off_repaired += float((after[name][1] - sd_t).abs().mean())
+        off_plain += float((plain[name][1] - sd_t).abs().mean())
+    assert off_repaired < off_plain / 3  # the repair is what moved the statistics there

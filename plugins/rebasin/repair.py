@@ -27,7 +27,8 @@ def _bns(model) -> dict[str, torch.nn.Module]:
 
 def output_stats(model, split, n_batches: int, device, *, batch_size: int = 64, seed: int = 0):
     """Per BatchNorm: the (mean, std) of each channel of its output, the model in eval mode, on ``n_batches``
-    batches of ``split`` (the same batches for every model: the same seed)."""
+    batches of ``split`` (the same batches for every model: the same seed). For timm's BatchNorm with a
+    fused activation (``BatchNormAct2d``) that is the normalised output, before the activation."""
     sums: dict[str, list[torch.Tensor]] = {}
 
     def hook(name):
@@ -37,7 +38,13 @@ def output_stats(model, split, n_batches: int, device, *, batch_size: int = 64, 
             sums[name] = [acc[0] + x.sum(1).cpu(), acc[1] + (x * x).sum(1).cpu(), acc[2] + x.shape[1]]
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in _bns(model).items()]
+    handles = []
+    for n, m in _bns(model).items():
+        act = getattr(m, "act", None)
+        if isinstance(act, torch.nn.Module):  # timm's BatchNormAct2d: the normalised output is its act's input
+            handles.append(act.register_forward_pre_hook(lambda mod, inp, record=hook(n): record(mod, inp, inp[0])))
+        else:
+            handles.append(m.register_forward_hook(hook(n)))
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     try:
