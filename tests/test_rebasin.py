@@ -237,3 +237,19 @@ def test_repair_gives_each_batchnorm_the_members_mean_output_statistics(digits_z
         off_repaired += float((after[name][1] - sd_t).abs().mean())
         off_plain += float((plain[name][1] - sd_t).abs().mean())
     assert off_repaired < off_plain / 3  # the repair is what moved the statistics there
+
+
+def test_zoo_align_of_hub_members_is_the_align_of_the_same_files(tmp_path, hub, digits_zoo, zoo_cli):
+    from huggingface_hub import ModelCard
+
+    members = digits_zoo / "members"
+    shas = {n: hub.publish(members / n, f"zoo-test/align-{n}") for n in ("base", "independent")}
+    zoo_cli("align", "hf-hub:zoo-test/align-independent", "--to", "hf-hub:zoo-test/align-base",
+            "--out", tmp_path / "hub")
+    zoo_cli("align", members / "independent", "--to", members / "base", "--out", tmp_path / "local")
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("hub", "local"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recipe = json.loads((tmp_path / "hub" / "zoo.json").read_text())
+    assert {m["revision"] for m in recipe["members"]} == set(shas.values())  # pinned to the commits
+    card = ModelCard.load(str(tmp_path / "hub" / "README.md"))
+    assert set(card.data.base_model) == {"zoo-test/align-base", "zoo-test/align-independent"}
