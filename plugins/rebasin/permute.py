@@ -54,6 +54,14 @@ def _outputs(model, state, images) -> torch.Tensor:
         return model(images).double()
 
 
+def output_difference(model, before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+                      images: torch.Tensor) -> float:
+    """How far ``model``'s outputs on ``images`` move from weights ``before`` to ``after``: the largest absolute
+    difference, relative to the largest output. ``model`` is left holding ``after``."""
+    base = _outputs(model, before, images)
+    return float((_outputs(model, after, images) - base).abs().max()) / (float(base.abs().max()) or 1.0)
+
+
 def check_function(spec: Spec, model, images: torch.Tensor, *, seed: int = 0, what: str = "the model",
                    rtol: float = 1e-4) -> float:
     """Permute every group of ``spec`` at random and compare ``model``'s outputs on ``images`` with the
@@ -62,11 +70,8 @@ def check_function(spec: Spec, model, images: torch.Tensor, *, seed: int = 0, wh
     model = model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        base = _outputs(model, state, images)
-        scale = float(base.abs().max()) or 1.0
-
         def error(perms) -> float:
-            return float((_outputs(model, apply(spec, state, perms), images) - base).abs().max()) / scale
+            return output_difference(model, state, apply(spec, state, perms), images)
 
         worst = error(random_perms(spec, seed))
         if worst <= rtol:

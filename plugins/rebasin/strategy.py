@@ -51,9 +51,9 @@ def derive_checked(like, ctx, *, what: str):
     """The permutation spec of ``like``'s model, checked against its outputs, and the model."""
     from zoo.kit.data import data_config
 
-    model = like.create_model().to(ctx.device).eval()
+    model = like.create_model()
     size = tuple(data_config(like.pretrained_cfg)["input_size"])
-    spec = specs.derive(model.cpu(), size, what=what)
+    spec = specs.derive(model, size, what=what)  # traced on the CPU
     model = model.to(ctx.device)
     images = _probe(ctx, like, size)
     permute.check_function(spec, model, images, seed=ctx.seed, what=what)
@@ -74,12 +74,7 @@ def _probe(ctx, like, size) -> torch.Tensor:
 
 
 def _same_function(model, before: dict, after: dict, images, *, what: str, rtol: float = 1e-4) -> float:
-    with torch.no_grad():
-        model.load_state_dict(before)
-        a = model(images).double()
-        model.load_state_dict(after)
-        b = model(images).double()
-    diff = float((a - b).abs().max()) / (float(a.abs().max()) or 1.0)
+    diff = permute.output_difference(model, before, after, images)
     if diff > rtol:
         raise BadInput(f"{what}: the aligned weights compute something else (outputs differ by {diff:.2g} of their "
                        "scale); nothing was written")
