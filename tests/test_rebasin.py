@@ -200,7 +200,7 @@ def test_merge_many_brings_a_model_and_two_permuted_copies_into_one_frame():
     spec = specs.derive(model, size)
     a = {k: v.clone() for k, v in model.state_dict().items()}
     copies = [a] + [permute.apply(spec, a, permute.random_perms(spec, seed=s)) for s in (21, 22)]
-    found = match.align_many(spec, copies, method="merge-many", seed=0)
+    found = match.merge_many(spec, copies, seed=0)
     aligned = [permute.apply(spec, c, f.perms) for c, f in zip(copies, found)]
     # one common frame: every copy lands on the same tensors (a permutation of the original, all alike)
     assert all(torch.equal(x[k], aligned[0][k]) for x in aligned[1:] for k in a)

@@ -22,8 +22,9 @@ dimensions line up, and the reverse): a heads group is solved with, for each pai
 alignment of their dimensions (one small assignment per pair) as the pair's score; the dimensions are then
 solved as any other group.
 
-Several members: ``reference`` matches each to the first; ``merge-many`` is Git Re-Basin's MergeMany
-(each member in turn matched to the mean of the others, already permuted, until no permutation changes).
+Several members: match each to the first with :func:`weight_matching`, or :func:`merge_many` (Git Re-Basin's
+MergeMany: each member in turn matched to the mean of the others, already permuted, until no permutation
+changes).
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ GAIN = 1e-12
 class Matched:
     perms: dict[str, torch.Tensor]
     sweeps: int
-    #: Σ ⟨W_A, π(W_B)⟩ before and after matching, over the tensors the spec permutes
-    inner_before: float
-    inner_after: float
+    #: Σ ⟨W_A, π(W_B)⟩ before and after matching, over the parameters the spec permutes (None: not measured,
+    #: as for MergeMany, whose target moves)
+    inner_before: float | None = None
+    inner_after: float | None = None
 
 
 def _flat(t: torch.Tensor, view, ax: int) -> torch.Tensor:
@@ -127,27 +129,12 @@ def _mean(states: Sequence[Mapping[str, torch.Tensor]], keys) -> dict[str, torch
     return {k: sum(s[k].double() for s in states) / len(states) for k in keys}
 
 
-def align_many(spec: Spec, states: Sequence[Mapping[str, torch.Tensor]], *, method: str = "reference",
-               seed: int = 0, max_sweeps: int = 100, max_rounds: int = 20, first_sweep: str = "graph",
-               progress=None) -> list[Matched]:
-    """One :class:`Matched` per state (the first's identity under ``reference``); apply each to its state."""
-    ident = permute.identity(spec)
-    if method == "reference":
-        out = [Matched(ident, 0, 0.0, 0.0)]
-        task = progress.task("weight matching", total=len(states) - 1) if progress else None
-        for i, b in enumerate(states[1:], 1):
-            out.append(weight_matching(spec, states[0], b, seed=seed + i, max_sweeps=max_sweeps,
-                                       first_sweep=first_sweep))
-            if task:
-                task.advance()
-        if task:
-            task.close()
-        return out
-    if method != "merge-many":
-        raise ValueError(method)
-    # MergeMany: each member, in a random order per round, is matched to the mean of the others (as permuted
-    # so far), starting from its current permutation; rounds repeat until none changes
-    perms = [dict(ident) for _ in states]
+def merge_many(spec: Spec, states: Sequence[Mapping[str, torch.Tensor]], *, seed: int = 0, max_sweeps: int = 100,
+               max_rounds: int = 20, first_sweep: str = "graph", progress=None) -> list[Matched]:
+    """Git Re-Basin's MergeMany: one :class:`Matched` per state, bringing all of them into one frame. Each member,
+    in a random order per round, is matched to the mean of the others (as permuted so far), starting from its
+    current permutation; rounds repeat until none changes (at most ``max_rounds``)."""
+    perms = [permute.identity(spec) for _ in states]
     sweeps = [0] * len(states)
     rng = np.random.default_rng(seed)
     keys = list(spec.axes)
@@ -171,4 +158,4 @@ def align_many(spec: Spec, states: Sequence[Mapping[str, torch.Tensor]], *, meth
             break
     if task:
         task.close()
-    return [Matched(p, s, 0.0, 0.0) for p, s in zip(perms, sweeps)]
+    return [Matched(p, s) for p, s in zip(perms, sweeps)]

@@ -20,7 +20,9 @@ import zoo
 from zoo import BadInput, Combined, Strategy, option
 from zoo.kit import card
 from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
+from zoo.kit.metrics import predict
 from zoo.plugins.rebasin import barrier, match, permute
+from zoo.plugins.rebasin import repair as repairing
 from zoo.plugins.rebasin import spec as specs
 
 #: held-out images the function check runs on (random ones without --eval-data)
@@ -81,13 +83,12 @@ def _same_function(model, before: dict, after: dict, images, *, what: str, rtol:
     return diff
 
 
-def _report_paths(ctx, like, spec, ref, raw, aligned, options, name: str) -> dict:
+def _report_paths(ctx, like, spec, ref, raw, aligned, options, name: str, with_bn: bool) -> dict:
     split = ctx.eval_split(like)
     alphas = barrier.grid(options.points)
     curves = {"before alignment": barrier.path(ctx, like, ref, raw, alphas, split, label=f"path to {name}"),
               "aligned": barrier.path(ctx, like, ref, aligned, alphas, split, label=f"aligned path to {name}")}
-    model = ctx.model(ref, like)
-    if has_batchnorm(model) and ctx.train_data:  # both, so what alignment adds is not credited to the recompute
+    if with_bn and ctx.train_data:  # both, so what alignment adds is not credited to the recompute
         for variant, end in (("before alignment, BN recomputed", raw), ("aligned + BN recomputed", aligned)):
             curves[variant] = barrier.path(ctx, like, ref, end, alphas, split, recompute=ctx.train_split(like),
                                            bn_batches=options.bn_batches, label=f"{variant}: {name}")
@@ -155,7 +156,8 @@ class Align(Strategy):
             rows=[["units moved", f"{sum(moved.values())} of {sum(spec.groups.values())}"],
                   ["Σ⟨reference, member⟩ before", matched.inner_before], ["after", matched.inner_after]])]
         if options.report:
-            paths = [_report_paths(ctx, reference, spec, ref, raw, aligned, options, member.name)]
+            paths = [_report_paths(ctx, reference, spec, ref, raw, aligned, options, member.name,
+                                   has_batchnorm(model))]
             report["paths"] = paths
             result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
                                                           title=f"{reference.name} → {member.name}")
@@ -205,29 +207,41 @@ class Rebasin(Strategy):
                            "recomputes them; pass --train-data DIR (or -o bn=keep to keep the averaged ones)")
         train = ctx.train_split(like) if recompute and with_bn else None
         split = ctx.eval_split(like) if ctx.eval_data else None
-        perms, sweeps = self._match(members, spec, options, ctx)
 
-        # one member at a time from here: its function checked, measured, its path to the reference
+        # one member at a time: read once, matched to the reference (MergeMany: matched all together first,
+        # which holds every member), its function checked, measured, its path to the reference
         reference = like.state_dict()
-        per, paths, stats, probs = [], [], [], 0
-        for m, p, w in zip(members, perms, weights):
-            raw = reference if m is like else m.state_dict()
-            aligned = permute.apply(spec, raw, p)
+        states = [reference] + [m.state_dict() for m in members[1:]] if options.method == "merge-many" else None
+        found = match.merge_many(spec, states, seed=ctx.seed, max_sweeps=options.max_sweeps,
+                                 first_sweep=options.first_sweep, progress=ctx.progress) if states else None
+        perms, sweeps, per, paths, stats, probs = [], [], [], [], [], 0
+        task = ctx.progress.task("aligning members", total=len(members))
+        for i, (m, w) in enumerate(zip(members, weights)):
+            raw = states[i] if states else reference if i == 0 else m.state_dict()
+            if found is not None:
+                f = found[i]
+            elif i == 0:
+                f = match.Matched(permute.identity(spec), 0)
+            else:
+                f = match.weight_matching(spec, reference, raw, seed=ctx.seed + i, max_sweeps=options.max_sweeps,
+                                          first_sweep=options.first_sweep)
+            perms.append(f.perms)
+            sweeps.append(f.sweeps)
+            aligned = permute.apply(spec, raw, f.perms)
             _same_function(model, raw, aligned, images, what=f"{m.name} aligned")
-            if split is not None:
-                per.append(ctx.evaluate(raw, like=like, split=split))
-                from zoo.kit.metrics import predict
-
-                logits = predict(ctx.model(aligned, like), split, ctx.device, batch_size=ctx.batch_size)
+            if split is not None:  # the member alone, and its share of the output ensemble
+                logits = predict(ctx.model(raw, like), split, ctx.device, batch_size=ctx.batch_size)
+                per.append(ctx.metrics_of(logits, split.targets))
                 probs = probs + w * logits.float().softmax(1)
-            if options.report and m is not like:
-                paths.append(_report_paths(ctx, like, spec, reference, raw, aligned, options, m.name))
+            if options.report and i > 0:
+                paths.append(_report_paths(ctx, like, spec, reference, raw, aligned, options, m.name, with_bn))
             if options.repair:
-                from zoo.plugins.rebasin import repair as repairing
-
                 stats.append(repairing.output_stats(ctx.model(aligned, like), train, options.bn_batches, ctx.device,
                                                     seed=ctx.seed))
             del raw, aligned
+            task.advance()
+        task.close()
+        del states
 
         # the average itself is streamed tensor by tensor through the kit: no member is held whole
         def permuted_mean(key, tensors, _base):
@@ -237,8 +251,6 @@ class Rebasin(Strategy):
                                  who="rebasin")
         net = ctx.model(merged, like)
         if options.repair:
-            from zoo.plugins.rebasin import repair as repairing
-
             repairing.repair(net, stats, weights, train, options.bn_batches, ctx.device, seed=ctx.seed)
         elif train is not None:
             recompute_bn_stats(net, train, options.bn_batches, ctx.device, seed=ctx.seed)
@@ -263,7 +275,9 @@ class Rebasin(Strategy):
             rows = [[m.name, p.top1, p.nll] for m, p in zip(members, per)]
             rows += [["output ensemble (mean softmax)", ens.top1, ens.nll],
                      ["average without alignment", unaligned.top1, unaligned.nll]]
-            result.figures["rebasin.png"] = _bars(rows, ctx.evaluate(dict(merged), like=like, split=split))
+            measured = ctx.evaluate(dict(merged), like=like, split=split)
+            result.metrics = measured.as_dict()  # zoo would measure the same again otherwise
+            result.figures["rebasin.png"] = _bars(rows, measured)
         if paths:
             report["paths"] = paths
             result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
@@ -277,27 +291,6 @@ class Rebasin(Strategy):
                                                                              "held-out NLL"], rows=rows)
                                     if rows else card.Section("Re-basin", text))
         return result
-
-    @staticmethod
-    def _match(members, spec, options, ctx) -> tuple[list[dict], list[int]]:
-        """Each member's permutations. ``reference`` holds the reference and one member at a time (twice a
-        model); MergeMany holds every member (it matches each to the mean of the others)."""
-        if options.method == "merge-many":
-            found = match.align_many(spec, [m.state_dict() for m in members], method="merge-many", seed=ctx.seed,
-                                     max_sweeps=options.max_sweeps, first_sweep=options.first_sweep,
-                                     progress=ctx.progress)
-            return [f.perms for f in found], [f.sweeps for f in found]
-        reference = members[0].state_dict()
-        perms, sweeps = [permute.identity(spec)], [0]
-        task = ctx.progress.task("weight matching", total=len(members) - 1)
-        for i, m in enumerate(members[1:], 1):
-            f = match.weight_matching(spec, reference, m.state_dict(), seed=ctx.seed + i,
-                                      max_sweeps=options.max_sweeps, first_sweep=options.first_sweep)
-            perms.append(f.perms)
-            sweeps.append(f.sweeps)
-            task.advance()
-        task.close()
-        return perms, sweeps
 
 
 def _finish(ctx, like, state, train, n_batches) -> dict[str, torch.Tensor]:
