@@ -125,9 +125,9 @@ class Levi(Strategy):
             if not source:
                 continue
             held = load_split(source, cfg, label_names=classes, num_classes=len(classes), progress=ctx.progress)
-            measured = ctx.evaluate_module(net, held).as_dict()
-            probs = predict(net, held, ctx.device, batch_size=ctx.batch_size).float().softmax(1)
-            measured.update(selective_metrics(probs, held.targets), macs_per_image=macs)
+            logits = predict(net, held, ctx.device, batch_size=ctx.batch_size)  # one pass for every metric
+            measured = ctx.metrics_of(logits, held.targets).as_dict()
+            measured.update(selective_metrics(logits.float().softmax(1), held.targets), macs_per_image=macs)
             report[f"{kind}_levels_top1"] = _levels_top1(net, held, ctx)  # each adapting layer alone
             rows.append(["held-out" if kind == "eval" else "shifted", *(measured[k] for k in _CARD_KEYS)])
             if kind == "eval":
