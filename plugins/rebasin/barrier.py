@@ -2,8 +2,8 @@
 
 θ(α) = (1−α)·θ_A + α·θ_B for α on a grid; at each α the held-out loss (NLL) and top-1 are measured. The
 barrier is max over α of loss(θ(α)) − [(1−α)·loss(θ_A) + α·loss(θ_B)] (Frankle et al. 2020; Git Re-Basin),
-the accuracy drop max over α of [(1−α)·acc_A + α·acc_B] − acc(θ(α)). Integer buffers (BatchNorm's batch
-counter) come from A. With ``recompute`` the BatchNorm statistics of every interior θ(α) are re-estimated
+the accuracy drop max over α of [(1−α)·acc_A + α·acc_B] − acc(θ(α)). θ(α) is the kit's
+``zoo.kit.weights.lerp`` (float64, the ends bit for bit; integer buffers from the nearer end). With ``recompute`` the BatchNorm statistics of every interior θ(α) are re-estimated
 on training data first (``zoo.kit.batchnorm``).
 """
 
@@ -13,10 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-
-def lerp(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    return {k: torch.lerp(v.float(), b[k].float(), alpha).to(v.dtype) if v.is_floating_point() else v
-            for k, v in a.items()}
+from zoo.kit import weights
 
 
 def grid(points: int) -> list[float]:
@@ -32,7 +29,7 @@ def path(ctx, like, a, b, alphas: Sequence[float], split, *, recompute=None, bn_
     losses, accs = [], []
     task = ctx.progress.task(label, total=len(alphas))
     for alpha in alphas:
-        sd = lerp(a, b, alpha)
+        sd = weights.lerp(a, b, alpha)
         model = ctx.model(sd, like)
         if recompute is not None and 0.0 < alpha < 1.0:
             recompute_bn_stats(model, recompute, bn_batches, ctx.device, seed=ctx.seed)
