@@ -93,7 +93,8 @@ _REDUCE = {"mean", "sum", "amax", "amin", "var", "std"}
 _RESHAPE = {"reshape", "view", "flatten", "squeeze", "unsqueeze"}
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid,
-    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SELU, nn.Hardtanh, nn.PReLU, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SELU, nn.Hardtanh, nn.PReLU, nn.Identity, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax,  # softmax over channels: equivariant
 )
 _POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
@@ -244,14 +245,10 @@ class _Builder:
             return self.per_channel(name, x, shape, 1, [k for k in ("weight", "bias") if getattr(m, k) is not None])
         if isinstance(m, _ELEMENTWISE_MODULES) and not list(m.parameters()):
             return _same(x, shape)
-        if isinstance(m, nn.Softmax) or isinstance(m, nn.LogSoftmax):
-            return _same(x, shape)
         if isinstance(m, _POOL_MODULES):
             return self.keep_axes(x, shape)
         if isinstance(m, nn.Flatten):
             return self.reshape(x, shape)
-        if isinstance(m, (nn.Dropout1d, nn.Dropout3d, nn.AlphaDropout)):
-            return _same(x, shape)
         self.fail(f"is a {type(m).__name__}, which zoo has no permutation rule for")
 
     def linear(self, name, x, shape, bias: bool) -> _Flow:
@@ -404,8 +401,6 @@ class _Builder:
                 node = other if node is None else self.union(node, other)
             if node is not None and not node.root().fixed:
                 out_axes[j] = node
-            elif node is not None and any(f.data for f in tensors):
-                pass
         return _Flow(tuple(shape), out_axes, data=any(f.data for f in tensors))
 
     def reduce(self, x: _Flow, shape, dims, keep) -> _Flow:
@@ -518,11 +513,7 @@ class _Builder:
         if len(normalized) != 1:
             self.fail(f"normalises over {tuple(normalized)}, not one channel axis")
         ch = self.at(x, -1)
-        for pos, key in ((2, "weight"), (3, "bias")):
-            arg = node.args[pos] if len(node.args) > pos else node.kwargs.get(key)
-            if isinstance(arg, torch.fx.Node) and isinstance(flows.get(arg), _Flow):
-                p = flows[arg]
-                self.union(self.at(p, 0), ch)
+        self._affine(node, flows, ch)
         return self._out(x, shape, len(shape) - 1, ch)
 
     def fn_group_norm(self, node, flows, x, shape) -> _Flow:
@@ -531,11 +522,15 @@ class _Builder:
             self.fail(f"is a GroupNorm with {groups} groups: only 1 or one per channel keep it unchanged under a "
                       "permutation")
         ch = self.at(x, 1)
+        self._affine(node, flows, ch)
+        return self._out(x, shape, 1, ch)
+
+    def _affine(self, node, flows, ch: _Node) -> None:
+        """A functional norm's weight and bias (arguments 2 and 3, or by keyword) follow its channels."""
         for pos, key in ((2, "weight"), (3, "bias")):
             arg = node.args[pos] if len(node.args) > pos else node.kwargs.get(key)
             if isinstance(arg, torch.fx.Node) and isinstance(flows.get(arg), _Flow):
                 self.union(self.at(flows[arg], 0), ch)
-        return self._out(x, shape, 1, ch)
 
     def fn_linear(self, node, flows, x, shape) -> _Flow:
         weight = flows.get(node.args[1]) if len(node.args) > 1 else flows.get(node.kwargs.get("weight"))
