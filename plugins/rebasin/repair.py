@@ -4,11 +4,12 @@ for networks with BatchNorm.
 Averaging aligned networks shrinks the spread of their hidden activations ("variance collapse"). REPAIR
 measures, on training data, the mean and standard deviation of each channel at the same place in every
 member, and rescales the merged network's channel there to the weighted mean of the members' values.
-zoo does this at every BatchNorm's output: after the merged BatchNorm's statistics are re-estimated on the
-same data, its output per channel has mean ≈ bias and standard deviation ≈ |weight|, so the correction is
-closed-form (up to BatchNorm's eps): bias ← Σ wᵢ·μᵢ, weight ← sign(weight)·Σ wᵢ·σᵢ (the paper's correction layer after
-each BatchNorm, folded into it). Networks without BatchNorm are refused: there the paper corrects
-activations inside the network, which a timm model has no place to store.
+zoo does this at every BatchNorm's output: once a BatchNorm's statistics are re-estimated on the data, its
+output per channel has mean ≈ bias and standard deviation ≈ |weight|, so the correction is closed-form (up
+to BatchNorm's eps): bias ← Σ wᵢ·μᵢ, weight ← sign(weight)·Σ wᵢ·σᵢ, and then every statistic is re-estimated
+in one pass (the paper's correction layer after each BatchNorm, folded into it). Networks without BatchNorm
+are refused: there the paper corrects activations inside the network, which a timm model has no place to
+store.
 """
 
 from __future__ import annotations
