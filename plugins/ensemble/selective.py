@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from zoo.kit.errors import BadInput
-from zoo.kit.selective import aurc, coverage_at_risk, risk_coverage, scores  # noqa: F401  (the cascade's too)
+from zoo.kit.selective import risk_coverage, scores  # noqa: F401  (the cascade uses them as selective.*)
 
 _TARGET = re.compile(r"^(risk|coverage|tpr)@(\d+(?:\.\d+)?)%?$")
 

@@ -26,6 +26,7 @@ import torch
 
 from zoo import Combined, Strategy, option
 from zoo.kit.errors import BadInput
+from zoo.kit.selective import selective_metrics
 from zoo.plugins.ensemble import module as ens
 from zoo.plugins.ensemble import selective
 
@@ -95,11 +96,7 @@ def _probs(net: ens.EnsembleNet, split, ctx) -> list[torch.Tensor]:
 
 def _figures_of(name: str, probs: torch.Tensor, targets, macs_per_image: float, risk_target: float, ctx) -> dict:
     m = ctx.metrics_of(probs.clamp_min(1e-12).log(), targets).as_dict()
-    correct = probs.argmax(1).eq(targets)
-    score = selective.scores(probs)
-    return {"name": name, **m, "aurc": selective.aurc(correct, score),
-            f"coverage@risk{risk_target * 100:g}%": selective.coverage_at_risk(correct, score, risk_target),
-            "macs_per_image": float(macs_per_image)}
+    return {"name": name, **m, **selective_metrics(probs, targets, risk_target), "macs_per_image": float(macs_per_image)}
 
 
 def _risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str):
