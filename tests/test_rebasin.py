@@ -176,9 +176,13 @@ def test_rebasin_reports_members_the_ensemble_and_the_unaligned_average(tmp_path
 
 def test_align_refuses_bad_input_with_one_message_and_writes_nothing(tmp_path, digits_zoo, zoo_cli):
     members, data = digits_zoo / "members", digits_zoo / "data"
+    for name, channels in (("narrow", [16, 32, 64, 128]), ("wide", [32, 64, 128, 256])):  # one architecture
+        _save(timm.create_model("resnet18", num_classes=10, channels=channels), tmp_path / name, (3, 32, 32),
+              "resnet18", {"channels": channels})
     cases = {
         "different architectures": ((members / "other-arch", "--to", members / "base"), "architecture|tensors"),
         "no reference": ((members / "base",), "--to"),
+        "another width": ((tmp_path / "wide", "--to", tmp_path / "narrow"), "in shape.*width"),
         "report without data": ((members / "independent", "--to", members / "base", "--report"), "--eval-data"),
     }
     for label, (args, expected) in cases.items():

@@ -21,6 +21,7 @@ from zoo import BadInput, Combined, Strategy, option
 from zoo.kit import card
 from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
 from zoo.kit.metrics import predict
+from zoo.kit.weights import check_compatible
 from zoo.plugins.rebasin import barrier, match, permute
 from zoo.plugins.rebasin import repair as repairing
 from zoo.plugins.rebasin import spec as specs
@@ -43,10 +44,12 @@ class _Common:
 
 
 def _check_members(members) -> None:
+    """One architecture, then the kit's check of the tensors (names, shapes: the width), as soups make it."""
     arch = {m.architecture for m in members}
     if len(arch) > 1:
         raise BadInput(f"members of different architectures ({', '.join(sorted(arch))}): weight matching permutes "
                        "the units of one architecture; align members of the same architecture and width")
+    check_compatible(members)
 
 
 def derive_checked(like, ctx, *, what: str):
