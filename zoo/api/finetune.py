@@ -72,7 +72,8 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
                               ckpt_dir=ckpt_dir, state=state, on_epoch=on_epoch)
     pinned = member.provenance()
-    result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
+    result = Combined(state_dict=sd, config=config,
+                      report={"history": history, "classes": classes, "bn": recipe.bn_for(member, classes)},
                       strategy="finetune", options=asdict(recipe), members=[pinned],
                       relation="finetune", license=pinned["license"])
     if held_out is not None:
