@@ -157,3 +157,20 @@ def test_bad_input(tmp_path, base, digits_zoo, zoo_cli):
         assert proc.returncode == 2, proc.stderr
         assert all(w in proc.stderr for w in words), proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_snapshots_replace_an_epoch_folder_only_with_force(tmp_path, base, digits_zoo, zoo_cli):
+    """`--snapshots DIR` would write DIR/epoch-N: one that is there is refused before any work, as `--out` is."""
+    train = class_slice({"train": digits_zoo / "data" / "train"}, tmp_path / "data", {"train": 10})["train"]
+    snaps, out = tmp_path / "snaps", tmp_path / "ft"
+    (snaps / "epoch-1").mkdir(parents=True)
+    (snaps / "epoch-1" / "mine.txt").write_text("keep me")
+    args = ["finetune", base, "--train-data", train, "--epochs", "1", "--snapshots", snaps, "--out", out]
+    proc = zoo_cli(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+    assert f"{snaps / 'epoch-1'} exists and is not empty" in " ".join(proc.stderr.split()) and "--force" in proc.stderr
+    assert (snaps / "epoch-1" / "mine.txt").read_text() == "keep me"  # nothing replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "snaps"]  # nothing written, nothing staged
+    assert sorted(p.name for p in snaps.iterdir()) == ["epoch-1"]
+    zoo_cli(*args, "--force")
+    assert not (snaps / "epoch-1" / "mine.txt").exists() and (snaps / "epoch-1" / "model.safetensors").is_file()
