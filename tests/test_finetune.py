@@ -63,6 +63,43 @@ def test_lp_ft_probes_with_the_fine_tunes_label_smoothing(tmp_path, base, digits
     assert probes["smoothed"].top1 > 0.5
 
 
+def _inverted(src, dst, per_class: int | None = None):
+    """An image folder of ``src``'s digits, white on black turned black on white: a shift the base never saw."""
+    from PIL import Image, ImageOps
+
+    for cls in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / cls.name).mkdir(parents=True)
+        for image in sorted(cls.iterdir())[:per_class]:
+            ImageOps.invert(Image.open(image).convert("L")).save(dst / cls.name / image.name)
+    return dst
+
+
+def test_bn_auto_keeps_a_linear_probes_statistics_when_it_is_fine_tuned(tmp_path, base, digits_zoo, zoo_cli):
+    """`--mode ft` from a member that `--mode lp` made is the second half of LP-FT: `--bn auto` keeps the
+    BatchNorm statistics the probed head was fit on (frozen), as it does for `--mode lp-ft`. With train-mode
+    statistics the first batches of shifted data replace them under the head and accuracy collapses (here
+    from ~80% to ~30%: the Lite0 → MNIST case of docs/usage.md, on inverted digits)."""
+    train = _inverted(digits_zoo / "data" / "train", tmp_path / "train", per_class=60)
+    val = _inverted(digits_zoo / "data" / "val", tmp_path / "val")
+    lp, ft = tmp_path / "lp", tmp_path / "ft"
+    zoo_cli("finetune", base, "--train-data", train, "--mode", "lp", "--lp-epochs", "5", "--out", lp)
+    proc = zoo_cli("finetune", lp, "--train-data", train, "--eval-data", val, "--mode", "ft", "--epochs", "1",
+                   "--lr", "1e-4", "--batch-size", "16", "--out", ft)
+    assert "--bn auto: frozen" in proc.stderr
+    recipe = json.loads((ft / "zoo.json").read_text())
+    assert recipe["options"]["bn"] == "auto" and recipe["report"]["bn"] == "frozen"
+    probed, tuned = load_file(lp / "model.safetensors"), load_file(ft / "model.safetensors")
+    stats = [k for k in probed if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(probed[k], tuned[k]) for k in stats)  # the probe's statistics kept
+    assert recipe["metrics"]["top1"] > 0.6, recipe["metrics"]  # 10 classes: not collapsed toward chance
+    # auto is train for a member that was not linear-probed, and for a probe given a new head
+    from zoo.api.combine import load_member
+
+    digits, auto = [str(i) for i in range(10)], zoo.FinetuneRecipe(mode="ft")
+    assert auto.bn_for(load_member(str(ft)), digits) == "train" == auto.bn_for(load_member(str(base)), digits)
+    assert auto.bn_for(load_member(str(lp)), digits[:3]) == "train"
+
+
 def test_new_head_for_other_classes(tmp_path, base, digits_zoo, zoo_cli):
     train = tmp_path / "three"
     train.mkdir()
@@ -120,3 +157,20 @@ def test_bad_input(tmp_path, base, digits_zoo, zoo_cli):
         assert proc.returncode == 2, proc.stderr
         assert all(w in proc.stderr for w in words), proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_snapshots_replace_an_epoch_folder_only_with_force(tmp_path, base, digits_zoo, zoo_cli):
+    """`--snapshots DIR` would write DIR/epoch-N: one that is there is refused before any work, as `--out` is."""
+    train = class_slice({"train": digits_zoo / "data" / "train"}, tmp_path / "data", {"train": 10})["train"]
+    snaps, out = tmp_path / "snaps", tmp_path / "ft"
+    (snaps / "epoch-1").mkdir(parents=True)
+    (snaps / "epoch-1" / "mine.txt").write_text("keep me")
+    args = ["finetune", base, "--train-data", train, "--epochs", "1", "--snapshots", snaps, "--out", out]
+    proc = zoo_cli(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+    assert f"{snaps / 'epoch-1'} exists and is not empty" in " ".join(proc.stderr.split()) and "--force" in proc.stderr
+    assert (snaps / "epoch-1" / "mine.txt").read_text() == "keep me"  # nothing replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "snaps"]  # nothing written, nothing staged
+    assert sorted(p.name for p in snaps.iterdir()) == ["epoch-1"]
+    zoo_cli(*args, "--force")
+    assert not (snaps / "epoch-1" / "mine.txt").exists() and (snaps / "epoch-1" / "model.safetensors").is_file()

@@ -90,6 +90,54 @@ def test_a_model_step_feeds_the_next_as_a_member(tmp_path, ingredients, zoo_cli,
     assert [m["name"] for m in json.loads((tmp_path / "ab-c" / "zoo.json").read_text())["members"]] == ["ab", c.name]
 
 
+def test_a_step_whose_base_is_another_architecture_is_refused_before_the_first_step(tmp_path, digits_zoo, ingredients,
+                                                                                     zoo_cli, monkeypatch):
+    """Every step is checked before the first runs, the members' tensors too (from their headers, and for an
+    earlier step's output from its own members'): the 3rd step's base of another architecture is named at its
+    line, where steps 1 and 2 used to be written before step 3 failed without saying which step it was."""
+    monkeypatch.chdir(tmp_path)
+    a, b, c = ingredients[:3]
+    recipe = _write(tmp_path, f"""
+        [[step]]
+        run = "combine"
+        strategy = "soup"
+        members = ["{a}", "{b}"]
+        out = "ab/"
+
+        [[step]]
+        run = "combine"
+        strategy = "soup"
+        members = ["@1", "{c}"]
+        out = "abc/"
+
+        [[step]]
+        run = "combine"
+        strategy = "task-arithmetic"
+        base = "{digits_zoo / 'members' / 'other-arch'}"
+        members = ["@1", "@2"]
+        out = "ta/"
+        """)
+    for check in (["--check"], []):
+        proc = zoo_cli("run", recipe, *check, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+        said = " ".join(proc.stderr.split())
+        assert "line 17: step 3 (combine): the base" in said and "member ab/ (step 1's output)" in said, said
+        assert "have different tensors" in said
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.toml"]  # nothing was written
+    # what only the run finds (a zoo's members are read when the step runs) is said with its step too
+    recipe = _write(tmp_path, f"""
+        [[step]]
+        run = "combine"
+        strategy = "task-arithmetic"
+        zoo = "digits-demo"
+        base = "{digits_zoo / 'members' / 'other-arch'}"
+        out = "z/"
+        """)
+    proc = zoo_cli("run", recipe, check=False)
+    assert proc.returncode == 2 and "error: step 1 (combine): the base other-arch" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.toml"]
+
+
 BAD = {
     "unknown key": ("""
         [[step]]

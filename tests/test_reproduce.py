@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import run_zoo
+from conftest import class_slice, run_zoo
 from hubserver import TOKEN
 
 ORG = "reproduce-test"
@@ -62,8 +63,6 @@ def test_local_members_are_found_by_name_and_checked_by_hash(soup, tmp_path, zoo
     # a soup of members given by path, from no zoo: zoo.json knows them by name and sha256 only
     out = tmp_path / "by-path"
     zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--out", out)
-    proc = zoo_cli("reproduce", out, check=False)
-    assert proc.returncode == 2 and f"--member {ingredients[0].name}=PATH" in proc.stderr
     # the right folders: identical; a folder with other bytes under a member's name is refused
     ok = zoo_cli("reproduce", out, "--member", f"{ingredients[0].name}={ingredients[0]}",
                  "--member", f"{ingredients[1].name}={ingredients[1]}")
@@ -73,6 +72,67 @@ def test_local_members_are_found_by_name_and_checked_by_hash(soup, tmp_path, zoo
     assert wrong.returncode == 2 and "is not the file the output was made from" in wrong.stderr
     # --zoo names where they are
     assert zoo_cli("reproduce", out, "--zoo", "digits-demo").stdout.startswith("identical:")
+
+
+def _record(output):
+    """zoo's local record of where ``output``'s inputs were (zoo.api.local_sources), as JSON text."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256((output / "zoo.json").read_bytes()).hexdigest()
+    return (Path(os.environ["ZOO_CACHE"]) / "outputs" / f"{digest}.json").read_text()
+
+
+def test_where_it_was_made_an_output_of_local_members_reproduces_with_no_arguments(tmp_path, zoo_cli, ingredients,
+                                                                                   val_dir):
+    """Nothing published names a local path, yet `zoo reproduce OUT` needs no --member or --eval-data on the
+    machine that made OUT: zoo's cache remembers where they were, and uses them while they hold the same files."""
+    mine = shutil.copytree(ingredients[0], tmp_path / "mine")
+    held_out = class_slice({"val": val_dir}, tmp_path, {"val": 10})["val"]  # 100 images: a quick evaluation
+    out = tmp_path / "soup"
+    zoo_cli("combine", "-s", "soup", "-m", mine, "-m", ingredients[1], "--eval-data", held_out, "--out", out)
+    assert str(tmp_path) not in (out / "zoo.json").read_text()  # zoo.json names no path of this machine
+    assert zoo_cli("reproduce", out).stdout.startswith("identical:")
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / "soup")  # the output itself may move
+    assert zoo_cli("reproduce", moved).stdout.startswith("identical:")
+
+    # a member moved: it is named, with where it was and what to give
+    mine.rename(tmp_path / "moved")
+    proc = zoo_cli("reproduce", out, "--out", tmp_path / "again", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+    assert f"member mine was a local folder (it was {mine} when the output was made, and that is gone): give it " \
+           "with --member mine=PATH" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "again").exists()
+    ok = zoo_cli("reproduce", out, "--member", f"mine={tmp_path / 'moved'}")
+    assert ok.stdout.startswith("identical:")
+    (tmp_path / "moved").rename(mine)
+
+    # the data changed (an image added): it is named, with what to give
+    extra = held_out / "0" / "extra.png"
+    shutil.copy(next((held_out / "1").iterdir()), extra)
+    proc = zoo_cli("reproduce", out, check=False)
+    assert proc.returncode == 2 and "its files have changed since" in proc.stderr and "--eval-data DIR" in proc.stderr
+    extra.unlink()
+    assert zoo_cli("reproduce", out).stdout.startswith("identical:")
+
+
+def test_the_local_record_stays_on_this_machine(tmp_path, hub, zoo_cli, ingredients, val_dir):
+    """What reproduce remembers of a local output lives in zoo's cache: nothing in the output, nothing pushed."""
+    from huggingface_hub import snapshot_download
+
+    mine = shutil.copytree(ingredients[0], tmp_path / "mine")
+    out = tmp_path / "soup"
+    zoo_cli("combine", "-s", "soup", "-m", mine, "-m", ingredients[1], "--eval-data", val_dir, "--out", out,
+            "--push", f"{ORG}/local-soup", env={"HF_TOKEN": TOKEN})
+    assert str(mine) in _record(out)  # the record exists, and holds the path
+    made = sorted(p.name for p in out.iterdir())
+    assert not [n for n in made if n.startswith(".")]  # no hidden file in the output
+    pulled = snapshot_download(f"{ORG}/local-soup", local_dir=tmp_path / "pulled")
+    files = sorted(p.name for p in Path(pulled).iterdir() if p.name not in (".cache", ".gitattributes"))
+    assert files == made  # the Hub's own .gitattributes aside, what the output holds and nothing more
+    for f in Path(pulled).iterdir():
+        if f.is_file():
+            assert str(tmp_path) not in f.read_bytes().decode("latin-1"), f.name
 
 
 @pytest.mark.parametrize("case", ["no zoo.json", "not a folder", "unknown member name", "missing data", "out not empty"])

@@ -316,7 +316,7 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     ``zoo reproduce`` can name it when a re-run differs."""
     import dataclasses
 
-    from zoo.api import card
+    from zoo.api import card, local_sources
     from zoo.kit import output
     from zoo.kit.public import scrub
 
@@ -341,8 +341,10 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     shown = dataclasses.replace(result, members=scrub(result.members), base=scrub(result.base),
                                 options=scrub(result.options))
     model_card = card.build(shown, name=out.resolve().name, eval_data=scrub(eval_data), extra_sections=sections)
-    return output.write(result, out, force=force, recipe=recipe, card=model_card,
-                        max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD, dtype=dtype)
+    written = output.write(result, out, force=force, recipe=recipe, card=model_card,
+                           max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD, dtype=dtype)
+    local_sources.remember(written, recipe)  # where the local inputs are, for zoo reproduce: in zoo's cache only
+    return written
 
 
 @contextlib.contextmanager

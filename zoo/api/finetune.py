@@ -42,6 +42,9 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     output.check_out(out, force)
     ckpt_dir = out.parent / f".{out.name}.finetune"
     state = checkpoint.resume_state(ckpt_dir / CHECKPOINT, asdict(recipe), resume, what="fine-tune", key="recipe")
+    if snapshots is not None:
+        snapshots = Path(snapshots)
+        _check_snapshots(snapshots, out, recipe, state, force)
 
     classes = class_names(train_data)
     if num_classes is not None and num_classes != len(classes):
@@ -56,10 +59,6 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
 
     on_epoch = None
     if snapshots is not None:
-        snapshots = Path(snapshots)
-        if snapshots.resolve() == out.resolve() or out.resolve() in snapshots.resolve().parents:
-            raise BadInput(f"--snapshots {snapshots}: give a folder outside --out (the output is one timm repo)")
-
         def on_epoch(epoch: int, weights: dict, rows: list[dict]) -> None:
             pinned = member.provenance()
             snap = Combined(state_dict=weights, config=config_for(member, classes),
@@ -72,7 +71,8 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     sd, config, history = fit(member, train, classes, recipe, dev, progress=progress, log=log,
                               ckpt_dir=ckpt_dir, state=state, on_epoch=on_epoch)
     pinned = member.provenance()
-    result = Combined(state_dict=sd, config=config, report={"history": history, "classes": classes},
+    result = Combined(state_dict=sd, config=config,
+                      report={"history": history, "classes": classes, "bn": recipe.bn_for(member, classes)},
                       strategy="finetune", options=asdict(recipe), members=[pinned],
                       relation="finetune", license=pinned["license"])
     if held_out is not None:
@@ -90,3 +90,19 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
 
         shutil.rmtree(ckpt_dir)
     return result
+
+
+def _check_snapshots(snapshots: Path, out: Path, recipe: Recipe, state: dict | None, force: bool) -> None:
+    """Before any work: ``--snapshots`` lies outside ``--out``, and replaces no ``epoch-N`` folder that is
+    there unless ``force`` (as ``--out``). A resumed run's own snapshots, up to the one written just before
+    the checkpoint it resumes from was, are its own to replace."""
+    if snapshots.resolve() == out.resolve() or out.resolve() in snapshots.resolve().parents:
+        raise BadInput(f"--snapshots {snapshots}: give a folder outside --out (the output is one timm repo)")
+    if force or recipe.mode == "lp":
+        return
+    first = int(state["epoch"]) + 2 if state is not None else 1
+    for epoch in range(first, recipe.epochs + 1):
+        folder = snapshots / f"epoch-{epoch}"
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise BadInput(f"--snapshots {snapshots}: {folder} exists and is not empty, and this run would replace "
+                           "it; choose another folder or pass --force to replace it")

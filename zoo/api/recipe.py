@@ -27,8 +27,10 @@ strategy options go in its ``options`` table::
 ``members_from``), a combine or finetune step's is a model folder (a member, a base, what push sends),
 a push step's is the Hub repo it wrote. Paths are relative to where ``zoo run`` is started, as on the
 command line. The whole recipe is checked before any step runs: every key, every strategy and its
-options against its schema, every ``@`` reference against what the step it names produces; an error
-names the recipe's line and key. Each output's ``zoo.json`` stores the recipe as ``recipe_file``.
+options against its schema, every ``@`` reference against what the step it names produces, a weight
+merge's base and members against each other's tensors (from their headers); an error names the recipe's
+line and key, and an error of a running step names the step. Each output's ``zoo.json`` stores the
+recipe as ``recipe_file``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zoo.kit.errors import BadInput
+from zoo.kit.errors import BadInput, ZooError
 from zoo.kit.progress import Progress, Silent
 
 if sys.version_info >= (3, 11):
@@ -66,6 +68,7 @@ class Step:
     args: dict[str, Any]
     line: int | None = None
     out: str | None = None  # what the step produces for later ones (a path, or hf-hub:ORG/NAME)
+    header: dict | None = None  # the tensors (name: shape, dtype) its output will hold, where a merge tells
 
 
 @dataclass
@@ -217,6 +220,8 @@ def _check_step(step: Step, table: dict[str, Any], earlier: list[Step], fail, pl
         if not isinstance(repo, str) or repo.count("/") != 1 or not all(repo.split("/")):
             raise fail(f"repo {repo!r}: write it as ORG/NAME", "repo")
     _check_paths(step, earlier, fail)
+    if kind == "combine":
+        _check_tensors(step, earlier, fail, plugins)
     step.out = _produces(step)
     for other in earlier:
         if step.out and other.out and step.run != "push" and other.run != "push" and \
@@ -338,6 +343,51 @@ def _check_combine(step: Step, fail, plugins) -> None:
             data={k: a.get(f"{k}_data") for k in ("train", "eval", "ood")}))
 
 
+def _check_tensors(step: Step, earlier: list[Step], fail, plugins) -> None:
+    """A weight merge's base and members have one set of tensors (names, shapes, dtypes), read from their
+    safetensors headers (a Hub member's by HTTP range requests) and, for an earlier step's output, from the
+    headers its own members have: the kit's comparison (zoo.kit.weights.compare_headers), before any step
+    runs. Sets ``step.header``, what the step's output will hold. A member whose header cannot be read so
+    (a zoo's members, a pickle, a Hub member out of reach) is left to the checks when the step runs."""
+    from zoo.kit.weights import compare_headers
+
+    a = step.args
+    cls = _load_host(plugins).strategy(a["strategy"])
+    if not cls.same_tensors or a.get("multi_task"):
+        return  # a whole-model strategy (ensemble, distill, ...) or separate heads: other architectures are fine
+    made = {str(Path(s.out).resolve()): s for s in earlier if s.out and not s.out.startswith("hf-hub:")}
+    given = [("base", a["base"])] if isinstance(a.get("base"), str) else []
+    given += [("members", m) for m in a.get("members") or [] if isinstance(m, str)]
+    first: tuple[str, str, dict] | None = None
+    for key, spec in given:
+        source = made.get(str(Path(spec).resolve())) if ":" not in spec else None
+        header = source.header if source is not None else _header(spec, plugins, a.get("arch"))
+        if header is None:
+            continue
+        label = f"{'the base' if key == 'base' else 'member'} {spec}" + \
+            (f" (step {source.number}'s output)" if source is not None else "")
+        if first is None:
+            first = (label, spec, header)
+            continue
+        _at(fail, key, lambda: compare_headers(first[2], header, both=f"{first[0]} and {label}",
+                                               names=(first[1], spec), after=" (seen in the safetensors headers)"))
+    step.header = first[2] if first is not None else None
+
+
+def _header(spec: str, plugins, arch: str | None) -> dict | None:
+    """A member's tensors from its safetensors header alone (no weights read), or None when that cannot tell."""
+    from zoo.kit.network import PREFIX, remote_header
+    from zoo.kit.weights import header_of
+    from zoo.registry import resolve
+
+    if spec.startswith(PREFIX):
+        return remote_header(spec)
+    try:
+        return header_of(resolve(spec, _load_host(plugins), arch=arch))
+    except Exception:  # a pickle, an unreadable file: its own error comes when the step loads it
+        return None
+
+
 def _check_select(step: Step, fail, plugins) -> None:
     from zoo.api.selection import transfer_metrics
 
@@ -381,7 +431,11 @@ def run_recipe(path: str | Path, *, plugins: Sequence[str] = (), progress: Progr
         args = dict(step.args)
         if step.run == "combine":
             args["members"] = args.get("members") or []
-        _api(step.run)(**args, **extra)
+        try:
+            _api(step.run)(**args, **extra)
+        except ZooError as e:  # what failed, said with the step it failed in (the same error, exit code kept)
+            e.args = (f"step {step.number} ({step.run}): {e}",)
+            raise
         if step.out:
             log(f"step {step.number}: {'pushed' if step.run == 'push' else 'wrote'} {step.out}")
     return recipe

@@ -7,9 +7,12 @@ dtype, and the environment it ran in (versions, processor, device). Reproducing 
 1. reads ``zoo.json`` from a folder, or from ``hf-hub:ORG/NAME[@REV]`` (its zoo.json, config and weights
    are downloaded: they are what the re-run is compared with);
 2. finds every member: a Hub member at its pinned commit, which must still exist; a local one given as
-   ``NAME=PATH``, or in the zoo ``zoo.json`` names, or at the relative path it was given by; a local
-   member's files must have the recorded sha256, so a changed member is named, never used;
-3. finds the data the same way (given, the named zoo's, the recorded relative path);
+   ``NAME=PATH``, or where it was when the output was made on this machine (``zoo.api.local_sources``: a
+   record in zoo's cache, never in the output), or in the zoo ``zoo.json`` names, or at the relative path
+   it was given by; a local member's files must have the recorded sha256, so a changed member is named,
+   never used;
+3. finds the data the same way (given, where it was if it still holds the same files, the named zoo's,
+   the recorded relative path);
 4. re-runs the step (``zoo.api.combine.combine``, or ``zoo.api.finetune.finetune``) into ``out``;
 5. compares the weights and the config byte for byte; where they differ, names the first tensor that
    differs, by how much, and what changed in the environment (the likely cause).
@@ -56,10 +59,13 @@ def reproduce(output: str, *, out: str | Path | None = None, members: dict[str, 
     where this machine has it."""
     from zoo.kit import output as _output
 
+    from zoo.api import local_sources
+
     progress = progress or Silent()
     log = log or (lambda message: None)
     original = _fetch(output)
     recipe = _read_recipe(original, output)
+    made_here = local_sources.recall((original / "zoo.json").read_bytes()) or local_sources.Record()
     if out is not None:
         _output.check_out(Path(out), force)
     if recipe.get("multi_task"):
@@ -71,14 +77,16 @@ def reproduce(output: str, *, out: str | Path | None = None, members: dict[str, 
                        f"reproduce ...` so the data is split the same way")
     zoo_info = _zoo(zoo or recipe.get("zoo"), progress, given=zoo is not None)
     where = dict(members or {})
-    specs = [_member_spec(m, where, zoo_info, "member") for m in recipe.get("members") or []]
-    base = _member_spec(recipe["base"], where, zoo_info, "the base") if recipe.get("base") else None
+    recorded = made_here.members if len(made_here.members) == len(recipe.get("members") or []) else []
+    specs = [_member_spec(m, where, zoo_info, "member", recorded[i] if recorded else None)
+             for i, m in enumerate(recipe.get("members") or [])]
+    base = _member_spec(recipe["base"], where, zoo_info, "the base", made_here.base) if recipe.get("base") else None
     unused = set(where) - {m[k] for m in [*(recipe.get("members") or []), recipe.get("base") or {}]
                            for k in ("name", "spec") if k in m}
     if unused:
         raise BadInput(f"--member {sorted(unused)[0]}=...: {output} has no member of that name; its members: "
                        + ", ".join(m["name"] for m in recipe.get("members") or []))
-    data = {kind: _data(kind, recipe.get(f"{kind}_data"), given, zoo_info)
+    data = {kind: _data(kind, recipe.get(f"{kind}_data"), given, zoo_info, made_here.data.get(kind))
             for kind, given in (("eval", eval_data), ("train", train_data), ("ood", ood_data))}
     recorded_env = recipe.get("environment") or {}
     device = device or _recorded_device(recorded_env)
@@ -151,24 +159,37 @@ def _zoo(name: str | None, progress: Progress, *, given: bool):
         return None  # made from a zoo file of another machine: members are then asked for by name
 
 
-def _member_spec(prov: dict, where: dict[str, str], zoo_info, role: str) -> str:
-    """Where to load a recorded member from, checked against its recorded file hashes when local."""
+def _member_spec(prov: dict, where: dict[str, str], zoo_info, role: str, made_from: str | None = None) -> str:
+    """Where to load a recorded member from, checked against its recorded file hashes when local.
+    ``made_from``: where it was when the output was made on this machine (zoo.api.local_sources)."""
     from zoo.kit.network import PREFIX
 
     name, spec = prov.get("name", "?"), prov.get("spec", "")
+    who = f"{role} {name}"
     if prov.get("repo_id") and prov.get("revision"):
-        _check_revision(prov["repo_id"], prov["revision"], f"{role} {name}")
+        _check_revision(prov["repo_id"], prov["revision"], who)
         return f"{PREFIX}{prov['repo_id']}@{prov['revision']}"
     path = where.get(name) or where.get(spec)
-    if path is None and zoo_info is not None:
+    if path is not None:  # given: it must be the member, or it is refused
+        _check_hashes(prov, Path(path), who)
+        return str(path)
+    moved = None  # why the recorded place no longer holds it, for the message
+    if made_from is not None:
+        try:
+            _check_hashes(prov, Path(made_from), who)
+            return made_from
+        except BadInput:
+            moved = (f"it was {made_from} when the output was made, and "
+                     + ("that now holds other files" if Path(made_from).exists() else "that is gone"))
+    if zoo_info is not None:
         path = next((m for m in zoo_info.members if Path(m).name in (name, Path(spec).name)), None)
     if path is None and spec and Path(spec).exists():
         path = spec  # the relative path it was given by, from the same folder
     if path is None:
-        raise BadInput(f"{role} {name} was a local {'file' if spec.endswith('.safetensors') else 'folder'} "
-                       f"({spec}) where the output was made: give it with --member {name}=PATH, or --zoo ZOO "
-                       "if a zoo holds it")
-    _check_hashes(prov, Path(path), f"{role} {name}")
+        kind = "file" if spec.endswith(".safetensors") else "folder"
+        raise BadInput(f"{who} was a local {kind} ({moved or spec + ' where the output was made'}): give it "
+                       f"with --member {name}=PATH, or --zoo ZOO if a zoo holds it")
+    _check_hashes(prov, Path(path), who)
     return str(path)
 
 
@@ -202,17 +223,29 @@ def _check_hashes(prov: dict, path: Path, who: str) -> None:
                            f"zoo.json pins {expected[:12]}…)")
 
 
-def _data(kind: str, recorded: str | None, given: str | None, zoo_info) -> str | None:
+def _data(kind: str, recorded: str | None, given: str | None, zoo_info,
+          made_from: tuple[str, str] | None = None) -> str | None:
+    """The data folder to re-run with: given, else where it was on this machine if it holds the same files
+    (``made_from``: path and fingerprint, zoo.api.local_sources), the zoo's, or the recorded relative path."""
+    from zoo.api.local_sources import fingerprint
+
     if given:
         return given
     if not recorded:
         return None
+    if made_from is not None and Path(made_from[0]).exists():
+        if fingerprint(Path(made_from[0])) == made_from[1]:
+            return made_from[0]
+        raise BadInput(f"the output was made with --{kind}-data {made_from[0]}, and its files have changed since "
+                       f"(added, removed or rewritten): give the data it was made with, --{kind}-data DIR")
     if zoo_info is not None and kind in zoo_info.data and Path(zoo_info.data[kind]).name == Path(recorded).name:
         return zoo_info.data[kind]
     if Path(recorded).exists() or recorded.startswith(TIMM_PREFIXES):
         return recorded
-    raise BadInput(f"the output was made with --{kind}-data {recorded}, a folder of the machine it was made on, "
-                   f"and there is no {recorded} here: give it with --{kind}-data DIR")
+    where = made_from[0] if made_from is not None else recorded
+    raise BadInput(f"the output was made with --{kind}-data {where}, a folder "
+                   f"{'that is gone' if made_from is not None else 'of the machine it was made on'}, and there "
+                   f"is no {recorded} here: give it with --{kind}-data DIR")
 
 
 def _recorded_device(env: dict) -> str:

@@ -48,7 +48,8 @@ _RUN_FLAGS = [
     ("linear_probe_first", bool, typer.Option(False, "--linear-probe-first", help="Same as --mode lp-ft.")),
     ("eval_data", Optional[str], typer.Option(None, "--eval-data", help="Held-out folder: metrics in the card.")),
     ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same --out.")),
-    ("force", bool, typer.Option(False, "--force", help="Replace a non-empty --out.")),
+    ("force", bool, typer.Option(False, "--force", help="Replace a non-empty --out, and --snapshots' "
+                                 "epoch-N folders.")),
     ("device", str, typer.Option("auto", "--device", help="auto, cpu or cuda.")),
     ("arch", Optional[str], typer.Option(None, "--arch", help="timm architecture of a bare .safetensors member.")),
     ("snapshots", Optional[str], typer.Option(None, "--snapshots", help="Also write the weights after every "

@@ -15,11 +15,13 @@ def reproduce(
     out: Optional[str] = typer.Option(None, "--out", help="Keep the re-run here (default: a temporary folder, "
                                       "removed when compared)."),
     member: List[str] = typer.Option([], "--member", "-m", help="NAME=PATH: where a member that was a local "
-                                     "folder is on this machine (its files must have the recorded sha256). "
+                                     "folder is on this machine (its files must have the recorded sha256); "
+                                     "needed only where the output was made elsewhere, or the member moved. "
                                      "Repeatable."),
     zoo_name: Optional[str] = typer.Option(None, "--zoo", help="A named zoo or zoo .toml holding the local "
                                            "members and data (default: the zoo zoo.json names, if any)."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="The held-out data, if it was a folder."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="The held-out data, if it was a folder "
+                                            "(where the output was made: found unless it moved or changed)."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="The training data, if it was a folder."),
     ood_data: Optional[str] = typer.Option(None, "--ood-data", help="The shifted data, if it was a folder."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (default: the recorded "

@@ -12,7 +12,7 @@ def run_cmd(
     recipe: str = typer.Argument(..., help="A recipe .toml: \\[\\[step]] tables, each with run = \"select\", "
                                  "\"combine\", \"finetune\" or \"push\" and that command's options."),
     check: bool = typer.Option(False, "--check", help="Only check the recipe (keys, strategies, options, "
-                               "how the steps feed each other); run nothing."),
+                               "how the steps feed each other, the merged members' tensors); run nothing."),
 ):
     """Run a recipe file: every step is checked against its command's and strategy's options before the
     first one starts; each step can take an earlier one's output (@previous, @N). See docs/usage.md."""

@@ -52,12 +52,14 @@ class Recipe:
     crop_scale: float = option(0.08, "With --augment: smallest random crop, as a fraction of the image area.", min=0, max=1)
     auto_augment: str = option("", "With --augment: a timm policy, e.g. rand-m9-mstd0.5 (RandAugment) or "
                                "original (AutoAugment).")
-    # auto = frozen for lp-ft (the probed head keeps the statistics it was fit on; measured on Lite0 →
-    # MNIST: train-mode statistics took LP-FT from 91% to 54% ID, frozen to 94%), train otherwise
+    # auto = frozen when the fine-tune starts from a linear probe (the probed head keeps the statistics it
+    # was fit on; measured on Lite0 → MNIST: train-mode statistics took LP-FT from 91% to 54% ID, frozen to
+    # 94%), train otherwise
     bn: Literal["auto", "train", "frozen", "recompute"] = option(
         "auto", "BatchNorm statistics while fine-tuning: train (updated as usual), frozen (the start's kept: a "
         "linear-probed head keeps the features it was fit on), recompute (updated, then re-estimated on the "
-        "training data at the end); auto: frozen with --linear-probe-first, train otherwise.")
+        "training data at the end); auto: frozen when the fine-tune starts from a linear probe (--mode lp-ft, "
+        "or a member made by --mode lp, for the same classes), train otherwise.")
     seed: int = option(0, "Random seed.")
 
     def check(self) -> None:
@@ -78,12 +80,22 @@ class Recipe:
             raise BadInput("--auto-augment is part of the training transform: pass --augment too")
 
 
-    @property
-    def bn_handling(self) -> str:
-        """The BatchNorm handling ``bn`` stands for once ``auto`` is resolved."""
+    def bn_for(self, member, classes: list[str]) -> str:
+        """The BatchNorm handling ``bn`` stands for once ``auto`` is resolved for fine-tuning ``member`` on
+        ``classes``: frozen when the fine-tune starts from a linear probe — LP-FT's own, or a member whose
+        zoo.json says ``zoo finetune --mode lp`` made it and whose head is kept (the same classes) — since
+        that head was fit on the statistics the member has; train otherwise."""
         if self.bn != "auto":
             return self.bn
-        return "frozen" if self.mode == "lp-ft" else "train"
+        return "frozen" if self.mode == "lp-ft" or (self.mode == "ft" and linear_probed(member, classes)) else "train"
+
+
+def linear_probed(member, classes: list[str]) -> bool:
+    """``member`` is a linear probe (its zoo.json records ``zoo finetune --mode lp``) whose head fits ``classes``."""
+    made = member.recipe()
+    if not made or made.get("strategy") != "finetune" or (made.get("options") or {}).get("mode") != "lp":
+        return False
+    return member.num_classes == len(classes) and (member.label_names or []) == list(classes)
 
 
 FinetuneRecipe = Recipe  # the name it has at the top level: zoo.FinetuneRecipe
@@ -100,14 +112,18 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
     import torch
 
     torch.manual_seed(recipe.seed)
+    bn = recipe.bn_for(member, classes)
+    if recipe.bn == "auto" and recipe.mode == "ft" and bn == "frozen":
+        log(f"--bn auto: frozen, since {member.name} is a linear probe (its head was fit on the BatchNorm "
+            "statistics it has); pass --bn train to update them")
     model = model_for(member, len(classes), classes).to(device)
     history: list[dict] = []
     if state is None and recipe.mode in ("lp", "lp-ft"):
         history = _linear_probe(model, train, recipe, device, progress)
     if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
         history = _fine_tune(model, _epochs_of(member, train, recipe, device), len(train), recipe, device, progress,
-                             ckpt_dir, state, log, history, on_epoch=on_epoch)
-        if recipe.bn_handling == "recompute":
+                             ckpt_dir, state, log, history, on_epoch=on_epoch, freeze_bn=bn == "frozen")
+        if bn == "recompute":
             from zoo.kit.batchnorm import recompute_bn_stats
 
             recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
@@ -208,7 +224,7 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
 
 
 def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progress, ckpt_dir: Path | None,
-               state, log, history: list[dict], on_epoch=None) -> list[dict]:
+               state, log, history: list[dict], on_epoch=None, freeze_bn: bool = False) -> list[dict]:
     """Train every parameter (zoo.kit.training); a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
     import numpy as np
     import torch
@@ -254,7 +270,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
     # the start's running statistics stay with bn=frozen; BatchNorm's scale and shift still learn
     options = training.Options(epochs=recipe.epochs, lr=recipe.lr, steps_per_epoch=steps_per_epoch,
                                weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
-                               freeze_bn=recipe.bn_handling == "frozen", label="fine-tune",
+                               freeze_bn=freeze_bn, label="fine-tune",
                                history_tag={"phase": "ft"})
     rows = list(state["history"] if state is not None else history)
 
