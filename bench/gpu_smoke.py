@@ -3,17 +3,21 @@
     python bench/gpu_smoke.py --device cuda --work /tmp/gpu-smoke     # wherever a GPU is at hand
     python bench/gpu_smoke.py --device cpu --work /tmp/cpu-smoke      # CI (tests/test_gpu_smoke.py)
 
-Runs soup, TIES, task arithmetic, DARE, fine-tuning (AMP on CUDA), distillation, stitching, selection,
-alignment, ensemble, cascade and LEVI with tiny settings (one epoch, small batches), each as `zoo ARGS`
-with `--device DEVICE`. The deterministic merges (soup, ties, task-arithmetic, dare) are run a second
-time with `--device cpu` and their model.safetensors compared: bytes equal, or the largest absolute
-difference and the tensor it is in. Under `--device cpu` that comparison is CPU against CPU: it shows
-only that the merge is deterministic, and the output says so.
+Runs soup, TIES, task arithmetic, DARE, Model Stock, SLERP, Fisher merging, RegMean, WiSE-FT, fine-tuning
+(AMP on CUDA), distillation, stitching, selection, alignment, ensemble, cascade and LEVI with tiny settings
+(one epoch, small batches), each as `zoo ARGS` with `--device DEVICE`. The merges that use no data (soup,
+ties, task-arithmetic, dare, model-stock, slerp) are run a second time with `--device cpu` and their
+model.safetensors compared: bytes equal, or the largest absolute difference and the tensor it is in. Under
+`--device cpu` that comparison is CPU against CPU: it shows only that the merge is deterministic, and the
+output says so.
 
 Writes WORK/gpu_smoke.json and WORK/gpu_smoke.md: per step the status, wall seconds, held-out top-1
 (where the step measures one) and the CPU comparison, with the device name and the torch/CUDA versions.
 Exit code 0 when every step succeeded and every merge compared equal (on a GPU a difference is reported
 as a figure and does not fail the run), 1 otherwise.
+
+The commands use an empty ZOO_CACHE in WORK/cache (features, hashes, decoded images are computed by them,
+on this device); the digits-demo zoo is built, once, in the caller's ZOO_CACHE.
 
 Each command runs in a process of its own, forked from this one after torch, timm and zoo are imported
 (as tests/cli_runner.py does: the imports cost seconds per process on small machines); this process
@@ -33,13 +37,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-#: merges whose output must not depend on the device: compared byte for byte with a --device cpu run
-COMPARED = ("soup", "ties", "task-arithmetic", "dare")
+#: merges that use no data (their output should not depend on the device): compared with a --device cpu run
+COMPARED = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp")
 #: the file that marks a --work folder as this script's (so a later run may replace it)
 MARK = ".gpu-smoke"
 #: the steps, in the order they run (plan() builds their commands)
-STEPS = ("soup", "ties", "task-arithmetic", "dare", "finetune", "distill", "stitch", "select", "align", "ensemble",
-         "cascade", "levi")
+STEPS = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp", "fisher", "regmean", "wise-ft", "finetune",
+         "distill", "stitch", "select", "align", "ensemble", "cascade", "levi")
 
 
 @dataclass
@@ -61,9 +65,12 @@ class Step:
     extra: dict = field(default_factory=dict)
 
 
-def plan(zoo_root: Path, data: dict[str, Path], work: Path, device: str) -> list[Step]:
-    """The steps, smallest settings that still run each family's real code path."""
+def plan(zoo_root: Path, ingredients: list[str], data: dict[str, Path], work: Path, device: str) -> list[Step]:
+    """The steps, smallest settings that still run each family's real code path. ``ingredients``: the
+    digits-demo zoo's members (its five fine-tunes), named one by one (``--zoo`` would look for the zoo in
+    the commands' own, fresh ZOO_CACHE and build it again)."""
     members = zoo_root / "members"
+    fine_tunes = [a for m in ingredients for a in ("-m", m)]
     ft = [str(members / n) for n in ("ft-lr3e-3", "ft-lr1e-3", "ft-ls0.1")]
     base, other, indep = str(members / "base"), str(members / "other-arch"), str(members / "independent")
     train, val = str(data["train"]), str(data["val"])
@@ -77,11 +84,20 @@ def plan(zoo_root: Path, data: dict[str, Path], work: Path, device: str) -> list
         return ["combine", "-s", strategy, *args, *dev, "--out", out(name or strategy)]
 
     steps = [
-        Step("soup", "merge", combine("soup", "--zoo", "digits-demo", *held_out), out("soup")),
-        Step("ties", "merge", combine("ties", "--zoo", "digits-demo", "--base", base, *held_out), out("ties")),
-        Step("task-arithmetic", "merge", combine("task-arithmetic", "--zoo", "digits-demo", "--base", base,
+        Step("soup", "merge", combine("soup", *fine_tunes, *held_out), out("soup")),
+        Step("ties", "merge", combine("ties", *fine_tunes, "--base", base, *held_out), out("ties")),
+        Step("task-arithmetic", "merge", combine("task-arithmetic", *fine_tunes, "--base", base,
                                                  *held_out, "-o", "scale=0.5"), out("task-arithmetic")),
-        Step("dare", "merge", combine("dare", "--zoo", "digits-demo", "--base", base, *held_out), out("dare")),
+        Step("dare", "merge", combine("dare", *fine_tunes, "--base", base, *held_out), out("dare")),
+        Step("model-stock", "merge", combine("model-stock", *fine_tunes, "--base", base, *held_out),
+             out("model-stock")),
+        Step("slerp", "merge", combine("slerp", "-m", ft[0], "-m", ft[1], *held_out), out("slerp")),
+        Step("fisher", "merge with data", combine("fisher", "-m", ft[0], "-m", ft[1], "--train-data", train,
+                                                  *held_out, "-o", "samples=32"), out("fisher")),
+        Step("regmean", "merge with data", combine("regmean", "-m", ft[0], "-m", ft[1], "--train-data", train,
+                                                   *held_out, "-o", "examples=32"), out("regmean")),
+        Step("wise-ft", "wise-ft", combine("wise-ft", "-m", base, "-m", ft[0], *held_out, "-o", "alphas=0,0.5,1"),
+             out("wise-ft")),
         Step("finetune", "finetune (AMP on CUDA)",
              ["finetune", base, "--train-data", train, "--eval-data", val, "--epochs", "1", "--batch-size", "128",
               *dev, "--out", out("finetune")], out("finetune")),
@@ -91,7 +107,7 @@ def plan(zoo_root: Path, data: dict[str, Path], work: Path, device: str) -> list
         Step("stitch", "stitch",
              combine("stitch", "-m", base, "-m", indep, "--train-data", train, "--eval-data", val,
                      "-o", "epochs=1", "-o", "batch_size=128", "-o", "init_images=64"), out("stitch"), opens="zoo"),
-        Step("select", "select", ["select", "--zoo", "digits-demo", "--target-data", train, "--metric", "logme",
+        Step("select", "select", ["select", *fine_tunes, "--target-data", train, "--metric", "logme",
                                   "--top-k", "2", *dev,
                                   "--out", out("select")], out("select"), opens="none"),
         Step("align", "align", ["align", indep, "--to", base, "--eval-data", val, "-o", "max_sweeps=5", *dev,
@@ -136,6 +152,21 @@ def preload() -> None:
             importlib.import_module(name)
         except ImportError:  # a module moved: the child imports what it needs itself, only slower
             pass
+
+
+def cuda_available(fresh: bool) -> bool:
+    """torch.cuda.is_available(), asked in a forked child when the commands are forked from this process:
+    asked here, it could initialise CUDA in it (without NVML, torch asks the CUDA runtime)."""
+    if fresh:  # the commands start afresh: nothing here is inherited
+        import torch
+
+        return torch.cuda.is_available()
+    pid = os.fork()
+    if pid == 0:
+        import torch
+
+        os._exit(0 if torch.cuda.is_available() else 3)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 def cpu_twin(step: Step, work: Path) -> Step:
@@ -332,20 +363,21 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_initialized():  # a forked child could not use CUDA: run each command afresh
             print("CUDA was initialised while importing: running every command as python -m zoo", file=sys.stderr)
             fresh = True
-    if a.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            p.error(f"--device {a.device}: CUDA is not available here; run with --device cpu (what CI runs)")
+    if a.device.startswith("cuda") and not cuda_available(fresh):
+        p.error(f"--device {a.device}: CUDA is not available here; run with --device cpu (what CI runs)")
     from zoo.registry import load_zoo
 
     if work.exists():
         shutil.rmtree(work)
     (work / "logs").mkdir(parents=True)
     (work / MARK).write_text("written by bench/gpu_smoke.py; replaced by its next run\n")
-    zoo_root = Path(load_zoo("digits-demo").members[0]).parent.parent  # built on first use
+    ingredients = load_zoo("digits-demo").members  # the zoo is built on first use, in the user's ZOO_CACHE
+    zoo_root = Path(ingredients[0]).parent.parent
     data = sliced(zoo_root / "data", work, a.per_class)
-    steps = plan(zoo_root, data, work, a.device)
+    steps = plan(zoo_root, ingredients, data, work, a.device)
+    # the commands start from an empty cache of their own: features, hashes and decoded images are computed
+    # on this device by these commands, never taken from an earlier run on another device
+    os.environ["ZOO_CACHE"] = str(work / "cache")
     if a.only:
         steps = [s for s in steps if s.name in a.only]
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parent.parent / "bench" / "gpu_smoke.py"
-FAMILIES = {"merge", "finetune (AMP on CUDA)", "distill", "stitch", "select", "align", "ensemble/cascade", "levi"}
-MERGES = {"soup", "ties", "task-arithmetic", "dare"}
+FAMILIES = {"merge", "merge with data", "wise-ft", "finetune (AMP on CUDA)", "distill", "stitch", "select", "align",
+            "ensemble/cascade", "levi"}
+MERGES = {"soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp"}
 
 
 def _smoke_module():
@@ -40,8 +41,8 @@ def test_every_family_runs_and_every_output_opens(smoke):
     work, result, _ = smoke
     steps = {s["name"]: s for s in result["steps"]}
     assert {s["family"] for s in steps.values()} == FAMILIES
-    named = {"soup", "ties", "finetune", "distill", "stitch", "select", "align", "ensemble", "cascade", "levi"}
-    assert named <= set(steps)
+    assert set(steps) == MERGES | {"fisher", "regmean", "wise-ft", "finetune", "distill", "stitch", "select", "align",
+                                   "ensemble", "cascade", "levi"}
     assert result["images"] == {"train": 100, "val": 100}
     x = torch.randn(2, 3, 32, 32)
     threads = torch.get_num_threads()
