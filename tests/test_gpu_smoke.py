@@ -135,3 +135,20 @@ def test_refuses_a_work_folder_it_did_not_write(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and "not an earlier smoke run's folder" in proc.stderr
     assert (work / "keep.txt").read_text() == "the user's" and sorted(p.name for p in work.iterdir()) == ["keep.txt"]
+
+
+def test_a_failing_command_is_reported_with_its_message(tmp_path):
+    """A step whose command fails is marked failed with the command's own last line (here through
+    --subprocess's plain `python -m zoo`), and the table says so."""
+    gpu_smoke = _smoke_module()
+    (tmp_path / "logs").mkdir()
+    step = gpu_smoke.Step("soup", "merge", ["combine", "-s", "no-such-strategy", "-m", str(tmp_path), "--device",
+                                            "cpu", "--out", str(tmp_path / "out")], str(tmp_path / "out"))
+    gpu_smoke.run_step(step, tmp_path / "logs", fresh=True)
+    assert step.status == "failed" and step.rc == 2 and "no-such-strategy" in step.note and step.top1 is None
+    assert not (tmp_path / "out").exists() and Path(step.log).read_text().strip().endswith(step.note)
+    from dataclasses import asdict
+
+    result = {"environment": {"device": "cpu", "cpu_count": 2, "torch": "t", "cuda": None, "timm": "x"},
+              "started": "now", "wall_s": 1.0, "comparison_note": "", "steps": [asdict(step)]}
+    assert f"| soup | merge | failed ({step.note}) |" in gpu_smoke.markdown(result)
