@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,10 @@ from pathlib import Path
 
 #: merges that use no data (their output should not depend on the device): compared with a --device cpu run
 COMPARED = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp")
+#: seconds one command may run (tiny settings: seconds on a GPU, under a minute on a loaded CPU), and the
+#: exit code recorded for one killed past it
+STEP_TIMEOUT = 600
+TIMED_OUT = 124
 #: the file that marks a --work folder as this script's (so a later run may replace it)
 MARK = ".gpu-smoke"
 #: the steps, in the order they run (plan() builds their commands)
@@ -179,14 +184,19 @@ def cpu_twin(step: Step, work: Path) -> Step:
 
 
 # ---- running one `zoo` command -------------------------------------------------------------------------
-def run_zoo(args: list[str], log: Path, *, fresh: bool, threads: int | None = None) -> int:
-    """``zoo -q ARGS`` in a process of its own, stdout and stderr into ``log``; its exit code."""
+def run_zoo(args: list[str], log: Path, *, fresh: bool, threads: int | None = None,
+            timeout: float = STEP_TIMEOUT) -> int:
+    """``zoo -q ARGS`` in a process of its own, stdout and stderr into ``log``; its exit code (TIMED_OUT
+    when it ran past ``timeout`` seconds and was killed: the run goes on unattended)."""
     argv = ["-q", *args]
     if fresh:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         with open(log, "w") as fh:
-            return subprocess.run([sys.executable, "-m", "zoo", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                                  env=env).returncode
+            try:
+                return subprocess.run([sys.executable, "-m", "zoo", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                                      env=env, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                return TIMED_OUT
     pid = os.fork()
     if pid == 0:  # the child: the user's entry point, as `python -m zoo` runs it
         code = 1
@@ -215,23 +225,34 @@ def run_zoo(args: list[str], log: Path, *, fresh: bool, threads: int | None = No
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return TIMED_OUT
+        time.sleep(0.05)
 
 
-def run_step(step: Step, logs: Path, *, fresh: bool, threads: int | None = None) -> None:
+def run_step(step: Step, logs: Path, *, fresh: bool, threads: int | None = None,
+             timeout: float = STEP_TIMEOUT) -> None:
     log = logs / f"{step.name.split()[0]}{'-cpu' if 'cpu reference' in step.name else ''}.log"
     step.log = str(log)
     start = time.perf_counter()
-    step.rc = run_zoo(step.args, log, fresh=fresh, threads=threads)
+    step.rc = run_zoo(step.args, log, fresh=fresh, threads=threads, timeout=timeout)
     step.wall_s = round(time.perf_counter() - start, 2)
     step.status = "ok" if step.rc == 0 else "failed"
     if step.rc == 0:
         step.top1 = top1_of(Path(step.out))
         if step.opens == "none":
             step.extra = selection_of(Path(step.out))
-    else:
-        step.note = log.read_text(errors="replace").strip().splitlines()[-1:][0] if log.stat().st_size else ""
+    elif step.rc == TIMED_OUT:
+        step.note = f"killed after {timeout:g} s"
+    else:  # the command's own last line: zoo's message, or the exception a traceback ends with
+        step.note = next(iter(log.read_text(errors="replace").strip().splitlines()[-1:]), "")
 
 
 def top1_of(out: Path) -> float | None:
@@ -341,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads of each command (torch.set_num_threads; default: torch's). On a small shared "
                         "machine 1 is faster for these tiny models")
+    p.add_argument("--step-timeout", type=float, default=STEP_TIMEOUT, metavar="SECONDS",
+                   help=f"kill a command that runs longer and go on (default: {STEP_TIMEOUT})")
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (names as in the table)")
     p.add_argument("--subprocess", action="store_true",
                    help="run each command as a plain `python -m zoo` process (slower: imports every time)")
@@ -385,12 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     references: list[Step] = []
     for step in steps:
         print(f"{step.name:>16}: ", end="", flush=True)
-        run_step(step, work / "logs", fresh=fresh, threads=a.threads)
+        run_step(step, work / "logs", fresh=fresh, threads=a.threads, timeout=a.step_timeout)
         print(f"{step.status} in {step.wall_s} s" + (f", top-1 {step.top1:.4f}" if step.top1 is not None else "")
               + (f" ({step.note})" if step.note else ""), flush=True)
         if step.name in COMPARED:
             ref = cpu_twin(step, work)
-            run_step(ref, work / "logs", fresh=fresh, threads=a.threads)
+            run_step(ref, work / "logs", fresh=fresh, threads=a.threads, timeout=a.step_timeout)
             references.append(ref)
             if step.status == ref.status == "ok":
                 step.vs_cpu = compare_outputs(Path(step.out), Path(ref.out))

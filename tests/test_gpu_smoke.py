@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,13 @@ def test_a_failing_command_is_reported_with_its_message(tmp_path):
     result = {"environment": {"device": "cpu", "cpu_count": 2, "torch": "t", "cuda": None, "timm": "x"},
               "started": "now", "wall_s": 1.0, "comparison_note": "", "steps": [asdict(step)]}
     assert f"| soup | merge | failed ({step.note}) |" in gpu_smoke.markdown(result)
+
+
+def test_a_command_past_its_time_is_killed_and_the_run_goes_on(tmp_path):
+    gpu_smoke = _smoke_module()
+    (tmp_path / "logs").mkdir()
+    step = gpu_smoke.Step("soup", "merge", ["strategies"], str(tmp_path / "out"))
+    start = time.perf_counter()
+    gpu_smoke.run_step(step, tmp_path / "logs", fresh=True, timeout=0.5)  # python -m zoo alone takes longer
+    assert time.perf_counter() - start < 5
+    assert step.status == "failed" and step.rc == gpu_smoke.TIMED_OUT and step.note == "killed after 0.5 s"
