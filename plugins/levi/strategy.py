@@ -61,7 +61,7 @@ class Levi(Strategy):
 
         from zoo.kit import checkpoint, training
         from zoo.kit.data import data_config, load_split
-        from zoo.kit.device import to_device
+        from zoo.kit.device import autocast, to_device
         from zoo.kit.finetune import class_names
         from zoo.plugins.levi import net as levi
 
@@ -98,7 +98,8 @@ class Levi(Strategy):
             mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
             images, labels = to_device(images[mine], ctx.device), labels[mine].to(ctx.device)
             given = [v[idx[mine]].to(ctx.device) for v in cached] if cached is not None else None
-            levels = model(images, big_views=given, per_level=True)
+            with autocast(ctx.device, True):  # AMP on CUDA, as the kit's other trainers (the CPU: float32)
+                levels = model(images, big_views=given, per_level=True)
             loss = torch.stack([torch.nn.functional.cross_entropy(lg.float(), labels) for lg in levels]).mean()
             correct = int((levels.mean(0).argmax(1) == labels).sum())
             return training.Step(loss, n=len(mine), correct=correct)
