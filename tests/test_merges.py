@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from zoo.plugins.merges import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties, trim
+from zoo.plugins.merges import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
 
 
 def _call(method, tensors, base, key="blocks.0.conv.weight", **options):
@@ -74,12 +74,13 @@ def test_dare_is_the_same_bytes_in_any_streaming_order():
     assert not torch.equal(first["a.weight"], _call(dare.dare, fts, base, key="a.weight", drop=0.5, seed=1))
 
 
-def _ties_written_out(base, thetas, density):
-    """TIES as the paper's three steps, per tensor, with a plain sort for the trim."""
+def _ties_written_out(base, thetas, density, count=lambda d, n: int(round(d * n))):
+    """TIES as the paper's three steps, per tensor, with a plain sort for the trim (of ``count(density, n)``
+    entries: round(d·n) as the paper over the whole model; mergekit's max(1, ⌊d·n⌋) tensor by tensor)."""
     out = []
     for tv in (t - base for t in thetas):
         flat = tv.flatten().abs()
-        k = int(round(density * flat.numel()))
+        k = count(density, flat.numel())
         threshold = flat.sort(descending=True).values[k - 1]
         out.append(torch.where(tv.abs() >= threshold, tv, torch.zeros_like(tv)))
     stacked = torch.stack(out)
@@ -108,6 +109,9 @@ def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic():
     assert torch.allclose(got, _call(arithmetic.task_arithmetic, fts, base, scale=0.9 / 3), atol=1e-6)
 
 
+MERGEKIT = lambda d, n: max(1, int(d * n))  # noqa: E731  mergekit's tensor-wise count (sparsify.magnitude)
+
+
 def _members(tmp_path, n=3, seed=0):
     """In-memory members of three tensors of different sizes, and their base."""
     g = torch.Generator().manual_seed(seed)
@@ -125,9 +129,9 @@ def test_model_wide_trim_threshold_is_the_exact_kth_largest_magnitude(tmp_path, 
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", 64)  # many chunks: a tensor or two at a time
     base, members = _members(tmp_path)
-    skip = ties.is_statistic
+    skip = zoo.is_statistic
     for density in (0.2, 0.5, 1.0):
-        got = trim.model_thresholds(members, base, density, skip=skip)
+        got = zoo.model_thresholds(members, base, density, skip=skip)
         for m, threshold in zip(members, got):
             flat = torch.cat([(m.state_dict()[k] - base.state_dict()[k]).flatten().abs()
                               for k in m.keys() if not skip(k)])
@@ -144,7 +148,7 @@ def test_ties_trims_over_the_whole_model_by_default(tmp_path):
     assert opts.trim == "model"
     merged = ties.ties().combine(members, opts, ctx).state_dict
     # written out: the top 20% over the concatenation of every (non-statistic) tensor of each member
-    keys = [k for k in base.keys() if not ties.is_statistic(k)]
+    keys = [k for k in base.keys() if not zoo.is_statistic(k)]
     cat = lambda sd: torch.cat([sd[k].flatten() for k in keys])  # noqa: E731
     b = cat(base.state_dict())
     expected = _ties_written_out(b, [cat(m.state_dict()) for m in members], 0.2)
@@ -325,7 +329,7 @@ def test_ties_command_writes_a_timm_model_with_the_base_in_card_and_zoo_json(tmp
     # the weights are TIES of the files, trimmed over the whole model
     b = load_file(str(base / "model.safetensors"))
     thetas = [load_file(str(m / "model.safetensors")) for m in ingredients[:3]]
-    keys = [k for k in b if b[k].is_floating_point() and not ties.is_statistic(k)]
+    keys = [k for k in b if b[k].is_floating_point() and not zoo.is_statistic(k)]
     cat = lambda sd: torch.cat([sd[k].float().flatten() for k in keys])  # noqa: E731
     expected = _ties_written_out(cat(b), [cat(t) for t in thetas], 0.3)
     assert torch.allclose(cat(model.state_dict()), expected, atol=1e-6)

@@ -88,7 +88,7 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
     if len(coeffs) != len(members):
         raise ValueError("one coefficient per member")
 
-    def total(key, tensors, base):
+    def total(tensors, base, *, key):
         acc = torch.mul(tensors[0], coeffs[0])
         for t, c in zip(tensors[1:], coeffs[1:]):
             acc.add_(t, alpha=c)
@@ -187,3 +187,9 @@ def keep_largest(t: torch.Tensor, density: float) -> torch.Tensor:
     magnitude = t.abs()
     threshold = magnitude.flatten().kthvalue(n - k + 1).values
     return torch.where(magnitude >= threshold, t, torch.zeros_like(t))
+
+
+def is_statistic(key: str) -> bool:
+    """BatchNorm's running statistics (``….running_mean``, ``….running_var``): never moved along task vectors
+    (see ``zoo.kit.merge``'s ``statistics=``)."""
+    return key.endswith((".running_mean", ".running_var"))
