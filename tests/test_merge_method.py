@@ -127,7 +127,7 @@ def _ties(base: torch.Tensor, thetas: list[torch.Tensor], density: float) -> tor
     trimmed = []
     for theta in thetas:
         tv = theta - base
-        k = int(round(density * tv.numel()))
+        k = max(1, int(density * tv.numel()))  # keep_largest's count: mergekit's
         if k == 0:
             trimmed.append(torch.zeros_like(tv))
             continue

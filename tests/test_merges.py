@@ -93,11 +93,34 @@ def _ties_written_out(base, thetas, density, count=lambda d, n: int(round(d * n)
 def test_ties_trims_elects_and_averages_the_agreeing_entries():
     base, fts = _finetunes(3)
     got = _call(ties.ties, fts, base, density=0.3, trim="tensor")
-    assert torch.allclose(got, _ties_written_out(base, fts, 0.3), atol=1e-6)
+    assert torch.allclose(got, _ties_written_out(base, fts, 0.3, MERGEKIT), atol=1e-6)
     # an entry where the members disagree takes only the elected side's values
     base = torch.zeros(1)
     assert torch.allclose(_call(ties.ties, [torch.tensor([3.0]), torch.tensor([-1.0])], base, density=1.0,
                                 trim="tensor"), torch.tensor([3.0]))
+
+
+def test_tensor_wise_trim_keeps_mergekits_count(ingredients, digits_zoo):
+    """trim=tensor keeps max(1, ⌊density·n⌋) entries of each tensor, as mergekit (sparsify.magnitude:
+    int(density·n), at least one) — not round(density·n)."""
+    # an 8-entry bias at density 0.2: mergekit keeps 1 (round would keep 2)
+    base = torch.zeros(8)
+    tv = torch.tensor([0.1, -0.8, 0.3, 0.05, -0.2, 0.6, 0.01, 0.4])
+    assert torch.equal(zoo.keep_largest(tv, 0.2), torch.tensor([0.0, -0.8, 0, 0, 0, 0, 0, 0]))
+    assert torch.equal(_call(ties.ties, [base + tv], base, density=0.2, trim="tensor"), zoo.keep_largest(tv, 0.2))
+    # every tensor of a real member's task vector
+    b = load_file(str(digits_zoo / "members" / "base" / "model.safetensors"))
+    theta = load_file(str(ingredients[0] / "model.safetensors"))
+    checked = 0
+    for k, v in b.items():
+        tv = (theta[k] - v).float()
+        if not v.is_floating_point() or zoo.is_statistic(k) or tv.abs().unique().numel() < tv.numel():
+            continue  # ties or unchanged entries would be kept together: the count is then not exact
+        for density in (0.2, 0.3, 0.77):
+            assert int((zoo.keep_largest(tv, density) != 0).sum()) == max(1, int(density * tv.numel())), (k, density)
+        assert torch.equal(zoo.keep_largest(tv, 1.0), tv)
+        checked += 1
+    assert checked > 20
 
 
 def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic():

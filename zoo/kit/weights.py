@@ -173,13 +173,15 @@ def task_vectors(tensors: Sequence[Any], base: Any) -> list:
 def keep_largest(t: torch.Tensor, density: float) -> torch.Tensor:
     """``t`` with all but its ``density`` fraction of largest-magnitude entries set to zero.
 
-    k = round(density·numel) entries are kept; entries tied with the k-th largest magnitude are
-    all kept (a threshold, not an arbitrary tie-break), so the result is deterministic.
+    k = max(1, ⌊density·numel⌋) entries are kept — mergekit's count (its ``sparsify.magnitude``:
+    ``int(density * n)``, at least one), so TIES's ``trim=tensor`` keeps what mergekit keeps; none at
+    density 0, all at 1. Entries tied with the k-th largest magnitude are all kept (a threshold, not an
+    arbitrary tie-break, where mergekit's ``topk`` picks among them), so the result is deterministic.
     """
     import torch
 
     n = t.numel()
-    k = int(round(density * n))
+    k = n if density >= 1.0 else 0 if density <= 0.0 else max(1, int(density * n))
     if k >= n:
         return t.clone()
     if k <= 0:
