@@ -163,6 +163,33 @@ def test_model_wide_trim_threshold_is_the_exact_kth_largest_magnitude(tmp_path, 
             assert int((flat >= threshold).sum()) == k  # no ties in random floats: exactly k kept
 
 
+def test_model_thresholds_of_real_members_are_torch_kthvalue_with_ties_and_density_one(ingredients, digits_zoo,
+                                                                                     monkeypatch):
+    """zoo.model_thresholds on the digits members (many chunks) is the k-th largest |τᵢ| torch finds over the
+    concatenated model, also where many entries tie at it (τ rounded to a coarse grid) and at density 1."""
+    import zoo.kit.stream as stream
+
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 256 << 10)
+    base = zoo.load_member(str(digits_zoo / "members" / "base"))
+    members = [zoo.load_member(str(m)) for m in ingredients[:2]]
+    b = base.state_dict()
+    keys = [k for k in base.keys() if base.is_float(k) and not zoo.is_statistic(k)]
+    coarse = lambda key, i, tv: (tv * 256).round() / 256  # noqa: E731  a grid: thousands of equal magnitudes
+    tvs = [[(m.state_dict()[k] - b[k]).float() for k in keys] for m in members]
+    for transform, density in ((None, 0.2), (None, 1.0), (coarse, 0.3)):
+        got = zoo.model_thresholds(members, base, density, transform=transform)
+        for i in range(len(members)):
+            flat = torch.cat([(transform(k, i, tv) if transform else tv).flatten() for k, tv in zip(keys, tvs[i])])
+            flat = flat.abs()
+            k = max(1, round(density * flat.numel()))
+            expected = flat.kthvalue(flat.numel() - k + 1).values.item()
+            assert got[i] == expected == flat.topk(k).values[-1].item(), (transform, density, i)
+            kept = int((flat >= got[i]).sum())
+            assert kept >= k and int((flat > got[i]).sum()) < k
+            if transform is coarse and density < 1.0:
+                assert kept > k  # ties at the threshold: all kept, as the per-tensor trim does
+
+
 def test_ties_trims_over_the_whole_model_by_default(tmp_path):
     base, members = _members(tmp_path)
     ctx = zoo.Context()
