@@ -17,9 +17,12 @@ in its own process; peak RSS is that process's ru_maxrss (os.wait4). Results: be
   float64 : one member at a time into a float64 accumulator, save (timm's avg_checkpoints way) (b)
   read    : just read every file once (the floor for any method)
   ties, ties-tensor: `zoo combine --strategy ties --base BASE -m ...` (the unperturbed init as the base),
-            the model-wide trim (two more streamed passes for its thresholds) and the per-tensor trim
+            the model-wide trim (two more streamed passes for its thresholds) and the per-tensor trim;
+            the sha256 of each TIES output is printed (old and new code must write the same bytes)
 
     python bench/soup_memory.py --members 8 --only read,zoo-again,ties,ties-tensor   # a subset of the runs
+    python bench/soup_memory.py --arch vit_base_patch16_224 --members 8 --no-raw --only zoo,zoo-again,ties,ties-tensor
+        # TIES wall / soup wall in one run (the soup's hashes known, as TIES's are after it)
 """
 
 from __future__ import annotations
@@ -190,9 +193,12 @@ def main() -> None:
         cache = caches["raw" if name.startswith("raw") else "zoo"]
         if name.endswith("-new"):
             shutil.rmtree(cache / "sha256")  # members never seen before; timm's names still known
-        drop_caches(files + ([] if args.no_raw else raw))
+        drop_caches(files + ([] if args.no_raw else raw) + [args.work / "base" / "model.safetensors"])
         results[name] = measure(cmd, {**os.environ, "ZOO_CACHE": str(cache)})
         if name.startswith("ties"):
+            digest = subprocess.run(["sha256sum", str(args.work / "out-ties" / "model.safetensors")],
+                                    capture_output=True, text=True).stdout.split()[0]
+            print(f"  {name}: model.safetensors sha256 {digest}", flush=True)
             shutil.rmtree(args.work / "out-ties", ignore_errors=True)  # disk: one output at a time
         print(f"  {name:9s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB", flush=True)
     if (args.work / "out-zoo").is_dir() and (args.work / "out-raw").is_dir():
@@ -218,6 +224,11 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name, (w, r) in results.items():
             print(f"| {name} | {w:.1f} | {r:.2f} | {w / rw:.2f} | {r / rr:.2f} |")
+    soup = next((r for r in ("zoo-again", "zoo") if r in results), None)
+    if soup is not None and any(r.startswith("ties") for r in results):
+        print(f"\nTIES wall / soup wall ({soup}, {results[soup][0]:.1f} s): " + ", ".join(
+            f"{r} {results[r][0] / results[soup][0]:.2f}" for r in results if r.startswith("ties"))
+            + "  (target: <= 1.5)")
     print("\ntargets: zoo and raw wall / stack <= 1.0; peak RSS / float64 <= 0.5")
     print("soups of folders and of raw files: same tensors, same config.json num_classes")
     print(f"`zoo --help` start-up: {startup:.2f} s")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from zoo.plugins.merges import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties, trim
+from zoo.plugins.merges import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
 
 
 def _call(method, tensors, base, key="blocks.0.conv.weight", **options):
@@ -74,12 +74,13 @@ def test_dare_is_the_same_bytes_in_any_streaming_order():
     assert not torch.equal(first["a.weight"], _call(dare.dare, fts, base, key="a.weight", drop=0.5, seed=1))
 
 
-def _ties_written_out(base, thetas, density):
-    """TIES as the paper's three steps, per tensor, with a plain sort for the trim."""
+def _ties_written_out(base, thetas, density, count=lambda d, n: int(round(d * n))):
+    """TIES as the paper's three steps, per tensor, with a plain sort for the trim (of ``count(density, n)``
+    entries: round(d·n) as the paper over the whole model; mergekit's max(1, ⌊d·n⌋) tensor by tensor)."""
     out = []
     for tv in (t - base for t in thetas):
         flat = tv.flatten().abs()
-        k = int(round(density * flat.numel()))
+        k = count(density, flat.numel())
         threshold = flat.sort(descending=True).values[k - 1]
         out.append(torch.where(tv.abs() >= threshold, tv, torch.zeros_like(tv)))
     stacked = torch.stack(out)
@@ -92,11 +93,34 @@ def _ties_written_out(base, thetas, density):
 def test_ties_trims_elects_and_averages_the_agreeing_entries():
     base, fts = _finetunes(3)
     got = _call(ties.ties, fts, base, density=0.3, trim="tensor")
-    assert torch.allclose(got, _ties_written_out(base, fts, 0.3), atol=1e-6)
+    assert torch.allclose(got, _ties_written_out(base, fts, 0.3, MERGEKIT), atol=1e-6)
     # an entry where the members disagree takes only the elected side's values
     base = torch.zeros(1)
     assert torch.allclose(_call(ties.ties, [torch.tensor([3.0]), torch.tensor([-1.0])], base, density=1.0,
                                 trim="tensor"), torch.tensor([3.0]))
+
+
+def test_tensor_wise_trim_keeps_mergekits_count(ingredients, digits_zoo):
+    """trim=tensor keeps max(1, ⌊density·n⌋) entries of each tensor, as mergekit (sparsify.magnitude:
+    int(density·n), at least one) — not round(density·n)."""
+    # an 8-entry bias at density 0.2: mergekit keeps 1 (round would keep 2)
+    base = torch.zeros(8)
+    tv = torch.tensor([0.1, -0.8, 0.3, 0.05, -0.2, 0.6, 0.01, 0.4])
+    assert torch.equal(zoo.keep_largest(tv, 0.2), torch.tensor([0.0, -0.8, 0, 0, 0, 0, 0, 0]))
+    assert torch.equal(_call(ties.ties, [base + tv], base, density=0.2, trim="tensor"), zoo.keep_largest(tv, 0.2))
+    # every tensor of a real member's task vector
+    b = load_file(str(digits_zoo / "members" / "base" / "model.safetensors"))
+    theta = load_file(str(ingredients[0] / "model.safetensors"))
+    checked = 0
+    for k, v in b.items():
+        tv = (theta[k] - v).float()
+        if not v.is_floating_point() or zoo.is_statistic(k) or tv.abs().unique().numel() < tv.numel():
+            continue  # ties or unchanged entries would be kept together: the count is then not exact
+        for density in (0.2, 0.3, 0.77):
+            assert int((zoo.keep_largest(tv, density) != 0).sum()) == max(1, int(density * tv.numel())), (k, density)
+        assert torch.equal(zoo.keep_largest(tv, 1.0), tv)
+        checked += 1
+    assert checked > 20
 
 
 def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic():
@@ -106,6 +130,9 @@ def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic():
     got = _call(ties.ties, fts, base, density=1.0, scale=0.9, trim="tensor")
     # the disjoint mean of agreeing entries is the mean: task arithmetic with λ/N
     assert torch.allclose(got, _call(arithmetic.task_arithmetic, fts, base, scale=0.9 / 3), atol=1e-6)
+
+
+MERGEKIT = lambda d, n: max(1, int(d * n))  # noqa: E731  mergekit's tensor-wise count (sparsify.magnitude)
 
 
 def _members(tmp_path, n=3, seed=0):
@@ -125,15 +152,42 @@ def test_model_wide_trim_threshold_is_the_exact_kth_largest_magnitude(tmp_path, 
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", 64)  # many chunks: a tensor or two at a time
     base, members = _members(tmp_path)
-    skip = ties.is_statistic
+    skip = zoo.is_statistic
     for density in (0.2, 0.5, 1.0):
-        got = trim.model_thresholds(members, base, density, skip=skip)
+        got = zoo.model_thresholds(members, base, density, skip=skip)
         for m, threshold in zip(members, got):
             flat = torch.cat([(m.state_dict()[k] - base.state_dict()[k]).flatten().abs()
                               for k in m.keys() if not skip(k)])
             k = int(round(density * flat.numel()))
             assert threshold == flat.sort(descending=True).values[k - 1].item()
             assert int((flat >= threshold).sum()) == k  # no ties in random floats: exactly k kept
+
+
+def test_model_thresholds_of_real_members_are_torch_kthvalue_with_ties_and_density_one(ingredients, digits_zoo,
+                                                                                     monkeypatch):
+    """zoo.model_thresholds on the digits members (many chunks) is the k-th largest |τᵢ| torch finds over the
+    concatenated model, also where many entries tie at it (τ rounded to a coarse grid) and at density 1."""
+    import zoo.kit.stream as stream
+
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 256 << 10)
+    base = zoo.load_member(str(digits_zoo / "members" / "base"))
+    members = [zoo.load_member(str(m)) for m in ingredients[:2]]
+    b = base.state_dict()
+    keys = [k for k in base.keys() if base.is_float(k) and not zoo.is_statistic(k)]
+    coarse = lambda key, i, tv: (tv * 256).round() / 256  # noqa: E731  a grid: thousands of equal magnitudes
+    tvs = [[(m.state_dict()[k] - b[k]).float() for k in keys] for m in members]
+    for transform, density in ((None, 0.2), (None, 1.0), (coarse, 0.3)):
+        got = zoo.model_thresholds(members, base, density, transform=transform)
+        for i in range(len(members)):
+            flat = torch.cat([(transform(k, i, tv) if transform else tv).flatten() for k, tv in zip(keys, tvs[i])])
+            flat = flat.abs()
+            k = max(1, round(density * flat.numel()))
+            expected = flat.kthvalue(flat.numel() - k + 1).values.item()
+            assert got[i] == expected == flat.topk(k).values[-1].item(), (transform, density, i)
+            kept = int((flat >= got[i]).sum())
+            assert kept >= k and int((flat > got[i]).sum()) < k
+            if transform is coarse and density < 1.0:
+                assert kept > k  # ties at the threshold: all kept, as the per-tensor trim does
 
 
 def test_ties_trims_over_the_whole_model_by_default(tmp_path):
@@ -144,7 +198,7 @@ def test_ties_trims_over_the_whole_model_by_default(tmp_path):
     assert opts.trim == "model"
     merged = ties.ties().combine(members, opts, ctx).state_dict
     # written out: the top 20% over the concatenation of every (non-statistic) tensor of each member
-    keys = [k for k in base.keys() if not ties.is_statistic(k)]
+    keys = [k for k in base.keys() if not zoo.is_statistic(k)]
     cat = lambda sd: torch.cat([sd[k].flatten() for k in keys])  # noqa: E731
     b = cat(base.state_dict())
     expected = _ties_written_out(b, [cat(m.state_dict()) for m in members], 0.2)
@@ -325,7 +379,7 @@ def test_ties_command_writes_a_timm_model_with_the_base_in_card_and_zoo_json(tmp
     # the weights are TIES of the files, trimmed over the whole model
     b = load_file(str(base / "model.safetensors"))
     thetas = [load_file(str(m / "model.safetensors")) for m in ingredients[:3]]
-    keys = [k for k in b if b[k].is_floating_point() and not ties.is_statistic(k)]
+    keys = [k for k in b if b[k].is_floating_point() and not zoo.is_statistic(k)]
     cat = lambda sd: torch.cat([sd[k].float().flatten() for k in keys])  # noqa: E731
     expected = _ties_written_out(cat(b), [cat(t) for t in thetas], 0.3)
     assert torch.allclose(cat(model.state_dict()), expected, atol=1e-6)

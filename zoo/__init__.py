@@ -53,6 +53,9 @@ KIT = {
     "Combined": "zoo.kit.strategy",
     "option": "zoo.kit.options",
     "merge_method": "zoo.kit.merge",
+    "is_statistic": "zoo.kit.weights",
+    "model_thresholds": "zoo.kit.topk",
+    "zero_below": "zoo.kit.topk",
     "map_tensors": "zoo.kit.stream",
     "scan_tensors": "zoo.kit.stream",
     "Spill": "zoo.kit.spill",
@@ -86,7 +89,8 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.kit.merge import merge_method
     from zoo.kit.spill import Spill
     from zoo.kit.stream import map_tensors, scan_tensors
-    from zoo.kit.weights import keep_largest, task_vectors
+    from zoo.kit.topk import model_thresholds, zero_below
+    from zoo.kit.weights import is_statistic, keep_largest, task_vectors
     from zoo.kit.options import option
     from zoo.kit.strategy import Combined, Context, Strategy
     from zoo.kit.transfer import TargetView, TransferMetric

@@ -17,8 +17,7 @@ import torch
 import zoo
 
 from . import ties as _ties
-from . import trim
-from .common import is_statistic, statistics_toward, weighted
+from .common import weighted
 
 DEFAULT_SCALE = {"ta": 0.3, "ties": 1.0}  # λ of task arithmetic and of TIES (docs/algorithms.md)
 
@@ -47,24 +46,27 @@ def check(options) -> None:
 
 
 def prepare(members, base, options, ctx):
-    if options.then != "ties" or options.density >= 1.0:
-        return None
-    # the TIES trim after the drop, over the whole model: thresholds of the dropped task vectors
-    dropped = _Dropped(options.drop, options.seed)
-    return trim.model_thresholds(members, base, options.density, skip=is_statistic,
-                                       progress=ctx.progress, transform=dropped)
+    """then=ties with density < 1: the TIES trim after the drop, over the whole model (thresholds of the
+    dropped task vectors)."""
+    if options.then == "ties" and options.density < 1.0:
+        dropped = lambda key, i, tv: drop_and_rescale(tv, options.drop, generator(options.seed, i, key))  # noqa: E731
+        return zoo.model_thresholds(members, base, options.density, progress=ctx.progress, transform=dropped,
+                                    description="dare: trim")
 
 
-class _Dropped:
-    def __init__(self, p: float, seed: int):
-        self.p, self.seed = p, seed
+def scale_of(options) -> float:
+    return DEFAULT_SCALE[options.then] if options.scale is None else options.scale
 
-    def __call__(self, key: str, i: int, tv: torch.Tensor) -> torch.Tensor:
-        return drop_and_rescale(tv, self.p, generator(self.seed, i, key))
+
+def reach(options, members: int) -> float:
+    """How far the weights move from the base: λ·Σwᵢ with then=ta, λ with then=ties."""
+    if options.then == "ta":
+        return scale_of(options) * (sum(options.weights) if options.weights else members)
+    return scale_of(options)
 
 
 @zoo.merge_method("dare", "DARE: drop task-vector entries at random and rescale, then task arithmetic or TIES "
-                  "(Yu et al. 2024)", needs_base=True, prepare=prepare, check=check)
+                  "(Yu et al. 2024)", needs_base=True, prepare=prepare, check=check, statistics=reach)
 def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
          drop: float = zoo.option(0.9, "p: probability of dropping each task-vector entry", min=0, max=1),
          then: Literal["ta", "ties"] = zoo.option("ta", "how the dropped task vectors are merged: ta (task "
@@ -73,17 +75,14 @@ def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
                                           "1.0 for ties"),
          weights: list[float] | None = zoo.option(None, "wᵢ of each task vector with then=ta (default 1 each)"),
          density: float = zoo.option(1.0, "with then=ties: fraction of each dropped task vector kept by "
-                                     "magnitude over the whole model (1: no trim, as mergekit's dare_ties)",
-                                     min=0, max=1),
+                                     "magnitude over the whole model, round(density·d) of its d entries "
+                                     "(1: no trim, as mergekit's dare_ties)", min=0, max=1),
          seed: int = zoo.option(0, "seed of the random drop")) -> torch.Tensor:
     lam = DEFAULT_SCALE[then] if scale is None else scale
-    if is_statistic(key):
-        reach = lam * (sum(weights) if weights else len(tensors)) if then == "ta" else lam
-        return statistics_toward(tensors, base, reach)
     vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(zoo.task_vectors(tensors, base))]
     if then == "ta":
         return base + lam * weighted(vectors, weights)
     stacked = torch.stack(vectors)
-    if stats is not None:
-        _ties.trim_rows(stacked, density, stats)
+    for i, tv in enumerate(stacked if stats is not None else ()):
+        zoo.zero_below(tv, stats[i])
     return base + lam * _ties.elect_and_average(stacked)

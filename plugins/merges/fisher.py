@@ -32,7 +32,7 @@ def prepare(members, base, options, ctx) -> zoo.Spill:
 
 @zoo.merge_method("fisher", "Fisher merging: each entry averaged with its members' diagonal Fisher information "
                   "as weights (Matena & Raffel 2022); needs --train-data", min_members=2, prepare=prepare,
-                  needs=("train",))
+                  needs=("train",), statistics="merge")
 def fisher(tensors: list[torch.Tensor], base: torch.Tensor | None, *, key: str, stats,
            samples: int = zoo.option(256, "examples for each member's diagonal Fisher (batch 1)", min=1),
            floor: float = zoo.option(1e-8, "smallest Fisher value an entry weighs with", min=0),

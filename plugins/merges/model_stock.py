@@ -13,7 +13,7 @@ import torch
 
 import zoo
 
-from .common import is_statistic, mean
+from .common import mean
 
 EPS = 1e-12
 
@@ -43,7 +43,7 @@ def prepare(members, base, options, ctx) -> dict[str, float]:
     sit at different points between base and average is a mismatched layer)."""
     ratios: dict[str, float] = {}
 
-    def record(key, tensors, b):
+    def record(tensors, b, *, key):
         ratios[key] = interpolation_ratio(zoo.task_vectors(tensors, b))
 
     zoo.scan_tensors(members, record, base=base, progress=ctx.progress, description="model-stock: angles")
@@ -52,8 +52,8 @@ def prepare(members, base, options, ctx) -> dict[str, float]:
 
 @zoo.merge_method("model-stock", "Model Stock: per layer, move from the base towards the members' average by a "
                   "ratio set by the angle between their task vectors (Jang et al. 2024)",
-                  needs_base=True, min_members=2, prepare=prepare,
+                  needs_base=True, min_members=2, prepare=prepare, statistics="merge",
                   report=lambda stats, options: {"ratios": stats})
 def model_stock(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats) -> torch.Tensor:
-    t = stats.get(f"{layer_of(key)}.weight", stats[key]) if is_statistic(key) else stats[key]
+    t = stats.get(f"{layer_of(key)}.weight", stats[key]) if zoo.is_statistic(key) else stats[key]
     return t * mean(tensors) + (1.0 - t) * base

@@ -73,7 +73,7 @@ def prepare(members, base, options, ctx) -> dict:
 
 @zoo.merge_method("mwa", "metrics-weighted average of checkpoints: weights from training loss or step and one "
                   "penalty factor (Yu & Choi 2025)", prepare=prepare, check=check,
-                  report=lambda stats, options: {"mwa": stats})
+                  statistics="merge", report=lambda stats, options: {"mwa": stats})
 def mwa(tensors: list[torch.Tensor], base: torch.Tensor | None, *, stats,
         by: Literal["loss", "step"] = zoo.option("loss", "weigh by training loss (lower weighs more) or by step "
                                                   "(later weighs more)"),

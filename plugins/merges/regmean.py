@@ -107,7 +107,7 @@ def regmean_merge(weights: list[torch.Tensor], gram_list: list[torch.Tensor], al
 
 @zoo.merge_method("regmean", "RegMean: each linear map fit to every member's outputs on its own inputs (Gram "
                   "matrices on --train-data); other tensors averaged (Jin et al. 2023)", min_members=2,
-                  prepare=prepare, check=check, needs=("train",))
+                  prepare=prepare, check=check, needs=("train",), statistics="merge")
 def regmean(tensors: list[torch.Tensor], base: torch.Tensor | None, *, key: str, stats,
             alpha: float = zoo.option(0.9, "α: G̃ = α·G + (1−α)·diag(G), the paper's off-diagonal scaling",
                                       min=0, max=1),

@@ -17,7 +17,7 @@ PARALLEL = 0.9995
 
 
 @zoo.merge_method("slerp", "spherical interpolation of two members, tensor by tensor", min_members=2,
-                  max_members=2)
+                  max_members=2, statistics="merge")
 def slerp(tensors: list[torch.Tensor], base: torch.Tensor | None, *,
           t: float = zoo.option(0.5, "where on the arc: 0 gives the first member, 1 the second", min=0, max=1),
           ) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """TIES-merging (Yadav et al., NeurIPS 2023, "Resolving Interference When Merging Models").
 
 (1) trim each task vector to its largest-magnitude entries — over the whole model (the paper, its code
-and FusionBench: ``trim=model``, the default) or tensor by tensor (mergekit: ``trim=tensor``);
-(2) elect a sign per entry, that of Σᵢ τ̂ᵢ; (3) disjoint mean: the mean of the τ̂ᵢ that are non-zero
-and agree with it. θ = base + λ·τ_m.
+and FusionBench: ``trim=model``, the default; ``zoo.model_thresholds``) or tensor by tensor (mergekit:
+``trim=tensor``, mergekit's count max(1, ⌊density·n⌋)); (2) elect a sign per entry, that of Σᵢ τ̂ᵢ;
+(3) disjoint mean: the mean of the τ̂ᵢ that are non-zero and agree with it. θ = base + λ·τ_m. BatchNorm's
+running statistics move toward the members' mean by λ (the contract's ``statistics=``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from typing import Literal
 import torch
 
 import zoo
-
-from . import trim
-from .common import is_statistic, statistics_toward
 
 
 def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
@@ -38,7 +36,7 @@ def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
 
 
 def stacked_task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
-    """``torch.stack(zoo.task_vectors(tensors, base))``, written straight into the stack."""
+    """``torch.stack(zoo.task_vectors(tensors, base))``, written straight into the stack (one copy, not two)."""
     out = torch.empty((len(tensors), *base.shape), dtype=base.dtype, device=base.device)
     for i, t in enumerate(tensors):
         torch.sub(t, base, out=out[i])
@@ -52,34 +50,26 @@ def check(options) -> None:
 
 
 def prepare(members, base, options, ctx):
-    """trim=model: each member's magnitude threshold over the whole model, in two streamed passes."""
-    if options.trim != "model" or options.density >= 1.0:
-        return None
-    return trim.model_thresholds(members, base, options.density, skip=is_statistic, progress=ctx.progress)
-
-
-def trim_rows(stacked: torch.Tensor, density: float, thresholds: list[float] | None) -> torch.Tensor:
-    """Step 1, in place: each τᵢ with all but its largest-magnitude entries zeroed (model-wide thresholds,
-    if given; else the top ``density`` of each tensor)."""
-    for i, row in enumerate(stacked):
-        if thresholds is not None:
-            trim.zero_below(row, thresholds[i])
-        elif density < 1.0:
-            row.copy_(zoo.keep_largest(row, density))
-    return stacked
+    if options.trim == "model" and options.density < 1.0:
+        return zoo.model_thresholds(members, base, options.density, progress=ctx.progress, description="ties: trim")
 
 
 @zoo.merge_method("ties", "TIES-merging: trim task vectors, elect signs, average the agreeing entries "
                   "(Yadav et al. 2023)", needs_base=True, prepare=prepare, check=check,
+                  statistics=lambda options, members: options.scale,
                   report=lambda stats, options: {"trim": options.trim} | (
                       {"thresholds": stats} if stats is not None else {}))
-def ties(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
+def ties(tensors: list[torch.Tensor], base: torch.Tensor, *, stats,
          density: float = zoo.option(0.2, "k: fraction of each task vector kept, by magnitude", min=0, max=1),
          scale: float = zoo.option(1.0, "λ: base + λ·(the merged task vector)"),
          trim: Literal["model", "tensor"] = zoo.option(
-             "model", "where the top-k magnitudes are taken: model (over the whole flattened model, as the paper "
-             "and FusionBench) or tensor (each tensor on its own, as mergekit)")) -> torch.Tensor:
-    if is_statistic(key):
-        return statistics_toward(tensors, base, scale)
-    merged = elect_and_average(trim_rows(stacked_task_vectors(tensors, base), density, stats))
-    return merged.mul_(scale).add_(base)  # base + λ·merged, in place
+             "model", "where the top-k magnitudes are taken: model (round(density·d) of the whole flattened "
+             "model's d entries, as the paper and FusionBench) or tensor (max(1, ⌊density·n⌋) of each tensor's n, "
+             "as mergekit)")) -> torch.Tensor:
+    stacked = stacked_task_vectors(tensors, base)
+    for i, tv in enumerate(stacked):  # 1. trim
+        if stats is not None:
+            zoo.zero_below(tv, stats[i])
+        elif density < 1.0:
+            tv.copy_(zoo.keep_largest(tv, density))
+    return elect_and_average(stacked).mul_(scale).add_(base)  # 2, 3, then base + λ·merged, in place

@@ -247,7 +247,7 @@ class Rebasin(Strategy):
         del states
 
         # the average itself is streamed tensor by tensor through the kit: no member is held whole
-        def permuted_mean(key, tensors, _base):
+        def permuted_mean(tensors, _base, *, key):
             return sum(w * permute.permute_tensor(spec, key, t, p) for w, t, p in zip(weights, tensors, perms))
 
         merged = zoo.map_tensors(members, permuted_mean, progress=ctx.progress, description="averaging aligned members",
@@ -265,7 +265,7 @@ class Rebasin(Strategy):
         result = Combined(state_dict=merged, report=report)
         rows = []
         if split is not None:
-            naive = zoo.map_tensors(members, lambda key, tensors, _b: sum(w * t for w, t in zip(weights, tensors)),
+            naive = zoo.map_tensors(members, lambda tensors, _b, *, key: sum(w * t for w, t in zip(weights, tensors)),
                                     progress=ctx.progress, description="averaging without alignment", who="rebasin")
             naive = dict(naive)
             if train is not None:

@@ -14,7 +14,20 @@ sets them. An option annotated ``list[...]`` holds one value per member, in memb
 
 ``zoo.kit.stream.map_tensors`` streams the members (and base) chunk by chunk and calls the function
 once per floating-point tensor; ``zoo.kit.weights`` has the arithmetic methods need (task vectors,
-``keep_largest``, ``add``, ``scale``).
+``keep_largest``, ``add``, ``scale``) and ``zoo.kit.topk`` the model-wide top-k (``model_thresholds``).
+
+BatchNorm's running statistics (``running_mean``, ``running_var``) are not weights: a variance moved along
+task vectors (base + λ·Σ(varᵢ − var₀)) can turn negative. The decorator's ``statistics=`` says what becomes
+of them, so a method gets the safe behaviour without knowing about them:
+
+- ``"mean"`` (the default): the members' mean; the function is never called for them.
+- a function ``reach(options, members) -> t`` (``members``: how many), for methods that move the weights from
+  the base by a known amount (t = λ·Σwᵢ for task arithmetic, λ for TIES): the statistics move from the
+  base's toward the members' mean as far, base + t·(mean − base) with t clamped to [0, 1] — a convex
+  combination, so a variance stays positive, and λ = 0 gives the base exactly (the members' mean without
+  a base).
+- ``"merge"``: the function merges them like any other tensor, for methods whose result is a convex
+  combination of the members anyway (SLERP, Fisher, RegMean) or that treat them themselves (``key``).
 
 Two keyword-only parameter names are not options but filled in by zoo:
 
@@ -38,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from zoo.kit.errors import BadInput
 from zoo.kit.stream import map_tensors
 from zoo.kit.strategy import Combined, Strategy
+from zoo.kit.weights import is_statistic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -50,17 +64,33 @@ if TYPE_CHECKING:  # pragma: no cover
 RESERVED = ("key", "stats")
 
 
+def statistics_toward(tensors: list[torch.Tensor], base: torch.Tensor | None, t: float) -> torch.Tensor:
+    """base + t·(mean of the members − base), t clamped to [0, 1]; the members' mean without a base."""
+    import torch
+
+    mean = torch.stack(tensors).mean(dim=0)
+    if base is None:
+        return mean
+    t = min(1.0, max(0.0, t))
+    return base + t * (mean - base)
+
+
 def merge_method(name: str, summary: str, *, needs_base: bool = False, min_members: int = 1,
                  max_members: int | None = None, needs: tuple[str, ...] = (), check: Callable | None = None,
-                 prepare: Callable | None = None, report: Callable | None = None):
+                 prepare: Callable | None = None, report: Callable | None = None,
+                 statistics: str | Callable[[Any, int], float] = "mean"):
     """Decorator: a function ``f(tensors, base, *, option: type = zoo.option(default, help), ...)``
     becomes a strategy named ``name`` (see the module docstring). Raises TypeError at once, naming
     the function and the parameter, for a signature it cannot turn into options.
 
     ``needs`` names the data it cannot run without (``"train"``, ``"eval"``, ``"ood"``) and ``check(options)``
     refuses option values the bounds cannot express (``raise zoo.BadInput``): both are checked before
-    any member is loaded. ``prepare`` and ``report``: see the module docstring.
+    any member is loaded. ``prepare``, ``report`` and ``statistics`` (what becomes of BatchNorm's running
+    statistics: ``"mean"``, the default, ``"merge"`` or ``reach(options, members)``): see the module docstring.
     """
+    if not callable(statistics) and statistics not in ("mean", "merge"):
+        raise TypeError(f"merge method {name!r}: statistics={statistics!r}; give \"mean\" (the default), "
+                        "\"merge\", or a function reach(options, members) -> t")
 
     def decorate(fn: Callable) -> type:
         options_cls, per_member, wants = _options_from(fn)
@@ -68,6 +98,7 @@ def merge_method(name: str, summary: str, *, needs_base: bool = False, min_membe
             raise TypeError(f"merge method {fn.__module__}.{fn.__qualname__}: it takes `stats` but the "
                             "decorator has no prepare= to compute them")
         return type(_class_name(name), (MergeMethod,), {
+            "statistics": staticmethod(statistics) if callable(statistics) else statistics,
             "name": name, "summary": summary, "needs_base": needs_base, "min_members": min_members,
             "max_members": max_members, "needs": tuple(needs), "Options": options_cls, "function": staticmethod(fn),
             "per_member": per_member, "wants": wants,
@@ -140,6 +171,7 @@ class MergeMethod(Strategy):
     prepare_fn: Callable | None = None
     report_fn: Callable | None = None
     check_fn: Callable | None = None
+    statistics: Any = "mean"
 
     @classmethod
     def check(cls, options) -> None:
@@ -161,10 +193,15 @@ class MergeMethod(Strategy):
         who = f"merge method {self.name!r} of plugin {fn.__module__}{origin}"
         stats = self.prepare_fn(members, ctx.base, options, ctx) if self.prepare_fn else None
         extra = {"stats": stats} if "stats" in self.wants else {}
-        if "key" in self.wants:
-            call = lambda key, tensors, base: fn(tensors, base, key=key, **extra, **values)  # noqa: E731
-        else:
-            call = lambda key, tensors, base: fn(tensors, base, **extra, **values)  # noqa: E731
+        reach = None if self.statistics == "merge" else (
+            1.0 if self.statistics == "mean" else float(self.statistics(options, len(members))))
+        mean_only = self.statistics == "mean"
+
+        def call(tensors, base, *, key):
+            if reach is not None and is_statistic(key):
+                return statistics_toward(tensors, None if mean_only else base, reach)
+            return fn(tensors, base, **({"key": key} if "key" in self.wants else {}), **extra, **values)
+
         try:
             sd = map_tensors(members, call, base=ctx.base, progress=ctx.progress, description=self.name, who=who,
                              device=ctx.device)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # a streamed merge reads about this many bytes at a time, all members together: few file openings, little memory
 CHUNK_BYTES = 64 << 20
 
-TensorFn = Callable[[str, list, Any], Any]  # fn(key, tensors, base_tensor) -> tensor
+TensorFn = Callable[..., Any]  # fn(tensors, base_tensor, *, key) -> tensor: a merge method's order
 
 # where finished tensors go: (folder, max_shard_size), or None for a dict in memory
 _OUTPUT: contextvars.ContextVar[tuple[Path, int | str] | None] = contextvars.ContextVar("zoo_output", default=None)
@@ -113,7 +113,8 @@ def _chunks(ref: Member, budget: int) -> Iterator[list[str]]:
 def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None = None, progress: Any = None,
                 description: str = "merging", who: str = "the merge", hint: str = "check the options",
                 device: Any = None) -> MutableMapping[str, torch.Tensor]:
-    """``{key: fn(key, tensors, base_tensor)}`` over floating tensors, streamed; integer buffers
+    """``{key: fn(tensors, base_tensor, key=key)}`` over floating tensors, streamed (the order of a merge
+    method, ``zoo.kit.merge``: ``def fn(tensors, base, *, key)``); integer buffers
     (``num_batches_tracked``) are copied from the base, or from the first member without one.
 
     ``tensors`` holds the key's tensor of every member, in member order, as float32 (float64 if any
@@ -172,10 +173,10 @@ def _writer(ref: Member, dtypes: dict[str, str], folder: Path, max_shard_size: i
     return StreamWriter(folder / f"result-{next(_CALLS)}", layout)
 
 
-def scan_tensors(members: Sequence[Member], fn: Callable[[str, list, Any], None], *, base: Member | None = None,
+def scan_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None = None,
                  progress: Any = None, description: str = "reading", who: str = "the merge",
                  device: Any = None) -> None:
-    """Call ``fn(key, tensors, base_tensor)`` on every floating tensor, streamed as :func:`map_tensors`
+    """Call ``fn(tensors, base_tensor, key=key)`` on every floating tensor, streamed as :func:`map_tensors`
     does, keeping nothing: the first pass of a method that needs a statistic of the whole model (TIES's
     model-wide magnitude threshold) before it merges tensor by tensor."""
     for k, first, tensors, b, _ in _walk(members, base, progress, description, device):
@@ -185,7 +186,7 @@ def scan_tensors(members: Sequence[Member], fn: Callable[[str, list, Any], None]
 
 def _call(fn: Callable, k: str, tensors: list, b: Any, who: str) -> Any:
     try:
-        return fn(k, tensors, b)
+        return fn(tensors, b, key=k)
     except ZooError:
         raise
     except Exception as e:

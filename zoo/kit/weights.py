@@ -88,7 +88,7 @@ def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress
     if len(coeffs) != len(members):
         raise ValueError("one coefficient per member")
 
-    def total(key, tensors, base):
+    def total(tensors, base, *, key):
         acc = torch.mul(tensors[0], coeffs[0])
         for t, c in zip(tensors[1:], coeffs[1:]):
             acc.add_(t, alpha=c)
@@ -173,13 +173,15 @@ def task_vectors(tensors: Sequence[Any], base: Any) -> list:
 def keep_largest(t: torch.Tensor, density: float) -> torch.Tensor:
     """``t`` with all but its ``density`` fraction of largest-magnitude entries set to zero.
 
-    k = round(density·numel) entries are kept; entries tied with the k-th largest magnitude are
-    all kept (a threshold, not an arbitrary tie-break), so the result is deterministic.
+    k = max(1, ⌊density·numel⌋) entries are kept — mergekit's count (its ``sparsify.magnitude``:
+    ``int(density * n)``, at least one), so TIES's ``trim=tensor`` keeps what mergekit keeps; none at
+    density 0, all at 1. Entries tied with the k-th largest magnitude are all kept (a threshold, not an
+    arbitrary tie-break, where mergekit's ``topk`` picks among them), so the result is deterministic.
     """
     import torch
 
     n = t.numel()
-    k = int(round(density * n))
+    k = n if density >= 1.0 else 0 if density <= 0.0 else max(1, int(density * n))
     if k >= n:
         return t.clone()
     if k <= 0:
@@ -187,3 +189,9 @@ def keep_largest(t: torch.Tensor, density: float) -> torch.Tensor:
     magnitude = t.abs()
     threshold = magnitude.flatten().kthvalue(n - k + 1).values
     return torch.where(magnitude >= threshold, t, torch.zeros_like(t))
+
+
+def is_statistic(key: str) -> bool:
+    """BatchNorm's running statistics (``….running_mean``, ``….running_var``): never moved along task vectors
+    (see ``zoo.kit.merge``'s ``statistics=``)."""
+    return key.endswith((".running_mean", ".running_var"))
