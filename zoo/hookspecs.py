@@ -13,6 +13,10 @@ in ``zoo.plugins`` and member sources in ``zoo.registry`` are plugins of exactly
 this kind, registered by import path (``zoo.host.BUILTINS``). A function marked
 ``@zoo.hookimpl`` whose name is not one of the hooks below is an error naming the
 plugin. See docs/writing-a-plugin.md for a complete example.
+
+zoo imports every plugin's module on every ``zoo`` command, ``zoo --help`` included (to collect the
+``zoo_commands``): keep it light and import what is heavy (torch, timm, your strategies' modules)
+inside the hook functions, as the built-ins do.
 """
 
 from __future__ import annotations
