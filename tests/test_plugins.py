@@ -123,7 +123,11 @@ def zoo_commands(app, cli):
     def hello(name: str = typer.Argument("world")):
         """Say hello."""
         if name == "err":
-            cli.run(lambda: (_ for _ in ()).throw(zoo.BadInput("and a clear error")))
+            raise zoo.BadInput("and a clear error")
+        if name == "bug":
+            raise KeyError("no such thing")
+        with cli.progress() as bars:
+            bars.task("greeting", total=1).advance()
         cli.console().print(f"hello {name}")
 '''
 
@@ -134,7 +138,11 @@ def test_a_plugin_adds_a_command_and_global_flags_work_after_it(tmp_path, zoo_cl
     assert "hello there" in zoo_cli("--plugin", "cmd_plugin", "hello", "there", env=env).stderr
     assert "hello there" in zoo_cli("hello", "there", "--plugin", "cmd_plugin", env=env).stderr
     assert zoo_cli("hello", "there", "--plugin", "cmd_plugin", "--quiet", env=env).stderr == ""
+    # a plugin command raises zoo's errors, and zoo prints them as it does its own: one line, its exit code
     err = zoo_cli("hello", "err", "--plugin=cmd_plugin", env=env, check=False)
-    assert err.returncode == 2 and "and a clear error" in err.stderr
+    assert (err.returncode, err.stderr.strip()) == (2, "error: and a clear error")
+    bug = zoo_cli("hello", "bug", "--plugin=cmd_plugin", env=env, check=False)
+    assert bug.returncode == 1 and bug.stderr.strip().startswith("error: KeyError") and "--debug" in bug.stderr
+    assert "Traceback" not in bug.stderr
     assert "hello" not in zoo_cli("--help").stdout  # without the plugin, no such command
     assert "stitch" in zoo_cli("--help").stdout  # the stitch plugin's own commands
