@@ -40,8 +40,9 @@ def combine(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training strategy (distill) "
                                 "of the same --out from its last checkpoint (same options)."),
     multi_task: bool = typer.Option(False, "--multi-task", help="Members are fine-tunes of --base on different "
-                                    "tasks: merge all but their heads and write one timm repo per member, with "
-                                    "its own head, under --out."),
+                                    "tasks: merge all but their heads (with a merge method: task-arithmetic, "
+                                    "ties, ...) and write one timm repo per member, with its own head, under "
+                                    "--out."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="The output's floating-point dtype: float32, "
                                         "float16 or bfloat16. Default: the members' where they agree, else "
                                         "float32 (members in different precisions are merged in float32)."),
