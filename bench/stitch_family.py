@@ -29,6 +29,7 @@ from pathlib import Path
 
 import zoo
 from zoo.demos import ensure_built
+from zoo.plugins.stitch.export import stitch_configs
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         out = args.work / f"snnet-{args.family}-{label}"
         zoo.combine("stitch", anchors, train_data=train, eval_data=val, options={"epochs": epochs}, out=out,
                     force=True)
-        runs[label] = (zoo.stitch_configs(out), time.time() - t0)
+        runs[label] = (stitch_configs(out), time.time() - t0)
 
     figures = Path(__file__).parent / "figures"
     figures.mkdir(exist_ok=True)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import kill_after_checkpoint
+from zoo.plugins.stitch.export import stitch_configs, stitch_export
 
 ORG = "zoo-test"
 
@@ -143,7 +144,7 @@ def test_cnn_stitch_end_to_end_list_select_export(tmp_path, stitch_zoo, zoo_cli)
     assert all(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.bias is not None
                for m in net.stitch.values())
 
-    rows = zoo.stitch_configs(out)  # what `zoo stitch list --json` prints
+    rows = stitch_configs(out)  # what `zoo stitch list --json` prints
     assert len(rows) == len(net.configs) and all(r["top1"] is not None and r["gflops"] > 0 for r in rows)
     by_id = {r["id"]: r for r in rows}
     assert by_id[0]["gflops"] < by_id[1]["gflops"] < by_id[2]["gflops"]
@@ -169,7 +170,7 @@ def test_cnn_stitch_end_to_end_list_select_export(tmp_path, stitch_zoo, zoo_cli)
     assert sum(t.numel() for t in load_file(str(tmp_path / "one" / "model.safetensors")).values()) < \
         sum(t.numel() for t in load_file(str(out / "model.safetensors")).values())
     assert json.loads((tmp_path / "one" / "config.json").read_text())["configs"][0]["top1"] == by_id[sid]["top1"]
-    zoo.stitch_export(out, tmp_path / "anchor", config=1)
+    stitch_export(out, tmp_path / "anchor", config=1)
     plain = timm.create_model(f"local-dir:{tmp_path / 'anchor'}", pretrained=True).eval()
     with torch.no_grad():
         assert torch.equal(plain(x), net.select(1)(x))

@@ -42,8 +42,6 @@ API = {
     "run_recipe": "zoo.api.recipe",
     "select": "zoo.api.selection",
     "transfer_metrics": "zoo.api.selection",
-    "stitch_configs": "zoo.plugins.stitch.export",
-    "stitch_export": "zoo.plugins.stitch.export",
 }
 #: what plugins build on: name → module of the kit
 KIT = {
@@ -94,7 +92,6 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.kit.options import option
     from zoo.kit.strategy import Combined, Context, Strategy
     from zoo.kit.transfer import TargetView, TransferMetric
-    from zoo.plugins.stitch.export import stitch_configs, stitch_export
 
 
 def __getattr__(name: str):

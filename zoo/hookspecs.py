@@ -13,6 +13,10 @@ in ``zoo.plugins`` and member sources in ``zoo.registry`` are plugins of exactly
 this kind, registered by import path (``zoo.host.BUILTINS``). A function marked
 ``@zoo.hookimpl`` whose name is not one of the hooks below is an error naming the
 plugin. See docs/writing-a-plugin.md for a complete example.
+
+zoo imports every plugin's module on every ``zoo`` command, ``zoo --help`` included (to collect the
+``zoo_commands``): keep it light and import what is heavy (torch, timm, your strategies' modules)
+inside the hook functions, as the built-ins do.
 """
 
 from __future__ import annotations
@@ -83,9 +87,18 @@ def zoo_model_card(combined: Combined, sections: list[str]) -> None:
 def zoo_commands(app: typer.Typer, cli: Any) -> None:
     """Add sub-commands to the ``zoo`` command: ``app.add_typer(my_app, name="mine")`` or ``app.command()``.
 
-    ``cli`` runs a command body the way zoo's own commands do: ``cli.run(fn)`` turns an error into one
-    line on stderr and its exit code, ``cli.console()`` prints (silent under ``--quiet``),
-    ``cli.progress()`` gives progress bars, ``cli.plugins`` the ``--plugin`` modules of this run.
+    Errors: a command raises :class:`zoo.BadInput` for what the user must change (exit 2), or another
+    :class:`zoo.ZooError` with its ``exit_code`` (``zoo.kit.errors``; 1 for the network). zoo prints the
+    message as one line on stderr and exits with that code, as for its own commands; any other exception
+    is an unexpected error (exit 1, the traceback with ``--debug``). Click's own usage errors
+    (``typer.BadParameter``) keep click's message and exit 2.
+
+    ``cli`` is zoo's way to print and run: ``cli.console()`` prints messages (silent under ``--quiet``;
+    a command's answer goes to stdout), ``with cli.progress() as bars:`` gives progress bars that are
+    gone when the block ends, ``cli.combine(strategy, members, **kwargs)`` runs a strategy as ``zoo
+    combine`` does (``zoo.combine``'s keywords, with this run's plugins, bars and messages; ``zoo align``
+    is written so), ``cli.plugins`` the ``--plugin`` modules of this run. Import heavy modules inside the
+    command body, not at the top of the module that defines it.
     """
 
 

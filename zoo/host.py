@@ -116,16 +116,24 @@ def _names(var: str) -> list[str]:
     return [m.strip() for m in os.environ.get(var, "").split(",") if m.strip()]
 
 
-def load(extra_modules: list[str] | None = None, *, disabled: list[str] | None = None) -> Host:
-    """Build the plugin host: the built-ins, entry points of group ``zoo``, ``ZOO_PLUGINS``, ``extra_modules``."""
+def builtins() -> Host:
+    """A host with the built-in plugins alone. Every zoo command imports them (their ``zoo_commands``), so a
+    built-in's top module imports nothing heavy: its strategies' modules are imported inside its hooks."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     host = Host(pm)
-    off = set(_names(DISABLE_VAR)) | set(disabled or [])
     for name in BUILTINS:  # a broken built-in is a bug of zoo's: let it raise
         plugin = importlib.import_module(name)
         pm.register(plugin, name=name)
         host.origins[plugin] = "built-in"
+    return host
+
+
+def load(extra_modules: list[str] | None = None, *, disabled: list[str] | None = None) -> Host:
+    """Build the plugin host: the built-ins, entry points of group ``zoo``, ``ZOO_PLUGINS``, ``extra_modules``."""
+    host = builtins()
+    pm = host.pm
+    off = set(_names(DISABLE_VAR)) | set(disabled or [])
     if not os.environ.get(AUTOLOAD_VAR):
         for ep in entry_points(group=hookspecs.PROJECT):
             if ep.name in off or ep.value in off or pm.get_plugin(ep.name) is not None:

@@ -8,10 +8,11 @@ docs/algorithms.md ("Task-vector merges").
 
 import zoo
 
-from . import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
-
 
 @zoo.hookimpl
 def zoo_strategies():
+    # imported here, not at the top: they import torch, and zoo imports every plugin for `zoo --help`
+    from . import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
+
     return [arithmetic.task_arithmetic, ties.ties, dare.dare, model_stock.model_stock, slerp.slerp,
             fisher.fisher, regmean.regmean, mwa.mwa]

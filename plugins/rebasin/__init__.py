@@ -6,7 +6,7 @@ starts made mergeable — ``zoo align`` and ``zoo combine --strategy rebasin``.
 - ``permute.py``: permutations applied, and checked against the model's outputs
 - ``match.py``: weight matching (linear assignment per group), several members (reference, MergeMany)
 - ``repair.py``: REPAIR for BatchNorm networks; ``barrier.py``: the loss barrier along a path
-- ``strategy.py``: the ``align`` and ``rebasin`` strategies
+- ``strategy.py``: the ``align`` and ``rebasin`` strategies; ``cli.py``: the ``zoo align`` command
 """
 
 from zoo import hookimpl
@@ -17,3 +17,10 @@ def zoo_strategies():
     from zoo.plugins.rebasin.strategy import Align, Rebasin
 
     return [Align, Rebasin]
+
+
+@hookimpl
+def zoo_commands(app, cli):
+    from zoo.plugins.rebasin.cli import add_align
+
+    add_align(app, cli)

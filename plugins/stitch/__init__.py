@@ -21,10 +21,9 @@ def zoo_strategies():
 
 @hookimpl
 def zoo_commands(app, cli):
-    from zoo.plugins.stitch import cli as stitch_cli
+    from zoo.plugins.stitch.cli import stitch_app
 
-    stitch_cli.cli = cli
-    app.add_typer(stitch_cli.stitch_app, name="stitch")
+    app.add_typer(stitch_app(cli), name="stitch")
 
 
 @hookimpl

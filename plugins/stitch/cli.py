@@ -1,4 +1,7 @@
-"""`zoo stitch list` and `zoo stitch export`: read a stitched network (zoo combine --strategy stitch)."""
+"""`zoo stitch list` and `zoo stitch export`: read a stitched network (zoo combine --strategy stitch).
+
+Added by the plugin's ``zoo_commands`` hook (:func:`stitch_app`); a command that meets bad input raises
+``zoo.BadInput`` and zoo prints it, as for its own commands."""
 
 from __future__ import annotations
 
@@ -6,13 +9,35 @@ from typing import Optional
 
 import typer
 
-stitch_app = typer.Typer(help="Inspect a stitched network (SN-Net) and export one of its configurations.",
-                         no_args_is_help=True)
-#: zoo's command helpers (run, console), given by the zoo_commands hook when the app is added
-cli = None
+
+def stitch_app(cli) -> typer.Typer:
+    """The `zoo stitch` commands; ``cli`` is what ``zoo_commands`` gives (zoo's console under --quiet)."""
+    app = typer.Typer(help="Inspect a stitched network (SN-Net) and export one of its configurations.",
+                      no_args_is_help=True)
+    app.command("list")(list_cmd)
+
+    @app.command("export")  # here, with `cli` at hand: its message goes through zoo's console
+    def export_cmd(
+        folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME\\[@REV]."),
+        out: str = typer.Option(..., "--out", "-o", help="Folder to write the configuration to."),
+        config: Optional[int] = typer.Option(None, "--config", help="The configuration's id (zoo stitch list)."),
+        max_gflops: Optional[float] = typer.Option(None, "--max-gflops", help="Or: the most accurate "
+                                                   "configuration within this many GFLOPs per image."),
+        max_params: Optional[float] = typer.Option(None, "--max-params", help="Or: ... within this many "
+                                                   "parameters."),
+        force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    ):
+        """Write one configuration as a standalone folder: an anchor as an ordinary timm model, a stitch as a
+        one-configuration network (zoo.load) holding only the weights it uses."""
+        from zoo.plugins.stitch.export import stitch_export
+
+        path, chosen = stitch_export(folder, out, config=config, max_gflops=max_gflops, max_params=max_params,
+                                     force=force)
+        cli.console().print(f"configuration {chosen} written to {path}", highlight=False)
+
+    return app
 
 
-@stitch_app.command("list")
 def list_cmd(
     folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME\\[@REV]."),
     sort: str = typer.Option("id", "--sort", help="Order rows by id, gflops, params or top1."),
@@ -25,8 +50,8 @@ def list_cmd(
     from zoo.kit.errors import BadInput
 
     if sort not in ("id", "gflops", "params", "top1"):
-        cli.run(lambda: (_ for _ in ()).throw(BadInput(f"--sort {sort!r}: use id, gflops, params or top1")))
-    rows = cli.run(lambda: stitch_configs(folder))
+        raise BadInput(f"--sort {sort!r}: use id, gflops, params or top1")
+    rows = stitch_configs(folder)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -56,21 +81,3 @@ def _pareto(rows: list[dict]) -> set[int]:
             best = r["top1"]
     return front
 
-
-@stitch_app.command("export")
-def export_cmd(
-    folder: str = typer.Argument(..., help="A stitched network: its folder or hf-hub:ORG/NAME\\[@REV]."),
-    out: str = typer.Option(..., "--out", "-o", help="Folder to write the configuration to."),
-    config: Optional[int] = typer.Option(None, "--config", help="The configuration's id (zoo stitch list)."),
-    max_gflops: Optional[float] = typer.Option(None, "--max-gflops", help="Or: the most accurate configuration "
-                                               "within this many GFLOPs per image."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="Or: ... within this many parameters."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
-):
-    """Write one configuration as a standalone folder: an anchor as an ordinary timm model, a stitch as a
-    one-configuration network (zoo.load) holding only the weights it uses."""
-    from zoo.plugins.stitch.export import stitch_export
-
-    path, chosen = cli.run(lambda: stitch_export(folder, out, config=config, max_gflops=max_gflops,
-                                                  max_params=max_params, force=force))
-    cli.console().print(f"configuration {chosen} written to {path}", highlight=False)

@@ -1,8 +1,9 @@
-"""The stitch plugin's Python API: list a stitched network's configurations, export one alone.
+"""The stitch plugin's Python API: list a stitched network's configurations, export one alone (what
+`zoo stitch list` and `zoo stitch export` run).
 
-    import zoo
-    rows = zoo.stitch_configs("snnet/")             # id, anchors, blocks, GFLOPs, parameters, top-1
-    zoo.stitch_export("snnet/", "one/", config=17)  # or max_gflops=..., max_params=...
+    from zoo.plugins.stitch.export import stitch_configs, stitch_export
+    rows = stitch_configs("snnet/")             # id, anchors, blocks, GFLOPs, parameters, top-1
+    stitch_export("snnet/", "one/", config=17)  # or max_gflops=..., max_params=...
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import contextlib
 import os
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,16 +63,54 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
     return out
 
 
+@dataclass
+class Request:
+    """One combine, parsed and checked before any member is read: which strategy with which options, on
+    which members and data, written where. ``combine`` runs it in four steps a reader can name:
+    :func:`parse_request`, :func:`resolve`, :func:`run`, :func:`write`."""
+
+    strategy: str
+    host: Any  # zoo.host.Host
+    cls: type  # the strategy's class
+    options: dict[str, Any]  # as given, less a swept one
+    opts: Any  # parsed: the strategy's Options
+    swept: Any  # a zoo.api.sweep.Sweep, or None
+    specs: list[str]  # the members: a zoo's, then --members-from's, then the ones named
+    base: str | None
+    eval_data: str | None  # one held-out folder for the whole result
+    eval_named: dict[str, str]  # --multi-task: member name → its task's held-out folder
+    train_data: str | None
+    ood_data: str | None
+    zoo_name: str | None  # the named zoo the members came from, recorded in zoo.json
+    out: Path | None
+    force: bool = False
+    push: str | None = None
+    private: bool = False
+    device: str = "auto"
+    arch: str | None = None
+    allow_pickle: bool = False
+    seed: int = 0
+    max_shard_size: str | None = None
+    resume: bool = False
+    multi_task: bool = False
+    dtype: str | None = None
+    recipe_file: dict[str, Any] | None = None
+
+    @property
+    def checkpoints(self) -> Path | None:
+        """Where a training strategy keeps its checkpoints (``--resume``): beside the output folder."""
+        return None if self.out is None else self.out.parent / f".{self.out.name}.{self.strategy}"
+
+
 def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
-            members_from: str | None = None, base: str | None = None, eval_data: str | None = None,
-            train_data: str | None = None,
-            ood_data: str | None = None,
-            options: dict[str, Any] | None = None, out: str | Path | None = None, force: bool = False,
-            push: str | None = None, private: bool = False, device: str = "auto", arch: str | None = None,
-            allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
+            members_from: str | None = None, base: str | None = None,
+            eval_data: str | Sequence[str] | dict[str, str] | None = None, train_data: str | None = None,
+            ood_data: str | None = None, options: dict[str, Any] | None = None, out: str | Path | None = None,
+            force: bool = False, push: str | None = None, private: bool = False, device: str = "auto",
+            arch: str | None = None, allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
             max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
-            log: Callable[[str], None] | None = None, multi_task: bool = False,
-            dtype: str | None = None, recipe_file: dict[str, Any] | None = None) -> Combined:
+            log: Callable[[str], None] | None = None, multi_task: bool = False, dtype: str | None = None,
+            recipe_file: dict[str, Any] | None = None) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given.
 
     ``base`` is the model the members were fine-tuned from (a member spec), for strategies that merge
@@ -81,108 +120,151 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     they agree, float32 where they do not (members stored in different precisions merge in float32).
 
     ``multi_task``: the members are fine-tunes on different tasks; their heads are kept apart and ``out``
-    gets one timm repo per member (``zoo.api.tasks``); ``eval_data`` may then be ``{member name: folder}``
-    (the CLI's ``--eval-data NAME=DIR``).
+    gets one timm repo per member (``zoo.api.tasks``); ``eval_data`` is then ``{member name: folder}``
+    (the CLI's ``--eval-data NAME=DIR``, one per task).
 
     ``recipe_file``: the recipe this run is a step of (``zoo run``, ``zoo.api.recipe``), stored in
     ``zoo.json`` beside what ``zoo reproduce`` replays (strategy, options, pinned members, data, seed,
     dtype, device)."""
-    from zoo.api import sweep as _sweep
-    from zoo.api import tasks as _tasks
-    from zoo.kit import options as _options
-    from zoo.kit.device import resolve_device
     from zoo.kit.stream import output_dtype
 
-    eval_data, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
-    host, cls, options, opts, swept = check_request(
-        strategy, options=options, plugins=plugins, base=base, out=out, force=force, push=push, dtype=dtype,
-        multi_task=multi_task, eval_named=eval_named)
     progress = progress or Silent()
-    specs = list(members)
-    zoo_info = None
+    request = parse_request(
+        strategy, members, zoo=zoo, members_from=members_from, base=base, eval_data=eval_data,
+        train_data=train_data, ood_data=ood_data, options=options, out=out, force=force, push=push,
+        private=private, device=device, arch=arch, allow_pickle=allow_pickle, plugins=plugins, seed=seed,
+        max_shard_size=max_shard_size, resume=resume, multi_task=multi_task, dtype=dtype,
+        recipe_file=recipe_file, progress=progress)
+    resolved, ctx = resolve(request, progress=progress, log=log)
+    with _staged(request.out if ctx.rank == 0 else None, request.max_shard_size), output_dtype(request.dtype):
+        if request.multi_task:
+            return _combine_tasks(request, resolved, ctx)
+        result = run(request, resolved, ctx)
+        if request.out is not None and ctx.rank == 0:
+            write(request, result, ctx)
+    return result
+
+
+def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None = None,
+                  members_from: str | None = None, eval_data: str | Sequence[str] | dict[str, str] | None = None,
+                  train_data: str | None = None, ood_data: str | None = None, options: dict[str, Any] | None = None,
+                  plugins: Sequence[str] = (), progress: Progress | None = None, **given: Any) -> Request:
+    """Step 1: everything ``combine`` can check before it reads a member (:func:`check_request`, then the
+    named zoo's members and data, then :func:`check_inputs`); ``given``: the rest of ``combine``'s keywords."""
+    from zoo.api import tasks as _tasks
+
+    eval_all, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
+    host, cls, options, opts, swept = check_request(
+        strategy, options=options, plugins=plugins, base=given.get("base"), out=given.get("out"),
+        force=given.get("force", False), push=given.get("push"), dtype=given.get("dtype"),
+        multi_task=given.get("multi_task", False), eval_named=eval_named, eval_all=eval_all)
+    specs, zoo_name = list(members), None
     if zoo:
         from zoo.registry import load_zoo
 
         zoo_info = load_zoo(zoo, progress=progress)
-        specs = zoo_info.members + specs
-        eval_data = eval_data or zoo_info.data.get("eval")
+        specs, zoo_name = zoo_info.members + specs, zoo_info.name
+        eval_all = eval_all or zoo_info.data.get("eval")
         train_data = train_data or zoo_info.data.get("train")
         ood_data = ood_data or zoo_info.data.get("ood")
     if members_from:
         from zoo.registry import load_zoo
 
         specs = load_zoo(members_from, progress=progress).members + specs
-    check_inputs(cls, strategy, members=len(specs), data={"train": train_data, "eval": eval_data, "ood": ood_data},
+    multi_task = given.get("multi_task", False)
+    check_inputs(cls, strategy, members=len(specs), data={"train": train_data, "eval": eval_all, "ood": ood_data},
                  swept=swept, multi_task=multi_task)
-    if cls.same_tensors and not multi_task:  # a multi-task merge's heads differ by design
-        check_headers(specs, base, host=host, arch=arch, progress=progress)
-    resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
-    base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
-    from zoo.kit import distributed
+    out = given.pop("out", None)
+    if given.get("resume") and out is None:
+        raise BadInput("--resume needs --out: checkpoints are kept next to the output folder")
+    return Request(strategy=strategy, host=host, cls=cls, options=options, opts=opts, swept=swept, specs=specs,
+                   eval_data=eval_all, eval_named=eval_named, train_data=train_data, ood_data=ood_data,
+                   zoo_name=zoo_name, out=Path(out) if out is not None else None, **given)
 
-    dev = resolve_device(device)
+
+def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] | None = None
+            ) -> tuple[list, Context]:
+    """Step 2: the members (headers compared first, for a weight merge) and the base, resolved and checked;
+    the device and the processes (torchrun); the :class:`Context` the strategy runs in."""
+    import torch
+
+    from zoo.kit import distributed
+    from zoo.kit.device import resolve_device
+
+    r, host = request, request.host
+    if r.cls.same_tensors and not r.multi_task:  # a multi-task merge's heads differ by design
+        check_headers(r.specs, r.base, host=host, arch=r.arch, progress=progress)
+    resolved = load_members(r.specs, host=host, arch=r.arch, allow_pickle=r.allow_pickle, progress=progress)
+    base = _load_base(r.base, host, arch=r.arch, allow_pickle=r.allow_pickle) if r.base else None
+    dev = resolve_device(r.device)
     rank, world = distributed.setup(dev)
     if rank != 0:
         progress, log = Silent(), None  # one set of progress bars and messages: rank 0's
-    ckpt_dir = Path(out).parent / f".{Path(out).name}.{strategy}" if out is not None else None
-    if resume and ckpt_dir is None:
-        raise BadInput("--resume needs --out: checkpoints are kept next to the output folder")
-    ctx = Context(device=dev, eval_data=eval_data, train_data=train_data, ood_data=ood_data,
-                  progress=progress,
-                  log=log or (lambda message: None), seed=seed, extra_metrics=host.metrics(), strategy=strategy,
-                  origin=host.strategies()[strategy][1], base=base_member,
-                  checkpoint_dir=ckpt_dir, resume=resume, rank=rank, world_size=world,
-                  load_member=lambda spec: load_members([spec], host=host, allow_pickle=allow_pickle)[0])
-    import torch
+    ctx = Context(device=dev, eval_data=r.eval_data, train_data=r.train_data, ood_data=r.ood_data,
+                  progress=progress, log=log or (lambda message: None), seed=r.seed,
+                  extra_metrics=host.metrics(), strategy=r.strategy, origin=host.strategies()[r.strategy][1],
+                  base=base, checkpoint_dir=r.checkpoints, resume=r.resume, rank=rank, world_size=world,
+                  load_member=lambda spec: load_members([spec], host=host, allow_pickle=r.allow_pickle)[0])
+    torch.manual_seed(r.seed)
+    return resolved, ctx
 
-    torch.manual_seed(seed)
-    with _staged(out if rank == 0 else None, max_shard_size), output_dtype(dtype):
-        if multi_task:
-            _tasks.check_names(eval_named, resolved)
-            return _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_data, out=out, force=force,
-                                  host=host, strategy=strategy, zoo_info=zoo_info, train_data=train_data, seed=seed,
-                                  max_shard_size=max_shard_size)
-        if swept is not None:
-            result = _sweep.run(cls, options, swept, resolved, ctx, strategy=strategy)
-            opts = _options.parse(cls.Options, {**options, swept.name: result.report["sweep"]["best"]},
-                                  strategy=strategy)
-        else:
-            result = cls().combine(resolved, opts, ctx)
-        # members read in full were hashed on the way (zoo.reader); this reads only what was not
-        result.members = [m.provenance() for m in resolved]
-        result.base = base_member.provenance() if base_member is not None else None
-        result.strategy = strategy
-        if result.relation == "":
-            result.relation = cls.relation
-        result.license = result.license or agreed_license(result.members + ([result.base] if result.base else []),
-                                                          log or (lambda message: None))
-        result.options = _options.to_dict(opts)
-        if result.config is None:
-            result.config = dict(resolved[0].config)
-        if eval_data and result.metrics is None:
-            result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
-        if out is not None and rank == 0:
-            save(result, out, host=host, force=force, eval_data=eval_data, max_shard_size=max_shard_size,
-                 zoo=zoo_info.name if zoo_info else None, train_data=train_data, ood_data=ood_data, seed=seed,
-                 world_size=world, dtype=dtype, device=dev.type, arch=arch,
-                 **({"recipe_file": recipe_file} if recipe_file else {}))
-            if ckpt_dir is not None and ckpt_dir.exists():
-                shutil.rmtree(ckpt_dir)  # the run is complete: its checkpoints are done with
-            if push:
-                from zoo.api.push import push as _push
 
-                result.report["pushed"] = _push(out, push, private=private)
+def run(request: Request, resolved: list, ctx: Context) -> Combined:
+    """Step 3: the strategy on the members (once per value of a sweep, the best kept), its result completed
+    with what zoo records of every result: members, base, options, license, held-out metrics."""
+    from zoo.api import sweep as _sweep
+    from zoo.kit import options as _options
+
+    r, opts = request, request.opts
+    if r.swept is not None:
+        result = _sweep.run(r.cls, r.options, r.swept, resolved, ctx, strategy=r.strategy)
+        opts = _options.parse(r.cls.Options, {**r.options, r.swept.name: result.report["sweep"]["best"]},
+                              strategy=r.strategy)
+    else:
+        result = r.cls().combine(resolved, opts, ctx)
+    # members read in full were hashed on the way (zoo.reader); this reads only what was not
+    result.members = [m.provenance() for m in resolved]
+    result.base = ctx.base.provenance() if ctx.base is not None else None
+    result.strategy = r.strategy
+    if result.relation == "":
+        result.relation = r.cls.relation
+    result.license = result.license or agreed_license(result.members + ([result.base] if result.base else []),
+                                                      ctx.log)
+    result.options = _options.to_dict(opts)
+    if result.config is None:
+        result.config = dict(resolved[0].config)
+    if r.eval_data and result.metrics is None:
+        result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
     return result
+
+
+def write(request: Request, result: Combined, ctx: Context) -> Path:
+    """Step 4: the result saved to ``out`` (:func:`save`) with the recipe that made it, the checkpoints of a
+    finished run removed, and the folder pushed if asked."""
+    r = request
+    folder = save(result, r.out, host=r.host, force=r.force, eval_data=r.eval_data, max_shard_size=r.max_shard_size,
+                  zoo=r.zoo_name, train_data=r.train_data, ood_data=r.ood_data, seed=r.seed,
+                  world_size=ctx.world_size, dtype=r.dtype, device=ctx.device.type, arch=r.arch,
+                  **({"recipe_file": r.recipe_file} if r.recipe_file else {}))
+    if r.checkpoints is not None and r.checkpoints.exists():
+        shutil.rmtree(r.checkpoints)  # the run is complete: its checkpoints are done with
+    if r.push:
+        from zoo.api.push import push as _push
+
+        result.report["pushed"] = _push(r.out, r.push, private=r.private)
+    return folder
 
 
 def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugins: Sequence[str] = (),
                   base: str | None = None, out: str | Path | None = None, force: bool = False,
                   push: str | None = None, dtype: str | None = None, multi_task: bool = False,
-                  eval_named: dict[str, str] | None = None):
+                  eval_named: dict[str, str] | None = None, eval_all: str | None = None):
     """What ``combine`` checks before it reads any member: the strategy, its options (a sweep's every
-    value), the base it needs, the output folder, the dtype. Returns (host, strategy class, options
-    without the swept one, parsed options, sweep or None). ``zoo run`` checks a recipe's steps with it."""
+    value), the base it needs, the output folder, the repo to push to, the dtype, what --multi-task
+    needs. Returns (host, strategy class, options without the swept one, parsed options, sweep or None).
+    ``zoo run`` checks a recipe's steps with it."""
     from zoo.api import sweep as _sweep
+    from zoo.api.push import check_repo_id
     from zoo.kit import options as _options
     from zoo.kit import output
     from zoo.kit.stream import check_dtype
@@ -190,12 +272,19 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     if eval_named and not multi_task:
         raise BadInput("--eval-data NAME=DIR gives each task its own held-out data: pass --multi-task too "
                        "(members fine-tuned on different tasks, each keeping its own head)")
+    if multi_task and eval_all:
+        raise BadInput(f"--multi-task evaluates each task with its own head on its own held-out data: give "
+                       f"--eval-data NAME=DIR once per task (NAME: the member's name), not --eval-data {eval_all}")
     if multi_task and push:
         raise BadInput("--multi-task writes one timm repo per task under --out: push each with "
                        "`zoo push OUT/NAME ORG/NAME`")
+    if push:
+        check_repo_id(push, flag="--push")
     check_dtype(dtype)
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
+    if multi_task:
+        _check_merge_method(host, cls, strategy)
     options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)
     opts = _options.parse(cls.Options, options, strategy=strategy)
     cls.check(opts)
@@ -210,6 +299,18 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     if push and out is None:
         raise BadInput("--push needs --out: the folder is written first, then uploaded")
     return host, cls, options, opts, swept
+
+
+def _check_merge_method(host, cls, strategy: str) -> None:
+    """--multi-task streams the members without their heads through a per-tensor merge: only a merge method
+    (``zoo.merge_method``) can run on such headless members."""
+    from zoo.kit.merge import MergeMethod
+
+    if not issubclass(cls, MergeMethod):
+        merges = [name for name, (c, _) in host.strategies().items() if issubclass(c, MergeMethod)]
+        raise BadInput(f"--multi-task is for merge methods (they merge the backbones tensor by tensor, each "
+                       f"member keeping its own head); {strategy!r} is not one. Merge methods: "
+                       f"{', '.join(merges)} (see `zoo strategies`)")
 
 
 def check_inputs(cls, strategy: str, *, members: int, data: dict[str, Any], swept=None,
@@ -233,30 +334,32 @@ def check_inputs(cls, strategy: str, *, members: int, data: dict[str, Any], swep
                        "data: pass --eval-data DIR (never the test split)")
 
 
-def _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all, *, out, force, host, strategy,
-                   zoo_info, train_data, seed, max_shard_size) -> Combined:
+def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     """--multi-task: merge the backbones, write one timm repo per member with its own head."""
     from zoo.api import tasks as _tasks
     from zoo.kit import options as _options
 
-    tasks, merged = _tasks.combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all)
+    r = request
+    _tasks.check_names(r.eval_named, resolved)
+    base_member = ctx.base
+    tasks, merged = _tasks.combine_tasks(r.cls, r.opts, resolved, base_member, ctx, r.eval_named, r.eval_data)
     members = [m.provenance() for m in resolved]
     base = base_member.provenance() if base_member is not None else None
     for _, result in tasks:
-        result.members, result.base, result.strategy = members, base, strategy
-        result.options = _options.to_dict(opts)
-    merged.report["tasks"] = {m.name: r.metrics for m, r in tasks}
-    merged.members, merged.base, merged.strategy, merged.options = members, base, strategy, _options.to_dict(opts)
-    if out is not None:
-        extra = {"zoo": zoo_info.name if zoo_info else None, "train_data": train_data, "seed": seed}
+        result.members, result.base, result.strategy = members, base, r.strategy
+        result.options = _options.to_dict(r.opts)
+    merged.report["tasks"] = {m.name: res.metrics for m, res in tasks}
+    merged.members, merged.base, merged.strategy, merged.options = members, base, r.strategy, _options.to_dict(r.opts)
+    if r.out is not None:
+        extra = {"zoo": r.zoo_name, "train_data": r.train_data, "seed": r.seed}
 
         def save_one(result, folder):
-            save(result, folder, host=host, eval_data=result.report["task"]["eval_data"],
-                 max_shard_size=max_shard_size, multi_task=True, **extra)
+            save(result, folder, host=r.host, eval_data=result.report["task"]["eval_data"],
+                 max_shard_size=r.max_shard_size, multi_task=True, **extra)
 
-        recipe = {"zoo_version": __version__, "strategy": strategy, "options": merged.options, "members": members,
+        recipe = {"zoo_version": __version__, "strategy": r.strategy, "options": merged.options, "members": members,
                   **({"base": base} if base else {}), "multi_task": True, **extra}
-        _tasks.save_tasks(tasks, Path(out), force=force, recipe=recipe, save_one=save_one)
+        _tasks.save_tasks(tasks, r.out, force=r.force, recipe=recipe, save_one=save_one)
     return merged
 
 

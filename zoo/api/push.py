@@ -14,6 +14,19 @@ from zoo.kit.member import short_error
 from zoo.kit.network import endpoint, network_errors
 
 
+def check_repo_id(repo_id: str, flag: str = "repo") -> None:
+    """Refuse what is not a Hub repo id ``ORG/NAME`` (huggingface_hub's own rules), before anything runs."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise BadInput(f"{flag} {repo_id!r}: write it as ORG/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise BadInput(f"{flag} {repo_id!r} is not a Hub repo id: {e}") from None
+
+
 def push(folder: str | Path, repo_id: str, *, private: bool = False, message: str | None = None) -> str:
     """Upload a zoo output folder to ``repo_id``; returns the commit URL."""
     from huggingface_hub import HfApi
@@ -23,8 +36,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, message: st
     if not (folder / "config.json").is_file() or not (folder / "README.md").is_file():
         raise BadInput(f"{folder} is not a zoo output folder (no config.json and README.md); "
                        "make one with `zoo combine ... --out DIR`")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise BadInput(f"repo {repo_id!r}: write it as ORG/NAME")
+    check_repo_id(repo_id)
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -331,11 +331,11 @@ def _check_combine(step: Step, fail, plugins) -> None:
     for key, value in rest.items():  # one at a time, so the message names the line of the bad one
         _at(fail, f"options.{key}", lambda: _options.parse(cls.Options, {key: value}, strategy=strategy))
     eval_data = a.get("eval_data")
-    _, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else split_data(eval_data)
+    eval_all, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else split_data(eval_data)
     _at(fail, None, lambda: check_request(strategy, options=options, plugins=plugins, base=a.get("base"),
                                           out=a.get("out"), force=bool(a.get("force")), push=a.get("push"),
                                           dtype=a.get("dtype"), multi_task=bool(a.get("multi_task")),
-                                          eval_named=eval_named))
+                                          eval_named=eval_named, eval_all=eval_all))
     if not (a.get("zoo") or a.get("members_from")):  # otherwise the zoo says how many, when it is read
         members = a.get("members") or []
         _at(fail, "members", lambda: check_inputs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from zoo.cli import align, combine, discover, evaluate, finetune, push, reproduce, run, select, strategies  # noqa: F401  (they register)
+from zoo.cli import combine, discover, evaluate, finetune, push, reproduce, run, select, strategies  # noqa: F401  (they register)
 from zoo.cli.app import Commands, app, hoist_global_flags, state
 
 
@@ -19,8 +19,8 @@ def _plugin_commands(argv: list[str]) -> None:
     disabled += [a.split("=", 1)[1] for a in argv if a.startswith("--no-plugin=")]
     try:
         host = _host.load(extra, disabled=disabled)
-    except Exception:  # a broken host is reported by the command that needs it, with its exit code
-        return
+    except Exception:  # an invalid outside plugin is reported by the command that loads it, with its exit code;
+        host = _host.builtins()  # the built-ins' commands (zoo align, zoo stitch) are there all the same
     host.pm.hook.zoo_commands(app=app, cli=Commands())
 
 

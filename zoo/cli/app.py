@@ -1,17 +1,51 @@
 """The `zoo` command's shared parts: the typer app, the global flags, and how every command prints,
-shows progress and fails (one line on stderr, exit 2 for bad input, 1 otherwise).
+shows progress and fails.
 
-Each sub-command is a module of this package; plugins add theirs through the ``zoo_commands`` hook and
-get the same helpers as :class:`Commands`. Imports nothing heavy at start-up.
+A command, built-in or from a plugin, reports a failure by raising: :class:`zoo.BadInput` (exit 2) or
+another :class:`zoo.ZooError` (its ``exit_code``; 1 for the network). The app (:class:`ZooGroup`) prints
+one line on stderr and exits with that code; any other exception is printed as an unexpected error
+(exit 1; ``--debug`` shows the traceback). Each sub-command is a module of this package; plugins add
+theirs through the ``zoo_commands`` hook and get the same helpers as :class:`Commands`. Imports nothing
+heavy at start-up.
 """
 
 from __future__ import annotations
 
-from typing import List
+import contextlib
+from typing import Any, List
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+
+class ZooGroup(TyperGroup):
+    """The root command: whatever a sub-command raises becomes one line on stderr and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _passed_on():
+            raise  # an exit asked for (--help too), and click's usage errors (exit 2), as typer prints them
+        except KeyboardInterrupt:
+            console().print("interrupted; nothing was written")
+            raise typer.Exit(130)
+        except Exception as e:
+            fail(e)
+
+
+def _passed_on() -> tuple[type[BaseException], ...]:
+    """What typer itself handles: its exits and aborts, and click's usage errors (typer ≥ 0.26 carries its own
+    copy of click, older versions use click's)."""
+    import importlib
+
+    import typer.core
+
+    click = getattr(typer.core, "_click", None) or importlib.import_module("click")
+    return (typer.Exit, typer.Abort, click.exceptions.ClickException,
+            *(getattr(click.exceptions, name) for name in ("Exit", "Abort") if hasattr(click.exceptions, name)))
+
+
+app = typer.Typer(cls=ZooGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Combine pretrained models: weight soups and more, as pluggy plugins.")
 strategies_app = typer.Typer(help="List strategies, or show one's options.", invoke_without_command=True)
 app.add_typer(strategies_app, name="strategies")
@@ -37,6 +71,7 @@ def console():
 
 
 def progress_bars():
+    """Progress bars (silent under --quiet) for a caller that stops them itself: see :func:`progress`."""
     from zoo.kit.progress import Rich, Silent
 
     if state.quiet:
@@ -47,7 +82,20 @@ def progress_bars():
     return Rich(console())
 
 
+@contextlib.contextmanager
+def progress():
+    """``with progress() as bars:`` progress bars for a command's work, gone when the block ends, however it
+    ends (before the command prints its answer: a live display would take stdout over)."""
+    bars = progress_bars()
+    try:
+        yield bars
+    finally:
+        if hasattr(bars, "stop"):
+            bars.stop()
+
+
 def fail(e: BaseException) -> None:
+    """Print ``e`` as one line on stderr and exit with its code (a ZooError's ``exit_code``, else 1)."""
     from zoo.kit.errors import ZooError
 
     if state.debug:
@@ -62,16 +110,10 @@ def fail(e: BaseException) -> None:
 
 
 def run(fn, progress=None):
-    """Call ``fn``; turn any failure into one line on stderr and the right exit code."""
+    """Call ``fn`` and stop ``progress`` after it. Failures need no wrapping (the app prints what a command
+    raises); zoo/cli/finetune.py and select.py still call this."""
     try:
         return fn()
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        console().print("interrupted; nothing was written")
-        raise typer.Exit(130)
-    except Exception as e:
-        fail(e)
     finally:
         if progress is not None and hasattr(progress, "stop"):
             progress.stop()
@@ -87,12 +129,23 @@ def wrote(out, metrics: dict | None) -> str:
     return summary
 
 
-class Commands:
-    """What a plugin's ``zoo_commands(app, cli)`` gets as ``cli``: zoo's way to run, print and show progress."""
+def run_strategy(strategy: str, members: list[str], **kwargs: Any):
+    """Run a strategy as `zoo combine` does: ``zoo.combine`` with this run's --plugin modules, progress bars
+    and messages (the keywords are ``zoo.combine``'s); returns its :class:`zoo.Combined`."""
+    from zoo.api.combine import combine as _combine
 
-    run = staticmethod(run)
+    with progress() as bars:
+        return _combine(strategy, members, plugins=state.plugins, progress=bars, log=console().print, **kwargs)
+
+
+class Commands:
+    """What a plugin's ``zoo_commands(app, cli)`` gets as ``cli``: zoo's way to print, show progress and run
+    a strategy. Errors need nothing from it: a command raises :class:`zoo.BadInput` (or another
+    :class:`zoo.ZooError`) and the app prints it with its exit code."""
+
     console = staticmethod(console)
-    progress = staticmethod(progress_bars)
+    progress = staticmethod(progress)
+    combine = staticmethod(run_strategy)
 
     @property
     def plugins(self) -> list[str]:

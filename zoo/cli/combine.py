@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state, wrote
+from zoo.cli.app import app, console, run_strategy, wrote
 
 
 @app.command()
@@ -40,8 +40,9 @@ def combine(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training strategy (distill) "
                                 "of the same --out from its last checkpoint (same options)."),
     multi_task: bool = typer.Option(False, "--multi-task", help="Members are fine-tunes of --base on different "
-                                    "tasks: merge all but their heads and write one timm repo per member, with "
-                                    "its own head, under --out."),
+                                    "tasks: merge all but their heads (with a merge method: task-arithmetic, "
+                                    "ties, ...) and write one timm repo per member, with its own head, under "
+                                    "--out."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="The output's floating-point dtype: float32, "
                                         "float16 or bfloat16. Default: the members' where they agree, else "
                                         "float32 (members in different precisions are merged in float32)."),
@@ -50,28 +51,20 @@ def combine(
                                        "model.safetensors, so shard only when you must."),
 ):
     """Combine members into one model with a strategy and write it to --out."""
-    from zoo.api.combine import combine as _combine
+    from zoo.kit.errors import BadInput
     from zoo.kit.options import parse_pairs
 
-    def options():
-        from zoo.kit.errors import BadInput
-
-        pairs = parse_pairs(option)
-        if epochs is not None:
-            if "epochs" in pairs and pairs["epochs"] != str(epochs):
-                raise BadInput(f"--epochs {epochs} and --option epochs={pairs['epochs']} disagree; give one")
-            pairs["epochs"] = str(epochs)
-        return pairs
-
-    progress = progress_bars()
+    options = parse_pairs(option)
+    if epochs is not None:
+        if "epochs" in options and options["epochs"] != str(epochs):
+            raise BadInput(f"--epochs {epochs} and --option epochs={options['epochs']} disagree; give one")
+        options["epochs"] = str(epochs)
+    result = run_strategy(
+        strategy, member, zoo=zoo_name, members_from=members_from, base=base, eval_data=eval_data or None,
+        train_data=train_data, ood_data=ood_data, options=options, out=out, force=force, push=push, private=private,
+        device=device, arch=arch, allow_pickle=allow_pickle, seed=seed, max_shard_size=max_shard_size, resume=resume,
+        multi_task=multi_task, dtype=dtype)
     say = console()
-    result = run(lambda: _combine(
-        strategy, member, zoo=zoo_name, members_from=members_from, base=base, eval_data=eval_data or None, train_data=train_data,
-        ood_data=ood_data,
-        options=options(), out=out, force=force, push=push, private=private, device=device,
-        arch=arch, allow_pickle=allow_pickle, plugins=state.plugins, seed=seed, max_shard_size=max_shard_size,
-        resume=resume, progress=progress, multi_task=multi_task, dtype=dtype,
-        log=say.print), progress=progress)
     say.print(wrote(out, result.metrics), highlight=False)
     if result.report.get("pushed"):
         say.print(f"pushed: {result.report['pushed']}", highlight=False)

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run
+from zoo.cli.app import app, console, progress
 
 
 @app.command("discover")
@@ -31,10 +31,10 @@ def discover_cmd(
     """List the Hub's models that name BASE as their base (its model tree), each pinned to its commit."""
     from zoo.api.discover import discover, parse_base
 
-    progress = progress_bars()
+    with progress() as bars:
+        found = discover(base, relation=relation, limit=limit, sort=sort, check=check, write=write, force=force,
+                         progress=bars)
     say = console()
-    found = run(lambda: discover(base, relation=relation, limit=limit, sort=sort, check=check, write=write,
-                                 force=force, progress=progress), progress=progress)
     checked = check or write is not None
     if as_json:
         import json

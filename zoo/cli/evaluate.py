@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, progress_bars, run, state
+from zoo.cli.app import app, progress, state
 
 
 @app.command("eval")
@@ -22,9 +22,8 @@ def eval_cmd(
 
     from zoo.api.evaluate import evaluate
 
-    progress = progress_bars()
-    metrics = run(lambda: evaluate(model, data, device=device, arch=arch, plugins=state.plugins,
-                                        progress=progress), progress=progress)
+    with progress() as bars:
+        metrics = evaluate(model, data, device=device, arch=arch, plugins=state.plugins, progress=bars)
     if json_out:
         typer.echo(json.dumps(metrics.as_dict()))
         return

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, run
+from zoo.cli.app import app, console
 
 
 @app.command("push")
@@ -18,5 +18,5 @@ def push_cmd(
     """Upload an output folder to the Hub in one commit (token from HF_TOKEN or `hf auth login`)."""
     from zoo.api.push import push
 
-    url = run(lambda: push(folder, repo_id, private=private))
+    url = push(folder, repo_id, private=private)
     console().print(f"pushed: {url}", highlight=False)

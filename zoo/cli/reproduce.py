@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state
+from zoo.cli.app import app, console, progress, state
 
 
 @app.command()
@@ -36,13 +36,12 @@ def reproduce(
     from zoo.api.reproduce import reproduce as _reproduce
     from zoo.kit.options import parse_pairs
 
-    progress = progress_bars()
     say = console()
-    result = run(lambda: _reproduce(
-        output, out=out, members=parse_pairs(member, flag="--member", example="ft-a=./members/ft-a"),
-        zoo=zoo_name, eval_data=eval_data, train_data=train_data, ood_data=ood_data, device=device,
-        force=force, allow_pickle=allow_pickle, plugins=state.plugins, progress=progress, log=say.print),
-        progress=progress)
+    members = parse_pairs(member, flag="--member", example="ft-a=./members/ft-a")
+    with progress() as bars:
+        result = _reproduce(output, out=out, members=members, zoo=zoo_name, eval_data=eval_data,
+                            train_data=train_data, ood_data=ood_data, device=device, force=force,
+                            allow_pickle=allow_pickle, plugins=state.plugins, progress=bars, log=say.print)
     from rich.console import Console
 
     verdict = Console(soft_wrap=True)  # the command's answer: on stdout, --quiet or not

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state
+from zoo.cli.app import app, console, progress, state
 
 
 @app.command("run")
@@ -18,10 +18,9 @@ def run_cmd(
     first one starts; each step can take an earlier one's output (@previous, @N). See docs/usage.md."""
     from zoo.api.recipe import run_recipe
 
-    progress = progress_bars()
     say = console()
-    done = run(lambda: run_recipe(recipe, plugins=state.plugins, progress=progress, log=say.print, check_only=check),
-               progress=progress)
+    with progress() as bars:
+        done = run_recipe(recipe, plugins=state.plugins, progress=bars, log=say.print, check_only=check)
     if check:
         say.print(f"{recipe}: {len(done.steps)} step(s) checked: "
                   + ", ".join(f"{s.number} {s.run}" for s in done.steps), highlight=False, soft_wrap=True)

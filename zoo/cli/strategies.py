@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import console, run, state, strategies_app
+from zoo.cli.app import console, state, strategies_app
 
 
 @strategies_app.callback()
@@ -19,8 +19,8 @@ def strategies_list(ctx: typer.Context):
 
     from zoo import host as _host
 
-    host = run(lambda: _host.load(state.plugins))
-    found = run(host.strategies)
+    host = _host.load(state.plugins)
+    found = host.strategies()
     table = Table()
     for col in ("strategy", "from", "summary"):
         table.add_column(col)
@@ -41,8 +41,8 @@ def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
     from zoo import host as _host
     from zoo.kit import options
 
-    host = run(lambda: _host.load(state.plugins))
-    cls = run(lambda: host.strategy(name))
+    host = _host.load(state.plugins)
+    cls = host.strategy(name)
     origin = host.strategies()[name][1]
     console = Console()
     console.print(f"[bold]{cls.name}[/] ({origin}): {cls.summary}", highlight=False)
