@@ -69,7 +69,7 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
                                   # one key only: safetensors writes a metadata map in no fixed order, and
                                   # outputs must be byte-identical run to run (the strategy is in zoo.json)
                                   metadata=METADATA)
-        (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
+        (tmp / "config.json").write_text(json.dumps(timm_config(combined.config), indent=2))
         # what is written here is meant to be pushed: no path of this machine in it (zoo.kit.public)
         (tmp / "zoo.json").write_text(published_json(recipe))
         for filename, fig in combined.figures.items():
@@ -77,6 +77,24 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
         card.content = scrub_text(card.content)
         card.save(tmp / "README.md")
     return out
+
+
+def timm_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as an output's config.json: the class count at its top level only.
+
+    timm's ``save_for_hf`` also records ``num_classes`` in ``model_args``; transformers' ``TimmWrapper``
+    passes ``model_args`` to ``timm.create_model`` beside a ``num_classes`` of its own, and fails with
+    "got multiple values for keyword argument 'num_classes'". timm takes the count from the top-level
+    ``num_classes`` (through ``pretrained_cfg``), so without the copy both load the output. Members that
+    still carry it are read as before (``Member.create_model`` sets the count itself)."""
+    args = config.get("model_args")
+    if not isinstance(args, dict) or "num_classes" not in args:
+        return config
+    config = dict(config)
+    config["model_args"] = {k: v for k, v in args.items() if k != "num_classes"}
+    if not config["model_args"]:
+        del config["model_args"]  # as timm writes a model without arguments of its own
+    return config
 
 
 def swap_into_place(tmp: Path, out: Path) -> None:
