@@ -157,3 +157,14 @@ def test_member_whose_header_promises_more_bytes_than_the_file_holds(tmp_path, i
     proc = zoo_cli("combine", "-s", "soup", "-m", cut, "-m", ingredients[1], "--out", out, check=False)
     assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr and "member cut" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("size", ["junk", "12", "0", "-5MB", "0MB"])
+def test_a_shard_size_that_is_not_a_size_is_refused_before_any_work(tmp_path, ingredients, zoo_cli, size):
+    out = tmp_path / "out"
+    proc = zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--max-shard-size", size,
+                   "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--max-shard-size {size}" in proc.stderr and "5GB" in proc.stderr
+    assert "Traceback" not in proc.stderr and "not supported" not in proc.stderr  # zoo's words, not the parser's
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing staged

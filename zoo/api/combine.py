@@ -96,7 +96,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     eval_data, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
     host, cls, options, opts, swept = check_request(
         strategy, options=options, plugins=plugins, base=base, out=out, force=force, push=push, dtype=dtype,
-        multi_task=multi_task, eval_named=eval_named)
+        multi_task=multi_task, eval_named=eval_named, max_shard_size=max_shard_size)
     progress = progress or Silent()
     specs = list(members)
     zoo_info = None
@@ -178,7 +178,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
 def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugins: Sequence[str] = (),
                   base: str | None = None, out: str | Path | None = None, force: bool = False,
                   push: str | None = None, dtype: str | None = None, multi_task: bool = False,
-                  eval_named: dict[str, str] | None = None):
+                  eval_named: dict[str, str] | None = None, max_shard_size: str | None = None):
     """What ``combine`` checks before it reads any member: the strategy, its options (a sweep's every
     value), the base it needs, the output folder, the dtype. Returns (host, strategy class, options
     without the swept one, parsed options, sweep or None). ``zoo run`` checks a recipe's steps with it."""
@@ -194,6 +194,7 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
         raise BadInput("--multi-task writes one timm repo per task under --out: push each with "
                        "`zoo push OUT/NAME ORG/NAME`")
     check_dtype(dtype)
+    output.check_shard_size(max_shard_size)
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
     options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)

@@ -20,6 +20,23 @@ from zoo.kit.strategy import Combined
 DEFAULT_MAX_SHARD = "20GB"  # timm's hf-hub loader reads one model.safetensors; shard only past this
 
 
+def check_shard_size(size: str | int | None) -> None:
+    """Refuse a ``--max-shard-size`` that huggingface_hub cannot read, or that is not above zero (it would
+    write one shard per tensor); call before any work. ``None``: the default."""
+    from huggingface_hub.serialization._base import parse_size_to_int  # the parser save_torch_state_dict uses
+
+    if size is None:
+        return
+    shown = f"--max-shard-size {size}"
+    try:
+        n = size if isinstance(size, int) else parse_size_to_int(str(size))
+    except (ValueError, OverflowError):
+        raise BadInput(f"{shown} is not a size: give a number and a unit, KB, MB, GB or TB "
+                       f"(e.g. 5GB; default {DEFAULT_MAX_SHARD})") from None
+    if n <= 0:
+        raise BadInput(f"{shown}: a shard must be larger than 0 bytes (e.g. 5GB; default {DEFAULT_MAX_SHARD})")
+
+
 def check_out(out: Path, force: bool) -> None:
     """Refuse an existing non-empty ``out`` unless ``force``; call before any work."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
