@@ -168,3 +168,26 @@ def test_a_shard_size_that_is_not_a_size_is_refused_before_any_work(tmp_path, in
     assert f"--max-shard-size {size}" in proc.stderr and "5GB" in proc.stderr
     assert "Traceback" not in proc.stderr and "not supported" not in proc.stderr  # zoo's words, not the parser's
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing staged
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # ended and reaped: its id names no process now
+    return proc.pid
+
+
+def test_a_run_removes_what_killed_runs_left_beside_its_out(tmp_path, ingredients, zoo_cli):
+    """A run killed during its merge leaves its staging folder (a full-size file in it); the next run to the
+    same --out removes it, and leaves alone the folders of a process that still runs and of other outputs."""
+    out, dead, alive = tmp_path / "soup", _dead_pid(), os.getpid()
+    left = {name: tmp_path / name for name in (f".soup.stage-{dead}", f".soup.tmp-{dead}-k2x9", f".soup.old-{dead}",
+                                               f".soup.stage-{alive}", f".other.stage-{dead}", ".soup.distill")}
+    for folder in left.values():
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--out", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["soup", f".soup.stage-{alive}", f".other.stage-{dead}", ".soup.distill"])

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -356,9 +355,7 @@ def _staged(out: str | Path | None, max_shard_size: str | None):
     from zoo.kit import output
     from zoo.kit.stream import output_to
 
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.stage-{os.getpid()}"
+    stage = output.stage_folder(out)
     try:
         with output_to(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
             yield

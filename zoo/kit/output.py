@@ -7,8 +7,10 @@ at the end, so an interrupted or failed run never leaves something that looks fi
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,7 +52,8 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     out = Path(out).resolve()
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
@@ -58,6 +61,45 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def stage_folder(out: Path) -> Path:
+    """Where a run writes ``out``'s files as it computes them (``zoo.kit.stream.output_to``): a hidden
+    folder beside it named with this process's id. The stale ones of ``out`` are removed first."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    return out.parent / f".{out.name}.stage-{os.getpid()}"
+
+
+# the hidden folders a run keeps beside ``out`` while it writes, each named with the writing process's id
+_SCRATCH = re.compile(r"\.(?:stage|tmp|old)-(\d+)(?:-.*)?")
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove what runs killed before they finished left beside ``out`` (staging, temporary and old
+    folders of a process that no longer runs); a folder whose process still runs is left alone.
+    Returns the folders removed."""
+    out = Path(out)
+    removed = []
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        m = _SCRATCH.fullmatch(path.name[len(out.name) + 1:])
+        if m and path.is_dir() and not _running(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) there would end the process: keep its folders
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
