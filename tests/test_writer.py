@@ -147,6 +147,28 @@ def test_shard_index_naming_a_missing_shard(tmp_path, ingredients, zoo_cli):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where", ["../other/{}", "/{}"])
+def test_shard_index_naming_a_shard_outside_the_members_folder(tmp_path, ingredients, zoo_cli, where):
+    """An index may name any path; zoo reads only the shards inside the member's own folder."""
+    sharded, other = tmp_path / "sharded", tmp_path / "other"
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--max-shard-size", "100KB",
+            "--out", sharded)
+    index_path = sharded / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    moved = sorted(set(index["weight_map"].values()))[1]
+    other.mkdir()
+    shutil.move(sharded / moved, other / moved)
+    named = where.format(other / moved if where.startswith("/") else moved).replace("//", "/")
+    index["weight_map"] = {k: named if v == moved else v for k, v in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "soup"
+    proc = zoo_cli("combine", "-s", "soup", "-m", sharded, "-m", ingredients[2], "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "names a shard outside the member's folder" in proc.stderr and named in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".soup*"))
+
+
 def test_member_whose_header_promises_more_bytes_than_the_file_holds(tmp_path, ingredients, zoo_cli):
     """A download cut short: the header names tensors past the end of the file."""
     cut = tmp_path / "cut"
