@@ -202,6 +202,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tree, tmp_path, zoo_cli, args,
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [[], ["--check"]])
+def test_a_hub_that_refuses_connections_fails_at_once(tmp_path, zoo_cli, args):
+    """huggingface_hub retries a refused request five times with backoff (1+2+4+8+8 s): zoo asks once."""
+    import time
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every connection is refused
+    start = time.monotonic()
+    proc = zoo_cli("discover", f"{ORG}/base", *args, env={"HF_ENDPOINT": endpoint}, check=False)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (f"error: searching the model tree of {ORG}/base: cannot reach {endpoint} "
+                                   "([Errno 111] Connection refused)")
+    assert took < 10, f"{took:.1f} s: retried"
+
+
 def test_the_hub_failing(tree, hub, tmp_path, zoo_cli):
     hub.fail_with = 500
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bad_input import _fails  # noqa: E402
+
+#: the start of an absolute path: "/…", "~/…" or "C:\…" at the start of a line, a string or a word
+ABSOLUTE = re.compile(r"""(?:^|[\s"'=(,\[])(?:/|~/|[A-Za-z]:\\)""", re.MULTILINE)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +35,7 @@ def validated(transfer_zoo, tmp_path_factory):
     return out, proc
 
 
-def test_select_ranks_validates_and_writes_a_zoo(validated):
+def test_select_ranks_validates_and_writes_a_zoo(validated, transfer_zoo):
     out, proc = validated
     assert {p.name for p in out.iterdir()} == {"ranking.csv", "ranking.json", "zoo.toml", "validation.png"}
     report = json.loads((out / "ranking.json").read_text())
@@ -54,7 +58,12 @@ def test_select_ranks_validates_and_writes_a_zoo(validated):
     with open(out / "ranking.csv") as f:
         table = list(csv.DictReader(f))
     assert [t["member"] for t in table] == [r["member"] for r in rows]
-    # zoo.toml: the top 3, absolute paths, and a zoo every command accepts
+    # nothing absolute in what select writes: members and data relative to the output, messages scrubbed
+    for name in ("ranking.json", "ranking.csv", "zoo.toml"):
+        text = (out / name).read_text()
+        assert not ABSOLUTE.search(text), f"{name}: {ABSOLUTE.search(text).group(0)!r} in\n{text}"
+    assert (out / report["target_data"]).resolve() == (transfer_zoo / "data" / "train").resolve()
+    # zoo.toml: the top 3, relative to its folder, and a zoo every command accepts
     from zoo.registry import load_zoo
 
     z = load_zoo(str(out / "zoo.toml"))
@@ -166,8 +175,23 @@ def test_target_data_with_one_class(tmp_path, transfer_zoo, zoo_cli):
     for f in sorted((transfer_zoo / "data" / "train" / "3").glob("*.png"))[:5]:
         (one / "3" / f.name).symlink_to(f)
     out = tmp_path / "out"
-    _fails(zoo_cli, out, "select", "-m", transfer_zoo / "members" / "digits-effnet", "--target-data", one,
-           "--out", out, words=["1 class folder", "at least two"])
+    err = _fails(zoo_cli, out, "select", "-m", transfer_zoo / "members" / "digits-effnet", "--target-data", one,
+                 "--out", out, words=[f"--target-data {one}:", "1 class folder", "at least two"])
+    assert "--train-data" not in err  # the option the user gave, not fine-tuning's
+
+
+@pytest.mark.parametrize("skip_failed", [[], ["--skip-failed"]])
+def test_target_data_whose_class_folders_hold_no_images(tmp_path, transfer_zoo, zoo_cli, skip_failed):
+    """The data is wrong, not the members: say so, and advise nothing about skipping members."""
+    target = tmp_path / "target"
+    for c in ("3", "5"):
+        (target / c).mkdir(parents=True)
+    (target / "3" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    members = [a for m in ("digits-effnet", "parity-vit") for a in ("-m", transfer_zoo / "members" / m)]
+    err = _fails(zoo_cli, out, "select", *members, "--target-data", target, *skip_failed, "--out", out,
+                 words=[f"--target-data {target}:", "class folder(s) 3, 5 hold no images"])
+    assert "--skip-failed" not in err and "every member failed" not in err and "member" not in err
 
 
 def test_top_k_larger_than_the_pool(tmp_path, transfer_zoo, zoo_cli):
@@ -184,7 +208,7 @@ def test_a_failing_member_stops_the_run_unless_skip_failed(tmp_path, transfer_zo
     _fails(zoo_cli, out, *args, "--out", out, words=["no-such-member", "--skip-failed"])
     proc = zoo_cli(*args, "--skip-failed", "--out", out)
     report = json.loads((out / "ranking.json").read_text())
-    assert [f["spec"] for f in report["failed"]] == [str(missing)]
+    assert [f["spec"] for f in report["failed"]] == ["../no-such-member"]  # relative to --out, as every path
     assert len(report["ranking"]) == 2
     assert "skipped" in proc.stderr and "no-such-member" in proc.stderr
 

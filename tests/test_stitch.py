@@ -174,6 +174,10 @@ def test_cnn_stitch_end_to_end_list_select_export(tmp_path, stitch_zoo, zoo_cli)
     plain = timm.create_model(f"local-dir:{tmp_path / 'anchor'}", pretrained=True).eval()
     with torch.no_grad():
         assert torch.equal(plain(x), net.select(1)(x))
+    from transformers import AutoModelForImageClassification  # and transformers opens it with timm's logits
+
+    with torch.no_grad():
+        assert torch.equal(AutoModelForImageClassification.from_pretrained(tmp_path / "anchor")(x).logits, plain(x))
 
     card = (out / "README.md").read_text()
     assert "zoo.load" in card and "ordinary timm model" not in card and "| id | configuration |" in card

@@ -147,6 +147,28 @@ def test_shard_index_naming_a_missing_shard(tmp_path, ingredients, zoo_cli):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where", ["../other/{}", "/{}"])
+def test_shard_index_naming_a_shard_outside_the_members_folder(tmp_path, ingredients, zoo_cli, where):
+    """An index may name any path; zoo reads only the shards inside the member's own folder."""
+    sharded, other = tmp_path / "sharded", tmp_path / "other"
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--max-shard-size", "100KB",
+            "--out", sharded)
+    index_path = sharded / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    moved = sorted(set(index["weight_map"].values()))[1]
+    other.mkdir()
+    shutil.move(sharded / moved, other / moved)
+    named = where.format(other / moved if where.startswith("/") else moved).replace("//", "/")
+    index["weight_map"] = {k: named if v == moved else v for k, v in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "soup"
+    proc = zoo_cli("combine", "-s", "soup", "-m", sharded, "-m", ingredients[2], "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "names a shard outside the member's folder" in proc.stderr and named in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".soup*"))
+
+
 def test_member_whose_header_promises_more_bytes_than_the_file_holds(tmp_path, ingredients, zoo_cli):
     """A download cut short: the header names tensors past the end of the file."""
     cut = tmp_path / "cut"
@@ -157,3 +179,37 @@ def test_member_whose_header_promises_more_bytes_than_the_file_holds(tmp_path, i
     proc = zoo_cli("combine", "-s", "soup", "-m", cut, "-m", ingredients[1], "--out", out, check=False)
     assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr and "member cut" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("size", ["junk", "12", "0", "-5MB", "0MB"])
+def test_a_shard_size_that_is_not_a_size_is_refused_before_any_work(tmp_path, ingredients, zoo_cli, size):
+    out = tmp_path / "out"
+    proc = zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--max-shard-size", size,
+                   "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--max-shard-size {size}" in proc.stderr and "5GB" in proc.stderr
+    assert "Traceback" not in proc.stderr and "not supported" not in proc.stderr  # zoo's words, not the parser's
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing staged
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # ended and reaped: its id names no process now
+    return proc.pid
+
+
+def test_a_run_removes_what_killed_runs_left_beside_its_out(tmp_path, ingredients, zoo_cli):
+    """A run killed during its merge leaves its staging folder (a full-size file in it); the next run to the
+    same --out removes it, and leaves alone the folders of a process that still runs and of other outputs."""
+    out, dead, alive = tmp_path / "soup", _dead_pid(), os.getpid()
+    left = {name: tmp_path / name for name in (f".soup.stage-{dead}", f".soup.tmp-{dead}-k2x9", f".soup.old-{dead}",
+                                               f".soup.stage-{alive}", f".other.stage-{dead}", ".soup.distill")}
+    for folder in left.values():
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+    zoo_cli("combine", "-s", "soup", "-m", ingredients[0], "-m", ingredients[1], "--out", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["soup", f".soup.stage-{alive}", f".other.stage-{dead}", ".soup.distill"])

@@ -98,6 +98,7 @@ def export(net: SNNet, config: dict[str, Any], which: int, out: Path, *, force: 
     from huggingface_hub import ModelCard, save_torch_state_dict
 
     from zoo.kit.output import atomic_folder
+    from zoo.kit.output import timm_config as output_config
 
     if which not in net.by_id:
         raise BadInput(f"configuration {which} does not exist; ids run from {min(net.by_id)} to {max(net.by_id)} "
@@ -132,7 +133,7 @@ def export(net: SNNet, config: dict[str, Any], which: int, out: Path, *, force: 
                                     label_names=config.get("label_names"), configs=[one])
             usage = f'import zoo\nnet = zoo.load("{out.name}")  # one stitched configuration'
         save_torch_state_dict(state, tmp, metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(timm_config, indent=2))
+        (tmp / "config.json").write_text(json.dumps(output_config(timm_config), indent=2))  # transformers opens it
         desc = cfg.describe(net.names)
         figures = ", ".join(f"{k} {v:.4g}" for k, v in meas.items() if k in ("gflops", "top1")) or "not measured"
         ModelCard(f"---\nlibrary_name: {'timm' if not cfg.stitched else 'zoo'}\ntags: [zoo, zoo-stitch]\n---\n\n"

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import shutil
 from dataclasses import dataclass
@@ -157,7 +156,8 @@ def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None
     host, cls, options, opts, swept = check_request(
         strategy, options=options, plugins=plugins, base=given.get("base"), out=given.get("out"),
         force=given.get("force", False), push=given.get("push"), dtype=given.get("dtype"),
-        multi_task=given.get("multi_task", False), eval_named=eval_named, eval_all=eval_all)
+        multi_task=given.get("multi_task", False), eval_named=eval_named, eval_all=eval_all,
+        max_shard_size=given.get("max_shard_size"))
     specs, zoo_name = list(members), None
     if zoo:
         from zoo.registry import load_zoo
@@ -258,7 +258,8 @@ def write(request: Request, result: Combined, ctx: Context) -> Path:
 def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugins: Sequence[str] = (),
                   base: str | None = None, out: str | Path | None = None, force: bool = False,
                   push: str | None = None, dtype: str | None = None, multi_task: bool = False,
-                  eval_named: dict[str, str] | None = None, eval_all: str | None = None):
+                  eval_named: dict[str, str] | None = None, eval_all: str | None = None,
+                  max_shard_size: str | None = None):
     """What ``combine`` checks before it reads any member: the strategy, its options (a sweep's every
     value), the base it needs, the output folder, the repo to push to, the dtype, what --multi-task
     needs. Returns (host, strategy class, options without the swept one, parsed options, sweep or None).
@@ -281,6 +282,7 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     if push:
         check_repo_id(push, flag="--push")
     check_dtype(dtype)
+    output.check_shard_size(max_shard_size)
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
     if multi_task:
@@ -460,9 +462,7 @@ def _staged(out: str | Path | None, max_shard_size: str | None):
     from zoo.kit import output
     from zoo.kit.stream import output_to
 
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.stage-{os.getpid()}"
+    stage = output.stage_folder(out)
     try:
         with output_to(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
             yield

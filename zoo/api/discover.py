@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from zoo.kit.errors import BadInput, HubError, IncompatibleMembers, short_error
-from zoo.kit.network import PREFIX, endpoint, network_errors, safetensors_header, small_file
+from zoo.kit.network import PREFIX, check_reachable, endpoint, network_errors, safetensors_header, small_file
 from zoo.kit.progress import Progress, Silent
 
 #: the Hub's ``base_model_relation`` values (docs/hub/model-cards.md, "Specifying a base model")
@@ -108,6 +108,7 @@ def discover(base: str, *, relation: str | Sequence[str] = "finetune", limit: in
     if limit < 1:
         raise BadInput(f"--limit {limit}: give a number of models, 1 or more")
     target = writable(write, force) if write is not None else None
+    check_reachable(f"searching the model tree of {repo_id}")  # the listing needs the Hub: no retries when it refuses
     reference = _reference(repo_id, revision) if check or target else None  # a missing base fails first
     found = _listing(repo_id, asked, limit, SORTS[sort])
     if not found:

@@ -335,7 +335,8 @@ def _check_combine(step: Step, fail, plugins) -> None:
     _at(fail, None, lambda: check_request(strategy, options=options, plugins=plugins, base=a.get("base"),
                                           out=a.get("out"), force=bool(a.get("force")), push=a.get("push"),
                                           dtype=a.get("dtype"), multi_task=bool(a.get("multi_task")),
-                                          eval_named=eval_named, eval_all=eval_all))
+                                          eval_named=eval_named, eval_all=eval_all,
+                                          max_shard_size=a.get("max_shard_size")))
     if not (a.get("zoo") or a.get("members_from")):  # otherwise the zoo says how many, when it is read
         members = a.get("members") or []
         _at(fail, "members", lambda: check_inputs(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.kit.errors import BadInput, short_error
@@ -302,9 +302,10 @@ def from_folder(folder: Path, *, spec: str, name: str, allow_pickle: bool = Fals
     elif (folder / SAFE_INDEX).is_file():
         try:
             index = json.loads((folder / SAFE_INDEX).read_text())
-            files = [folder / f for f in sorted(set(index["weight_map"].values()))]
-        except (OSError, ValueError, KeyError) as e:
+            shards = sorted({str(f) for f in index["weight_map"].values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise BadInput(f"member {name}: {SAFE_INDEX} is unreadable ({short_error(e)})") from None
+        files = [folder / _inside(shard, name) for shard in shards]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise BadInput(f"member {name}: shards listed in {SAFE_INDEX} are missing: {', '.join(missing)}")
@@ -318,6 +319,17 @@ def from_folder(folder: Path, *, spec: str, name: str, allow_pickle: bool = Fals
                repo_id=repo_id, revision=revision)
     m.keys()  # read the headers now: a corrupt file fails before any work starts
     return m
+
+
+def _inside(shard: str, name: str) -> str:
+    """A shard file named by a member's index: a path inside the member's folder, never outside it
+    (``../other/…`` or an absolute path would read another model's weights). Checked on the names, not
+    the resolved paths: the files of a Hub snapshot are links into huggingface_hub's blob store."""
+    parts = PurePosixPath(shard.replace("\\", "/")).parts
+    if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
+        raise BadInput(f"member {name}: {SAFE_INDEX} names a shard outside the member's folder ({shard!r}); "
+                       "a sharded checkpoint's shards lie beside its index")
+    return shard
 
 
 def from_file(path: Path, *, spec: str, name: str, arch: str | None, allow_pickle: bool = False) -> Member:

@@ -30,6 +30,31 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
+def check_reachable(what: str) -> None:
+    """Fail at once when the Hub's address refuses connections or does not resolve: huggingface_hub retries
+    such a request five times with backoff (about 25 s) before it gives up, for an answer one connection
+    gives. Anything else (a slow or silent host, a proxy in the way, offline mode) is left to the request
+    itself, which says what happened."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(endpoint())
+    if constants.HF_HUB_OFFLINE or not url.hostname:
+        return
+    if urllib.request.getproxies() and not urllib.request.proxy_bypass(url.hostname):
+        return  # through a proxy: a direct connection tells nothing
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except (ConnectionRefusedError, socket.gaierror) as e:
+        raise HubError(f"{what}: cannot reach {endpoint()} ({short_error(e)})") from None
+    except (OSError, ValueError):
+        return
+
+
 PREFIX = "hf-hub:"
 
 

@@ -7,8 +7,10 @@ at the end, so an interrupted or failed run never leaves something that looks fi
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +20,23 @@ from zoo.kit.errors import BadInput
 from zoo.kit.strategy import Combined
 
 DEFAULT_MAX_SHARD = "20GB"  # timm's hf-hub loader reads one model.safetensors; shard only past this
+
+
+def check_shard_size(size: str | int | None) -> None:
+    """Refuse a ``--max-shard-size`` that huggingface_hub cannot read, or that is not above zero (it would
+    write one shard per tensor); call before any work. ``None``: the default."""
+    from huggingface_hub.serialization._base import parse_size_to_int  # the parser save_torch_state_dict uses
+
+    if size is None:
+        return
+    shown = f"--max-shard-size {size}"
+    try:
+        n = size if isinstance(size, int) else parse_size_to_int(str(size))
+    except (ValueError, OverflowError):
+        raise BadInput(f"{shown} is not a size: give a number and a unit, KB, MB, GB or TB "
+                       f"(e.g. 5GB; default {DEFAULT_MAX_SHARD})") from None
+    if n <= 0:
+        raise BadInput(f"{shown}: a shard must be larger than 0 bytes (e.g. 5GB; default {DEFAULT_MAX_SHARD})")
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -33,7 +52,8 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     out = Path(out).resolve()
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
@@ -41,6 +61,45 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def stage_folder(out: Path) -> Path:
+    """Where a run writes ``out``'s files as it computes them (``zoo.kit.stream.output_to``): a hidden
+    folder beside it named with this process's id. The stale ones of ``out`` are removed first."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    return out.parent / f".{out.name}.stage-{os.getpid()}"
+
+
+# the hidden folders a run keeps beside ``out`` while it writes, each named with the writing process's id
+_SCRATCH = re.compile(r"\.(?:stage|tmp|old)-(\d+)(?:-.*)?")
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove what runs killed before they finished left beside ``out`` (staging, temporary and old
+    folders of a process that no longer runs); a folder whose process still runs is left alone.
+    Returns the folders removed."""
+    out = Path(out)
+    removed = []
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        m = _SCRATCH.fullmatch(path.name[len(out.name) + 1:])
+        if m and path.is_dir() and not _running(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) there would end the process: keep its folders
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any], card: Any,
@@ -69,7 +128,7 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
                                   # one key only: safetensors writes a metadata map in no fixed order, and
                                   # outputs must be byte-identical run to run (the strategy is in zoo.json)
                                   metadata=METADATA)
-        (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
+        (tmp / "config.json").write_text(json.dumps(timm_config(combined.config), indent=2))
         # what is written here is meant to be pushed: no path of this machine in it (zoo.kit.public)
         (tmp / "zoo.json").write_text(published_json(recipe))
         for filename, fig in combined.figures.items():
@@ -77,6 +136,24 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
         card.content = scrub_text(card.content)
         card.save(tmp / "README.md")
     return out
+
+
+def timm_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as an output's config.json: the class count at its top level only.
+
+    timm's ``save_for_hf`` also records ``num_classes`` in ``model_args``; transformers' ``TimmWrapper``
+    passes ``model_args`` to ``timm.create_model`` beside a ``num_classes`` of its own, and fails with
+    "got multiple values for keyword argument 'num_classes'". timm takes the count from the top-level
+    ``num_classes`` (through ``pretrained_cfg``), so without the copy both load the output. Members that
+    still carry it are read as before (``Member.create_model`` sets the count itself)."""
+    args = config.get("model_args")
+    if not isinstance(args, dict) or "num_classes" not in args:
+        return config
+    config = dict(config)
+    config["model_args"] = {k: v for k, v in args.items() if k != "num_classes"}
+    if not config["model_args"]:
+        del config["model_args"]  # as timm writes a model without arguments of its own
+    return config
 
 
 def swap_into_place(tmp: Path, out: Path) -> None:

@@ -31,22 +31,32 @@ def select(members: Sequence[str] = (), target_data: str | None = None, *, zoo: 
 
         check_out(Path(out), force)
     specs, sources = list(members), dict(sources or {})
+    # how each folder was given, for the messages about it (zoo.api.selection.data)
+    given = {target_data: f"--target-data {target_data}", val_data: f"--val-data {val_data}",
+             **{folder: f"--source-data {spec}={folder}" for spec, folder in sources.items()}}
     for source, its_data in ((zoo, True), (members_from, False)):
         if source:
             from zoo.registry import load_zoo
 
             info = load_zoo(source, progress=progress)
             specs = info.members + specs
+            for spec, folder in info.sources.items():
+                given.setdefault(folder, f"the source data of {spec} in {source} ({folder})")
             sources = {**info.sources, **sources}
             if its_data:
+                for key, kind in (("train", "train"), ("eval", "eval")):
+                    if info.data.get(key):
+                        given.setdefault(info.data[key], f"the {kind} data of --zoo {source} ({info.data[key]})")
                 target_data = target_data or info.data.get("train")
                 val_data = val_data or info.data.get("eval")
     if not target_data:
         raise BadInput("no target data: give --target-data FOLDER (one sub-folder of images per class)")
+    given.pop(None, None)
     result = _select.select(specs, target_data, metric=metric, top_k=top_k, ensemble=ensemble,
                             team_metric=team_metric, weights=weights, validate=validate, val_data=val_data,
                             sources=sources, skip_failed=skip_failed, host=_host.load(list(plugins)),
-                            device=device, arch=arch, allow_pickle=allow_pickle, progress=progress, log=log)
+                            device=device, arch=arch, allow_pickle=allow_pickle, progress=progress, log=log,
+                            given=given)
     if out is not None:
         selection_output.write(result, out, force=force)
     return result

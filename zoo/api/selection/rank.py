@@ -87,13 +87,14 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
            validate: bool = False, val_data: str | None = None, sources: dict[str, str] | None = None,
            skip_failed: bool = False, host=None, device: str = "auto", arch: str | None = None,
            allow_pickle: bool = False, batch_size: int = 128, progress: Progress | None = None,
-           log: Callable[[str], None] | None = None) -> Selection:
-    """Score every member on ``target_data`` with ``metric``; with ``ensemble``, pick a team of ``top_k``."""
+           log: Callable[[str], None] | None = None, given: dict[str, str] | None = None) -> Selection:
+    """Score every member on ``target_data`` with ``metric``; with ``ensemble``, pick a team of ``top_k``.
+    ``given``: folder → how the user gave it (``--target-data DIR``, a zoo's data), named when it is wrong."""
     from zoo import host as _host
     from zoo.kit.device import resolve_device
     from zoo.kit.features import extract
     from zoo.registry import resolve
-    from zoo.kit.finetune import class_names
+    from zoo.api.selection.data import classes_of
 
     host = host or _host.load()
     progress, log = progress or Silent(), log or (lambda message: None)
@@ -108,7 +109,13 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
         raise BadInput(f"--top-k {top_k} is larger than the pool: {len(specs)} member(s) were given")
     if validate and not val_data:
         raise BadInput("--validate needs --val-data: the linear probes are scored on held-out data")
-    classes = class_names(target_data)
+    # the data first: a folder without images is the data's fault, not a member's to skip
+    given = given or {}
+    classes = classes_of(target_data, given.get(target_data))
+    if validate:
+        classes_of(val_data, given.get(val_data, f"--val-data {val_data}"))
+    for spec, folder in (sources or {}).items():
+        classes_of(folder, given.get(folder, f"--source-data {spec}={folder}"))
     dev = resolve_device(device)
 
     members, views, rows, failed = [], [], [], []
@@ -128,7 +135,7 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
             got = extract(member, target_data, classes, dev, batch_size=batch_size, progress=progress)
             src = None
             if sources and spec in sources:
-                src = extract(member, sources[spec], class_names(sources[spec]), dev, batch_size=batch_size,
+                src = extract(member, sources[spec], classes_of(sources[spec]), dev, batch_size=batch_size,
                               progress=progress)
         except (ZooError, OSError, RuntimeError, ValueError) as e:
             if not skip_failed:
