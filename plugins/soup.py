@@ -41,12 +41,12 @@ class Soup(Strategy):
         else:
             result = _learned(members, options, ctx)
         if options.recompute_bn:
-            from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
+            from zoo.kit.batchnorm import has_batchnorm, recomputed_state
 
             model = ctx.model(result.state_dict, ref)
             if has_batchnorm(model):
-                recompute_bn_stats(model, ctx.train_split(ref), options.recompute_bn, ctx.device, seed=ctx.seed)
-                result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                result.state_dict = recomputed_state(model, ctx.train_split(ref), options.recompute_bn, ctx.device,
+                                                     seed=ctx.seed)
                 result.metrics = None  # measured again on the final weights
                 result.report["recompute_bn"] = options.recompute_bn
         return result

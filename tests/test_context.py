@@ -4,6 +4,7 @@ model's preprocessing), ``data.common_labels``, ``batchnorm.recomputed_state``, 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,24 @@ def test_compose_bounds_change_a_fields_limits():
     with pytest.raises(TypeError, match="no field 'nope'"):
         compose(Recipe, bounds={"nope": (0, 1)})
     assert {i.name: (i.min, i.max) for i in describe(composed)} == {"epochs": (2, 9)}
+
+
+@pytest.mark.parametrize("module, name", [("levi.strategy", "Levi"), ("distill.strategy", "Distill")])
+def test_training_options_are_the_recipes(module, name):
+    """levi's and distill's training options are zoo finetune's fields (type and, unless changed, default and
+    bounds), composed, not declared again."""
+    import importlib
+
+    from zoo.kit.finetune import Recipe
+    from zoo.kit.options import describe
+
+    options = getattr(importlib.import_module(f"zoo.plugins.{module}"), name).Options
+    recipe = {i.name: i for i in describe(Recipe)}
+    own = {i.name: i for i in describe(options)}
+    shared = set(own) & set(recipe)
+    assert {"epochs", "lr", "weight_decay", "warmup_epochs", "batch_size"} <= shared
+    for name in shared:
+        assert own[name].type == recipe[name].type, name
+    assert own["lr"].default == recipe["lr"].default and own["lr"].min == recipe["lr"].min
+    assert own["epochs"].min == 1  # a strategy that trains at least one epoch
+    assert dataclasses.is_dataclass(options)
