@@ -3,7 +3,8 @@
 Preprocessing always comes from the member's pretrained config through ``timm.data``
 (``resolve_data_config`` + ``create_transform``): never hand-written. A split is
 cached in memory by (source, its files' fingerprint, data config, label order), so a
-greedy soup that evaluates twenty candidates decodes the images once.
+greedy soup that evaluates twenty candidates decodes the images once. The label order is a
+model's (``label_names``); ``common_labels`` checks that members share one label space.
 """
 
 from __future__ import annotations
