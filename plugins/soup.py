@@ -41,12 +41,12 @@ class Soup(Strategy):
         else:
             result = _learned(members, options, ctx)
         if options.recompute_bn:
-            from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
+            from zoo.kit.batchnorm import has_batchnorm, recomputed_state
 
             model = ctx.model(result.state_dict, ref)
             if has_batchnorm(model):
-                recompute_bn_stats(model, ctx.train_split(ref), options.recompute_bn, ctx.device, seed=ctx.seed)
-                result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                result.state_dict = recomputed_state(model, ctx.train_split(ref), options.recompute_bn, ctx.device,
+                                                     seed=ctx.seed)
                 result.metrics = None  # measured again on the final weights
                 result.report["recompute_bn"] = options.recompute_bn
         return result
@@ -121,6 +121,9 @@ def _learned(members, options, ctx: Context) -> Combined:
     import torch.nn.functional as F
     from torch.func import functional_call
 
+    from zoo.kit import training
+    from zoo.kit.device import state_on_cpu
+
     ref = members[0]
     split = ctx.eval_split(ref)
     states = [m.state_dict() for m in members]
@@ -131,9 +134,10 @@ def _learned(members, options, ctx: Context) -> Combined:
     # buffers (BatchNorm statistics) are not trainable: they stay the uniform average
     fixed = {k: (torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
              .to(ctx.device) for k, v in states[0].items() if k not in stacked}
-    alpha = torch.zeros(len(float_keys), len(members), device=ctx.device, requires_grad=True)
-    beta = torch.ones((), device=ctx.device, requires_grad=True)
-    opt = torch.optim.AdamW([alpha, beta], lr=options.lr, weight_decay=0.0)
+    # the mixing logits α (per tensor, per member) and the logit scale β are what the kit's loop trains
+    mixer = torch.nn.ParameterList([torch.zeros(len(float_keys), len(members), device=ctx.device),
+                                    torch.ones((), device=ctx.device)])
+    alpha, beta = mixer
 
     def mixed() -> dict:
         w = alpha.softmax(dim=1)
@@ -141,22 +145,25 @@ def _learned(members, options, ctx: Context) -> Combined:
         out.update(fixed)
         return out
 
-    gen = torch.Generator().manual_seed(ctx.seed)
-    model.eval()  # BN uses running stats (mixed too): the soup is trained as it will be used
-    task = ctx.progress.task("learning soup weights", total=options.epochs * ((len(split) + 63) // 64))
     losses = []
-    for _ in range(options.epochs):
-        for images, targets in split.batches(64, shuffle=True, generator=gen):
-            logits = functional_call(model, mixed(), (images.to(ctx.device),)) * beta
-            loss = F.cross_entropy(logits, targets.to(ctx.device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            task.advance()
-    task.close()
+
+    def step(batch):
+        images, targets = batch
+        targets = targets.to(ctx.device)
+        logits = functional_call(model, mixed(), (images.to(ctx.device),)) * beta
+        loss = F.cross_entropy(logits, targets)
+        losses.append(loss.item())
+        return training.Step(loss, n=len(targets), correct=int((logits.argmax(1) == targets).sum()))
+
+    model.eval()  # BN uses running stats (mixed too): the soup is trained as it will be used
+    # the loop's AdamW at a constant rate, without AMP's loss scaling (the mixing trains in float32)
+    loop = training.Options(epochs=options.epochs, lr=options.lr, steps_per_epoch=-(-len(split) // 64),
+                            schedule="constant", amp=False, label="learning soup weights")
+    training.train(mixer, step, lambda epoch, gen: split.batches(64, shuffle=True, generator=gen), loop,
+                   device=ctx.device, generator=torch.Generator().manual_seed(ctx.seed), progress=ctx.progress,
+                   log=ctx.log)
     with torch.no_grad():
-        sd = {k: v.detach().cpu().to(states[0][k].dtype) for k, v in mixed().items()}
+        sd = {k: v.to(states[0][k].dtype) for k, v in state_on_cpu(mixed()).items()}
         scale = float(beta)
         head = ref.pretrained_cfg.get("classifier")
         # bake the logit scale into a linear head, so the output is an ordinary model (β·(Wx+b))

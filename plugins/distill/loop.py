@@ -30,7 +30,6 @@ class Run:
     maps: list = field(default_factory=list)  # per teacher: its classes → the student's (None: the same)
 
     def __post_init__(self):
-        from zoo.kit.data import data_config, load_split
         from zoo.kit.training import ddp
 
         ctx = self.ctx
@@ -41,8 +40,7 @@ class Run:
         # a fresh student is preprocessed like the first teacher
         start = self.student_member if self.student_member is not None else self.teachers[0]
         self.student_cfg = {**start.pretrained_cfg, "num_classes": n, "label_names": self.classes}
-        self.split = load_split(ctx.train_data, data_config(self.student_cfg), label_names=self.classes,
-                                num_classes=n, progress=ctx.progress)
+        self.split = ctx.split("train", self.student_cfg, labels=self.classes)
         self.model = ddp(self.student.to(ctx.device))  # under torchrun: DistributedDataParallel
 
     def unwrapped(self):
@@ -82,7 +80,7 @@ def _teacher_logits_cached(run: Run):
 
 def _live_teachers(run: Run):
     """(teacher models in eval mode, each teacher's decoded training split) for teacher_outputs=live."""
-    from zoo.kit.data import data_config, load_split
+    from zoo.kit.data import data_config
 
     models, splits = [], []
     mine = data_config(run.student_cfg)
@@ -95,8 +93,7 @@ def _live_teachers(run: Run):
                                "per step for all of them, so they must share one preprocessing — or train "
                                "without augment (teachers then see the images their own way)")
             continue
-        splits.append(load_split(run.ctx.train_data, data_config(t.pretrained_cfg), label_names=run.classes,
-                                 num_classes=len(run.classes), progress=run.ctx.progress))
+        splits.append(run.ctx.split("train", t, labels=run.classes))  # its own preprocessing
     return models, splits
 
 
@@ -215,18 +212,15 @@ def evaluate(run: Run) -> tuple[dict, dict]:
     through the context, so that plugins' metrics (``zoo_metrics``) are measured for each."""
     import torch
 
-    from zoo.kit.data import data_config, load_split
     from zoo.kit.metrics import predict
     from zoo.plugins.distill.losses import teacher_target
 
     ctx = run.ctx
-    split = load_split(ctx.eval_data, data_config(run.student_cfg), label_names=run.classes,
-                       num_classes=len(run.classes), progress=ctx.progress)
+    split = ctx.split("eval", run.student_cfg, labels=run.classes)
     student = ctx.evaluate_module(run.unwrapped().eval(), split).as_dict()
     teachers, probs = {}, []
     for i, t in enumerate(run.teachers):
-        t_split = load_split(ctx.eval_data, data_config(t.pretrained_cfg), label_names=run.classes,
-                             num_classes=len(run.classes), progress=ctx.progress)  # its own preprocessing
+        t_split = ctx.split("eval", t, labels=run.classes)  # its own preprocessing
         p = teacher_target([predict(t.create_model(), t_split, ctx.device)], "meal-v2", 1.0, run.maps[i:i + 1])
         teachers[t.name] = ctx.metrics_of(p.clamp_min(1e-12).log(), t_split.targets).as_dict()
         probs.append(p)

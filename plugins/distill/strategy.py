@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from zoo import Combined, Strategy, option
+from zoo.kit.data import common_labels, label_names
+from zoo.kit.device import state_on_cpu
 from zoo.kit.errors import BadInput
+from zoo.kit.finetune import Recipe
+from zoo.kit.options import compose
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -31,7 +35,7 @@ class Distill(Strategy):
     relation = None  # the student is trained, not made of the teachers' weights: they are no base_model
 
     @dataclass
-    class Options:
+    class Own:
         student: str = option("", "the student: a timm architecture (fresh weights, the first teacher's "
                               "preprocessing) or a member spec (its weights are the start; MEAL V2: a good "
                               "start matters); default: the first teacher's architecture, fresh")
@@ -40,27 +44,29 @@ class Distill(Strategy):
         temperature: float = option(4.0, "kd: the temperature T", min=1e-3)
         alpha: float = option(0.9, "kd: weight of the distillation term (1−α on the labels)", min=0.0, max=1.0)
         discriminator: bool = option(False, "meal-v2: also train MEAL V2's discriminator on the outputs")
-        epochs: int = option(3, "training epochs", min=1)
-        lr: float = option(1e-3, "peak learning rate (cosine schedule with warmup)", min=0.0)
-        weight_decay: float = option(0.0, "weight decay (MEAL V2: the soft targets regularise; little or none)",
-                                     min=0.0)
         optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or sgd with momentum 0.9")
-        batch_size: int = option(64, "global batch size (split across torchrun processes)", min=1)
-        warmup_epochs: float = option(0.5, "linear warmup, in epochs", min=0.0)
         teacher_outputs: Literal["auto", "cached", "live"] = option(
             "auto", "cached: teachers run once over the training data and their logits are kept on disk (fast, "
             "but every epoch sees the same images: no augmentation); live: teachers run on every batch under "
             "inference_mode (a teacher forward pass per step; needed with augment); auto: live with augment, "
             "cached otherwise")
-        augment: bool = option(False, "train through timm's training transform (random resized crop, flip, "
-                               "colour jitter); teachers then run live on the same augmented images, so they "
-                               "and the student must share one preprocessing")
-        hflip: float = option(0.5, "with augment: horizontal flip probability (0 for digits or text)", min=0.0,
-                              max=1.0)
         label_map: str = option("", "a JSON file {teacher name: {its label: student label, or null to drop}} for "
                                 "teachers whose labels differ; the student learns the first teacher's classes")
-        crop_scale: float = option(0.08, "with augment: smallest random crop, as a fraction of the image",
-                                   min=0.01, max=1.0)
+
+    #: the training's options are zoo finetune's (the recipe): their types, defaults and bounds, with the
+    #: helps and defaults that differ for a student learning from teachers
+    Options = compose(
+        Own, (Recipe, ["epochs", "lr", "weight_decay", "warmup_epochs", "batch_size", "augment", "hflip",
+                       "crop_scale"]),
+        defaults={"weight_decay": 0.0}, bounds={"epochs": (1, None), "crop_scale": (0.01, 1.0)},
+        helps={"epochs": "training epochs", "lr": "peak learning rate (cosine schedule with warmup)",
+               "weight_decay": "weight decay (MEAL V2: the soft targets regularise; little or none)",
+               "batch_size": "global batch size (split across torchrun processes)",
+               "augment": "train through timm's training transform (random resized crop, flip, colour jitter); "
+                          "teachers then run live on the same augmented images, so they and the student must "
+                          "share one preprocessing",
+               "hflip": "with augment: horizontal flip probability (0 for digits or text)",
+               "crop_scale": "with augment: smallest random crop, as a fraction of the image"})
 
     def combine(self, members, options, ctx):
         from zoo.plugins.distill.loop import Run, train
@@ -76,7 +82,7 @@ class Distill(Strategy):
         run = Run(teachers=members, student=student, student_member=student_member, classes=classes,
                   options=options, ctx=ctx, model_args=model_args, maps=maps)
         history = train(run)
-        sd = {k: v.detach().cpu() for k, v in run.unwrapped().state_dict().items()}
+        sd = state_on_cpu(run.unwrapped())
         report = {"history": history, "classes": classes}
         from zoo.kit.plots import training_curves
         from zoo.plugins.distill.loop import evaluate, summary_section
@@ -116,12 +122,9 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
             raise BadInput(f"label_map names {sorted(unknown)}, which are not teachers here "
                            f"({', '.join(m.name for m in members)})")
 
-    def own(m):
-        return m.label_names or [str(i) for i in range(m.num_classes)]
-
     def mapping(m):
         table = maps_in[m.name]
-        missing = [lab for lab in own(m) if lab not in table]
+        missing = [lab for lab in label_names(m) if lab not in table]
         if missing:
             raise BadInput(f"label_map for {m.name}: its labels {missing[:5]} are not mapped; map each label "
                            "to a student label, or to null to drop it")
@@ -129,19 +132,17 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
 
     first = members[0]
     classes = list(dict.fromkeys(v for v in mapping(first).values() if v is not None)) \
-        if first.name in maps_in else own(first)
+        if first.name in maps_in else label_names(first)
+    # the teachers without a map must have the student's classes
+    common_labels([first, *(m for m in members[1:] if m.name not in maps_in)], labels=classes, role="teachers",
+                  why="distil teachers of one task, or give --option label_map=FILE.json to map one onto the other")
     maps = []
     for m in members:
         if m.name not in maps_in:
-            if own(m) != classes:
-                raise BadInput(f"teachers {first.name} and {m.name} have different label spaces "
-                               f"({len(classes)} classes: {', '.join(classes[:5])}… vs {len(own(m))}: "
-                               f"{', '.join(own(m)[:5])}…); distil teachers of one task, or give "
-                               "--option label_map=FILE.json to map one onto the other")
             maps.append(None)
             continue
-        table, matrix = mapping(m), torch.zeros(len(own(m)), len(classes))
-        for z, lab in enumerate(own(m)):
+        table, matrix = mapping(m), torch.zeros(len(label_names(m)), len(classes))
+        for z, lab in enumerate(label_names(m)):
             target = table[lab]
             if target is None:
                 continue

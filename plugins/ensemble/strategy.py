@@ -25,22 +25,11 @@ from typing import Literal
 import torch
 
 from zoo import Combined, Strategy, option
+from zoo.kit.device import state_on_cpu
 from zoo.kit.errors import BadInput
 from zoo.kit.selective import selective_metrics
 from zoo.plugins.ensemble import module as ens
 from zoo.plugins.ensemble import selective
-
-
-def _labels(members) -> list[str]:
-    first = members[0]
-    own = first.label_names or [str(i) for i in range(first.num_classes)]
-    for m in members[1:]:
-        theirs = m.label_names or [str(i) for i in range(m.num_classes)]
-        if theirs != own:
-            raise BadInput(f"members {first.name} and {m.name} have different label spaces ({len(own)} classes: "
-                           f"{', '.join(own[:4])}… vs {len(theirs)}: {', '.join(theirs[:4])}…); an ensemble averages "
-                           "their predictions class by class, so give members of one task")
-    return own
 
 
 def _shared_input(members) -> dict:
@@ -58,9 +47,10 @@ class _Built:
     """The members as modules, their preprocessing and cost, in the order the output runs them."""
 
     def __init__(self, members, ctx, *, by_cost: bool):
-        from zoo.kit.data import data_config
+        from zoo.kit.data import common_labels, data_config
 
-        self.labels = _labels(members)
+        self.labels = common_labels(members, why="an ensemble averages their predictions class by class, so give "
+                                                  "members of one task")
         models = [m.create_model() for m in members]
         cfgs = [data_config(m.pretrained_cfg) for m in members]
         task = ctx.progress.task("counting MACs", total=len(models))
@@ -139,17 +129,9 @@ print(m.last_macs, m.last_exits)    # multiply-accumulates the last batch cost, 
 def _combined(built: _Built, net: ens.EnsembleNet, metrics, report, figures, section: str) -> Combined:
     config = ens.to_config(net, [ens.member_config(m) for m in built.members], pretrained_cfg=built.pretrained_cfg,
                            label_names=built.labels, num_classes=len(built.labels))
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    return Combined(state_dict=state, config=config, metrics=metrics, report=report, figures=figures,
+    return Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, figures=figures,
                     card_sections=[section], usage=_USAGE.format(article="An" if config["kind"] == "ensemble" else "A",
                                                     kind=config["kind"], n=len(built.members)))
-
-
-def _eval_split(built: _Built, ctx):
-    from zoo.kit.data import data_config, load_split
-
-    return load_split(ctx.eval_data, data_config(built.pretrained_cfg), label_names=built.labels,
-                      num_classes=len(built.labels), progress=ctx.progress)
 
 
 class Ensemble(Strategy):
@@ -178,7 +160,7 @@ class Ensemble(Strategy):
         metrics, report, figures = None, {"members": [m.name for m in built.members], "macs": built.macs}, {}
         section = f"Ensemble of {len(members)} members: " + ", ".join(m.name for m in built.members) + "."
         if ctx.eval_data:
-            split = _eval_split(built, ctx)
+            split = ctx.split("eval", built.pretrained_cfg, labels=built.labels)
             probs = _probs(net, split, ctx)
             mixed = sum(w * p for w, p in zip(net.weights, probs))
             key = f"coverage@risk{options.risk * 100:g}%"
@@ -237,7 +219,7 @@ class Cascade(Strategy):
         built = _Built(members, ctx, by_cost=True)
         ctx.log("stages, cheapest first: " + ", ".join(f"{m.name} ({c / 1e6:.2f} M MACs)"
                                                         for m, c in zip(built.members, built.macs)))
-        split = _eval_split(built, ctx)
+        split = ctx.split("eval", built.pretrained_cfg, labels=built.labels)
         probs = _probs(built.net(), split, ctx)
         targets = split.targets
         windows, chosen = [], []

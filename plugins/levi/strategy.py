@@ -24,7 +24,10 @@ from typing import Literal
 import torch
 
 from zoo import Combined, Strategy, option
+from zoo.kit.device import state_on_cpu
 from zoo.kit.errors import BadInput
+from zoo.kit.finetune import Recipe
+from zoo.kit.options import compose
 
 
 class Levi(Strategy):
@@ -36,18 +39,18 @@ class Levi(Strategy):
     relation = "finetune"
 
     @dataclass
-    class Options:
+    class Own:
         small: str = option("resnet10t", "the small task-specific model: a timm architecture, trained from scratch")
         levels: int = option(2, "depths ensembled, from the top: the pre-logits features and the outputs of the "
                                 "last levels − 1 blocks of both models", min=1, max=4)
         hidden: int = option(0, "hidden units of each adapting layer (0: one linear layer)", min=0)
         pretrained: Literal["frozen", "finetune"] = option(
             "frozen", "the pre-trained model: frozen (the paper's) or trained with the rest")
-        epochs: int = option(5, "training epochs", min=1)
-        lr: float = option(1e-3, "AdamW peak learning rate (cosine schedule)", min=0.0)
-        weight_decay: float = option(0.05, "AdamW weight decay", min=0.0)
-        batch_size: int = option(64, "batch size (global, split across processes)", min=1)
-        warmup_epochs: float = option(0.5, "linear warmup, in epochs", min=0.0)
+
+    #: the training's options are zoo finetune's (the recipe), LEVI's own first
+    Options = compose(Own, (Recipe, ["epochs", "lr", "weight_decay", "warmup_epochs", "batch_size"]),
+                      defaults={"epochs": 5}, bounds={"epochs": (1, None)},
+                      helps={"epochs": "training epochs", "batch_size": "batch size (global, split across processes)"})
 
     @classmethod
     def check(cls, options) -> None:
@@ -60,7 +63,7 @@ class Levi(Strategy):
         import timm
 
         from zoo.kit import checkpoint, training
-        from zoo.kit.data import data_config, load_split
+        from zoo.kit.data import data_config
         from zoo.kit.device import autocast, to_device
         from zoo.kit.finetune import class_names
         from zoo.plugins.levi import net as levi
@@ -81,7 +84,7 @@ class Levi(Strategy):
                            f"{options.levels} levels of features ({e}); try levels=1") from None
         net.frozen_big = frozen
         net = net.to(ctx.device)
-        split = load_split(ctx.train_data, cfg, label_names=classes, num_classes=len(classes), progress=ctx.progress)
+        split = ctx.split("train", base, labels=classes)
         n, world, rank = len(split), ctx.world_size, ctx.rank
         if n < world:
             raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
@@ -125,7 +128,7 @@ class Levi(Strategy):
         for kind, source in (("eval", ctx.eval_data), ("ood", ctx.ood_data)):
             if not source:
                 continue
-            held = load_split(source, cfg, label_names=classes, num_classes=len(classes), progress=ctx.progress)
+            held = ctx.split(kind, base, labels=classes)
             logits = predict(net, held, ctx.device, batch_size=ctx.batch_size)  # one pass for every metric
             measured = ctx.metrics_of(logits, held.targets).as_dict()
             measured.update(selective_metrics(logits.float().softmax(1), held.targets), macs_per_image=macs)
@@ -139,8 +142,7 @@ class Levi(Strategy):
                                 pretrained_cfg=dict(base.pretrained_cfg), label_names=classes, frozen=frozen)
         from zoo.kit.plots import training_curves
 
-        out = Combined(state_dict={k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                       config=config, metrics=metrics, report=report, usage=_USAGE)
+        out = Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, usage=_USAGE)
         out.figures["training.png"] = training_curves(history)
         if rows:
             from zoo.kit import card

@@ -19,7 +19,8 @@ import torch
 import zoo
 from zoo import BadInput, Combined, Strategy, option
 from zoo.kit import card
-from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
+from zoo.kit.batchnorm import has_batchnorm, recomputed_state
+from zoo.kit.device import state_on_cpu
 from zoo.kit.metrics import predict
 from zoo.kit.weights import check_compatible
 from zoo.plugins.rebasin import barrier, match, permute
@@ -252,13 +253,11 @@ class Rebasin(Strategy):
 
         merged = zoo.map_tensors(members, permuted_mean, progress=ctx.progress, description="averaging aligned members",
                                  who="rebasin")
-        net = ctx.model(merged, like)
         if options.repair:
-            repairing.repair(net, stats, weights, train, options.bn_batches, ctx.device, seed=ctx.seed)
+            merged = state_on_cpu(repairing.repair(ctx.model(merged, like), stats, weights, train, options.bn_batches,
+                                                   ctx.device, seed=ctx.seed))
         elif train is not None:
-            recompute_bn_stats(net, train, options.bn_batches, ctx.device, seed=ctx.seed)
-        if train is not None:
-            merged = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            merged = recomputed_state(ctx.model(merged, like), train, options.bn_batches, ctx.device, seed=ctx.seed)
         report = {"method": options.method, "weights": weights, "spec": spec.describe(),
                   "bn": "repair" if options.repair else ("recomputed" if train is not None else "averaged"),
                   "sweeps": sweeps}
@@ -269,7 +268,7 @@ class Rebasin(Strategy):
                                     progress=ctx.progress, description="averaging without alignment", who="rebasin")
             naive = dict(naive)
             if train is not None:
-                naive = _finish(ctx, like, naive, train, options.bn_batches)
+                naive = recomputed_state(ctx.model(naive, like), train, options.bn_batches, ctx.device, seed=ctx.seed)
             ens = ctx.metrics_of(probs.clamp_min(1e-12).log(), split.targets)
             unaligned = ctx.evaluate(naive, like=like, split=split)
             report["members"] = {m.name: p.as_dict() for m, p in zip(members, per)}
@@ -294,12 +293,6 @@ class Rebasin(Strategy):
                                                                              "held-out NLL"], rows=rows)
                                     if rows else card.Section("Re-basin", text))
         return result
-
-
-def _finish(ctx, like, state, train, n_batches) -> dict[str, torch.Tensor]:
-    model = ctx.model(state, like)
-    recompute_bn_stats(model, train, n_batches, ctx.device, seed=ctx.seed)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _bars(rows, merged):

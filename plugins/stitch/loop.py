@@ -27,11 +27,9 @@ class Run:
     options: Any
     ctx: Any
 
-    def split(self, source: str):
-        from zoo.kit.data import data_config, load_split
-
-        return load_split(source, data_config(self.pretrained_cfg), label_names=self.labels,
-                          num_classes=len(self.labels), progress=self.ctx.progress)
+    def split(self, data: str):
+        """``data`` ("train", "eval") through the one preprocessing every configuration gets."""
+        return self.ctx.split(data, self.pretrained_cfg, labels=self.labels)
 
 
 def train(run: Run) -> tuple[list[dict], dict[str, float]]:
@@ -47,7 +45,7 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
     ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
     state = checkpoint.resume_state(ckpt, asdict(opts), ctx.resume, what="stitching", key="options") \
         if ckpt is not None else None
-    split = run.split(ctx.train_data)
+    split = run.split("train")
     net.to(device)
     if state is None:
         gen = torch.Generator().manual_seed(ctx.seed)
@@ -91,7 +89,7 @@ def evaluate(run: Run) -> dict:
     from zoo.kit.device import autocast, to_device
 
     net, ctx = run.net.eval(), run.ctx
-    split = run.split(ctx.eval_data)
+    split = run.split("eval")
     if len(split) == 0:
         raise BadInput(f"--eval-data {ctx.eval_data} holds no images")
     logits: dict[int, list] = {c.id: [] for c in net.configs}

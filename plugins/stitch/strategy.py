@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from zoo import Combined, Strategy, option
+from zoo.kit.data import common_labels
+from zoo.kit.device import state_on_cpu
 from zoo.kit.errors import BadInput
 
 
@@ -52,7 +54,8 @@ class Stitch(Strategy):
         if not ctx.train_data:
             raise BadInput("strategy 'stitch' needs --train-data DIR: the stitching layers are solved on one batch "
                            "of it and trained on it (one sub-folder of images per class)")
-        labels = _common_labels(members)
+        labels = common_labels(members, role="anchors", why="every configuration ends in one anchor's head, so "
+                               "stitch members of one task (fine-tune them on it first: zoo finetune)")
         pretrained_cfg = _shared_preprocessing(members, options.input_size)
         models = [m.create_model() for m in members]
         order = sorted(range(len(members)), key=lambda i: sum(p.numel() for p in models[i].parameters()))
@@ -80,7 +83,7 @@ class Stitch(Strategy):
                        "pareto_configurations": len(stitch_loop.pareto(net))}
         config = snnet_io.to_config(net, anchors=[snnet_io.anchor_config(m) for m in members],
                                     pretrained_cfg=pretrained_cfg, label_names=labels)
-        combined = Combined(state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()}, config=config,
+        combined = Combined(state_dict=state_on_cpu(net), config=config,
                             metrics=metrics, report=report, usage=_USAGE)
         if ctx.eval_data:
             combined.figures["frontier.png"] = stitch_loop.plot_frontier(net)
@@ -104,18 +107,6 @@ logits = net(images)
 
 `zoo stitch export FOLDER --config ID --out one/` writes one configuration alone (an anchor as an ordinary
 timm folder)."""
-
-
-def _common_labels(members) -> list[str]:
-    first = members[0]
-    own = first.label_names or [str(i) for i in range(first.num_classes)]
-    for m in members[1:]:
-        theirs = m.label_names or [str(i) for i in range(m.num_classes)]
-        if theirs != own:
-            raise BadInput(f"anchors {first.name} and {m.name} have different label spaces ({len(own)} vs "
-                           f"{len(theirs)} classes); every configuration ends in one anchor's head, so stitch "
-                           "members of one task (fine-tune them on it first: zoo finetune)")
-    return own
 
 
 def _shared_preprocessing(members, input_size: int) -> dict:

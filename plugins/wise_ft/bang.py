@@ -69,7 +69,6 @@ class Bang(Strategy):
 
 def _make_ends(member, options, ctx: Context):
     """θ₀: a linear probe of ``member``; θ₁: LP-FT with label smoothing and Mixup. In memory."""
-    from zoo.kit.data import data_config, load_split
     from zoo.kit.finetune import Recipe, class_names, fit
     from zoo.kit.member import Member
 
@@ -77,8 +76,7 @@ def _make_ends(member, options, ctx: Context):
         raise BadInput("bang with one member trains both ends: pass --train-data (or give two members, a start "
                        "and its calibrated fine-tune, to only average them)")
     classes = class_names(ctx.train_data)
-    train = load_split(ctx.train_data, data_config(member.pretrained_cfg), label_names=classes,
-                       num_classes=len(classes), progress=ctx.progress)
+    train = ctx.split("train", member, labels=classes)
     lp = Recipe(mode="lp", lp_epochs=options.lp_epochs, seed=ctx.seed)
     ft = Recipe(mode="lp-ft", lp_epochs=options.lp_epochs, epochs=options.epochs, lr=options.lr,
                 label_smoothing=options.label_smoothing, mixup=options.mixup, bn=options.ft_bn, seed=ctx.seed)

@@ -165,11 +165,9 @@ def _finish(sd: dict, alpha: float, variant: str, like, options, ctx: Context) -
     """θ(α) with its BatchNorm statistics as ``variant`` says; the ends stay exactly the given models."""
     if variant != "recompute" or alpha in (0.0, 1.0):
         return sd
-    from zoo.kit.batchnorm import recompute_bn_stats
+    from zoo.kit.batchnorm import recomputed_state
 
-    model = ctx.model(sd, like)
-    recompute_bn_stats(model, ctx.train_split(like), options.bn_batches, ctx.device, seed=ctx.seed)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return recomputed_state(ctx.model(sd, like), ctx.train_split(like), options.bn_batches, ctx.device, seed=ctx.seed)
 
 
 def _card_table(points: list[dict], picked: float, start: str, tuned: str, variants: list[str]) -> card.Section:

@@ -53,3 +53,13 @@ def recompute_bn_stats(model, split: Split, n_batches: int, device, *, batch_siz
         m.momentum = momentum
     model.train(was_training)
     return model
+
+
+def recomputed_state(model, split: Split, n_batches: int, device, *, batch_size: int = 64, seed: int = 0) -> dict:
+    """:func:`recompute_bn_stats`, then the model's state as a CPU copy (``zoo.kit.device.state_on_cpu``): the
+    weights a strategy returns after re-estimating BatchNorm statistics (a soup, a WiSE-FT point, a re-basin
+    merge)."""
+    from zoo.kit.device import state_on_cpu
+
+    recompute_bn_stats(model, split, n_batches, device, batch_size=batch_size, seed=seed)
+    return state_on_cpu(model)

@@ -3,7 +3,8 @@
 Preprocessing always comes from the member's pretrained config through ``timm.data``
 (``resolve_data_config`` + ``create_transform``): never hand-written. A split is
 cached in memory by (source, its files' fingerprint, data config, label order), so a
-greedy soup that evaluates twenty candidates decodes the images once.
+greedy soup that evaluates twenty candidates decodes the images once. The label order is a
+model's (``label_names``); ``common_labels`` checks that members share one label space.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.kit.errors import BadInput
 
@@ -49,6 +50,30 @@ def data_config(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
     from timm.data import resolve_data_config
 
     return resolve_data_config({}, pretrained_cfg=pretrained_cfg)
+
+
+def label_names(model: Any) -> list[str]:
+    """A member's (or model's) class names: its ``label_names``, else its class indices as strings."""
+    return [str(n) for n in (model.label_names or range(model.num_classes))]
+
+
+def common_labels(members: Sequence[Any], *, why: str, role: str = "members",
+                  labels: Sequence[str] | None = None) -> list[str]:
+    """The one label space of ``members``: the first's classes (or ``labels``, when they come from elsewhere,
+    e.g. a label map), which every other member must have in the same order. Otherwise a :class:`BadInput`
+    naming the first two that differ, with ``why`` the strategy needs one label space (and what to do)."""
+    first = members[0]
+    own = list(labels) if labels is not None else label_names(first)
+    for m in members[1:]:
+        theirs = label_names(m)
+        if theirs != own:
+            raise BadInput(f"{role} {first.name} and {m.name} have different label spaces ({len(own)} classes: "
+                           f"{_few(own)} vs {len(theirs)}: {_few(theirs)}); {why}")
+    return own
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + ("…" if len(names) > 4 else "")
 
 
 def _fingerprint(root: Path) -> tuple:

@@ -56,3 +56,13 @@ def amp_step(loss, opt, scaler, sched, step: int) -> int:
     scaler.update()
     sched.step_update(step + 1)
     return step + 1
+
+
+def state_on_cpu(model_or_state) -> dict:
+    """A CPU copy of a module's state dict (or of a mapping of tensors), detached and contiguous: what a
+    strategy returns in ``Combined.state_dict``. Always a copy, so a model trained or reused afterwards (the
+    one ``ctx.model`` keeps) cannot change it."""
+    import torch
+
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}

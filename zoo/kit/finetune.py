@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo.kit import checkpoint
+from zoo.kit.device import state_on_cpu
 from zoo.kit.errors import BadInput
 from zoo.kit.options import option
 
@@ -127,8 +128,7 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
             from zoo.kit.batchnorm import recompute_bn_stats
 
             recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return sd, config_for(member, classes), history
+    return state_on_cpu(model), config_for(member, classes), history
 
 
 def config_for(member, classes: list[str]) -> dict:
@@ -277,7 +277,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
     def snapshot(epoch: int, row: dict) -> None:
         rows.append(row)
         if on_epoch is not None:
-            on_epoch(epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, list(rows))
+            on_epoch(epoch, state_on_cpu(model), list(rows))
 
     return training.train(model, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
                           state=state, save_extra={"recipe": asdict(recipe)}, numpy_rng=True, history=history,

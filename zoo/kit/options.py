@@ -170,17 +170,19 @@ def to_dict(options: Any) -> dict[str, Any]:
     return dataclasses.asdict(options)
 
 
-def compose(*parts: Any, defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None) -> type:
+def compose(*parts: Any, defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None,
+            bounds: dict[str, tuple[float | None, float | None]] | None = None) -> type:
     """An Options dataclass made of other strategies' (or recipes') options, so none is declared twice.
 
     Each part is an Options dataclass (all its fields) or ``(dataclass, ["field", ...])`` (those fields);
-    ``defaults`` and ``helps`` change a field's default or help for the new strategy. Read a part back
+    ``defaults``, ``helps`` and ``bounds`` (``(min, max)``) change a field's default, help or bounds for the new
+    strategy. Read a part back
     out of the composed options with :func:`part`::
 
         Options = compose(OwnOptions, WiseFT.Options, (Recipe, ["epochs", "lr"]), defaults={"epochs": 3})
         wise = part(options, WiseFT.Options)
     """
-    defaults, helps = dict(defaults or {}), dict(helps or {})
+    defaults, helps, bounds = dict(defaults or {}), dict(helps or {}), dict(bounds or {})
     fields, seen = [], set()
     for item in parts:
         cls, names = item if isinstance(item, tuple) else (item, None)
@@ -192,6 +194,8 @@ def compose(*parts: Any, defaults: dict[str, Any] | None = None, helps: dict[str
             meta = dict(f.metadata)
             if f.name in helps:
                 meta["help"] = helps.pop(f.name)
+            if f.name in bounds:
+                meta["min"], meta["max"] = bounds.pop(f.name)
             value = defaults.pop(f.name) if f.name in defaults else (
                 f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
             fields.append((f.name, hints[f.name], option(value, meta.get("help", ""), min=meta.get("min"),
@@ -199,8 +203,8 @@ def compose(*parts: Any, defaults: dict[str, Any] | None = None, helps: dict[str
         missing = set(names or ()) - {f.name for f in dataclasses.fields(cls)}
         if missing:
             raise TypeError(f"compose: {cls.__qualname__} has no field {sorted(missing)[0]!r}")
-    if defaults or helps:
-        raise TypeError(f"compose: no field {sorted({**defaults, **helps})[0]!r} to change")
+    if defaults or helps or bounds:
+        raise TypeError(f"compose: no field {sorted({**defaults, **helps, **bounds})[0]!r} to change")
     return dataclasses.make_dataclass("Options", fields)
 
 

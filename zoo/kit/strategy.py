@@ -22,6 +22,7 @@ evaluation go through the Context, results come back in the Combined.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
@@ -134,25 +135,52 @@ class Context:
     _models: dict[int, Any] = field(default_factory=dict, repr=False)
 
     # ---- data -----------------------------------------------------------------------
-    def _split(self, which: str, source: str | None, like: Member, flag: str) -> Split:
-        if not source:
-            raise BadInput(f"strategy {self.strategy!r} needs {which} data here: pass {flag} DIR "
-                           "(an image folder with one sub-folder per class)")
+    #: the run's data by the name ``split`` takes: (what it is, the flag that gives it, the Context field)
+    DATA: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "train": ("training", "--train-data", "train_data"),
+        "eval": ("held-out", "--eval-data", "eval_data"),
+        "ood": ("shifted (out-of-distribution)", "--ood-data", "ood_data"),
+    }
+
+    def split(self, data: str | os.PathLike, like: Member | dict, *, labels: Sequence[str] | None = None) -> Split:
+        """Any data, preprocessed for any model: decoded once per run (``zoo.kit.data.load_split``'s cache).
+
+        ``data``: ``"train"``, ``"eval"`` or ``"ood"``, the run's ``--train-data`` / ``--eval-data`` /
+        ``--ood-data`` (refused, naming the flag, when the run has none), or else a folder or timm dataset spec
+        (a folder named like one of those three: ``"./train"`` or a ``Path``). ``like``: the member whose timm
+        preprocessing the images get, or a timm ``pretrained_cfg`` (a student's, an ensemble's). ``labels``: the
+        class names the targets index, in the model's order (default: ``like``'s; required with a config).
+        """
         from zoo.kit.data import data_config, load_split
 
-        return load_split(source, data_config(like.pretrained_cfg), label_names=like.label_names,
-                          num_classes=like.num_classes, progress=self.progress)
+        source = data
+        if isinstance(data, str) and data in self.DATA:
+            what, flag, attr = self.DATA[data]
+            source = getattr(self, attr)
+            if not source:
+                raise BadInput(f"strategy {self.strategy!r} needs {what} data here: pass {flag} DIR "
+                               "(an image folder with one sub-folder per class)")
+        if isinstance(like, dict):
+            if labels is None:
+                raise TypeError("Context.split(data, pretrained_cfg): pass labels= (the model's class names)")
+            cfg = like
+        else:
+            cfg = like.pretrained_cfg
+        names, n = (list(labels), len(labels)) if labels is not None else (like.label_names, like.num_classes)
+        return load_split(source, data_config(cfg), label_names=names, num_classes=n, progress=self.progress)
 
     def eval_split(self, like: Member) -> Split:
-        """The held-out split, preprocessed the way ``like`` expects (decoded once per run)."""
-        return self._split("held-out", self.eval_data, like, "--eval-data")
+        """The held-out split, preprocessed the way ``like`` expects: ``split("eval", like)``."""
+        return self.split("eval", like)
 
     def train_split(self, like: Member) -> Split:
-        return self._split("training", self.train_data, like, "--train-data")
+        """``split("train", like)``."""
+        return self.split("train", like)
 
     def ood_split(self, like: Member) -> Split:
-        """Data under distribution shift (``--ood-data``), for strategies that report robustness."""
-        return self._split("shifted (out-of-distribution)", self.ood_data, like, "--ood-data")
+        """Data under distribution shift (``--ood-data``), for strategies that report robustness:
+        ``split("ood", like)``."""
+        return self.split("ood", like)
 
     # ---- models and evaluation ----------------------------------------------------------
     def model(self, state_dict: dict[str, torch.Tensor], like: Member):
