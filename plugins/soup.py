@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo.kit import card, weights
+from zoo.kit.card import sections as card
+from zoo.kit.tensors import weights
 from zoo import hookimpl
-from zoo.kit.options import option
+from zoo.kit.strategy.options import option
 from zoo.kit.strategy import Combined, Context, Strategy
 
 
@@ -41,7 +42,7 @@ class Soup(Strategy):
         else:
             result = _learned(members, options, ctx)
         if options.recompute_bn:
-            from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
+            from zoo.kit.train.batchnorm import has_batchnorm, recompute_bn_stats
 
             model = ctx.model(result.state_dict, ref)
             if has_batchnorm(model):
@@ -63,7 +64,7 @@ def _member_scores(members, ctx: Context) -> list[float]:
 
 
 def _uniform(members, ctx: Context) -> Combined:
-    from zoo.kit import plots
+    from zoo.kit.card import figures as plots
 
     sd = weights.uniform_average(members, progress=ctx.progress, device=ctx.device)
     result = Combined(state_dict=sd, report={"ingredients": [m.name for m in members]})
@@ -79,7 +80,7 @@ def _uniform(members, ctx: Context) -> Combined:
 
 
 def _greedy(members, options, ctx: Context) -> Combined:
-    from zoo.kit import plots
+    from zoo.kit.card import figures as plots
 
     scores = _member_scores(members, ctx)
     order = sorted(range(len(members)), key=lambda i: -scores[i])  # stable: ties keep the given order

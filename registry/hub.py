@@ -8,10 +8,10 @@ resolves to is named by the commit sha, which is what we pin and record.
 from __future__ import annotations
 
 
-from zoo.kit import member as _member
-from zoo.kit.errors import BadInput
+from zoo.kit.members import member as _member
+from zoo.kit.strategy.errors import BadInput
 from zoo import hookimpl
-from zoo.kit.network import PREFIX, download, parse
+from zoo.kit._infra.hub_client import PREFIX, download, parse
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo.kit import member as _member
+from zoo.kit.members import member as _member
 from zoo import hookimpl
 
 PREFIX = "local-dir:"
@@ -16,7 +16,7 @@ def zoo_resolve_member(spec: str, arch: str | None, allow_pickle: bool):
     path = Path(raw).expanduser()
     if not path.exists():
         if spec.startswith(PREFIX):
-            from zoo.kit.errors import BadInput
+            from zoo.kit.strategy.errors import BadInput
 
             raise BadInput(f"member {spec}: no such folder {path}")
         return None

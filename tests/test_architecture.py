@@ -65,7 +65,7 @@ def _imports(path: Path, module: str) -> list[tuple[str, str | None, int]]:
 
 
 def _target(base: str, name: str | None) -> str:
-    """The module an import lands on: ``from zoo.kit import weights`` lands on zoo.kit.weights."""
+    """The module an import lands on: ``from zoo.kit import weights`` lands on zoo.kit.tensors.weights."""
     if name and f"{base}.{name}" in MODULES:
         return f"{base}.{name}"
     return base
@@ -250,7 +250,7 @@ def test_plugins_import_only_the_public_kit():
 
 def test_the_plugin_check_catches_what_it_forbids(tmp_path):
     plugin = tmp_path / "bad_plugin.py"
-    plugin.write_text("from zoo import combine\nfrom zoo.kit.plots import _plt\nfrom zoo.plugins.soup import Soup\n"
+    plugin.write_text("from zoo import combine\nfrom zoo.kit.card.figures import _plt\nfrom zoo.plugins.soup import Soup\n"
                       "from zoo.api import card\nimport zoo\nfrom zoo.kit import member\n\n"
                       "def f(m, model):\n    model._pos_embed(m)\n    zoo.Member(_tensors={})\n"
                       "    return member._short(m)\n")

@@ -1,12 +1,12 @@
-"""zoo.kit.cache: what it remembers between runs, and what it refuses to trust."""
+"""zoo.kit._infra.cache: what it remembers between runs, and what it refuses to trust."""
 
 from __future__ import annotations
 
 import pytest
 
-from zoo.kit import cache
-from zoo.kit.errors import BadInput
-from zoo.kit.member import check_architecture
+from zoo.kit._infra import cache
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.members.member import check_architecture
 
 
 def test_timm_model_names_are_remembered_per_timm_version(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The one training loop (zoo.kit.training): resume bit for bit, the history, the schedules, the hooks."""
+"""The one training loop (zoo.kit.train.loop): resume bit for bit, the history, the schedules, the hooks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.kit import training
-from zoo.kit import checkpoint
+from zoo.kit.train import loop as training
+from zoo.kit.train import checkpoint
 
 
 class Stop(Exception):

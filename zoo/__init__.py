@@ -51,20 +51,20 @@ KIT = {
     "Strategy": "zoo.kit.strategy",
     "Context": "zoo.kit.strategy",
     "Combined": "zoo.kit.strategy",
-    "option": "zoo.kit.options",
+    "option": "zoo.kit.strategy.options",
     "merge_method": "zoo.kit.merge",
-    "map_tensors": "zoo.kit.stream",
-    "scan_tensors": "zoo.kit.stream",
-    "Spill": "zoo.kit.spill",
-    "task_vectors": "zoo.kit.weights",
-    "keep_largest": "zoo.kit.weights",
-    "Member": "zoo.kit.member",
-    "ZooError": "zoo.kit.errors",
-    "BadInput": "zoo.kit.errors",
-    "IncompatibleMembers": "zoo.kit.errors",
-    "FinetuneRecipe": "zoo.kit.finetune",
-    "TransferMetric": "zoo.kit.transfer",
-    "TargetView": "zoo.kit.transfer",
+    "map_tensors": "zoo.kit.tensors.stream",
+    "scan_tensors": "zoo.kit.tensors.stream",
+    "Spill": "zoo.kit.tensors.spill",
+    "task_vectors": "zoo.kit.tensors.weights",
+    "keep_largest": "zoo.kit.tensors.weights",
+    "Member": "zoo.kit.members.member",
+    "ZooError": "zoo.kit.strategy.errors",
+    "BadInput": "zoo.kit.strategy.errors",
+    "IncompatibleMembers": "zoo.kit.strategy.errors",
+    "FinetuneRecipe": "zoo.kit.train.recipe",
+    "TransferMetric": "zoo.kit.measure.transferability",
+    "TargetView": "zoo.kit.measure.transferability",
 }
 
 __all__ = sorted(set(API) | set(KIT)) + ["__version__"]
@@ -80,16 +80,16 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.api.reproduce import reproduce
     from zoo.api.selection import select, transfer_metrics
     from zoo.hookspecs import hookimpl
-    from zoo.kit.errors import BadInput, IncompatibleMembers, ZooError
-    from zoo.kit.finetune import FinetuneRecipe
-    from zoo.kit.member import Member
+    from zoo.kit.strategy.errors import BadInput, IncompatibleMembers, ZooError
+    from zoo.kit.train.recipe import FinetuneRecipe
+    from zoo.kit.members.member import Member
     from zoo.kit.merge import merge_method
-    from zoo.kit.spill import Spill
-    from zoo.kit.stream import map_tensors, scan_tensors
-    from zoo.kit.weights import keep_largest, task_vectors
-    from zoo.kit.options import option
+    from zoo.kit.tensors.spill import Spill
+    from zoo.kit.tensors.stream import map_tensors, scan_tensors
+    from zoo.kit.tensors.weights import keep_largest, task_vectors
+    from zoo.kit.strategy.options import option
     from zoo.kit.strategy import Combined, Context, Strategy
-    from zoo.kit.transfer import TargetView, TransferMetric
+    from zoo.kit.measure.transferability import TargetView, TransferMetric
     from zoo.plugins.stitch.export import stitch_configs, stitch_export
 
 

@@ -24,9 +24,9 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import typer
-    from zoo.kit.member import Member
+    from zoo.kit.members.member import Member
     from zoo.kit.strategy import Combined, Strategy
-    from zoo.kit.transfer import TransferMetric
+    from zoo.kit.measure.transferability import TransferMetric
 
 PROJECT = "zoo"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -1,4 +1,4 @@
-"""Distillation on the one training loop (``zoo.kit.training``): data, teacher targets, the loss step, evaluation.
+"""Distillation on the one training loop (``zoo.kit.train.loop``): data, teacher targets, the loss step, evaluation.
 
 One ``Run`` holds what the step needs. The order of the training images comes from a seeded
 ``torch.Generator`` that the loop checkpoints with the model, optimizer, scheduler and
@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zoo.kit import card, checkpoint
-from zoo.kit.errors import BadInput, ZooError
+from zoo.kit.card import sections as card
+from zoo.kit.train import checkpoint
+from zoo.kit.strategy.errors import BadInput, ZooError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -31,7 +32,7 @@ class Run:
 
     def __post_init__(self):
         from zoo.kit.data import data_config, load_split
-        from zoo.kit.training import ddp
+        from zoo.kit.train.loop import ddp
 
         ctx = self.ctx
         if not ctx.train_data:
@@ -46,13 +47,13 @@ class Run:
         self.model = ddp(self.student.to(ctx.device))  # under torchrun: DistributedDataParallel
 
     def unwrapped(self):
-        from zoo.kit.training import unwrap
+        from zoo.kit.train.loop import unwrap
 
         return unwrap(self.model)
 
     def config(self) -> dict:
         if self.student_member is not None:
-            from zoo.kit.finetune import config_for
+            from zoo.kit.train.recipe import config_for
 
             return config_for(self.student_member, self.classes)
         model = self.unwrapped()
@@ -68,7 +69,7 @@ def _teacher_logits_cached(run: Run):
     """Each teacher's logits on the training images, in the student's split order (zoo.features cache)."""
     import torch
 
-    from zoo.kit.features import extract
+    from zoo.kit.measure.features import extract
 
     out = []
     for t in run.teachers:
@@ -104,8 +105,8 @@ def train(run: Run) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit import training
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train import loop as training
+    from zoo.kit.train.device import autocast, to_device
     from zoo.plugins.distill.losses import discriminator, kd_loss, meal_v2_loss, teacher_target
 
     opts, ctx, device = run.options, run.ctx, run.ctx.device
@@ -216,7 +217,7 @@ def evaluate(run: Run) -> tuple[dict, dict]:
     import torch
 
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.metrics import predict
+    from zoo.kit.measure.metrics import predict
     from zoo.plugins.distill.losses import teacher_target
 
     ctx = run.ctx

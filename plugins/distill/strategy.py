@@ -8,7 +8,7 @@
 
 Teachers may differ in architecture and preprocessing: each sees the training images through its
 own timm data config, the student through its own. Without augmentation the teachers' logits are
-computed once and cached on disk (``zoo.kit.features``); ``teacher_outputs=live`` runs them on every
+computed once and cached on disk (``zoo.kit.measure.features``); ``teacher_outputs=live`` runs them on every
 batch instead. Under ``torchrun`` the student is wrapped in DistributedDataParallel and each
 process takes its share of every global batch; rank 0 alone writes.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from zoo import Combined, Strategy, option
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -78,7 +78,7 @@ class Distill(Strategy):
         history = train(run)
         sd = {k: v.detach().cpu() for k, v in run.unwrapped().state_dict().items()}
         report = {"history": history, "classes": classes}
-        from zoo.kit.plots import training_curves
+        from zoo.kit.card.figures import training_curves
         from zoo.plugins.distill.loop import evaluate, summary_section
 
         metrics = None
@@ -157,7 +157,7 @@ def _student(spec: str, teachers, classes: list[str], ctx):
     """(member or None, timm model with a head for ``classes``, constructor arguments for its config)."""
     import timm
 
-    from zoo.kit.finetune import model_for
+    from zoo.kit.train.recipe import model_for
 
     arch = spec or teachers[0].architecture
     if spec and (":" in spec or "/" in spec or spec.startswith(".")):

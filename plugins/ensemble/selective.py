@@ -1,7 +1,7 @@
 """Selective classification and the cascade's exit windows, as Xia & Bouganis define them (ICCV 2023,
 "Window-Based Early-Exit Cascades for Uncertainty Estimation"; code: Guoxoug/window-early-exit).
 
-- **Score**, **risk–coverage curve**, **AURC**: as ``zoo.kit.selective`` defines them (shared with every
+- **Score**, **risk–coverage curve**, **AURC**: as ``zoo.kit.measure.selective`` defines them (shared with every
   strategy that reports selective classification).
 - **Operating threshold τ** on the validation data for a target:
   - ``risk@R``: the threshold whose risk is closest to R, ignoring the least-covered 1% of the curve,
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.kit.errors import BadInput
-from zoo.kit.selective import risk_coverage, scores  # noqa: F401  (the cascade uses them as selective.*)
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.measure.selective import risk_coverage, scores  # noqa: F401  (the cascade uses them as selective.*)
 
 _TARGET = re.compile(r"^(risk|coverage|tpr)@(\d+(?:\.\d+)?)%?$")
 

@@ -25,8 +25,8 @@ from typing import Literal
 import torch
 
 from zoo import Combined, Strategy, option
-from zoo.kit.errors import BadInput
-from zoo.kit.selective import selective_metrics
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.measure.selective import selective_metrics
 from zoo.plugins.ensemble import module as ens
 from zoo.plugins.ensemble import selective
 
@@ -80,7 +80,7 @@ class _Built:
 
 def _probs(net: ens.EnsembleNet, split, ctx) -> list[torch.Tensor]:
     """Every member's softmax on ``split`` (each through its own preprocessing), on the CPU."""
-    from zoo.kit.device import to_device
+    from zoo.kit.train.device import to_device
 
     net = net.to(ctx.device)
     outs: list[list[torch.Tensor]] = [[] for _ in net.members]
@@ -100,7 +100,7 @@ def _figures_of(name: str, probs: torch.Tensor, targets, macs_per_image: float, 
 
 
 def _risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str):
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -257,7 +257,7 @@ class Cascade(Strategy):
             so_far = sum(probs[: stage + 1]) / (stage + 1)
         net = built.net(windows=windows, score=options.score).to(ctx.device)
         # the cascade itself on the held-out data: exits, cost and outputs as the loaded module computes them
-        from zoo.kit.device import to_device
+        from zoo.kit.train.device import to_device
 
         outs, spent, exits = [], 0, []
         with torch.inference_mode():

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from zoo import Combined, Strategy, option
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 class Levi(Strategy):
@@ -59,10 +59,10 @@ class Levi(Strategy):
     def combine(self, members, options, ctx):
         import timm
 
-        from zoo.kit import checkpoint, training
+        from zoo.kit.train import checkpoint, loop as training
         from zoo.kit.data import data_config, load_split
-        from zoo.kit.device import to_device
-        from zoo.kit.finetune import class_names
+        from zoo.kit.train.device import to_device
+        from zoo.kit.train.recipe import class_names
         from zoo.plugins.levi import net as levi
 
         base = members[0]
@@ -115,8 +115,8 @@ class Levi(Strategy):
                                  save_extra={"options": asdict(options)}, progress=ctx.progress, log=ctx.log)
         net = training.unwrap(model).eval()
         report, metrics = {"history": history, "classes": classes, "small": options.small}, None
-        from zoo.kit.metrics import macs_per_image, predict
-        from zoo.kit.selective import selective_metrics
+        from zoo.kit.measure.metrics import macs_per_image, predict
+        from zoo.kit.measure.selective import selective_metrics
 
         macs = float(macs_per_image(net, tuple(cfg["input_size"])))
         report["macs_per_image"] = macs
@@ -136,13 +136,13 @@ class Levi(Strategy):
                 report["ood"] = measured
         config = levi.to_config(net, _spec(base), {"architecture": options.small, "num_classes": len(classes)},
                                 pretrained_cfg=dict(base.pretrained_cfg), label_names=classes, frozen=frozen)
-        from zoo.kit.plots import training_curves
+        from zoo.kit.card.figures import training_curves
 
         out = Combined(state_dict={k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                        config=config, metrics=metrics, report=report, usage=_USAGE)
         out.figures["training.png"] = training_curves(history)
         if rows:
-            from zoo.kit import card
+            from zoo.kit.card import sections as card
 
             out.card_sections.append(card.Section(
                 "LEVI: measured", f"{macs / 1e6:.3f} M multiply–accumulates per image (both models and the adapting "
@@ -163,7 +163,7 @@ def _spec(member) -> dict:
 def _big_views(net, split, ctx) -> list[torch.Tensor]:
     """The frozen pre-trained model's views of every training image, computed once (in split order)."""
     from zoo.plugins.levi.net import views
-    from zoo.kit.device import to_device
+    from zoo.kit.train.device import to_device
 
     out: list[list[torch.Tensor]] = [[] for _ in range(net.levels)]
     task = ctx.progress.task("pre-trained views of the training images", total=-(-len(split) // ctx.batch_size))
@@ -178,7 +178,7 @@ def _big_views(net, split, ctx) -> list[torch.Tensor]:
 
 def _levels_top1(net, split, ctx) -> list[float]:
     """Each adapting layer's own held-out top-1 (the prediction averages their logits)."""
-    from zoo.kit.device import to_device
+    from zoo.kit.train.device import to_device
 
     right = torch.zeros(net.levels)
     with torch.inference_mode():

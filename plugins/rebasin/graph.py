@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 class _Node:

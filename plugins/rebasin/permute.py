@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 from zoo.plugins.rebasin.spec import Spec
 
 Perms = Mapping[str, torch.Tensor]

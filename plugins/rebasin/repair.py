@@ -18,8 +18,8 @@ from typing import Sequence
 
 import torch
 
-from zoo.kit.batchnorm import recompute_bn_stats
-from zoo.kit.device import to_device
+from zoo.kit.train.batchnorm import recompute_bn_stats
+from zoo.kit.train.device import to_device
 
 
 def _bns(model) -> dict[str, torch.nn.Module]:

@@ -18,10 +18,10 @@ import torch
 
 import zoo
 from zoo import BadInput, Combined, Strategy, option
-from zoo.kit import card
-from zoo.kit.batchnorm import has_batchnorm, recompute_bn_stats
-from zoo.kit.metrics import predict
-from zoo.kit.weights import check_compatible
+from zoo.kit.card import sections as card
+from zoo.kit.train.batchnorm import has_batchnorm, recompute_bn_stats
+from zoo.kit.measure.metrics import predict
+from zoo.kit.tensors.weights import check_compatible
 from zoo.plugins.rebasin import barrier, match, permute
 from zoo.plugins.rebasin import repair as repairing
 from zoo.plugins.rebasin import spec as specs
@@ -69,7 +69,7 @@ def derive_checked(like, ctx, *, what: str):
 
 
 def _probe(ctx, like, size) -> torch.Tensor:
-    from zoo.kit.device import to_device
+    from zoo.kit.train.device import to_device
 
     if ctx.eval_data:
         images = ctx.eval_split(like).images[:CHECK_IMAGES]
@@ -303,7 +303,7 @@ def _finish(ctx, like, state, train, n_batches) -> dict[str, torch.Tensor]:
 
 
 def _bars(rows, merged):
-    from zoo.kit import plots
+    from zoo.kit.card import figures as plots
 
     labels = [r[0] for r in rows] + ["re-basin merge"]
     values = [r[1] for r in rows] + [merged.top1]

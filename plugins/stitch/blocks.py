@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -22,7 +22,7 @@ def list_cmd(
     import json
 
     from zoo.plugins.stitch.export import stitch_configs
-    from zoo.kit.errors import BadInput
+    from zoo.kit.strategy.errors import BadInput
 
     if sort not in ("id", "gflops", "params", "top1"):
         cli.run(lambda: (_ for _ in ()).throw(BadInput(f"--sort {sort!r}: use id, gflops, params or top1")))

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
-from zoo.kit.network import folder_of
-from zoo.kit.output import check_out
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.hub_client import folder_of
+from zoo.kit._infra.output_folder import check_out
 from zoo.plugins.stitch import io as snnet_io
 from zoo.plugins.stitch.snnet import Config
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 from zoo.plugins.stitch.snnet import Config, SNNet, uses
 
 ZOO_TYPE = "snnet"
@@ -97,7 +97,7 @@ def export(net: SNNet, config: dict[str, Any], which: int, out: Path, *, force: 
     one-configuration stitched network (only the weights it reads) for a stitch."""
     from huggingface_hub import ModelCard, save_torch_state_dict
 
-    from zoo.kit.output import atomic_folder
+    from zoo.kit._infra.output_folder import atomic_folder
 
     if which not in net.by_id:
         raise BadInput(f"configuration {which} does not exist; ids run from {min(net.by_id)} to {max(net.by_id)} "

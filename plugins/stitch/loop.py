@@ -1,4 +1,4 @@
-"""Stitching's training (on the one loop, ``zoo.kit.training``), its evaluation of every configuration, the frontier
+"""Stitching's training (on the one loop, ``zoo.kit.train.loop``), its evaluation of every configuration, the frontier
 plot and the card table.
 
 Training draws one configuration per batch from a seeded ``torch.Generator`` (as the data order);
@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from zoo.kit import card, checkpoint
-from zoo.kit.errors import BadInput
+from zoo.kit.card import sections as card
+from zoo.kit.train import checkpoint
+from zoo.kit.strategy.errors import BadInput
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -35,12 +36,12 @@ class Run:
 
 
 def train(run: Run) -> tuple[list[dict], dict[str, float]]:
-    """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training (zoo.kit.training)."""
+    """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training (zoo.kit.train.loop)."""
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit import training
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train import loop as training
+    from zoo.kit.train.device import autocast, to_device
 
     net, opts, ctx = run.net, run.options, run.ctx
     device = ctx.device
@@ -88,7 +89,7 @@ def evaluate(run: Run) -> dict:
     plugins' metrics are measured too; top-1 and NLL also go into ``net.measured``. Returns id → Metrics."""
     import torch
 
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train.device import autocast, to_device
 
     net, ctx = run.net.eval(), run.ctx
     split = run.split(ctx.eval_data)
@@ -122,7 +123,7 @@ def pareto(net) -> list[int]:
 
 def plot_frontier(net):
     """Held-out top-1 against GFLOPs: stitches coloured by anchor pair, anchors as stars, the Pareto front."""
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card.figures import pyplot
 
     plt = pyplot()
     m = net.measured

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from zoo.plugins.stitch.blocks import FAMILIES, Family
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from zoo import Combined, Strategy, option
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 class Stitch(Strategy):
@@ -85,7 +85,7 @@ class Stitch(Strategy):
         if ctx.eval_data:
             combined.figures["frontier.png"] = stitch_loop.plot_frontier(net)
         if history:
-            from zoo.kit.plots import training_curves
+            from zoo.kit.card.figures import training_curves
 
             combined.figures["training.png"] = training_curves(history)
         combined.card_sections.append(stitch_loop.card_section(net))

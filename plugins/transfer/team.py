@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from zoo import TransferMetric
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 from zoo.plugins.transfer.metrics import joint_distribution, conditional_entropy, eep
 
 OT_SAMPLES = 512  # per side: exact OT on 512×512 costs milliseconds

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo.kit import card
-from zoo.kit.errors import BadInput
-from zoo.kit.finetune import Recipe
-from zoo.kit.options import compose, option, part
+from zoo.kit.card import sections as card
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.train.recipe import Recipe
+from zoo.kit.strategy.options import compose, option, part
 from zoo.plugins.wise_ft.sweep import WiseFT
 from zoo.kit.strategy import Combined, Context, Strategy
 
@@ -70,8 +70,8 @@ class Bang(Strategy):
 def _make_ends(member, options, ctx: Context):
     """θ₀: a linear probe of ``member``; θ₁: LP-FT with label smoothing and Mixup. In memory."""
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.finetune import Recipe, class_names, fit
-    from zoo.kit.member import Member
+    from zoo.kit.train.recipe import Recipe, class_names, fit
+    from zoo.kit.members.member import Member
 
     if not ctx.train_data:
         raise BadInput("bang with one member trains both ends: pass --train-data (or give two members, a start "

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo.kit import card, weights
-from zoo.kit.errors import BadInput, IncompatibleMembers
-from zoo.kit.options import option
+from zoo.kit.card import sections as card
+from zoo.kit.tensors import weights
+from zoo.kit.strategy.errors import BadInput, IncompatibleMembers
+from zoo.kit.strategy.options import option
 from zoo.kit.strategy import Combined, Context, Strategy
 
 PICKS = ("best-id", "best-ood", "best-avg")
@@ -68,7 +69,7 @@ class WiseFT(Strategy):
         a, b = start.state_dict(), tuned.state_dict()
         fa = fb = {}
         if options.fisher:
-            from zoo.kit.fisher import diagonal_fisher
+            from zoo.kit.train.fisher import diagonal_fisher
 
             train = ctx.train_split(start)
             fa = diagonal_fisher(ctx.model(a, start), train, options.fisher_samples, ctx.device, seed=ctx.seed,
@@ -112,7 +113,7 @@ class WiseFT(Strategy):
         if "ood_top1" in chosen:
             result.report["ood_metrics"] = {k[4:]: v for k, v in chosen.items() if k.startswith("ood_")}
         if id_split is not None:
-            from zoo.kit import plots
+            from zoo.kit.card import figures as plots
 
             result.figures["wise-ft.png"] = plots.robustness_curve(
                 kept, picked=picked, title=f"WiSE-FT: {start.name} → {tuned.name}")
@@ -124,7 +125,7 @@ class WiseFT(Strategy):
         if options.bn == "interpolate":
             return ["interpolate"]
         model = ctx.model(start.state_dict(), start)
-        from zoo.kit.batchnorm import has_batchnorm
+        from zoo.kit.train.batchnorm import has_batchnorm
 
         if not has_batchnorm(model):
             return ["interpolate"]  # nothing to choose: no running statistics
@@ -165,7 +166,7 @@ def _finish(sd: dict, alpha: float, variant: str, like, options, ctx: Context) -
     """θ(α) with its BatchNorm statistics as ``variant`` says; the ends stay exactly the given models."""
     if variant != "recompute" or alpha in (0.0, 1.0):
         return sd
-    from zoo.kit.batchnorm import recompute_bn_stats
+    from zoo.kit.train.batchnorm import recompute_bn_stats
 
     model = ctx.model(sd, like)
     recompute_bn_stats(model, ctx.train_split(like), options.bn_batches, ctx.device, seed=ctx.seed)

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 
 from zoo import __version__
 from zoo import host as _host
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress, Silent
 from zoo.kit.strategy import Combined, Context
 
 
@@ -89,9 +89,9 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     dtype, device)."""
     from zoo.api import sweep as _sweep
     from zoo.api import tasks as _tasks
-    from zoo.kit import options as _options
-    from zoo.kit.device import resolve_device
-    from zoo.kit.stream import output_dtype
+    from zoo.kit.strategy import options as _options
+    from zoo.kit.train.device import resolve_device
+    from zoo.kit.tensors.stream import output_dtype
 
     eval_data, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
     host, cls, options, opts, swept = check_request(
@@ -118,7 +118,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         check_headers(specs, base, host=host, arch=arch, progress=progress)
     resolved = load_members(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=progress)
     base_member = _load_base(base, host, arch=arch, allow_pickle=allow_pickle) if base else None
-    from zoo.kit import distributed
+    from zoo.kit._infra import distributed
 
     dev = resolve_device(device)
     rank, world = distributed.setup(dev)
@@ -183,9 +183,9 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     value), the base it needs, the output folder, the dtype. Returns (host, strategy class, options
     without the swept one, parsed options, sweep or None). ``zoo run`` checks a recipe's steps with it."""
     from zoo.api import sweep as _sweep
-    from zoo.kit import options as _options
-    from zoo.kit import output
-    from zoo.kit.stream import check_dtype
+    from zoo.kit.strategy import options as _options
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit.tensors.stream import check_dtype
 
     if eval_named and not multi_task:
         raise BadInput("--eval-data NAME=DIR gives each task its own held-out data: pass --multi-task too "
@@ -237,7 +237,7 @@ def _combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all, 
                    zoo_info, train_data, seed, max_shard_size) -> Combined:
     """--multi-task: merge the backbones, write one timm repo per member with its own head."""
     from zoo.api import tasks as _tasks
-    from zoo.kit import options as _options
+    from zoo.kit.strategy import options as _options
 
     tasks, merged = _tasks.combine_tasks(cls, opts, resolved, base_member, ctx, eval_named, eval_all)
     members = [m.provenance() for m in resolved]
@@ -264,10 +264,10 @@ def check_headers(specs: Sequence[str], base: str | None, *, host, arch: str | N
                   progress: Progress | None = None) -> None:
     """For a weight merge: every member's tensors (names, shapes, dtypes) compared with the first's (the
     base's, if given) before any weights are downloaded. Hub members' headers are read with HTTP range
-    requests (``zoo.kit.network.remote_header``); local members' from their files. A member whose header
+    requests (``zoo.kit._infra.hub_client.remote_header``); local members' from their files. A member whose header
     cannot be read this way is left to the checks after loading."""
-    from zoo.kit.network import PREFIX, remote_header
-    from zoo.kit.weights import compare_headers, header_of
+    from zoo.kit._infra.hub_client import PREFIX, remote_header
+    from zoo.kit.tensors.weights import compare_headers, header_of
     from zoo.registry import resolve
 
     every = ([base] if base else []) + list(specs)
@@ -317,8 +317,8 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     import dataclasses
 
     from zoo.api import card
-    from zoo.kit import output
-    from zoo.kit.public import scrub
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit._infra.scrub_paths import scrub
 
     host = host or _host.load()
     out = Path(out)
@@ -337,7 +337,7 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     }
     sections: list[str] = []
     host.pm.hook.zoo_model_card(combined=result, sections=sections)
-    # the card shows members, options and data by their public names (zoo.kit.public): no path of this machine
+    # the card shows members, options and data by their public names (zoo.kit._infra.scrub_paths): no path of this machine
     shown = dataclasses.replace(result, members=scrub(result.members), base=scrub(result.base),
                                 options=scrub(result.options))
     model_card = card.build(shown, name=out.resolve().name, eval_data=scrub(eval_data), extra_sections=sections)
@@ -348,12 +348,12 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
 @contextlib.contextmanager
 def _staged(out: str | Path | None, max_shard_size: str | None):
     """With ``out``: merges write their results into a staging folder beside it as they compute them
-    (``zoo.kit.stream.output_to``); ``save`` moves the finished files into the output. Removed at the end."""
+    (``zoo.kit.tensors.stream.output_to``); ``save`` moves the finished files into the output. Removed at the end."""
     if out is None:
         yield
         return
-    from zoo.kit import output
-    from zoo.kit.stream import output_to
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit.tensors.stream import output_to
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress, Silent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -178,7 +178,7 @@ def _check_step(step: Step, table: dict[str, Any], earlier: list[Step], fail, pl
     if kind == "finetune":  # zoo finetune's flags: the fine-tuning recipe's fields, flat in the step
         import dataclasses
 
-        from zoo.kit.finetune import Recipe as FitRecipe
+        from zoo.kit.train.recipe import Recipe as FitRecipe
 
         fit_fields = {f.name for f in dataclasses.fields(FitRecipe)}
     fit: dict[str, Any] = {}
@@ -203,8 +203,8 @@ def _check_step(step: Step, table: dict[str, Any], earlier: list[Step], fail, pl
     if kind == "combine":
         _check_combine(step, fail, plugins)
     elif kind == "finetune":
-        from zoo.kit import options as _options
-        from zoo.kit.finetune import Recipe as FitRecipe
+        from zoo.kit.strategy import options as _options
+        from zoo.kit.train.recipe import Recipe as FitRecipe
 
         for key in fit:
             _at(fail, key, lambda: _options.parse(FitRecipe, {key: fit[key]}, strategy="finetune"))
@@ -268,7 +268,7 @@ _MEMBERS = ("members", "base", "member_spec", "folder")
 
 def _check_paths(step: Step, earlier: list[Step], fail) -> None:
     """What a step reads exists now, or an earlier step writes it: a typo fails before the first step."""
-    from zoo.kit.data import TIMM_PREFIXES
+    from zoo.kit.data.splits import TIMM_PREFIXES
 
     made = {str(Path(s.out).resolve()) for s in earlier if s.out and not s.out.startswith("hf-hub:")}
 
@@ -320,7 +320,7 @@ def _check_combine(step: Step, fail, plugins) -> None:
     host = _at(fail, "strategy", lambda: _load_host(plugins))
     cls = _at(fail, "strategy", lambda: host.strategy(strategy))
     from zoo.api.sweep import split
-    from zoo.kit import options as _options
+    from zoo.kit.strategy import options as _options
 
     rest, swept = _at(fail, "options", lambda: split(cls.Options, dict(options), strategy=strategy))
     for key, value in rest.items():  # one at a time, so the message names the line of the bad one
@@ -351,7 +351,7 @@ def _check_select(step: Step, fail, plugins) -> None:
         raise fail("missing key 'target_data' (or a zoo whose train data is the target)")
     if a.get("out") is None:
         return
-    from zoo.kit.output import check_out
+    from zoo.kit._infra.output_folder import check_out
 
     _at(fail, "out", lambda: check_out(Path(a["out"]), bool(a.get("force"))))
 

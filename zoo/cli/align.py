@@ -35,7 +35,7 @@ def align(
     The result computes exactly what MEMBER computes (checked before anything is written); merged with the
     reference (zoo combine --strategy soup, ties, ...) it no longer averages unrelated units."""
     from zoo.api.combine import combine as _combine
-    from zoo.kit.options import parse_pairs
+    from zoo.kit.strategy.options import parse_pairs
 
     progress = progress_bars()
     say = console()

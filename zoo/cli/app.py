@@ -37,7 +37,7 @@ def console():
 
 
 def progress_bars():
-    from zoo.kit.progress import Rich, Silent
+    from zoo.kit._infra.progress import Rich, Silent
 
     if state.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -48,7 +48,7 @@ def progress_bars():
 
 
 def fail(e: BaseException) -> None:
-    from zoo.kit.errors import ZooError
+    from zoo.kit.strategy.errors import ZooError
 
     if state.debug:
         raise e

@@ -51,10 +51,10 @@ def combine(
 ):
     """Combine members into one model with a strategy and write it to --out."""
     from zoo.api.combine import combine as _combine
-    from zoo.kit.options import parse_pairs
+    from zoo.kit.strategy.options import parse_pairs
 
     def options():
-        from zoo.kit.errors import BadInput
+        from zoo.kit.strategy.errors import BadInput
 
         pairs = parse_pairs(option)
         if epochs is not None:

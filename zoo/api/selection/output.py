@@ -12,7 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from zoo.kit.output import atomic_folder
+from zoo.kit._infra.output_folder import atomic_folder
 
 CSV_COLUMNS = ["rank", "member", "score", "probe_top1", "architecture", "features_dim", "spec", "revision",
                "seconds_features", "seconds_metric", "features"]

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 
 import zoo
-from zoo.kit import card, weights
+from zoo.kit.card import sections as card
+from zoo.kit.tensors import weights
 
 
 class WeightedSoup(zoo.Strategy):

@@ -12,7 +12,7 @@ A strategy hands :func:`train` a model (or the parameters to train), a loss step
   decides what stays in float32;
 - DistributedDataParallel under torchrun (:func:`ddp`), with the per-epoch tallies summed over
   the processes and rank 0 alone writing checkpoints;
-- a checkpoint after every epoch (``zoo.kit.checkpoint``: model, optimizer, scheduler, scaler, the
+- a checkpoint after every epoch (``zoo.kit.train.checkpoint``: model, optimizer, scheduler, scaler, the
   data-order generator, torch's RNG and optionally numpy's, plus extra stateful objects) and the
   resume from one, which ends with the weights of a run never interrupted;
 - a progress bar per epoch with the running loss and top-1, a history row per epoch, a log line,
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
-from zoo.kit import checkpoint
+from zoo.kit.train import checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -112,9 +112,9 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
     """
     import torch
 
-    from zoo.kit import distributed
-    from zoo.kit.device import amp_step, grad_scaler
-    from zoo.kit.progress import Silent
+    from zoo.kit._infra import distributed
+    from zoo.kit.train.device import amp_step, grad_scaler
+    from zoo.kit._infra.progress import Silent
 
     progress = progress or Silent()
     log = log or (lambda message: None)
@@ -141,7 +141,7 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
     for epoch in range(start, epochs):
         model.train()
         if options.freeze_bn:
-            from zoo.kit.batchnorm import freeze_bn_stats
+            from zoo.kit.train.batchnorm import freeze_bn_stats
 
             freeze_bn_stats(model)
         task = progress.task(f"{label} epoch {epoch + 1}/{epochs}", total=spe)

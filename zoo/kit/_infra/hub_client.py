@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from zoo.kit.errors import BadInput, HubError, short_error
+from zoo.kit.strategy.errors import BadInput, HubError, short_error
 
 
 def network_errors() -> tuple[type[BaseException], ...]:

@@ -32,7 +32,7 @@ def recompute_bn_stats(model, split: Split, n_batches: int, device, *, batch_siz
     """Reset every BatchNorm's running stats and re-estimate them on ``n_batches`` batches of ``split``."""
     import torch
 
-    from zoo.kit.device import to_device
+    from zoo.kit.train.device import to_device
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns or n_batches <= 0:

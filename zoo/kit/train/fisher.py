@@ -21,7 +21,7 @@ def diagonal_fisher(model, split: Split, n_samples: int, device, *, seed: int = 
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit.device import to_device
+    from zoo.kit.train.device import to_device
 
     model = model.to(device).eval()  # BatchNorm uses its running statistics, as at inference
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

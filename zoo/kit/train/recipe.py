@@ -10,7 +10,7 @@ losses (``timm.data.Mixup``, ``timm.loss``), the cosine schedule with warmup
   mode (BatchNorm statistics untouched): the head then matches the pretrained features,
   which is what makes the LP start a good WiSE-FT end (Kumar et al., LP-FT).
 - FT trains every parameter with AdamW; label smoothing and Mixup calibrate it (BANG).
-- FT runs on the one training loop (``zoo.kit.training``); a checkpoint is written after every
+- FT runs on the one training loop (``zoo.kit.train.loop``); a checkpoint is written after every
   epoch next to ``--out`` (``.NAME.finetune/``);
   ``resume=True`` continues it and gives the same weights as a run never interrupted. The
   output folder appears only when the run is complete.
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from zoo.kit import checkpoint
-from zoo.kit.errors import BadInput
-from zoo.kit.options import option
+from zoo.kit.train import checkpoint
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.strategy.options import option
 
 CHECKPOINT = "checkpoint.pt"
 BN_BATCHES = 50  # bn=recompute: batches of training data for the final BatchNorm statistics
@@ -108,7 +108,7 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
         history = _fine_tune(model, _epochs_of(member, train, recipe, device), len(train), recipe, device, progress,
                              ckpt_dir, state, log, history, on_epoch=on_epoch)
         if recipe.bn_handling == "recompute":
-            from zoo.kit.batchnorm import recompute_bn_stats
+            from zoo.kit.train.batchnorm import recompute_bn_stats
 
             recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -170,11 +170,11 @@ def class_names(train_data: str) -> list[str]:
 
 
 def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
-    """Fit only the classifier, on features of the frozen backbone computed once (zoo.kit.training)."""
+    """Fit only the classifier, on features of the frozen backbone computed once (zoo.kit.train.loop)."""
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit import training
+    from zoo.kit.train import loop as training
 
     model.eval()
     feats = []
@@ -209,14 +209,14 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
 
 def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progress, ckpt_dir: Path | None,
                state, log, history: list[dict], on_epoch=None) -> list[dict]:
-    """Train every parameter (zoo.kit.training); a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
+    """Train every parameter (zoo.kit.train.loop); a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
     import numpy as np
     import torch
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    from zoo.kit import training
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train import loop as training
+    from zoo.kit.train.device import autocast, to_device
 
     n_classes = model.num_classes
     mixup = Mixup(mixup_alpha=recipe.mixup, label_smoothing=recipe.label_smoothing, num_classes=n_classes) \

@@ -1,7 +1,7 @@
 """A Member: one pretrained model, resolved and pinned, with its tensors read lazily.
 
 Nothing here loads a whole state dict unless asked: keys, shapes and dtypes come
-from the safetensors header, and tensors are read a few at a time (``zoo.kit.reader``,
+from the safetensors header, and tensors are read a few at a time (``zoo.kit._infra.safetensors_reader``,
 which also computes each file's sha256 in the same pass).
 """
 
@@ -13,8 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from zoo.kit.errors import BadInput, short_error
-from zoo.kit.reader import FLOAT_DTYPES, SafetensorsFile, dtype_name, sha256_of
+from zoo.kit.strategy.errors import BadInput, short_error
+from zoo.kit._infra.safetensors_reader import FLOAT_DTYPES, SafetensorsFile, dtype_name, sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -130,7 +130,7 @@ class Member:
         return sum(p.stat().st_size for p in self.weight_files)
 
     def read(self, keys: Iterable[str], *, check_finite: bool = True, borrow: bool = False) -> dict[str, torch.Tensor]:
-        """Read some tensors. Reads in file order also hash the file on the way (see ``zoo.kit.reader``),
+        """Read some tensors. Reads in file order also hash the file on the way (see ``zoo.kit._infra.safetensors_reader``),
         so a full read costs no second pass.
 
         ``borrow=True`` returns read-only views that are valid until ``release(keys)`` — for
@@ -380,7 +380,7 @@ def _infer_num_classes(m: Member) -> int:
 def classifier_names(arch: str, who: str) -> list[str]:
     """The names of ``arch``'s classifier modules in timm (``["head"]``, ``["head", "head_dist"]``, or
     none for a headless encoder), remembered per timm version so a known answer does not import timm."""
-    from zoo.kit import cache
+    from zoo.kit._infra import cache
 
     known = cache.known_timm_classifiers().get(arch)
     if known is not None:
@@ -413,7 +413,7 @@ def _names(classifier) -> list[str]:
 
 
 def check_architecture(arch: str, who: str, *, trust_cache: bool = True) -> None:
-    from zoo.kit import cache
+    from zoo.kit._infra import cache
 
     if trust_cache and arch in cache.known_timm_models():
         return

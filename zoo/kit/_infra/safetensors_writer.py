@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from zoo.kit.errors import BadInput, ZooError
-from zoo.kit.reader import dtype_name as _st_dtype
-from zoo.kit.reader import torch_dtype as _torch_dtype
+from zoo.kit.strategy.errors import BadInput, ZooError
+from zoo.kit._infra.safetensors_reader import dtype_name as _st_dtype
+from zoo.kit._infra.safetensors_reader import torch_dtype as _torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -223,7 +223,7 @@ class StoredState(MutableMapping):
     files into an output folder. The files are removed when the mapping is garbage-collected unless adopted."""
 
     def __init__(self, folder: Path, layout: Layout, names: Sequence[str]) -> None:
-        from zoo.kit.reader import SafetensorsFile
+        from zoo.kit._infra.safetensors_reader import SafetensorsFile
 
         self.layout = layout
         self.paths = [Path(folder) / sh.filename for sh in layout.shards]
@@ -270,7 +270,7 @@ class StoredState(MutableMapping):
     # ---- the files ----
     def float_dtypes(self) -> set[str]:
         """The dtypes of its floating-point tensors (as safetensors spells them)."""
-        from zoo.kit.reader import FLOAT_DTYPES
+        from zoo.kit._infra.safetensors_reader import FLOAT_DTYPES
 
         return {s.dtype for s in self.layout.specs if s.dtype in FLOAT_DTYPES}
 

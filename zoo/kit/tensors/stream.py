@@ -1,14 +1,14 @@
 """The streaming core: apply a function to one tensor of every member (and the base) at a time.
 
 :func:`map_tensors` reads the members chunk by chunk — a few chunks in flight, read (and hashed, see
-``zoo.kit.reader``) by worker threads while the previous one is computed — and calls ``fn`` once per
-floating-point tensor. ``zoo.kit.weights.weighted_sum`` (every soup) and every merge method
+``zoo.kit._infra.safetensors_reader``) by worker threads while the previous one is computed — and calls ``fn`` once per
+floating-point tensor. ``zoo.kit.tensors.weights.weighted_sum`` (every soup) and every merge method
 (``zoo.kit.merge``) run on it: there is one streaming implementation.
 
 Where the results go: inside :func:`output_to` (``zoo combine --out`` runs every strategy inside it)
 each finished tensor is written straight into its place in the output's safetensors files
-(``zoo.kit.writer``) and dropped, so peak memory is the chunks in flight — independent of the model's
-size and of the number of members — and the result is a :class:`~zoo.kit.writer.StoredState` that reads
+(``zoo.kit._infra.safetensors_writer``) and dropped, so peak memory is the chunks in flight — independent of the model's
+size and of the number of members — and the result is a :class:`~zoo.kit._infra.safetensors_writer.StoredState` that reads
 tensors back on demand. Outside it (the Python API without ``out``), the result is a plain dict in memory.
 The bytes written are the same either way.
 """
@@ -23,13 +23,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, MutableMapping, Sequence
 
-from zoo.kit.errors import BadInput, ZooError
-from zoo.kit.reader import FLOAT_DTYPES
+from zoo.kit.strategy.errors import BadInput, ZooError
+from zoo.kit._infra.safetensors_reader import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from zoo.kit.member import Member
+    from zoo.kit.members.member import Member
 
 # a streamed merge reads about this many bytes at a time, all members together: few file openings, little memory
 CHUNK_BYTES = 64 << 20
@@ -83,7 +83,7 @@ def result_dtypes(members: Sequence[Member], base: Member | None = None) -> dict
 def output_to(folder: Path, *, max_shard_size: int | str) -> Iterator[None]:
     """Within this block, :func:`map_tensors` writes its results into files under ``folder`` (laid out as
     ``huggingface_hub.save_torch_state_dict`` lays out ``max_shard_size`` shards) instead of holding them.
-    The caller owns ``folder`` and removes it afterwards; ``zoo.kit.output.write`` moves a result's
+    The caller owns ``folder`` and removes it afterwards; ``zoo.kit._infra.output_folder.write`` moves a result's
     files from there into the output folder."""
     token = _OUTPUT.set((Path(folder), max_shard_size))
     try:
@@ -126,7 +126,7 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     split among the readers, so the total does not grow with the number of members (only a single
     tensor larger than its share is read whole, from every member) — plus the result, unless it is
     written as it is finished (inside :func:`output_to`; the result is then a mapping over the files).
-    Worker threads read (and hash, see ``zoo.kit.reader``) the next chunks while ``fn`` computes;
+    Worker threads read (and hash, see ``zoo.kit._infra.safetensors_reader``) the next chunks while ``fn`` computes;
     at most one read per member is in flight, so each file is read in order and hashed on the way.
 
     ``who`` names the computation in errors: a NaN/Inf result from finite inputs, an exception in
@@ -137,7 +137,7 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     are read, and each result comes back to be written. ``fn`` then gets (and returns) tensors on
     that device.
     """
-    from zoo.kit.reader import torch_dtype
+    from zoo.kit._infra.safetensors_reader import torch_dtype
 
     readers = ([base] if base is not None else []) + list(members)
     dtypes = result_dtypes(members, base)
@@ -165,7 +165,7 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
 
 
 def _writer(ref: Member, dtypes: dict[str, str], folder: Path, max_shard_size: int | str):
-    from zoo.kit.writer import Layout, Spec, StreamWriter
+    from zoo.kit._infra.safetensors_writer import Layout, Spec, StreamWriter
 
     layout = Layout.plan([Spec(k, tuple(ref.shape(k)), dtypes[k]) for k in ref.keys()],
                          max_shard_size=max_shard_size)
@@ -199,7 +199,7 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
     yielded."""
     import torch
 
-    from zoo.kit.prefetch import ahead
+    from zoo.kit._infra.prefetch import ahead
 
     readers = ([base] if base is not None else []) + list(members)
     ref = readers[0]
@@ -249,7 +249,7 @@ def _walk(members: Sequence[Member], base: Member | None, progress: Any, descrip
 
 
 def _nbytes(m: Member, key: str) -> int:
-    from zoo.kit.writer import Spec
+    from zoo.kit._infra.safetensors_writer import Spec
 
     return Spec(key, tuple(m.shape(key)), m.dtype(key)).nbytes
 
@@ -272,7 +272,7 @@ def _owned(result: torch.Tensor, inputs: list) -> torch.Tensor:
 
 
 def _finite(t: torch.Tensor) -> bool:
-    from zoo.kit.member import all_finite
+    from zoo.kit.members.member import all_finite
 
     return all_finite(t)
 

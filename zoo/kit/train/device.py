@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -12,7 +12,7 @@ dataclass (fields made with :func:`zoo.option`) and one method::
             scale: float = zoo.option(1.0, "multiply the average by this")
 
         def combine(self, members, options, ctx):
-            sd = zoo.kit.weights.uniform_average(members, progress=ctx.progress)
+            sd = zoo.kit.tensors.weights.uniform_average(members, progress=ctx.progress)
             return zoo.Combined(state_dict=sd)
 
 It never prints, never touches the network and never writes files: progress and
@@ -25,15 +25,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress, Silent
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from zoo.kit.data import Split
-    from zoo.kit.metrics import Metrics
-    from zoo.kit.member import Member
+    from zoo.kit.measure.metrics import Metrics
+    from zoo.kit.members.member import Member
 
 
 class Strategy:
@@ -168,8 +168,8 @@ class Context:
     def evaluate(self, weights: Member | dict[str, torch.Tensor], like: Member | None = None,
                  split: Split | None = None) -> Metrics:
         """Metrics of a member, or of a state dict shaped like ``like``, on ``split`` (default: held-out)."""
-        from zoo.kit.metrics import evaluate_model
-        from zoo.kit.member import Member as _Member
+        from zoo.kit.measure.metrics import evaluate_model
+        from zoo.kit.members.member import Member as _Member
 
         if isinstance(weights, _Member):
             like, weights = weights, weights.state_dict()
@@ -180,13 +180,13 @@ class Context:
     def evaluate_module(self, model, split: Split) -> Metrics:
         """Metrics of any module that maps a batch of ``split``'s images to logits (a student, a stitched
         network), with the metrics plugins add (``zoo_metrics``): what every strategy reports goes through here."""
-        from zoo.kit.metrics import evaluate_model
+        from zoo.kit.measure.metrics import evaluate_model
 
         return evaluate_model(model, split, self.device, extra=self.extra_metrics, batch_size=self.batch_size)
 
     def metrics_of(self, logits: torch.Tensor, targets: torch.Tensor) -> Metrics:
         """Metrics of logits someone else computed (an ensemble's mean, cached predictions), plugins' included."""
-        from zoo.kit.metrics import metrics_from_logits
+        from zoo.kit.measure.metrics import metrics_from_logits
 
         return metrics_from_logits(logits, targets, self.extra_metrics)
 

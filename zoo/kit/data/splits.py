@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 def numpy_state() -> dict:

@@ -1,6 +1,6 @@
 """State-dict arithmetic that strategies share.
 
-Everything streams chunk by chunk (``zoo.kit.stream.map_tensors``): a weighted sum of N members
+Everything streams chunk by chunk (``zoo.kit.tensors.stream.map_tensors``): a weighted sum of N members
 holds the result plus a few chunks in flight, whatever N is. Floating-point tensors are accumulated in
 float32 (float64 for float64 members; half-precision members are never summed in their
 own dtype) and cast back to their own dtype; integer buffers (``num_batches_tracked``)
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from zoo.kit.errors import BadInput, IncompatibleMembers
-from zoo.kit.reader import FLOAT_DTYPES
+from zoo.kit.strategy.errors import BadInput, IncompatibleMembers
+from zoo.kit._infra.safetensors_reader import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from zoo.kit.member import Member
+    from zoo.kit.members.member import Member
 
 
 
@@ -78,12 +78,12 @@ def compare_headers(ref: Header, other: Header, *, both: str, names: tuple[str, 
 
 def weighted_sum(members: Sequence[Member], coeffs: Sequence[float], *, progress: Any = None,
                  description: str = "merging", device: Any = None) -> dict[str, torch.Tensor]:
-    """Σ cᵢ θᵢ over floating tensors, streamed (``zoo.kit.stream.map_tensors``, on ``device`` if given);
+    """Σ cᵢ θᵢ over floating tensors, streamed (``zoo.kit.tensors.stream.map_tensors``, on ``device`` if given);
     integer tensors from the first member. The terms are added in member order, in float32 (float64 for
     float64 members)."""
     import torch
 
-    from zoo.kit.stream import map_tensors
+    from zoo.kit.tensors.stream import map_tensors
 
     if len(coeffs) != len(members):
         raise ValueError("one coefficient per member")

@@ -12,8 +12,8 @@ The decorator turns it into a ``zoo.Strategy``: its keyword-only parameters are 
 default works too, without help), ``zoo strategies show`` lists them and ``-o key=value``
 sets them. An option annotated ``list[...]`` holds one value per member, in member order.
 
-``zoo.kit.stream.map_tensors`` streams the members (and base) chunk by chunk and calls the function
-once per floating-point tensor; ``zoo.kit.weights`` has the arithmetic methods need (task vectors,
+``zoo.kit.tensors.stream.map_tensors`` streams the members (and base) chunk by chunk and calls the function
+once per floating-point tensor; ``zoo.kit.tensors.weights`` has the arithmetic methods need (task vectors,
 ``keep_largest``, ``add``, ``scale``).
 
 Two keyword-only parameter names are not options but filled in by zoo:
@@ -35,14 +35,14 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any, Callable
 
-from zoo.kit.errors import BadInput
-from zoo.kit.stream import map_tensors
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.tensors.stream import map_tensors
 from zoo.kit.strategy import Combined, Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from zoo.kit.member import Member
+    from zoo.kit.members.member import Member
 
 # ---- merge methods ------------------------------------------------------------------------------
 
@@ -87,7 +87,7 @@ def _class_name(name: str) -> str:
 def _options_from(fn: Callable) -> tuple[type, frozenset[str], frozenset[str]]:
     """The Options dataclass of ``fn``'s keyword-only parameters, the names of the per-member ones, and
     the reserved parameters (:data:`RESERVED`) it takes."""
-    from zoo.kit.options import option
+    from zoo.kit.strategy.options import option
 
     what = f"merge method {fn.__module__}.{fn.__qualname__}"
     params = list(inspect.signature(fn).parameters.values())
@@ -147,7 +147,7 @@ class MergeMethod(Strategy):
             cls.check_fn(options)
 
     def combine(self, members, options, ctx) -> Combined:
-        from zoo.kit import weights
+        from zoo.kit.tensors import weights
 
         weights.check_compatible(members, base=ctx.base)
         values = dataclasses.asdict(options)

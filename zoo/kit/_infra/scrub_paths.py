@@ -29,7 +29,7 @@ _PATH_IN_TEXT = re.compile(r"(?<![\w:/.\-~])(~?/[^\s`'\"<>|()\[\]{},;*]+)")
 
 def _roots() -> list[str]:
     """Prefixes that name this machine: home, temporary folders, zoo's cache."""
-    from zoo.kit import cache
+    from zoo.kit._infra import cache
 
     roots = {str(Path.home()), tempfile.gettempdir(), "/tmp", "/var/folders", str(cache.root())}
     return sorted({os.path.realpath(r) for r in roots} | roots, key=len, reverse=True)
@@ -37,7 +37,7 @@ def _roots() -> list[str]:
 
 def public_path(text: str) -> str:
     """``text`` as zoo publishes it (see the module docstring); unchanged if it is not a local path."""
-    from zoo.kit import cache
+    from zoo.kit._infra import cache
 
     prefix = _LOCAL if text.startswith(_LOCAL) else ""
     raw = text[len(prefix):]

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 from zoo.kit.strategy import Combined
 
 DEFAULT_MAX_SHARD = "20GB"  # timm's hf-hub loader reads one model.safetensors; shard only past this
@@ -51,15 +51,15 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
 
     import torch
 
-    from zoo.kit.public import published_json, scrub_text
-    from zoo.kit.stream import DTYPES
-    from zoo.kit.writer import METADATA, StoredState, check_space
+    from zoo.kit._infra.scrub_paths import published_json, scrub_text
+    from zoo.kit.tensors.stream import DTYPES
+    from zoo.kit._infra.safetensors_writer import METADATA, StoredState, check_space
 
     out = Path(out).resolve()
     with atomic_folder(out, force) as tmp:
         sd = combined.state_dict
         cast = getattr(torch, dtype) if dtype else None
-        # a streamed merge already wrote its files (zoo.kit.stream.output_to): move them, they are the bytes
+        # a streamed merge already wrote its files (zoo.kit.tensors.stream.output_to): move them, they are the bytes
         in_dtype = cast is None or (isinstance(sd, StoredState) and sd.float_dtypes() <= {DTYPES[dtype]})
         if not (isinstance(sd, StoredState) and in_dtype and sd.adopt(tmp, max_shard_size=max_shard_size)):
             state = {k: (v.to(cast) if cast is not None and v.is_floating_point() else v).contiguous()
@@ -70,7 +70,7 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
                                   # outputs must be byte-identical run to run (the strategy is in zoo.json)
                                   metadata=METADATA)
         (tmp / "config.json").write_text(json.dumps(combined.config, indent=2))
-        # what is written here is meant to be pushed: no path of this machine in it (zoo.kit.public)
+        # what is written here is meant to be pushed: no path of this machine in it (zoo.kit._infra.scrub_paths)
         (tmp / "zoo.json").write_text(published_json(recipe))
         for filename, fig in combined.figures.items():
             fig.savefig(tmp / filename)

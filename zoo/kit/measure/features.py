@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.kit import cache
+from zoo.kit._infra import cache
 
 FEATURES_VERSION = 2  # bump when what is extracted changes: old entries are then ignored
 
@@ -37,7 +37,7 @@ class Extracted:
 
 
 def _key(member, data: str, cfg: dict[str, Any], classes: list[str]) -> str:
-    from zoo.kit.data import _fingerprint
+    from zoo.kit.data.splits import _fingerprint
 
     prov = member.provenance()
     path = Path(data).expanduser()
@@ -60,7 +60,7 @@ def extract(member, data: str, classes: list[str], device, *, batch_size: int = 
     from safetensors.torch import load_file, save_file
 
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.device import autocast
+    from zoo.kit.train.device import autocast
 
     cfg = data_config(member.pretrained_cfg)
     path = _path(_key(member, data, cfg, classes))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from zoo.kit import cache
+from zoo.kit._infra import cache
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -63,7 +63,7 @@ def predict(model, split: Split, device, *, batch_size: int = 256, amp: bool = T
     """Logits of ``model`` on every image of ``split`` (in order), on ``device``."""
     import torch
 
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train.device import autocast, to_device
 
     model = model.to(device).eval()
     out = []

@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 @dataclass
