@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo import Combined, Strategy, option
-from zoo.kit.strategy.errors import BadInput
+import zoo
+
 
 CHECKPOINT = "checkpoint.pt"
 
 
-class Distill(Strategy):
+class Distill(zoo.Strategy):
     name = "distill"
     summary = "distil the members (teachers) into one student: MEAL V2 (mean teacher softmax) or Hinton KD"
     min_members = 1
@@ -32,45 +32,45 @@ class Distill(Strategy):
 
     @dataclass
     class Options:
-        student: str = option("", "the student: a timm architecture (fresh weights, the first teacher's "
-                              "preprocessing) or a member spec (its weights are the start; MEAL V2: a good "
-                              "start matters); default: the first teacher's architecture, fresh")
-        loss: Literal["meal-v2", "kd"] = option("meal-v2", "meal-v2: mean teacher softmax, labels unused; "
-                                                "kd: Hinton's temperature-softened KL plus label cross-entropy")
-        temperature: float = option(4.0, "kd: the temperature T", min=1e-3)
-        alpha: float = option(0.9, "kd: weight of the distillation term (1−α on the labels)", min=0.0, max=1.0)
-        discriminator: bool = option(False, "meal-v2: also train MEAL V2's discriminator on the outputs")
-        epochs: int = option(3, "training epochs", min=1)
-        lr: float = option(1e-3, "peak learning rate (cosine schedule with warmup)", min=0.0)
-        weight_decay: float = option(0.0, "weight decay (MEAL V2: the soft targets regularise; little or none)",
-                                     min=0.0)
-        optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or sgd with momentum 0.9")
-        batch_size: int = option(64, "global batch size (split across torchrun processes)", min=1)
-        warmup_epochs: float = option(0.5, "linear warmup, in epochs", min=0.0)
-        teacher_outputs: Literal["auto", "cached", "live"] = option(
+        student: str = zoo.option("", "the student: a timm architecture (fresh weights, the first teacher's "
+                                  "preprocessing) or a member spec (its weights are the start; MEAL V2: a good "
+                                  "start matters); default: the first teacher's architecture, fresh")
+        loss: Literal["meal-v2", "kd"] = zoo.option("meal-v2", "meal-v2: mean teacher softmax, labels unused; "
+                                                    "kd: Hinton's temperature-softened KL plus label cross-entropy")
+        temperature: float = zoo.option(4.0, "kd: the temperature T", min=1e-3)
+        alpha: float = zoo.option(0.9, "kd: weight of the distillation term (1−α on the labels)", min=0.0, max=1.0)
+        discriminator: bool = zoo.option(False, "meal-v2: also train MEAL V2's discriminator on the outputs")
+        epochs: int = zoo.option(3, "training epochs", min=1)
+        lr: float = zoo.option(1e-3, "peak learning rate (cosine schedule with warmup)", min=0.0)
+        weight_decay: float = zoo.option(0.0, "weight decay (MEAL V2: the soft targets regularise; little or none)",
+                                         min=0.0)
+        optimizer: Literal["adamw", "sgd"] = zoo.option("adamw", "adamw, or sgd with momentum 0.9")
+        batch_size: int = zoo.option(64, "global batch size (split across torchrun processes)", min=1)
+        warmup_epochs: float = zoo.option(0.5, "linear warmup, in epochs", min=0.0)
+        teacher_outputs: Literal["auto", "cached", "live"] = zoo.option(
             "auto", "cached: teachers run once over the training data and their logits are kept on disk (fast, "
             "but every epoch sees the same images: no augmentation); live: teachers run on every batch under "
             "inference_mode (a teacher forward pass per step; needed with augment); auto: live with augment, "
             "cached otherwise")
-        augment: bool = option(False, "train through timm's training transform (random resized crop, flip, "
-                               "colour jitter); teachers then run live on the same augmented images, so they "
-                               "and the student must share one preprocessing")
-        hflip: float = option(0.5, "with augment: horizontal flip probability (0 for digits or text)", min=0.0,
-                              max=1.0)
-        label_map: str = option("", "a JSON file {teacher name: {its label: student label, or null to drop}} for "
-                                "teachers whose labels differ; the student learns the first teacher's classes")
-        crop_scale: float = option(0.08, "with augment: smallest random crop, as a fraction of the image",
-                                   min=0.01, max=1.0)
+        augment: bool = zoo.option(False, "train through timm's training transform (random resized crop, flip, "
+                                   "colour jitter); teachers then run live on the same augmented images, so they "
+                                   "and the student must share one preprocessing")
+        hflip: float = zoo.option(0.5, "with augment: horizontal flip probability (0 for digits or text)", min=0.0,
+                                  max=1.0)
+        label_map: str = zoo.option("", "a JSON file {teacher name: {its label: student label, or null to drop}} for "
+                                    "teachers whose labels differ; the student learns the first teacher's classes")
+        crop_scale: float = zoo.option(0.08, "with augment: smallest random crop, as a fraction of the image",
+                                       min=0.01, max=1.0)
 
     def combine(self, members, options, ctx):
         from zoo.plugins.distill.loop import Run, train
 
         if options.augment and options.teacher_outputs == "cached":
-            raise BadInput("teacher_outputs=cached keeps one output per image, but augment changes the images every "
-                           "epoch: use teacher_outputs=live (or auto) with augment")
+            raise zoo.BadInput("teacher_outputs=cached keeps one output per image, but augment changes the images every "
+                               "epoch: use teacher_outputs=live (or auto) with augment")
         if options.discriminator and options.loss != "meal-v2":
-            raise BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
-                           "drop it or use loss=meal-v2")
+            raise zoo.BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
+                               "drop it or use loss=meal-v2")
         classes, maps = _common_labels(members, options.label_map)
         student_member, student, model_args = _student(options.student, members, classes, ctx)
         run = Run(teachers=members, student=student, student_member=student_member, classes=classes,
@@ -78,13 +78,13 @@ class Distill(Strategy):
         history = train(run)
         sd = {k: v.detach().cpu() for k, v in run.unwrapped().state_dict().items()}
         report = {"history": history, "classes": classes}
-        from zoo.kit.card.figures import training_curves
+        from zoo.kit.card import training_curves
         from zoo.plugins.distill.loop import evaluate, summary_section
 
         metrics = None
         if ctx.eval_data:
             metrics, report["evaluation"] = evaluate(run)
-        combined = Combined(state_dict=sd, config=run.config(), metrics=metrics, report=report)
+        combined = zoo.Combined(state_dict=sd, config=run.config(), metrics=metrics, report=report)
 
         combined.figures["training.png"] = training_curves(
                 history, top1_title="student training top-1 vs labels (%)")
@@ -110,11 +110,11 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
         try:
             maps_in = json.loads(open(label_map).read())
         except (OSError, ValueError) as e:
-            raise BadInput(f"label_map {label_map}: cannot read it as JSON ({e})") from None
+            raise zoo.BadInput(f"label_map {label_map}: cannot read it as JSON ({e})") from None
         unknown = set(maps_in) - {m.name for m in members}
         if unknown:
-            raise BadInput(f"label_map names {sorted(unknown)}, which are not teachers here "
-                           f"({', '.join(m.name for m in members)})")
+            raise zoo.BadInput(f"label_map names {sorted(unknown)}, which are not teachers here "
+                               f"({', '.join(m.name for m in members)})")
 
     def own(m):
         return m.label_names or [str(i) for i in range(m.num_classes)]
@@ -123,8 +123,8 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
         table = maps_in[m.name]
         missing = [lab for lab in own(m) if lab not in table]
         if missing:
-            raise BadInput(f"label_map for {m.name}: its labels {missing[:5]} are not mapped; map each label "
-                           "to a student label, or to null to drop it")
+            raise zoo.BadInput(f"label_map for {m.name}: its labels {missing[:5]} are not mapped; map each label "
+                               "to a student label, or to null to drop it")
         return table
 
     first = members[0]
@@ -134,10 +134,10 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
     for m in members:
         if m.name not in maps_in:
             if own(m) != classes:
-                raise BadInput(f"teachers {first.name} and {m.name} have different label spaces "
-                               f"({len(classes)} classes: {', '.join(classes[:5])}… vs {len(own(m))}: "
-                               f"{', '.join(own(m)[:5])}…); distil teachers of one task, or give "
-                               "--option label_map=FILE.json to map one onto the other")
+                raise zoo.BadInput(f"teachers {first.name} and {m.name} have different label spaces "
+                                   f"({len(classes)} classes: {', '.join(classes[:5])}… vs {len(own(m))}: "
+                                   f"{', '.join(own(m)[:5])}…); distil teachers of one task, or give "
+                                   "--option label_map=FILE.json to map one onto the other")
             maps.append(None)
             continue
         table, matrix = mapping(m), torch.zeros(len(own(m)), len(classes))
@@ -146,8 +146,8 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
             if target is None:
                 continue
             if target not in classes:
-                raise BadInput(f"label_map for {m.name}: {lab!r} → {target!r}, which is not a student class "
-                               f"({', '.join(classes[:10])})")
+                raise zoo.BadInput(f"label_map for {m.name}: {lab!r} → {target!r}, which is not a student class "
+                                   f"({', '.join(classes[:10])})")
             matrix[z, classes.index(target)] = 1.0
         maps.append(matrix)
     return classes, maps
@@ -157,15 +157,15 @@ def _student(spec: str, teachers, classes: list[str], ctx):
     """(member or None, timm model with a head for ``classes``, constructor arguments for its config)."""
     import timm
 
-    from zoo.kit.train.recipe import model_for
+    from zoo.kit.train import model_for
 
     arch = spec or teachers[0].architecture
     if spec and (":" in spec or "/" in spec or spec.startswith(".")):
         member = ctx.load_member(spec)
         return member, model_for(member, len(classes), classes), member.model_args
     if not timm.is_model(arch):
-        raise BadInput(f"student {arch!r}: timm knows no such architecture and it is not a member path; "
-                       "give a timm model name (e.g. resnet18) or a member spec (hf-hub:ORG/NAME, a folder)")
+        raise zoo.BadInput(f"student {arch!r}: timm knows no such architecture and it is not a member path; "
+                           "give a timm model name (e.g. resnet18) or a member spec (hf-hub:ORG/NAME, a folder)")
     cfg = {**teachers[0].pretrained_cfg, "num_classes": len(classes)}
     args = _size_args(arch, cfg)
     model = timm.create_model(arch, pretrained=False, num_classes=len(classes), pretrained_cfg_overlay=cfg, **args)

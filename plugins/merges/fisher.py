@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 import zoo
-from zoo.kit.train.fisher import diagonal_fisher
+from zoo.kit.train import diagonal_fisher
 
 
 def prepare(members, base, options, ctx) -> zoo.Spill:

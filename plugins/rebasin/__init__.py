@@ -9,10 +9,11 @@ starts made mergeable — ``zoo align`` and ``zoo combine --strategy rebasin``.
 - ``strategy.py``: the ``align`` and ``rebasin`` strategies
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.rebasin.strategy import Align, Rebasin
 

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+import zoo
+
 stitch_app = typer.Typer(help="Inspect a stitched network (SN-Net) and export one of its configurations.",
                          no_args_is_help=True)
 #: zoo's command helpers (run, console), given by the zoo_commands hook when the app is added
@@ -22,10 +24,9 @@ def list_cmd(
     import json
 
     from zoo.plugins.stitch.export import stitch_configs
-    from zoo.kit.strategy.errors import BadInput
 
     if sort not in ("id", "gflops", "params", "top1"):
-        cli.run(lambda: (_ for _ in ()).throw(BadInput(f"--sort {sort!r}: use id, gflops, params or top1")))
+        cli.run(lambda: (_ for _ in ()).throw(zoo.BadInput(f"--sort {sort!r}: use id, gflops, params or top1")))
     rows = cli.run(lambda: stitch_configs(folder))
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
