@@ -45,7 +45,7 @@ API = {
     "stitch_configs": "zoo.plugins.stitch.export",
     "stitch_export": "zoo.plugins.stitch.export",
 }
-#: what plugins build on: name → module of the kit
+#: what plugins build on: name → module of the kit (``module:name`` where the kit names it otherwise)
 KIT = {
     "hookimpl": "zoo.hookspecs",
     "Strategy": "zoo.kit.strategy",
@@ -62,7 +62,7 @@ KIT = {
     "ZooError": "zoo.kit.strategy.errors",
     "BadInput": "zoo.kit.strategy.errors",
     "IncompatibleMembers": "zoo.kit.strategy.errors",
-    "FinetuneRecipe": "zoo.kit.train.recipe",
+    "FinetuneRecipe": "zoo.kit.train.recipe:Recipe",  # module:name where the kit calls it otherwise
     "TransferMetric": "zoo.kit.measure.transferability",
     "TargetView": "zoo.kit.measure.transferability",
 }
@@ -81,7 +81,7 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.api.selection import select, transfer_metrics
     from zoo.hookspecs import hookimpl
     from zoo.kit.strategy.errors import BadInput, IncompatibleMembers, ZooError
-    from zoo.kit.train.recipe import FinetuneRecipe
+    from zoo.kit.train.recipe import Recipe as FinetuneRecipe
     from zoo.kit.members.member import Member
     from zoo.kit.merge import merge_method
     from zoo.kit.tensors.spill import Spill
@@ -96,7 +96,8 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
 def __getattr__(name: str):
     import importlib
 
-    module = API.get(name) or KIT.get(name)
-    if module is None:
+    where = API.get(name) or KIT.get(name)
+    if where is None:
         raise AttributeError(f"module 'zoo' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    module, _, attr = where.partition(":")
+    return getattr(importlib.import_module(module), attr or name)

@@ -86,9 +86,6 @@ class Recipe:
         return "frozen" if self.mode == "lp-ft" else "train"
 
 
-FinetuneRecipe = Recipe  # the name it has at the top level: zoo.FinetuneRecipe
-
-
 def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, log, ckpt_dir: Path | None = None,
         state: dict | None = None, on_epoch=None) -> tuple[dict, dict, list[dict]]:
     """Train ``member`` on the split ``train`` as ``recipe`` says: (state dict, timm config, history).
