@@ -63,9 +63,9 @@ def test_in_order_reads_hash_without_a_second_pass(weights):
 def test_known_hashes_are_remembered_until_the_file_changes(weights):
     import time
 
-    from zoo.kit._infra import cache
+    from zoo.kit._infra import hash_cache
 
-    time.sleep(cache.RACY_SECONDS + 0.1)  # a file younger than this may still be changing: not remembered
+    time.sleep(hash_cache.RACY_SECONDS + 0.1)  # a file younger than this may still be changing: not remembered
     first = SafetensorsFile(weights)
     assert first._digest is None
     first.read(list(first.entries))

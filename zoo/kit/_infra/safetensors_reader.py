@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from zoo.kit._infra import cache
+from zoo.kit._infra import hash_cache
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -129,7 +129,7 @@ class SafetensorsFile:
     def _finish_if_done(self) -> None:
         if self._pos >= self.size:
             self._digest, self._sha = self._sha.hexdigest(), None
-            cache.remember_sha256(self.path, self._digest)
+            hash_cache.remember_sha256(self.path, self._digest)
 
 
 def _drop(m: mmap.mmap, start: int, end: int) -> None:
@@ -145,7 +145,7 @@ def _known_digest(path: Path) -> str | None:
     real = Path(path).resolve()
     if len(real.name) == 64 and all(c in "0123456789abcdef" for c in real.name) and "blobs" in real.parts:
         return real.name
-    return cache.known_sha256(real)
+    return hash_cache.known_sha256(real)
 
 
 def sha256_of(path: Path) -> str:

@@ -178,7 +178,7 @@ class Member:
         return self.read(self.keys())
 
     def check_architecture(self) -> None:
-        """Raise unless timm knows this member's architecture (imports timm, ~3 s, unless zoo.cache knows)."""
+        """Raise unless timm knows this member's architecture (imports timm, ~3 s, unless zoo's cache knows)."""
         check_architecture(self.architecture, self.name)
 
     def create_model(self, state_dict: dict[str, torch.Tensor] | None = None):
@@ -380,9 +380,9 @@ def _infer_num_classes(m: Member) -> int:
 def classifier_names(arch: str, who: str) -> list[str]:
     """The names of ``arch``'s classifier modules in timm (``["head"]``, ``["head", "head_dist"]``, or
     none for a headless encoder), remembered per timm version so a known answer does not import timm."""
-    from zoo.kit._infra import cache
+    from zoo.kit._infra import timm_names
 
-    known = cache.known_timm_classifiers().get(arch)
+    known = timm_names.known_timm_classifiers().get(arch)
     if known is not None:
         return known
     check_architecture(arch, who)
@@ -393,7 +393,7 @@ def classifier_names(arch: str, who: str) -> list[str]:
         heads = _names(cfg.classifier)
     else:  # an architecture registered without a pretrained cfg: build it, but on the meta device
         heads = _names(_meta_model(arch).pretrained_cfg.get("classifier", "head"))
-    cache.remember_timm_classifiers(arch, heads)
+    timm_names.remember_timm_classifiers(arch, heads)
     return heads
 
 
@@ -413,13 +413,13 @@ def _names(classifier) -> list[str]:
 
 
 def check_architecture(arch: str, who: str, *, trust_cache: bool = True) -> None:
-    from zoo.kit._infra import cache
+    from zoo.kit._infra import timm_names
 
-    if trust_cache and arch in cache.known_timm_models():
+    if trust_cache and arch in timm_names.known_timm_models():
         return
     import timm
 
-    cache.remember_timm_models(timm.list_models())
+    timm_names.remember_timm_models(timm.list_models())
     if not timm.is_model(arch):
         raise BadInput(f"member {who}: timm does not know the architecture {arch!r} "
                        f"(timm {timm.__version__}; see timm.list_models())")
