@@ -267,7 +267,7 @@ def check_headers(specs: Sequence[str], base: str | None, *, host, arch: str | N
     requests (``zoo.kit._infra.hub_client.remote_header``); local members' from their files. A member whose header
     cannot be read this way is left to the checks after loading."""
     from zoo.kit._infra.hub_client import PREFIX, remote_header
-    from zoo.kit.tensors.weights import compare_headers, header_of
+    from zoo.kit.tensors.headers import compare_headers, header_of
     from zoo.registry import resolve
 
     every = ([base] if base else []) + list(specs)

@@ -192,7 +192,7 @@ def _check(c: Candidate, base: str, header: dict, arch: str | None) -> None:
     base's tensors (compare_headers, the check zoo combine makes), and its config names the base's
     architecture — stricter than zoo combine, which builds the output from the first member's config."""
     from zoo.kit.members.member import load_config
-    from zoo.kit.tensors.weights import compare_headers
+    from zoo.kit.tensors.headers import compare_headers
 
     who = f"candidate {c.repo_id}"
 

@@ -147,9 +147,9 @@ class MergeMethod(Strategy):
             cls.check_fn(options)
 
     def combine(self, members, options, ctx) -> Combined:
-        from zoo.kit.tensors import weights
+        from zoo.kit.tensors.headers import check_compatible
 
-        weights.check_compatible(members, base=ctx.base)
+        check_compatible(members, base=ctx.base)
         values = dataclasses.asdict(options)
         for key in sorted(self.per_member):
             if values[key] is not None and len(values[key]) != len(members):

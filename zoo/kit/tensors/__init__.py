@@ -10,7 +10,7 @@ from zoo.kit._infra.exports import lazy
 NAMES = {
     "map_tensors": "zoo.kit.tensors.stream",
     "scan_tensors": "zoo.kit.tensors.stream",
-    "check_compatible": "zoo.kit.tensors.weights",
+    "check_compatible": "zoo.kit.tensors.headers",
     "weighted_sum": "zoo.kit.tensors.weights",
     "uniform_average": "zoo.kit.tensors.weights",
     "lerp": "zoo.kit.tensors.weights",
