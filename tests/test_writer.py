@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import zoo
 from zoo.kit._infra.safetensors_reader import dtype_name
-from zoo.kit.tensors.stream import output_to
+from zoo.kit.tensors.stream import write_results_into
 from zoo.kit._infra.safetensors_writer import Layout, Spec, StoredState, StreamWriter
 
 
@@ -69,7 +69,7 @@ def test_unfinished_output_is_refused_and_removed(tmp_path):
 def test_map_tensors_inside_output_to_writes_as_it_goes(tmp_path, ingredients):
     members = [zoo.load_member(str(p)) for p in ingredients[:3]]
     in_memory = zoo.kit.tensors.weights.uniform_average(members)
-    with output_to(tmp_path / "stage", max_shard_size="20GB"):
+    with write_results_into(tmp_path / "stage", max_shard_size="20GB"):
         streamed = zoo.kit.tensors.weights.uniform_average(members)
     assert isinstance(streamed, StoredState) and isinstance(in_memory, dict)
     assert list(streamed) == list(in_memory)
@@ -103,7 +103,7 @@ def test_combine_with_out_writes_the_bytes_saving_from_memory_writes(tmp_path, i
 
 def test_a_changed_streamed_result_is_written_from_its_tensors(tmp_path, ingredients):
     members = [zoo.load_member(str(p)) for p in ingredients[:2]]
-    with output_to(tmp_path / "stage", max_shard_size="20GB"):
+    with write_results_into(tmp_path / "stage", max_shard_size="20GB"):
         sd = zoo.kit.tensors.weights.uniform_average(members)
     key = next(k for k in sd if k.endswith("weight"))
     sd[key] = sd[key] * 2

@@ -348,18 +348,19 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
 @contextlib.contextmanager
 def _staged(out: str | Path | None, max_shard_size: str | None):
     """With ``out``: merges write their results into a staging folder beside it as they compute them
-    (``zoo.kit.tensors.stream.output_to``); ``save`` moves the finished files into the output. Removed at the end."""
+    (``zoo.kit.tensors.stream.write_results_into``); ``save`` moves the finished files into the output.
+    Removed at the end."""
     if out is None:
         yield
         return
     from zoo.kit._infra import output_folder as output
-    from zoo.kit.tensors.stream import output_to
+    from zoo.kit.tensors.stream import write_results_into
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.stage-{os.getpid()}"
     try:
-        with output_to(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
+        with write_results_into(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
             yield
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -59,7 +59,8 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
     with atomic_folder(out, force) as tmp:
         sd = combined.state_dict
         cast = getattr(torch, dtype) if dtype else None
-        # a streamed merge already wrote its files (zoo.kit.tensors.stream.output_to): move them, they are the bytes
+        # a streamed merge already wrote its files (zoo.kit.tensors.stream.write_results_into): move them,
+        # they are the bytes
         in_dtype = cast is None or (isinstance(sd, StoredState) and sd.float_dtypes() <= {DTYPES[dtype]})
         if not (isinstance(sd, StoredState) and in_dtype and sd.adopt(tmp, max_shard_size=max_shard_size)):
             state = {k: (v.to(cast) if cast is not None and v.is_floating_point() else v).contiguous()

@@ -5,7 +5,7 @@
 floating-point tensor. ``zoo.kit.tensors.weights.weighted_sum`` (every soup) and every merge method
 (``zoo.kit.merge``) run on it: there is one streaming implementation.
 
-Where the results go: inside :func:`output_to` (``zoo combine --out`` runs every strategy inside it)
+Where the results go: inside :func:`write_results_into` (``zoo combine --out`` runs every strategy inside it)
 each finished tensor is written straight into its place in the output's safetensors files
 (``zoo.kit._infra.safetensors_writer``) and dropped, so peak memory is the chunks in flight — independent of the model's
 size and of the number of members — and the result is a :class:`~zoo.kit._infra.safetensors_writer.StoredState` that reads
@@ -80,7 +80,7 @@ def result_dtypes(members: Sequence[Member], base: Member | None = None) -> dict
 
 
 @contextlib.contextmanager
-def output_to(folder: Path, *, max_shard_size: int | str) -> Iterator[None]:
+def write_results_into(folder: Path, *, max_shard_size: int | str) -> Iterator[None]:
     """Within this block, :func:`map_tensors` writes its results into files under ``folder`` (laid out as
     ``huggingface_hub.save_torch_state_dict`` lays out ``max_shard_size`` shards) instead of holding them.
     The caller owns ``folder`` and removes it afterwards; ``zoo.kit._infra.output_folder.write`` moves a result's
@@ -125,7 +125,7 @@ def map_tensors(members: Sequence[Member], fn: TensorFn, *, base: Member | None 
     Memory: one chunk of every member and the next one being read — each chunk is ``CHUNK_BYTES``
     split among the readers, so the total does not grow with the number of members (only a single
     tensor larger than its share is read whole, from every member) — plus the result, unless it is
-    written as it is finished (inside :func:`output_to`; the result is then a mapping over the files).
+    written as it is finished (inside :func:`write_results_into`; the result is then a mapping over the files).
     Worker threads read (and hash, see ``zoo.kit._infra.safetensors_reader``) the next chunks while ``fn`` computes;
     at most one read per member is in flight, so each file is read in order and hashed on the way.
 
