@@ -105,7 +105,7 @@ def train(run: Run) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit.train import Options, Step, autocast, ddp, to_device, train as train_loop
+    from zoo.kit.train import LoopOptions, Step, autocast, ddp, to_device, train as train_loop
     from zoo.plugins.distill.losses import discriminator, kd_loss, meal_v2_loss, teacher_target
 
     opts, ctx, device = run.options, run.ctx, run.ctx.device
@@ -170,9 +170,9 @@ def train(run: Run) -> list[dict]:
 
         return Step(loss, n=len(mine), correct=correct, after=discriminator_step)
 
-    options = Options(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-n // opts.batch_size),
-                      weight_decay=opts.weight_decay, optimizer=opts.optimizer,
-                      warmup_epochs=opts.warmup_epochs, label="distil", top1_note=" (labels)")
+    options = LoopOptions(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-n // opts.batch_size),
+                          weight_decay=opts.weight_decay, optimizer=opts.optimizer,
+                          warmup_epochs=opts.warmup_epochs, label="distil", top1_note=" (labels)")
     return train_loop(model, step, lambda epoch, gen: _batches(run, gen), options, device=device,
                       generator=torch.Generator().manual_seed(ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir,
                       state=state, stateful=stateful, save_extra={"options": asdict(opts)},

@@ -59,7 +59,7 @@ class Levi(zoo.Strategy):
     def combine(self, members, options, ctx):
         import timm
 
-        from zoo.kit.train import CHECKPOINT, Options as LoopOptions, Step, ddp, resume_state, train, unwrap
+        from zoo.kit.train import CHECKPOINT, LoopOptions, Step, ddp, resume_state, train, unwrap
         from zoo.kit.data import data_config, load_split
         from zoo.kit.train import class_names, to_device
         from zoo.plugins.levi import net as levi

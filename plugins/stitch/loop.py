@@ -40,7 +40,7 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit.train import Options, Step, autocast, to_device, train as train_loop
+    from zoo.kit.train import LoopOptions, Step, autocast, to_device, train as train_loop
 
     net, opts, ctx = run.net, run.options, run.ctx
     device = ctx.device
@@ -73,9 +73,9 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
         loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)
         return Step(loss, n=len(idx), correct=int((logits.argmax(1) == labels).sum()))
 
-    options = Options(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-len(split) // opts.batch_size),
-                      weight_decay=opts.weight_decay, freeze_bn=opts.bn == "frozen", label="stitch",
-                      top1_note=" (sampled configurations)")
+    options = LoopOptions(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-len(split) // opts.batch_size),
+                          weight_decay=opts.weight_decay, freeze_bn=opts.bn == "frozen", label="stitch",
+                          top1_note=" (sampled configurations)")
     history = train_loop(net, step, batches, options, device=device, generator=torch.Generator().manual_seed(
         ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir, state=state,
         save_extra={"options": asdict(opts), "residual": residual}, progress=ctx.progress, log=ctx.log)

@@ -99,8 +99,8 @@ def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: f
         return training.Step(loss_fn(logits, y), n=len(y), correct=int((logits.argmax(1) == y).sum()))
 
     # torch's CosineAnnealingLR down to 0, no warmup: the recipe the demo zoos (VERSION) were built with
-    options = training.Options(epochs=epochs, lr=lr, steps_per_epoch=-(-len(targets) // 32), weight_decay=0.01,
-                               schedule="cosine-annealing", min_lr_ratio=0.0, label=f"training {name}")
+    options = training.LoopOptions(epochs=epochs, lr=lr, steps_per_epoch=-(-len(targets) // 32), weight_decay=0.01,
+                                   schedule="cosine-annealing", min_lr_ratio=0.0, label=f"training {name}")
     training.train(model, step, batches, options, device=torch.device("cpu"), generator=gen, progress=progress)
     return model.eval()
 

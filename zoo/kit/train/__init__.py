@@ -1,4 +1,4 @@
-"""Training: the one loop (``train``, its ``Options``, a ``Step``'s loss, ``ddp``/``unwrap`` under
+"""Training: the one loop (``train``, its ``LoopOptions``, a ``Step``'s loss, ``ddp``/``unwrap`` under
 torchrun, the ``CHECKPOINT`` file name), ``resume_state`` for ``--resume``, the LP / FT / LP-FT recipe of
 ``zoo finetune`` (``Recipe``, ``fit``, ``model_for``, ``config_for``, ``class_names``), BatchNorm statistics
 (``has_batchnorm``, ``recompute_bn_stats``, ``freeze_bn_stats``), the diagonal Fisher
@@ -10,7 +10,7 @@ from zoo.kit._infra.exports import lazy
 #: name → the module that holds it
 NAMES = {
     "train": "zoo.kit.train.loop",
-    "Options": "zoo.kit.train.loop",
+    "LoopOptions": "zoo.kit.train.loop",
     "Step": "zoo.kit.train.loop",
     "ddp": "zoo.kit.train.loop",
     "unwrap": "zoo.kit.train.loop",

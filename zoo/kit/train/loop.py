@@ -1,7 +1,7 @@
 """The one training loop: fine-tuning, distillation, stitching and the demo builders all train with it.
 
 A strategy hands :func:`train` a model (or the parameters to train), a loss step, its data and
-:class:`Options`; the loop owns everything around the step:
+:class:`LoopOptions`; the loop owns everything around the step:
 
 - the optimizer (AdamW, or SGD with momentum 0.9) over the parameters that require grad;
 - the learning-rate schedule, updated every step: timm's cosine with linear warmup
@@ -34,7 +34,7 @@ CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
-class Options:
+class LoopOptions:
     epochs: int
     lr: float
     steps_per_epoch: int  # optimizer steps in one epoch (the schedule's unit)
@@ -92,7 +92,7 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
-def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, Any], Iterable], options: Options,
+def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, Any], Iterable], options: LoopOptions,
           *, device, generator, params=None, checkpoint_dir: Path | None = None, state: dict | None = None,
           stateful: dict[str, Any] | None = None, save_extra: dict | None = None, numpy_rng: bool = False,
           history: list[dict] | None = None, on_epoch_end: Callable[[int, dict], dict | None] | None = None,
@@ -196,7 +196,7 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
     return history
 
 
-def make_optimizer(params, options: Options):
+def make_optimizer(params, options: LoopOptions):
     import torch
 
     if options.optimizer == "sgd":
@@ -204,7 +204,7 @@ def make_optimizer(params, options: Options):
     return torch.optim.AdamW(params, lr=options.lr, betas=options.betas, weight_decay=options.weight_decay)
 
 
-def make_schedule(opt, options: Options):
+def make_schedule(opt, options: LoopOptions):
     """A per-step schedule with timm's interface (``step_update(n)``, ``state_dict``, ``load_state_dict``)."""
     total = max(1, options.steps_per_epoch * options.epochs)
     floor = options.lr * options.min_lr_ratio

@@ -196,9 +196,9 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
                              correct=int((logits.argmax(1) == targets[idx]).sum()))
 
     # the kit's one loop, with a constant learning rate and no checkpoints: the probe takes seconds
-    options = training.Options(epochs=recipe.lp_epochs, lr=recipe.lp_lr, weight_decay=recipe.weight_decay,
-                               steps_per_epoch=-(-len(feats) // recipe.batch_size), schedule="constant", amp=False,
-                               label="linear probe", history_tag={"phase": "lp"})
+    options = training.LoopOptions(epochs=recipe.lp_epochs, lr=recipe.lp_lr, weight_decay=recipe.weight_decay,
+                                   steps_per_epoch=-(-len(feats) // recipe.batch_size), schedule="constant", amp=False,
+                                   label="linear probe", history_tag={"phase": "lp"})
     history = training.train(head, step, batches, options, device=device, generator=gen, progress=progress)
     head.eval()
     return history
@@ -249,10 +249,10 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
         return training.Step(loss, n=len(hard), correct=int((logits.argmax(1) == hard).sum()))
 
     # the start's running statistics stay with bn=frozen; BatchNorm's scale and shift still learn
-    options = training.Options(epochs=recipe.epochs, lr=recipe.lr, steps_per_epoch=steps_per_epoch,
-                               weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
-                               freeze_bn=recipe.bn_handling == "frozen", label="fine-tune",
-                               history_tag={"phase": "ft"})
+    options = training.LoopOptions(epochs=recipe.epochs, lr=recipe.lr, steps_per_epoch=steps_per_epoch,
+                                   weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
+                                   freeze_bn=recipe.bn_handling == "frozen", label="fine-tune",
+                                   history_tag={"phase": "ft"})
     rows = list(state["history"] if state is not None else history)
 
     def snapshot(epoch: int, row: dict) -> None:
