@@ -386,6 +386,19 @@ def test_each_group_exports_what_its_modules_define():
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_namespace_names_come_from_the_groups():
+    """Each kit name of the `zoo` namespace is one a group exports (so it has one home and one spelling)."""
+    groups = _groups()
+    wrong = []
+    for name, where in _table(ROOT / "zoo" / "__init__.py", "KIT").items():
+        group, _, attr = where.partition(":")
+        if group == "zoo.hookspecs":
+            continue  # hookimpl: the pluggy marker lives with the hooks
+        if (attr or name) not in groups.get(group, {}):
+            wrong.append(f"zoo.{name} → {where}: not a group, or the group does not export {attr or name}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_only_the_core_imports_the_private_infrastructure():
     users = sorted(f"{m} imports {t}" for m, targets in _graph().items() for t in targets
                    if (t == PRIVATE or t.startswith(PRIVATE + ".")) and not m.startswith(MAY_USE_PRIVATE))

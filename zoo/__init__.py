@@ -45,26 +45,26 @@ API = {
     "stitch_configs": "zoo.plugins.stitch.export",
     "stitch_export": "zoo.plugins.stitch.export",
 }
-#: what plugins build on: name → module of the kit (``module:name`` where the kit names it otherwise)
+#: what plugins build on: name → the kit group that exports it (``group:name`` where the group names it otherwise)
 KIT = {
     "hookimpl": "zoo.hookspecs",
     "Strategy": "zoo.kit.strategy",
     "Context": "zoo.kit.strategy",
     "Combined": "zoo.kit.strategy",
-    "option": "zoo.kit.strategy.options",
+    "option": "zoo.kit.strategy",
     "merge_method": "zoo.kit.merge",
-    "map_tensors": "zoo.kit.tensors.stream",
-    "scan_tensors": "zoo.kit.tensors.stream",
-    "Spill": "zoo.kit.tensors.spill",
-    "task_vectors": "zoo.kit.tensors.weights",
-    "keep_largest": "zoo.kit.tensors.weights",
-    "Member": "zoo.kit.members.member",
-    "ZooError": "zoo.kit.strategy.errors",
-    "BadInput": "zoo.kit.strategy.errors",
-    "IncompatibleMembers": "zoo.kit.strategy.errors",
-    "FinetuneRecipe": "zoo.kit.train.recipe:Recipe",  # module:name where the kit calls it otherwise
-    "TransferMetric": "zoo.kit.measure.transferability",
-    "TargetView": "zoo.kit.measure.transferability",
+    "map_tensors": "zoo.kit.tensors",
+    "scan_tensors": "zoo.kit.tensors",
+    "Spill": "zoo.kit.tensors",
+    "task_vectors": "zoo.kit.tensors",
+    "keep_largest": "zoo.kit.tensors",
+    "Member": "zoo.kit.members",
+    "ZooError": "zoo.kit.strategy",
+    "BadInput": "zoo.kit.strategy",
+    "IncompatibleMembers": "zoo.kit.strategy",
+    "FinetuneRecipe": "zoo.kit.train:Recipe",  # group:name where the kit calls it otherwise
+    "TransferMetric": "zoo.kit.measure",
+    "TargetView": "zoo.kit.measure",
 }
 
 __all__ = sorted(set(API) | set(KIT)) + ["__version__"]
