@@ -69,7 +69,7 @@ def _imports(path: Path, module: str) -> list[tuple[str, str | None, int]]:
 
 
 def _target(base: str, name: str | None) -> str:
-    """The module an import lands on: ``from zoo.kit import weights`` lands on zoo.kit.tensors.weights."""
+    """The module an import lands on: ``from zoo.kit.tensors import weights`` lands on zoo.kit.tensors.weights."""
     if name and f"{base}.{name}" in MODULES:
         return f"{base}.{name}"
     return base
