@@ -121,7 +121,7 @@ def main() -> None:
 
 
 def figures(rows: list[dict], folder: Path) -> None:
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card.figures import pyplot
 
     plt = pyplot()
     folder.mkdir(exist_ok=True)

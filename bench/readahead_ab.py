@@ -15,7 +15,7 @@ from pathlib import Path
 
 NO_BUDGET = """
 import runpy, sys
-import zoo.kit.prefetch as p
+import zoo.kit._infra.prefetch as p
 plain = p.ahead
 def ahead(tasks, **kw):
     kw.pop("budget", None); kw.pop("costs", None)

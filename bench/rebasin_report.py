@@ -86,7 +86,7 @@ def barrier(work: Path, results: dict) -> None:
     import zoo
 
     data = _data()
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card.figures import pyplot
 
     plt = pyplot()
     out = results.setdefault("barrier", {})
@@ -155,7 +155,7 @@ def svd(work: Path, results: dict) -> None:
     import torch
 
     import zoo
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card.figures import pyplot
 
     plt = pyplot()
     out = results.setdefault("svd", {})

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zoo.kit.member import Member
+    from zoo.kit.members.member import Member
     from zoo.host import Host
 
 ZOOS_DIR = Path(__file__).parent / "zoos"

@@ -8,25 +8,23 @@ resolves to is named by the commit sha, which is what we pin and record.
 from __future__ import annotations
 
 
-from zoo.kit import member as _member
-from zoo.kit.errors import BadInput
-from zoo import hookimpl
-from zoo.kit.network import PREFIX, download, parse
+import zoo
+from zoo.kit.members import PICKLE_NAMES, PREFIX, SAFE_INDEX, download, from_folder, parse
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_resolve_member(spec: str, arch: str | None, allow_pickle: bool):
     if not spec.startswith(PREFIX):
         return None
     repo_id, revision = parse(spec)
-    patterns = ["config.json", "*.safetensors", _member.SAFE_INDEX, "README.md", "zoo.json"]  # card: license, lineage
+    patterns = ["config.json", "*.safetensors", SAFE_INDEX, "README.md", "zoo.json"]  # card: license, lineage
     if allow_pickle:
-        patterns += list(_member.PICKLE_NAMES)
+        patterns += list(PICKLE_NAMES)
     folder = download(repo_id, revision, patterns, f"member {spec}")
     if not any(folder.glob("*.safetensors")) and not allow_pickle:
-        raise BadInput(f"member {spec}: the repo has no .safetensors weights; if it only has a pickled "
-                       "pytorch_model.bin, pass --allow-pickle (loaded with weights_only=True)")
+        raise zoo.BadInput(f"member {spec}: the repo has no .safetensors weights; if it only has a pickled "
+                           "pytorch_model.bin, pass --allow-pickle (loaded with weights_only=True)")
     name = repo_id if revision is None else f"{repo_id}@{revision}"
     # snapshot folders are named by the commit sha the revision resolved to
-    return _member.from_folder(folder, spec=spec, name=name, allow_pickle=allow_pickle,
-                               repo_id=repo_id, revision=folder.name)
+    return from_folder(folder, spec=spec, name=name, allow_pickle=allow_pickle,
+                       repo_id=repo_id, revision=folder.name)

@@ -23,8 +23,8 @@ from pathlib import Path
 #: environment variables read at import time by huggingface_hub, torch or zoo's preloaded modules
 IMPORT_TIME = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HUB_DISABLE_XET", "TORCH_",
                "CUDA_", "OMP_", "MKL_")
-PRELOAD = ["torch", "timm", "safetensors.torch", "huggingface_hub", "matplotlib.pyplot", "zoo.cli", "zoo.kit.data",
-           "zoo.kit.member", "zoo.kit.metrics", "cli_runner"]
+PRELOAD = ["torch", "timm", "safetensors.torch", "huggingface_hub", "matplotlib.pyplot", "zoo.cli", "zoo.kit.data.splits",
+           "zoo.kit.members.member", "zoo.kit.measure.metrics", "cli_runner"]
 
 _context = None
 

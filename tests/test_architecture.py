@@ -1,6 +1,9 @@
-"""The house: arrows run one way (CLI → API → plugins and registry → kit), there are no import circles,
-and a built-in plugin imports exactly what an outside plugin may: the `zoo` namespace's kit names and the
-public names of `zoo.kit` modules, never another plugin, never a private name.
+"""The house: arrows run one way (CLI → API → plugins and registry → kit → the kit's private
+infrastructure), there are no import circles, and a built-in plugin imports exactly what an outside
+plugin may, in the one import style of docs/writing-a-plugin.md: ``import zoo`` for the names of the
+``zoo`` namespace (its KIT table), ``from zoo.kit.GROUP import NAME`` for a name a kit group exports
+(its ``NAMES`` table, which is its ``__all__``); never another plugin, never a private name, never the
+infrastructure in ``zoo.kit._infra``, which only zoo's API, CLI, demos and the kit itself import.
 
 The graph is read from the source (every import statement, also those inside functions; only
 ``if TYPE_CHECKING:`` blocks are left out, since they never run), so these tests need no imports of zoo.
@@ -9,6 +12,7 @@ The graph is read from the source (every import statement, also those inside fun
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -65,12 +69,13 @@ def _imports(path: Path, module: str) -> list[tuple[str, str | None, int]]:
 
 
 def _target(base: str, name: str | None) -> str:
-    """The module an import lands on: ``from zoo.kit import weights`` lands on zoo.kit.weights."""
+    """The module an import lands on: ``from zoo.kit.tensors import weights`` lands on zoo.kit.tensors.weights."""
     if name and f"{base}.{name}" in MODULES:
         return f"{base}.{name}"
     return base
 
 
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for module, path in MODULES.items():
@@ -203,25 +208,69 @@ def _plugin_files() -> list[tuple[str, Path, str]]:
     return out
 
 
-def _plugin_violations(module: str, path: Path, own: str, kit: set[str]) -> list[str]:
+#: the kit's private infrastructure, and who may import it
+PRIVATE = "zoo.kit._infra"
+MAY_USE_PRIVATE = ("zoo.api", "zoo.cli", "zoo.demos", "zoo.kit")
+
+
+def _table(path: Path, name: str) -> dict[str, str]:
+    """A module-level ``NAME = {"key": "value", ...}`` literal of ``path``, read from the source."""
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(getattr(t, "id", "") == name for t in targets) and isinstance(node.value, ast.Dict):
+            return {k.value: v.value for k, v in zip(node.value.keys, node.value.values)}
+    raise AssertionError(f"{_rel(path)} has no {name} table")
+
+
+def _groups() -> dict[str, dict[str, str]]:
+    """The kit's public groups: each sub-package of zoo/kit but the private one, with its NAMES table."""
+    return {f"zoo.kit.{d.name}": _table(d / "__init__.py", "NAMES") for d in sorted((ROOT / "zoo" / "kit").iterdir())
+            if (d / "__init__.py").exists() and not d.name.startswith("_")}
+
+
+def _plugin_violations(module: str, path: Path, own: str, kit: set[str],
+                       groups: dict[str, dict[str, str]] | None = None) -> list[str]:
+    groups = _groups() if groups is None else groups
     bad = []
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # the style: `import zoo`, never `import zoo.kit...` or `import zoo as z`
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "zoo" and (a.name != "zoo" or a.asname not in (None, "zoo")):
+                    bad.append(f"{_rel(path)}:{node.lineno}: `import {a.name}"
+                               f"{' as ' + a.asname if a.asname else ''}`: write `import zoo`, or import names "
+                               "from a kit group")
     for base, name, line in _imports(path, module):
         where = f"{_rel(path)}:{line}"
         if base == own or base.startswith(own + "."):
             continue  # its own package
         if base == "zoo":
-            if name is not None and name not in kit and name != "__version__":
+            if name is None:
+                continue
+            if name in kit:
+                bad.append(f"{where}: `from zoo import {name}`: write `import zoo` and `zoo.{name}` (the one style)")
+            elif name != "__version__":
                 bad.append(f"{where}: `from zoo import {name}` is not a kit name (zoo.KIT)")
             continue
+        if base == PRIVATE or base.startswith(PRIVATE + "."):
+            bad.append(f"{where}: imports {base}, the kit's private infrastructure")
+            continue
         if base == "zoo.kit" or base.startswith("zoo.kit."):
-            if name and name.startswith("_"):
+            if name is None:
+                continue  # `import zoo.kit...`, named above
+            if name.startswith("_"):
                 bad.append(f"{where}: imports the private name {base}.{name}")
+            elif base not in groups:
+                bad.append(f"{where}: imports {name} from {base}; import it from the kit group that exports it")
+            elif name in kit:
+                bad.append(f"{where}: `from {base} import {name}`: write `zoo.{name}` (the one style)")
+            elif name not in groups[base]:
+                bad.append(f"{where}: {base} does not export {name} (its NAMES table, __all__)")
             continue
         if base == "zoo.plugins" or base.startswith("zoo.plugins."):
             bad.append(f"{where}: imports another plugin ({_target(base, name)})")
         elif base.startswith("zoo") and base.split(".")[0] == "zoo":
             bad.append(f"{where}: imports {_target(base, name)}, which is not part of the kit")
-    tree = ast.parse(path.read_text())
     zoo_aliases = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
                    for a in n.names if a.name.split(".")[0] == "zoo"}
     zoo_aliases |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
@@ -233,6 +282,9 @@ def _plugin_violations(module: str, path: Path, own: str, kit: set[str]) -> list
                 root = root.value
             if isinstance(root, ast.Name) and root.id in zoo_aliases:
                 bad.append(f"{_rel(path)}:{node.lineno}: uses the private attribute .{node.attr}")
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "zoo"
+                and "zoo" in zoo_aliases and node.attr not in kit and node.attr != "__version__"):
+            bad.append(f"{_rel(path)}:{node.lineno}: zoo.{node.attr} is not a kit name (zoo.KIT)")
         if isinstance(node, ast.keyword) and node.arg and node.arg.startswith("_"):
             bad.append(f"{_rel(path)}:{node.lineno}: passes the private argument {node.arg}=")
     return bad
@@ -243,24 +295,140 @@ def _rel(path: Path) -> str:
 
 
 def test_plugins_import_only_the_public_kit():
-    kit = _kit_names()
-    bad = [v for module, path, own in _plugin_files() for v in _plugin_violations(module, path, own, kit)]
+    kit, groups = _kit_names(), _groups()
+    bad = [v for module, path, own in _plugin_files() for v in _plugin_violations(module, path, own, kit, groups)]
     assert not bad, "plugins must use only what an outside plugin has:\n" + "\n".join(bad)
 
 
 def test_the_plugin_check_catches_what_it_forbids(tmp_path):
     plugin = tmp_path / "bad_plugin.py"
-    plugin.write_text("from zoo import combine\nfrom zoo.kit.plots import _plt\nfrom zoo.plugins.soup import Soup\n"
-                      "from zoo.api import card\nimport zoo\nfrom zoo.kit import member\n\n"
+    plugin.write_text("from zoo import combine\nfrom zoo.kit.card.figures import _plt\nfrom zoo.plugins.soup import Soup\n"
+                      "from zoo.api import card\nimport zoo\nfrom zoo.kit.members import member\n"
+                      "from zoo import Strategy\nfrom zoo.kit.strategy import BadInput\n"
+                      "from zoo.kit.train.loop import train\nfrom zoo.kit import tensors\n"
+                      "from zoo.kit._infra.cache import root\nfrom zoo.kit.train import not_exported\n"
+                      "import zoo.kit.tensors\n\n"
                       "def f(m, model):\n    model._pos_embed(m)\n    zoo.Member(_tensors={})\n"
-                      "    return member._short(m)\n")
+                      "    zoo.combine('soup')\n    return member._short(m)\n")
     found = _plugin_violations("bad_plugin", plugin, "bad_plugin", _kit_names())
     joined = "\n".join(found)
-    assert len(found) == 6, joined  # model._pos_embed is timm's business, not zoo's
-    for needle in ("from zoo import combine", "_plt", "another plugin", "zoo.api.card", "._short", "_tensors="):
-        assert needle in joined
+    assert len(found) == 15, joined  # model._pos_embed is timm's business, not zoo's
+    for needle in ("from zoo import combine", "_plt", "another plugin", "zoo.api.card", "._short", "_tensors=",
+                   "does not export member", "`from zoo import Strategy`: write `import zoo` and `zoo.Strategy`",
+                   "`from zoo.kit.strategy import BadInput`: write `zoo.BadInput`",
+                   "imports train from zoo.kit.train.loop", "imports tensors from zoo.kit",
+                   "private infrastructure", "does not export not_exported", "`import zoo.kit.tensors`",
+                   "zoo.combine is not a kit name"):
+        assert needle in joined, needle
 
 
-@pytest.mark.parametrize("module", ["zoo.kit", "zoo.plugins", "zoo.api", "zoo.cli", "zoo.demos"])
+PLUGIN_MARKS = ("hookimpl", "zoo.Strategy", "merge_method", "from zoo.kit", "import zoo.kit")
+
+
+def _doc_plugins() -> list[tuple[str, str]]:
+    """(where, code) of every ```python block of README.md and docs/ that is plugin code."""
+    out = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = doc.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() in ("```python", "```py"):
+                end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```"))
+                code = "\n".join(lines[i + 1:end]) + "\n"
+                if any(mark in code for mark in PLUGIN_MARKS):
+                    out.append((f"{_rel(doc)}:{i + 1}", code))
+    return out
+
+
+def test_the_docs_write_plugins_in_the_one_style(tmp_path):
+    kit, groups = _kit_names(), _groups()
+    bad = []
+    for where, code in _doc_plugins():
+        path = tmp_path / "block.py"
+        path.write_text(code)
+        bad += [f"{where}: {v.split(': ', 1)[1]}" for v in _plugin_violations("block", path, "block", kit, groups)]
+    assert len(_doc_plugins()) >= 4  # README's TIES, the two examples and the training strategy of the guide
+    assert not bad, "plugin code in the docs must be written as docs/writing-a-plugin.md says:\n" + "\n".join(bad)
+
+
+# ---- the two layers of the kit ------------------------------------------------------------------
+
+def test_every_kit_module_sits_in_a_group_or_in_the_private_infrastructure():
+    groups = _groups()
+    flat = sorted(m for m in MODULES if m.startswith("zoo.kit.") and m != "zoo.kit._infra"
+                  and not m.startswith(PRIVATE + ".") and m not in groups and m.rpartition(".")[0] not in groups)
+    assert not flat, ("kit modules outside a group (zoo.kit.GROUP.module) and outside zoo.kit._infra: "
+                      + ", ".join(flat))
+
+
+def test_each_group_exports_what_its_modules_define():
+    """A group's NAMES table is its __all__; each name lives where the table says (read from the source)."""
+    wrong = []
+    for group, names in _groups().items():
+        init = ast.parse(MODULES[group].read_text())
+        if not ast.get_docstring(init):
+            wrong.append(f"{group}: no docstring saying what it holds")
+        all_ = [n for n in init.body if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__"
+                                                                         for t in n.targets)]
+        if not all_ or ast.unparse(all_[0].value) != "sorted(NAMES)":
+            wrong.append(f"{group}: __all__ must be sorted(NAMES)")
+        if not names:
+            wrong.append(f"{group}: exports nothing")
+        for name, module in names.items():
+            if module not in MODULES:
+                wrong.append(f"{group}.{name}: {module} does not exist")
+                continue
+            tree = ast.parse(MODULES[module].read_text())
+            defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            defined |= {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            if name not in defined:
+                wrong.append(f"{group}.{name}: {module} does not define it")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_namespace_names_come_from_the_groups():
+    """Each kit name of the `zoo` namespace is one a group exports (so it has one home and one spelling)."""
+    groups = _groups()
+    wrong = []
+    for name, where in _table(ROOT / "zoo" / "__init__.py", "KIT").items():
+        group, _, attr = where.partition(":")
+        if group == "zoo.hookspecs":
+            continue  # hookimpl: the pluggy marker lives with the hooks
+        if (attr or name) not in groups.get(group, {}):
+            wrong.append(f"zoo.{name} → {where}: not a group, or the group does not export {attr or name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_the_core_imports_the_private_infrastructure():
+    users = sorted(f"{m} imports {t}" for m, targets in _graph().items() for t in targets
+                   if (t == PRIVATE or t.startswith(PRIVATE + ".")) and not m.startswith(MAY_USE_PRIVATE))
+    assert users == [], "zoo.kit._infra is for zoo's API, CLI, demos and the kit alone:\n" + "\n".join(users)
+
+
+def _names_of_plugins_in_core() -> list[str]:
+    """Imports of zoo.plugins anywhere in zoo/ (TYPE_CHECKING blocks included: they name it too) and the
+    namespace's lazy tables. host.BUILTINS is left out: registering the built-ins by import path is the
+    pluggy host's job."""
+    found = []
+    for module, path in MODULES.items():
+        if not module.startswith("zoo.") and module != "zoo" or module.startswith(("zoo.plugins", "zoo.registry")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoo.plugins"):
+                found.append(f"{_rel(path)}:{node.lineno}: from {node.module} import ...")
+            elif isinstance(node, ast.Import) and any(a.name.startswith("zoo.plugins") for a in node.names):
+                found.append(f"{_rel(path)}:{node.lineno}: import zoo.plugins...")
+    init = ROOT / "zoo" / "__init__.py"
+    for table in ("API", "KIT"):
+        found += [f"{_rel(init)}: {table}[{k!r}] = {v!r}" for k, v in _table(init, table).items()
+                  if v.startswith("zoo.plugins")]
+    return found
+
+
+def test_nothing_in_zoo_imports_the_plugins():
+    assert _names_of_plugins_in_core() == []
+
+
+@pytest.mark.parametrize("module", ["zoo.kit", "zoo.kit._infra", "zoo.plugins", "zoo.api", "zoo.cli", "zoo.demos"])
 def test_each_package_has_a_docstring_saying_what_it_holds(module):
     assert ast.get_docstring(ast.parse(MODULES[module].read_text())), f"{module} has no docstring"

@@ -1,19 +1,19 @@
-"""zoo.kit.cache: what it remembers between runs, and what it refuses to trust."""
+"""zoo.kit._infra.timm_names: what it remembers between runs, and what it refuses to trust."""
 
 from __future__ import annotations
 
 import pytest
 
-from zoo.kit import cache
-from zoo.kit.errors import BadInput
-from zoo.kit.member import check_architecture
+from zoo.kit._infra import timm_names
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.members.member import check_architecture
 
 
 def test_timm_model_names_are_remembered_per_timm_version(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
-    assert cache.known_timm_models() == set()
+    assert timm_names.known_timm_models() == set()
     check_architecture("test_efficientnet", "m")  # imports timm once, remembers what it lists
-    known = cache.known_timm_models()
+    known = timm_names.known_timm_models()
     assert "test_efficientnet" in known and "resnet50" in known
     assert (tmp_path / f"timm-{__import__('timm').__version__}-models.txt").is_file()
     with pytest.raises(BadInput, match="does not know the architecture 'no_such_net'"):
@@ -23,7 +23,7 @@ def test_timm_model_names_are_remembered_per_timm_version(tmp_path, monkeypatch)
 def test_only_positive_answers_come_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
     check_architecture("test_efficientnet", "m")
-    cache.remember_timm_models(sorted(cache.known_timm_models() | {"stale_name"}))
+    timm_names.remember_timm_models(sorted(timm_names.known_timm_models() | {"stale_name"}))
     check_architecture("stale_name", "m")  # trusted for the quick check before any work...
     with pytest.raises(BadInput, match="stale_name"):
         check_architecture("stale_name", "m", trust_cache=False)  # ...never where a model is built

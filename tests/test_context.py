@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_split_refuses_missing_data_naming_the_flag(ctx, members):
 
 
 def test_common_labels_accepts_one_label_space_and_names_the_member_that_differs(members):
-    from zoo.kit.data import common_labels, label_names
+    from zoo.kit.data.splits import common_labels, label_names
 
     base, other = members["base"], members["other-arch"]
     assert common_labels([base, other], why="-") == label_names(base) == [str(i) for i in range(10)]
@@ -84,7 +84,7 @@ def test_common_labels_accepts_one_label_space_and_names_the_member_that_differs
 
 
 def test_recomputed_state_reestimates_batchnorm_and_returns_a_copy(ctx, members):
-    from zoo.kit.batchnorm import recompute_bn_stats, recomputed_state
+    from zoo.kit.train.batchnorm import recompute_bn_stats, recomputed_state
 
     base = members["base"]
     train = ctx.split("train", base)
@@ -101,7 +101,7 @@ def test_recomputed_state_reestimates_batchnorm_and_returns_a_copy(ctx, members)
 
 
 def test_state_on_cpu_is_a_detached_contiguous_copy(members):
-    from zoo.kit.device import state_on_cpu
+    from zoo.kit.train.device import state_on_cpu
 
     model = members["base"].create_model()
     state = state_on_cpu(model)
@@ -118,8 +118,8 @@ def test_state_on_cpu_is_a_detached_contiguous_copy(members):
 
 
 def test_compose_bounds_change_a_fields_limits():
-    from zoo.kit.finetune import Recipe
-    from zoo.kit.options import compose, describe, parse
+    from zoo.kit.train.recipe import Recipe
+    from zoo.kit.strategy.options import compose, describe, parse
 
     composed = compose((Recipe, ["epochs"]), bounds={"epochs": (2, 9)})
     assert parse(composed, {"epochs": "2"}).epochs == 2
@@ -138,8 +138,8 @@ def test_training_options_are_the_recipes(module, name):
     bounds), composed, not declared again."""
     import importlib
 
-    from zoo.kit.finetune import Recipe
-    from zoo.kit.options import describe
+    from zoo.kit.train.recipe import Recipe
+    from zoo.kit.strategy.options import describe
 
     options = getattr(importlib.import_module(f"zoo.plugins.{module}"), name).Options
     recipe = {i.name: i for i in describe(Recipe)}

@@ -24,7 +24,7 @@ def _as(src: Path, dst: Path, dtype: torch.dtype) -> Path:
 
 
 def _soup_in_float32(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """The uniform soup as zoo.kit.weights.weighted_sum computes it, in float32, member order."""
+    """The uniform soup as zoo.kit.tensors.weights.weighted_sum computes it, in float32, member order."""
     sds = [load_file(str(p / "model.safetensors")) for p in paths]
     c = 1.0 / len(sds)
     out = {}

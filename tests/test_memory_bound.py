@@ -75,7 +75,7 @@ def test_soup_of_vit_l_runs_in_less_memory_than_one_member(tmp_path, vit_l_room)
     code, peak, err = run_within(limit, ["combine", "-s", "soup", "-m", str(vit_l_members[0]),
                                          "-m", str(vit_l_members[1]), "--out", str(out)], tmp_path)
     assert code == 0 and peak <= limit, f"exit {code}, peak {peak / GIB:.2f} GiB (limit {limit / GIB:.2f}): {err}"
-    # and the result is the soup, bit for bit: (a + b) / 2 in float32, as zoo.kit.weights sums
+    # and the result is the soup, bit for bit: (a + b) / 2 in float32, as zoo.kit.tensors.weights sums
     with safe_open(str(out / "model.safetensors"), "pt") as f, \
             safe_open(str(vit_l_members[0] / "model.safetensors"), "pt") as a, \
             safe_open(str(vit_l_members[1] / "model.safetensors"), "pt") as b:

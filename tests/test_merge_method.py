@@ -36,7 +36,7 @@ def _exact_member(folder: Path, j: int, dtype: torch.dtype) -> Path:
 
 
 # sha256 of model.safetensors of the uniform soup of the three exact members below, recorded before the
-# streaming core was generalised (zoo.kit.stream.map_tensors): the rewrite must not move a single bit
+# streaming core was generalised (zoo.kit.tensors.stream.map_tensors): the rewrite must not move a single bit
 SOUP_SHA256 = {
     "float32": "0e948fda53531c2e17b20360c8750acbd91baf2433397fcb0f7e719ecdb5485e",
     "bfloat16": "a860e7eec39ed42e4a242027307c34abd88c1561ed139388d2dc69df7ea298ec",
@@ -60,7 +60,7 @@ def test_map_tensors_streams_in_small_chunks_with_the_same_result(ingredients, d
     """Many chunks (a few tensors each) give the one-chunk result bit for bit, every member's file is
     hashed on the way, and fn sees each key's tensors in member order, with the base's."""
     import zoo
-    from zoo.kit import stream, weights
+    from zoo.kit.tensors import stream, weights
 
     members = [zoo.load_member(str(p)) for p in ingredients[:3]]
     whole = weights.uniform_average(members)
@@ -92,7 +92,7 @@ def test_map_tensors_streams_in_small_chunks_with_the_same_result(ingredients, d
 
 def test_task_vector_helpers():
     import zoo
-    from zoo.kit import weights as merge
+    from zoo.kit.tensors import weights as merge
 
     base = {"w": torch.tensor([1.0, 2.0, 3.0]), "n": torch.tensor(7)}
     theta = {"w": torch.tensor([1.5, 1.0, 3.0]), "n": torch.tensor(9)}

@@ -148,7 +148,7 @@ def _members(tmp_path, n=3, seed=0):
 
 
 def test_model_wide_trim_threshold_is_the_exact_kth_largest_magnitude(tmp_path, monkeypatch):
-    import zoo.kit.stream as stream
+    import zoo.kit.tensors.stream as stream
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", 64)  # many chunks: a tensor or two at a time
     base, members = _members(tmp_path)
@@ -167,7 +167,7 @@ def test_model_thresholds_of_real_members_are_torch_kthvalue_with_ties_and_densi
                                                                                      monkeypatch):
     """zoo.model_thresholds on the digits members (many chunks) is the k-th largest |τᵢ| torch finds over the
     concatenated model, also where many entries tie at it (τ rounded to a coarse grid) and at density 1."""
-    import zoo.kit.stream as stream
+    import zoo.kit.tensors.stream as stream
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", 256 << 10)
     base = zoo.load_member(str(digits_zoo / "members" / "base"))
@@ -390,7 +390,7 @@ def test_a_sweep_keeps_the_best_value_on_held_out_data_and_plots_it(tmp_path, in
                                                                    zoo_cli):
     from figcheck import assert_png_is, lines
 
-    from zoo.kit.plots import sweep_curve
+    from zoo.kit.card.figures import sweep_curve
 
     base = digits_zoo / "members" / "base"
     out = tmp_path / "ta"

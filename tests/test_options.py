@@ -3,8 +3,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from zoo.kit.errors import BadInput
-from zoo.kit.options import describe, option, parse, parse_pairs
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.strategy.options import describe, option, parse, parse_pairs
 
 
 @dataclass

@@ -57,7 +57,7 @@ def test_raw_vit_large_class_count_from_header_alone(tmp_path):
 
 
 def test_distilled_head_and_headless_encoder(tmp_path):
-    from zoo.kit import member
+    from zoo.kit.members import member
 
     # DeiT distilled: timm names two classifiers, ("head", "head_dist")
     f = tmp_path / "deit.safetensors"
@@ -73,7 +73,7 @@ def test_distilled_head_and_headless_encoder(tmp_path):
 def test_meta_fallback_builds_nothing():
     from timm.models import get_pretrained_cfg
 
-    from zoo.kit.member import _meta_model
+    from zoo.kit.members.member import _meta_model
 
     model = _meta_model("vit_large_patch16_224")
     assert all(p.device.type == "meta" for p in model.parameters())

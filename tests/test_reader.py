@@ -1,4 +1,4 @@
-"""zoo.kit.reader: tensors read ourselves equal safetensors' own, and the sha256 computed on the way is the file's."""
+"""zoo.kit._infra.safetensors_reader: tensors read ourselves equal safetensors' own, and the sha256 computed on the way is the file's."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoo.kit.prefetch import ahead
-from zoo.kit.reader import SafetensorsFile
+from zoo.kit._infra.prefetch import ahead
+from zoo.kit._infra.safetensors_reader import SafetensorsFile
 
 
 @pytest.fixture
@@ -63,9 +63,9 @@ def test_in_order_reads_hash_without_a_second_pass(weights):
 def test_known_hashes_are_remembered_until_the_file_changes(weights):
     import time
 
-    from zoo.kit import cache
+    from zoo.kit._infra import hash_cache
 
-    time.sleep(cache.RACY_SECONDS + 0.1)  # a file younger than this may still be changing: not remembered
+    time.sleep(hash_cache.RACY_SECONDS + 0.1)  # a file younger than this may still be changing: not remembered
     first = SafetensorsFile(weights)
     assert first._digest is None
     first.read(list(first.entries))

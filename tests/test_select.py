@@ -72,7 +72,7 @@ def test_select_ranks_validates_and_writes_a_zoo(validated, transfer_zoo):
     # the figure is each member's score against its probe accuracy, as in the table, selected ones marked
     from figcheck import assert_png_is
 
-    from zoo.kit.plots import score_vs_accuracy
+    from zoo.kit.card.figures import score_vs_accuracy
 
     fig = score_vs_accuracy(rows, metric="logme", tau=tau, selected=report["selected"])
     assert_png_is(out / "validation.png", fig)
@@ -148,7 +148,7 @@ def test_a_selection_is_a_zoo_combine_accepts(tmp_path, ingredients, val_dir, di
     zoo_cli("combine", "--strategy", "soup", "--members-from", sel / "zoo.toml", "--eval-data", val_dir,
             "--out", soup)
     used = [m["spec"] for m in json.loads((soup / "zoo.json").read_text())["members"]]
-    assert used == [Path(c).name for c in chosen]  # published by name (zoo.kit.public)
+    assert used == [Path(c).name for c in chosen]  # published by name (zoo.kit._infra.scrub_paths)
 
 
 def test_a_metric_from_a_plugin(tmp_path, validated, zoo_cli):

@@ -43,7 +43,7 @@ def _held_out(val_dir, like: Path):
     import timm
 
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.metrics import evaluate_model
+    from zoo.kit.measure.metrics import evaluate_model
 
     model = timm.create_model(f"local-dir:{like}", pretrained=True)
     split = load_split(val_dir, data_config(model.pretrained_cfg), label_names=model.pretrained_cfg["label_names"],
@@ -66,7 +66,7 @@ def _replay_greedy(recipe, val_dir, accept):
     given order), each kept if the plain average of the kept ones and it beats (gt) or matches (ge) the soup.
     Returns (accuracy alone, expected steps, accepted names, accepted state dicts)."""
     names = [m["name"] for m in recipe["members"]]
-    # zoo.json names members by their published names (zoo.kit.public); the folders are the demo zoo's
+    # zoo.json names members by their published names (zoo.kit._infra.scrub_paths); the folders are the demo zoo's
     members = Path(val_dir).parent.parent / "members"
     states = {m["name"]: _weights(members / m["spec"]) for m in recipe["members"]}
     top1 = _held_out(val_dir, members / recipe["members"][0]["spec"])
@@ -88,7 +88,7 @@ def _replay_greedy(recipe, val_dir, accept):
 def _check_greedy(out, val_dir, accept):
     from figcheck import assert_png_is, lines
 
-    from zoo.kit import plots
+    from zoo.kit.card import figures as plots
 
     recipe = json.loads((out / "zoo.json").read_text())
     report = recipe["report"]
@@ -191,7 +191,7 @@ def test_output_loads_in_timm_and_matches_card(tmp_path, digits_zoo, val_dir, zo
     from huggingface_hub import ModelCard
 
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.metrics import evaluate_model
+    from zoo.kit.measure.metrics import evaluate_model
 
     out = tmp_path / "soup"
     zoo_cli("combine", "-s", "soup", "--zoo", "digits-demo", "--out", out)

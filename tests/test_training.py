@@ -1,4 +1,4 @@
-"""The one training loop (zoo.kit.training): resume bit for bit, the history, the schedules, the hooks."""
+"""The one training loop (zoo.kit.train.loop): resume bit for bit, the history, the schedules, the hooks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.kit import training
-from zoo.kit import checkpoint
+from zoo.kit.train import loop as training
+from zoo.kit.train import checkpoint
 
 
 class Stop(Exception):
@@ -52,8 +52,8 @@ def _run(digits, epochs: int, ckpt=None, state=None, stop_after: int | None = No
             raise Stop  # after the previous epoch's checkpoint, before this one's
         return {"seen": epoch}
 
-    options = training.Options(epochs=epochs, lr=1e-2, steps_per_epoch=-(-len(y) // 50), weight_decay=0.01,
-                               warmup_epochs=0.5)
+    options = training.LoopOptions(epochs=epochs, lr=1e-2, steps_per_epoch=-(-len(y) // 50), weight_decay=0.01,
+                                   warmup_epochs=0.5)
     history = training.train(model, step, batches, options, device=torch.device("cpu"),
                              generator=torch.Generator().manual_seed(1), checkpoint_dir=ckpt, state=state,
                              stateful={"counter": counter}, save_extra={"options": {"epochs": epochs}},
@@ -83,7 +83,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_history(tmp_path, di
 
 def test_the_annealing_schedule_is_torchs_cosine_stepped_per_step():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    options = training.Options(epochs=2, lr=1.0, steps_per_epoch=5, schedule="cosine-annealing", min_lr_ratio=0.0)
+    options = training.LoopOptions(epochs=2, lr=1.0, steps_per_epoch=5, schedule="cosine-annealing", min_lr_ratio=0.0)
     opt = training.make_optimizer(params, options)
     sched = training.make_schedule(opt, options)
     ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -94,4 +94,4 @@ def test_the_annealing_schedule_is_torchs_cosine_stepped_per_step():
         ref_opt.step()
         ref.step()
         assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
-    assert isinstance(training.make_optimizer(params, training.Options(1, 0.1, 1, optimizer="sgd")), torch.optim.SGD)
+    assert isinstance(training.make_optimizer(params, training.LoopOptions(1, 0.1, 1, optimizer="sgd")), torch.optim.SGD)

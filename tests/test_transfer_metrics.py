@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 from zoo.plugins.transfer import team, metrics as tm
-from zoo.kit.transfer import TargetView, check_views
+from zoo.kit.measure.transferability import TargetView, check_views
 
 
 def view(features=None, labels=None, probs=None, num_classes=None, name="m"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 @pytest.fixture(scope="module")

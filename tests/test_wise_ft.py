@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from zoo.kit import weights
+from zoo.kit.tensors import weights
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_sweep_on_held_out_and_shifted_data(tmp_path, ends, digits_zoo, zoo_cli)
     # the figure is the robustness curve of the kept sweep points: shifted against held-out top-1 along α
     from figcheck import assert_png_is, lines
 
-    from zoo.kit.plots import robustness_curve
+    from zoo.kit.card.figures import robustness_curve
 
     fig = robustness_curve(kept, picked=report["picked_alpha"],
                            title=f"WiSE-FT: {report['pretrained_end']} → {report['fine_tuned_end']}")
@@ -95,7 +95,7 @@ def test_diagonal_fisher_is_a_mean_of_squares(ends, digits_zoo):
     from torch.func import functional_call, grad, vmap
 
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.fisher import diagonal_fisher
+    from zoo.kit.train.fisher import diagonal_fisher
 
     member = zoo.load_member(str(ends[1]))
     model = member.create_model()

@@ -1,4 +1,4 @@
-"""The streaming writer (zoo.kit.writer): outputs written tensor by tensor into files laid out in advance,
+"""The streaming writer (zoo.kit._infra.safetensors_writer): outputs written tensor by tensor into files laid out in advance,
 byte-identical to huggingface_hub.save_torch_state_dict; and the bad input around it."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
 import zoo
-from zoo.kit.reader import dtype_name
-from zoo.kit.stream import output_to
-from zoo.kit.writer import Layout, Spec, StoredState, StreamWriter
+from zoo.kit._infra.safetensors_reader import dtype_name
+from zoo.kit.tensors.stream import write_results_into
+from zoo.kit._infra.safetensors_writer import Layout, Spec, StoredState, StreamWriter
 
 
 def _mixed_state_dict() -> dict[str, torch.Tensor]:
@@ -68,9 +68,9 @@ def test_unfinished_output_is_refused_and_removed(tmp_path):
 
 def test_map_tensors_inside_output_to_writes_as_it_goes(tmp_path, ingredients):
     members = [zoo.load_member(str(p)) for p in ingredients[:3]]
-    in_memory = zoo.kit.weights.uniform_average(members)
-    with output_to(tmp_path / "stage", max_shard_size="20GB"):
-        streamed = zoo.kit.weights.uniform_average(members)
+    in_memory = zoo.kit.tensors.weights.uniform_average(members)
+    with write_results_into(tmp_path / "stage", max_shard_size="20GB"):
+        streamed = zoo.kit.tensors.weights.uniform_average(members)
     assert isinstance(streamed, StoredState) and isinstance(in_memory, dict)
     assert list(streamed) == list(in_memory)
     assert all(torch.equal(streamed[k], in_memory[k]) for k in in_memory)
@@ -103,8 +103,8 @@ def test_combine_with_out_writes_the_bytes_saving_from_memory_writes(tmp_path, i
 
 def test_a_changed_streamed_result_is_written_from_its_tensors(tmp_path, ingredients):
     members = [zoo.load_member(str(p)) for p in ingredients[:2]]
-    with output_to(tmp_path / "stage", max_shard_size="20GB"):
-        sd = zoo.kit.weights.uniform_average(members)
+    with write_results_into(tmp_path / "stage", max_shard_size="20GB"):
+        sd = zoo.kit.tensors.weights.uniform_average(members)
     key = next(k for k in sd if k.endswith("weight"))
     sd[key] = sd[key] * 2
     assert not sd.adopt(tmp_path, max_shard_size="20GB") and not (tmp_path / "model.safetensors").exists()
@@ -121,7 +121,7 @@ def test_not_enough_disk_is_refused_before_merging(tmp_path, ingredients, monkey
     """A disk with less free space than the output: refused when the output is laid out, naming the size
     needed, with nothing written. (The free space is what shutil.disk_usage reports; the test lowers it.)"""
     real = shutil.disk_usage
-    monkeypatch.setattr("zoo.kit.writer.shutil.disk_usage",
+    monkeypatch.setattr("zoo.kit._infra.safetensors_writer.shutil.disk_usage",
                         lambda p: real(p)._replace(free=1000))
     need = sum(Path(p, "model.safetensors").stat().st_size for p in ingredients[:1])
     out = tmp_path / "soup"

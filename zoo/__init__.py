@@ -43,29 +43,29 @@ API = {
     "select": "zoo.api.selection",
     "transfer_metrics": "zoo.api.selection",
 }
-#: what plugins build on: name → module of the kit
+#: what plugins build on: name → the kit group that exports it (``group:name`` where the group names it otherwise)
 KIT = {
     "hookimpl": "zoo.hookspecs",
     "Strategy": "zoo.kit.strategy",
     "Context": "zoo.kit.strategy",
     "Combined": "zoo.kit.strategy",
-    "option": "zoo.kit.options",
+    "option": "zoo.kit.strategy",
     "merge_method": "zoo.kit.merge",
-    "is_statistic": "zoo.kit.weights",
-    "model_thresholds": "zoo.kit.topk",
-    "zero_below": "zoo.kit.topk",
-    "map_tensors": "zoo.kit.stream",
-    "scan_tensors": "zoo.kit.stream",
-    "Spill": "zoo.kit.spill",
-    "task_vectors": "zoo.kit.weights",
-    "keep_largest": "zoo.kit.weights",
-    "Member": "zoo.kit.member",
-    "ZooError": "zoo.kit.errors",
-    "BadInput": "zoo.kit.errors",
-    "IncompatibleMembers": "zoo.kit.errors",
-    "FinetuneRecipe": "zoo.kit.finetune",
-    "TransferMetric": "zoo.kit.transfer",
-    "TargetView": "zoo.kit.transfer",
+    "model_thresholds": "zoo.kit.merge",
+    "zero_below": "zoo.kit.merge",
+    "is_statistic": "zoo.kit.tensors",
+    "map_tensors": "zoo.kit.tensors",
+    "scan_tensors": "zoo.kit.tensors",
+    "Spill": "zoo.kit.tensors",
+    "task_vectors": "zoo.kit.tensors",
+    "keep_largest": "zoo.kit.tensors",
+    "Member": "zoo.kit.members",
+    "ZooError": "zoo.kit.strategy",
+    "BadInput": "zoo.kit.strategy",
+    "IncompatibleMembers": "zoo.kit.strategy",
+    "FinetuneRecipe": "zoo.kit.train:Recipe",  # group:name where the kit calls it otherwise
+    "TransferMetric": "zoo.kit.measure",
+    "TargetView": "zoo.kit.measure",
 }
 
 __all__ = sorted(set(API) | set(KIT)) + ["__version__"]
@@ -81,23 +81,24 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.api.reproduce import reproduce
     from zoo.api.selection import select, transfer_metrics
     from zoo.hookspecs import hookimpl
-    from zoo.kit.errors import BadInput, IncompatibleMembers, ZooError
-    from zoo.kit.finetune import FinetuneRecipe
-    from zoo.kit.member import Member
+    from zoo.kit.strategy.errors import BadInput, IncompatibleMembers, ZooError
+    from zoo.kit.train.recipe import Recipe as FinetuneRecipe
+    from zoo.kit.members.member import Member
     from zoo.kit.merge import merge_method
-    from zoo.kit.spill import Spill
-    from zoo.kit.stream import map_tensors, scan_tensors
-    from zoo.kit.topk import model_thresholds, zero_below
-    from zoo.kit.weights import is_statistic, keep_largest, task_vectors
-    from zoo.kit.options import option
+    from zoo.kit.tensors.spill import Spill
+    from zoo.kit.tensors.stream import map_tensors, scan_tensors
+    from zoo.kit.merge.topk import model_thresholds, zero_below
+    from zoo.kit.tensors.weights import is_statistic, keep_largest, task_vectors
+    from zoo.kit.strategy.options import option
     from zoo.kit.strategy import Combined, Context, Strategy
-    from zoo.kit.transfer import TargetView, TransferMetric
+    from zoo.kit.measure.transferability import TargetView, TransferMetric
 
 
 def __getattr__(name: str):
     import importlib
 
-    module = API.get(name) or KIT.get(name)
-    if module is None:
+    where = API.get(name) or KIT.get(name)
+    if where is None:
         raise AttributeError(f"module 'zoo' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    module, _, attr = where.partition(":")
+    return getattr(importlib.import_module(module), attr or name)

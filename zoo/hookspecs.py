@@ -28,9 +28,9 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import typer
-    from zoo.kit.member import Member
+    from zoo.kit.members.member import Member
     from zoo.kit.strategy import Combined, Strategy
-    from zoo.kit.transfer import TransferMetric
+    from zoo.kit.measure.transferability import TransferMetric
 
 PROJECT = "zoo"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -88,7 +88,7 @@ def zoo_commands(app: typer.Typer, cli: Any) -> None:
     """Add sub-commands to the ``zoo`` command: ``app.add_typer(my_app, name="mine")`` or ``app.command()``.
 
     Errors: a command raises :class:`zoo.BadInput` for what the user must change (exit 2), or another
-    :class:`zoo.ZooError` with its ``exit_code`` (``zoo.kit.errors``; 1 for the network). zoo prints the
+    :class:`zoo.ZooError` with its ``exit_code`` (``zoo.kit.strategy.errors``; 1 for the network). zoo prints the
     message as one line on stderr and exits with that code, as for its own commands; any other exception
     is an unexpected error (exit 1, the traceback with ``--debug``). Click's own usage errors
     (``typer.BadParameter``) keep click's message and exit 2.

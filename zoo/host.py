@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from zoo import hookspecs
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.kit.strategy import Strategy

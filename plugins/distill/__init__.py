@@ -4,10 +4,11 @@
 training run (cached or live teacher outputs, the discriminator, evaluation).
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.distill.strategy import Distill
 

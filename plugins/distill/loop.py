@@ -1,4 +1,4 @@
-"""Distillation on the one training loop (``zoo.kit.training``): data, teacher targets, the loss step, evaluation.
+"""Distillation on the one training loop (``zoo.kit.train.loop``): data, teacher targets, the loss step, evaluation.
 
 One ``Run`` holds what the step needs. The order of the training images comes from a seeded
 ``torch.Generator`` that the loop checkpoints with the model, optimizer, scheduler and
@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zoo.kit import card, checkpoint
-from zoo.kit.errors import BadInput, ZooError
+import zoo
+from zoo.kit.card import Section
+from zoo.kit.train import resume_state
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -30,12 +31,12 @@ class Run:
     maps: list = field(default_factory=list)  # per teacher: its classes → the student's (None: the same)
 
     def __post_init__(self):
-        from zoo.kit.training import ddp
+        from zoo.kit.train import ddp
 
         ctx = self.ctx
         if not ctx.train_data:
-            raise BadInput("strategy 'distill' needs --train-data DIR: the images the student learns the "
-                           "teachers' predictions on (one sub-folder per class)")
+            raise zoo.BadInput("strategy 'distill' needs --train-data DIR: the images the student learns the "
+                               "teachers' predictions on (one sub-folder per class)")
         n = len(self.classes)
         # a fresh student is preprocessed like the first teacher
         start = self.student_member if self.student_member is not None else self.teachers[0]
@@ -44,13 +45,13 @@ class Run:
         self.model = ddp(self.student.to(ctx.device))  # under torchrun: DistributedDataParallel
 
     def unwrapped(self):
-        from zoo.kit.training import unwrap
+        from zoo.kit.train import unwrap
 
         return unwrap(self.model)
 
     def config(self) -> dict:
         if self.student_member is not None:
-            from zoo.kit.finetune import config_for
+            from zoo.kit.train import config_for
 
             return config_for(self.student_member, self.classes)
         model = self.unwrapped()
@@ -66,14 +67,14 @@ def _teacher_logits_cached(run: Run):
     """Each teacher's logits on the training images, in the student's split order (zoo.features cache)."""
     import torch
 
-    from zoo.kit.features import extract
+    from zoo.kit.measure import extract
 
     out = []
     for t in run.teachers:
         got = extract(t, run.ctx.train_data, run.classes, run.ctx.device, progress=run.ctx.progress)
         if not torch.equal(got.labels, run.split.targets):
-            raise ZooError(f"teacher {t.name}: its view of {run.ctx.train_data} is in another order than the "
-                           "student's; this is a bug in zoo, please report it")
+            raise zoo.ZooError(f"teacher {t.name}: its view of {run.ctx.train_data} is in another order than the "
+                               "student's; this is a bug in zoo, please report it")
         out.append(got.logits)
     return out
 
@@ -88,10 +89,10 @@ def _live_teachers(run: Run):
         models.append(t.create_model().to(run.ctx.device).eval())
         if run.options.augment:
             if data_config(t.pretrained_cfg) != mine:
-                raise BadInput(f"augment: teacher {t.name} preprocesses differently from the student "
-                               f"({data_config(t.pretrained_cfg)} vs {mine}); augmented images are made once "
-                               "per step for all of them, so they must share one preprocessing — or train "
-                               "without augment (teachers then see the images their own way)")
+                raise zoo.BadInput(f"augment: teacher {t.name} preprocesses differently from the student "
+                                   f"({data_config(t.pretrained_cfg)} vs {mine}); augmented images are made once "
+                                   "per step for all of them, so they must share one preprocessing — or train "
+                                   "without augment (teachers then see the images their own way)")
             continue
         splits.append(run.ctx.split("train", t, labels=run.classes))  # its own preprocessing
     return models, splits
@@ -101,14 +102,13 @@ def train(run: Run) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit import training
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train import LoopOptions, Step, autocast, ddp, to_device, train as train_loop
     from zoo.plugins.distill.losses import discriminator, kd_loss, meal_v2_loss, teacher_target
 
     opts, ctx, device = run.options, run.ctx, run.ctx.device
     rank, world = ctx.rank, ctx.world_size
     ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
-    state = checkpoint.resume_state(ckpt, asdict(opts), ctx.resume, what="distillation", key="options") \
+    state = resume_state(ckpt, asdict(opts), ctx.resume, what="distillation", key="options") \
         if ckpt is not None else None
 
     live = opts.teacher_outputs == "live" or (opts.teacher_outputs == "auto" and opts.augment)
@@ -119,13 +119,13 @@ def train(run: Run) -> list[dict]:
         teachers = None
     n = len(run.split)
     if n < world:
-        raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
+        raise zoo.BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
     model = run.model
     disc = disc_opt = None
     stateful = {}
     if opts.discriminator and opts.loss == "meal-v2":
         disc = discriminator(len(run.classes)).to(device)
-        disc_ddp = training.ddp(disc)
+        disc_ddp = ddp(disc)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=opts.lr, betas=(0.5, 0.999))
         stateful = {"discriminator": disc, "discriminator_optimizer": disc_opt}
 
@@ -151,7 +151,7 @@ def train(run: Run) -> list[dict]:
             loss = meal_v2_loss(logits, target)
         correct = int((logits.argmax(1) == labels).sum())
         if disc is None:
-            return training.Step(loss, n=len(mine), correct=correct)
+            return Step(loss, n=len(mine), correct=correct)
         # the student also tries to make its outputs pass for the teachers'
         fooled = disc(logits.softmax(dim=1))
         loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(mine), real=True, device=device))
@@ -165,15 +165,15 @@ def train(run: Run) -> list[dict]:
             disc_opt.step()
             return {"discriminator_loss": d_loss.item()}
 
-        return training.Step(loss, n=len(mine), correct=correct, after=discriminator_step)
+        return Step(loss, n=len(mine), correct=correct, after=discriminator_step)
 
-    options = training.Options(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-n // opts.batch_size),
-                               weight_decay=opts.weight_decay, optimizer=opts.optimizer,
-                               warmup_epochs=opts.warmup_epochs, label="distil", top1_note=" (labels)")
-    return training.train(model, step, lambda epoch, gen: _batches(run, gen), options, device=device,
-                          generator=torch.Generator().manual_seed(ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir,
-                          state=state, stateful=stateful, save_extra={"options": asdict(opts)},
-                          progress=ctx.progress, log=ctx.log)
+    options = LoopOptions(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-n // opts.batch_size),
+                          weight_decay=opts.weight_decay, optimizer=opts.optimizer,
+                          warmup_epochs=opts.warmup_epochs, label="distil", top1_note=" (labels)")
+    return train_loop(model, step, lambda epoch, gen: _batches(run, gen), options, device=device,
+                      generator=torch.Generator().manual_seed(ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir,
+                      state=state, stateful=stateful, save_extra={"options": asdict(opts)},
+                      progress=ctx.progress, log=ctx.log)
 
 
 def _batches(run: Run, gen):
@@ -212,7 +212,7 @@ def evaluate(run: Run) -> tuple[dict, dict]:
     through the context, so that plugins' metrics (``zoo_metrics``) are measured for each."""
     import torch
 
-    from zoo.kit.metrics import predict
+    from zoo.kit.measure import predict
     from zoo.plugins.distill.losses import teacher_target
 
     ctx = run.ctx
@@ -228,9 +228,9 @@ def evaluate(run: Run) -> tuple[dict, dict]:
     return student, {"student": student, "ensemble": ensemble, "teachers": teachers}
 
 
-def summary_section(evaluation: dict) -> card.Section:
+def summary_section(evaluation: dict) -> Section:
     rows = [["ensemble of the teachers (mean softmax)", f"{evaluation['ensemble']['top1'] * 100:.2f}"]]
     rows += [[f"teacher `{name}`", f"{m['top1'] * 100:.2f}"] for name, m in evaluation["teachers"].items()]
     rows.append(["**student**", f"**{evaluation['student']['top1'] * 100:.2f}**"])
-    return card.Section("Distillation", "Held-out top-1 of the teachers, their ensemble and the distilled student:",
-                        columns=["model", "top-1 (%)"], rows=rows, level=2)
+    return Section("Distillation", "Held-out top-1 of the teachers, their ensemble and the distilled student:",
+                   columns=["model", "top-1 (%)"], rows=rows, level=2)

@@ -8,7 +8,7 @@
 
 Teachers may differ in architecture and preprocessing: each sees the training images through its
 own timm data config, the student through its own. Without augmentation the teachers' logits are
-computed once and cached on disk (``zoo.kit.features``); ``teacher_outputs=live`` runs them on every
+computed once and cached on disk (``zoo.kit.measure.features``); ``teacher_outputs=live`` runs them on every
 batch instead. Under ``torchrun`` the student is wrapped in DistributedDataParallel and each
 process takes its share of every global batch; rank 0 alone writes.
 """
@@ -18,17 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo import Combined, Strategy, option
+import zoo
 from zoo.kit.data import common_labels, label_names
-from zoo.kit.device import state_on_cpu
-from zoo.kit.errors import BadInput
-from zoo.kit.finetune import Recipe
-from zoo.kit.options import compose
+from zoo.kit.train import Recipe, state_on_cpu
+from zoo.kit.strategy import compose
 
 CHECKPOINT = "checkpoint.pt"
 
 
-class Distill(Strategy):
+class Distill(zoo.Strategy):
     name = "distill"
     summary = "distil the members (teachers) into one student: MEAL V2 (mean teacher softmax) or Hinton KD"
     min_members = 1
@@ -36,22 +34,22 @@ class Distill(Strategy):
 
     @dataclass
     class Own:
-        student: str = option("", "the student: a timm architecture (fresh weights, the first teacher's "
-                              "preprocessing) or a member spec (its weights are the start; MEAL V2: a good "
-                              "start matters); default: the first teacher's architecture, fresh")
-        loss: Literal["meal-v2", "kd"] = option("meal-v2", "meal-v2: mean teacher softmax, labels unused; "
-                                                "kd: Hinton's temperature-softened KL plus label cross-entropy")
-        temperature: float = option(4.0, "kd: the temperature T", min=1e-3)
-        alpha: float = option(0.9, "kd: weight of the distillation term (1−α on the labels)", min=0.0, max=1.0)
-        discriminator: bool = option(False, "meal-v2: also train MEAL V2's discriminator on the outputs")
-        optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or sgd with momentum 0.9")
-        teacher_outputs: Literal["auto", "cached", "live"] = option(
+        student: str = zoo.option("", "the student: a timm architecture (fresh weights, the first teacher's "
+                                  "preprocessing) or a member spec (its weights are the start; MEAL V2: a good "
+                                  "start matters); default: the first teacher's architecture, fresh")
+        loss: Literal["meal-v2", "kd"] = zoo.option("meal-v2", "meal-v2: mean teacher softmax, labels unused; "
+                                                    "kd: Hinton's temperature-softened KL plus label cross-entropy")
+        temperature: float = zoo.option(4.0, "kd: the temperature T", min=1e-3)
+        alpha: float = zoo.option(0.9, "kd: weight of the distillation term (1−α on the labels)", min=0.0, max=1.0)
+        discriminator: bool = zoo.option(False, "meal-v2: also train MEAL V2's discriminator on the outputs")
+        optimizer: Literal["adamw", "sgd"] = zoo.option("adamw", "adamw, or sgd with momentum 0.9")
+        teacher_outputs: Literal["auto", "cached", "live"] = zoo.option(
             "auto", "cached: teachers run once over the training data and their logits are kept on disk (fast, "
             "but every epoch sees the same images: no augmentation); live: teachers run on every batch under "
             "inference_mode (a teacher forward pass per step; needed with augment); auto: live with augment, "
             "cached otherwise")
-        label_map: str = option("", "a JSON file {teacher name: {its label: student label, or null to drop}} for "
-                                "teachers whose labels differ; the student learns the first teacher's classes")
+        label_map: str = zoo.option("", "a JSON file {teacher name: {its label: student label, or null to drop}} for "
+                                    "teachers whose labels differ; the student learns the first teacher's classes")
 
     #: the training's options are zoo finetune's (the recipe): their types, defaults and bounds, with the
     #: helps and defaults that differ for a student learning from teachers
@@ -72,11 +70,11 @@ class Distill(Strategy):
         from zoo.plugins.distill.loop import Run, train
 
         if options.augment and options.teacher_outputs == "cached":
-            raise BadInput("teacher_outputs=cached keeps one output per image, but augment changes the images every "
-                           "epoch: use teacher_outputs=live (or auto) with augment")
+            raise zoo.BadInput("teacher_outputs=cached keeps one output per image, but augment changes the images every "
+                               "epoch: use teacher_outputs=live (or auto) with augment")
         if options.discriminator and options.loss != "meal-v2":
-            raise BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
-                           "drop it or use loss=meal-v2")
+            raise zoo.BadInput("--option discriminator=true belongs to loss=meal-v2 (MEAL V2's discriminator); "
+                               "drop it or use loss=meal-v2")
         classes, maps = _common_labels(members, options.label_map)
         student_member, student, model_args = _student(options.student, members, classes, ctx)
         run = Run(teachers=members, student=student, student_member=student_member, classes=classes,
@@ -84,13 +82,13 @@ class Distill(Strategy):
         history = train(run)
         sd = state_on_cpu(run.unwrapped())
         report = {"history": history, "classes": classes}
-        from zoo.kit.plots import training_curves
+        from zoo.kit.card import training_curves
         from zoo.plugins.distill.loop import evaluate, summary_section
 
         metrics = None
         if ctx.eval_data:
             metrics, report["evaluation"] = evaluate(run)
-        combined = Combined(state_dict=sd, config=run.config(), metrics=metrics, report=report)
+        combined = zoo.Combined(state_dict=sd, config=run.config(), metrics=metrics, report=report)
 
         combined.figures["training.png"] = training_curves(
                 history, top1_title="student training top-1 vs labels (%)")
@@ -116,18 +114,18 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
         try:
             maps_in = json.loads(open(label_map).read())
         except (OSError, ValueError) as e:
-            raise BadInput(f"label_map {label_map}: cannot read it as JSON ({e})") from None
+            raise zoo.BadInput(f"label_map {label_map}: cannot read it as JSON ({e})") from None
         unknown = set(maps_in) - {m.name for m in members}
         if unknown:
-            raise BadInput(f"label_map names {sorted(unknown)}, which are not teachers here "
-                           f"({', '.join(m.name for m in members)})")
+            raise zoo.BadInput(f"label_map names {sorted(unknown)}, which are not teachers here "
+                               f"({', '.join(m.name for m in members)})")
 
     def mapping(m):
         table = maps_in[m.name]
         missing = [lab for lab in label_names(m) if lab not in table]
         if missing:
-            raise BadInput(f"label_map for {m.name}: its labels {missing[:5]} are not mapped; map each label "
-                           "to a student label, or to null to drop it")
+            raise zoo.BadInput(f"label_map for {m.name}: its labels {missing[:5]} are not mapped; map each label "
+                               "to a student label, or to null to drop it")
         return table
 
     first = members[0]
@@ -147,8 +145,8 @@ def _common_labels(members, label_map: str) -> tuple[list[str], list]:
             if target is None:
                 continue
             if target not in classes:
-                raise BadInput(f"label_map for {m.name}: {lab!r} → {target!r}, which is not a student class "
-                               f"({', '.join(classes[:10])})")
+                raise zoo.BadInput(f"label_map for {m.name}: {lab!r} → {target!r}, which is not a student class "
+                                   f"({', '.join(classes[:10])})")
             matrix[z, classes.index(target)] = 1.0
         maps.append(matrix)
     return classes, maps
@@ -158,15 +156,15 @@ def _student(spec: str, teachers, classes: list[str], ctx):
     """(member or None, timm model with a head for ``classes``, constructor arguments for its config)."""
     import timm
 
-    from zoo.kit.finetune import model_for
+    from zoo.kit.train import model_for
 
     arch = spec or teachers[0].architecture
     if spec and (":" in spec or "/" in spec or spec.startswith(".")):
         member = ctx.load_member(spec)
         return member, model_for(member, len(classes), classes), member.model_args
     if not timm.is_model(arch):
-        raise BadInput(f"student {arch!r}: timm knows no such architecture and it is not a member path; "
-                       "give a timm model name (e.g. resnet18) or a member spec (hf-hub:ORG/NAME, a folder)")
+        raise zoo.BadInput(f"student {arch!r}: timm knows no such architecture and it is not a member path; "
+                           "give a timm model name (e.g. resnet18) or a member spec (hf-hub:ORG/NAME, a folder)")
     cfg = {**teachers[0].pretrained_cfg, "num_classes": len(classes)}
     args = _size_args(arch, cfg)
     model = timm.create_model(arch, pretrained=False, num_classes=len(classes), pretrained_cfg_overlay=cfg, **args)

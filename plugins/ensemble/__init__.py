@@ -6,17 +6,18 @@ their predictions (Xia & Bouganis, "Window-Based Early-Exit Cascades for Uncerta
 - ``selective.py``: scores, the risk–coverage curve, AURC, operating thresholds and the paper's windows
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.ensemble.strategy import Cascade, Ensemble
 
     return [Ensemble, Cascade]
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_open_output(folder, config):
     if config.get("zoo_type") != "ensemble":
         return None

@@ -43,8 +43,8 @@ def member_config(member) -> dict[str, Any]:
 
 
 def macs_of(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Multiply–accumulates of one image through ``model`` (``zoo.kit.metrics.macs_per_image``)."""
-    from zoo.kit.metrics import macs_per_image
+    """Multiply–accumulates of one image through ``model`` (``zoo.kit.measure.metrics.macs_per_image``)."""
+    from zoo.kit.measure import macs_per_image
 
     return macs_per_image(model, input_size)
 

@@ -1,7 +1,7 @@
 """Selective classification and the cascade's exit windows, as Xia & Bouganis define them (ICCV 2023,
 "Window-Based Early-Exit Cascades for Uncertainty Estimation"; code: Guoxoug/window-early-exit).
 
-- **Score**, **risk–coverage curve**, **AURC**: as ``zoo.kit.selective`` defines them (shared with every
+- **Score**, **risk–coverage curve**, **AURC**: as ``zoo.kit.measure.selective`` defines them (shared with every
   strategy that reports selective classification).
 - **Operating threshold τ** on the validation data for a target:
   - ``risk@R``: the threshold whose risk is closest to R, ignoring the least-covered 1% of the curve,
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.kit.errors import BadInput
-from zoo.kit.selective import risk_coverage, scores  # noqa: F401  (the cascade uses them as selective.*)
+import zoo
+from zoo.kit.measure import risk_coverage, scores  # noqa: F401  (the cascade uses them as selective.*)
 
 _TARGET = re.compile(r"^(risk|coverage|tpr)@(\d+(?:\.\d+)?)%?$")
 
@@ -47,11 +47,11 @@ class Target:
 def parse_target(text: str) -> Target:
     m = _TARGET.match(text.strip())
     if not m:
-        raise BadInput(f"option target={text!r}: write risk@5%, coverage@80% or tpr@95% (selective "
-                       "classification at a risk or a coverage, or OOD detection at a true-positive rate)")
+        raise zoo.BadInput(f"option target={text!r}: write risk@5%, coverage@80% or tpr@95% (selective "
+                           "classification at a risk or a coverage, or OOD detection at a true-positive rate)")
     value = float(m.group(2)) / 100
     if not 0 < value < 1:
-        raise BadInput(f"option target={text!r}: the percentage must lie between 0 and 100")
+        raise zoo.BadInput(f"option target={text!r}: the percentage must lie between 0 and 100")
     return Target(m.group(1), value)
 
 
@@ -67,9 +67,9 @@ def threshold(correct: torch.Tensor, score: torch.Tensor, target: Target) -> flo
         k = int(torch.argmin((reachable - target.value).abs())) + skip
         if float(reachable.min()) > target.value:
             best = int(torch.argmin(reachable)) + skip
-            raise BadInput(f"option target={target}: no threshold reaches a risk of {target.value:.1%} on the "
-                           f"validation data; the lowest risk it reaches is {float(risk[best]):.1%}, at coverage "
-                           f"{float(coverage[best]):.1%} (and {float(risk[-1]):.1%} at full coverage)")
+            raise zoo.BadInput(f"option target={target}: no threshold reaches a risk of {target.value:.1%} on the "
+                               f"validation data; the lowest risk it reaches is {float(risk[best]):.1%}, at coverage "
+                               f"{float(coverage[best]):.1%} (and {float(risk[-1]):.1%} at full coverage)")
     else:
         k = int(torch.argmin((coverage - target.value).abs()))
     k = max(k, 1)

@@ -24,10 +24,9 @@ from typing import Literal
 
 import torch
 
-from zoo import Combined, Strategy, option
-from zoo.kit.device import state_on_cpu
-from zoo.kit.errors import BadInput
-from zoo.kit.selective import selective_metrics
+import zoo
+from zoo.kit.train import state_on_cpu
+from zoo.kit.measure import selective_metrics
 from zoo.plugins.ensemble import module as ens
 from zoo.plugins.ensemble import selective
 
@@ -70,7 +69,7 @@ class _Built:
 
 def _probs(net: ens.EnsembleNet, split, ctx) -> list[torch.Tensor]:
     """Every member's softmax on ``split`` (each through its own preprocessing), on the CPU."""
-    from zoo.kit.device import to_device
+    from zoo.kit.train import to_device
 
     net = net.to(ctx.device)
     outs: list[list[torch.Tensor]] = [[] for _ in net.members]
@@ -90,7 +89,7 @@ def _figures_of(name: str, probs: torch.Tensor, targets, macs_per_image: float, 
 
 
 def _risk_coverage_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str):
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -126,15 +125,15 @@ print(m.last_macs, m.last_exits)    # multiply-accumulates the last batch cost, 
 ```"""
 
 
-def _combined(built: _Built, net: ens.EnsembleNet, metrics, report, figures, section: str) -> Combined:
+def _combined(built: _Built, net: ens.EnsembleNet, metrics, report, figures, section: str) -> zoo.Combined:
     config = ens.to_config(net, [ens.member_config(m) for m in built.members], pretrained_cfg=built.pretrained_cfg,
                            label_names=built.labels, num_classes=len(built.labels))
-    return Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, figures=figures,
-                    card_sections=[section], usage=_USAGE.format(article="An" if config["kind"] == "ensemble" else "A",
+    return zoo.Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, figures=figures,
+                        card_sections=[section], usage=_USAGE.format(article="An" if config["kind"] == "ensemble" else "A",
                                                     kind=config["kind"], n=len(built.members)))
 
 
-class Ensemble(Strategy):
+class Ensemble(zoo.Strategy):
     name = "ensemble"
     summary = "average the members' softmax (any architectures, one label space); every member inside the output"
     min_members = 2
@@ -142,19 +141,19 @@ class Ensemble(Strategy):
 
     @dataclass
     class Options:
-        weights: list[float] = option([], "one weight per member, in the order given (default: equal); "
+        weights: list[float] = zoo.option([], "one weight per member, in the order given (default: equal); "
                                           "normalised to sum to 1")
-        risk: float = option(0.05, "the risk the card's coverage is reported at (selective classification)",
-                             min=0.0, max=1.0)
+        risk: float = zoo.option(0.05, "the risk the card's coverage is reported at (selective classification)",
+                                 min=0.0, max=1.0)
 
     @classmethod
     def check(cls, options) -> None:
         if any(w < 0 for w in options.weights) or (options.weights and sum(options.weights) <= 0):
-            raise BadInput("option weights: give non-negative weights that do not all vanish")
+            raise zoo.BadInput("option weights: give non-negative weights that do not all vanish")
 
     def combine(self, members, options, ctx):
         if options.weights and len(options.weights) != len(members):
-            raise BadInput(f"option weights: {len(options.weights)} weights for {len(members)} members")
+            raise zoo.BadInput(f"option weights: {len(options.weights)} weights for {len(members)} members")
         built = _Built(members, ctx, by_cost=False)
         net = built.net(weights=options.weights or None)
         metrics, report, figures = None, {"members": [m.name for m in built.members], "macs": built.macs}, {}
@@ -179,7 +178,7 @@ class Ensemble(Strategy):
         return _combined(built, net, metrics, report, figures, section)
 
 
-class Cascade(Strategy):
+class Cascade(zoo.Strategy):
     name = "cascade"
     summary = "run members cheapest first; only samples inside a window around the operating threshold go on (Xia & Bouganis 2023)"
     min_members = 2
@@ -188,31 +187,31 @@ class Cascade(Strategy):
 
     @dataclass
     class Options:
-        target: str = option("risk@5%", "operating point the windows are chosen for, on --eval-data: risk@R% "
+        target: str = zoo.option("risk@5%", "operating point the windows are chosen for, on --eval-data: risk@R% "
                                         "(selective classification), coverage@C%, or tpr@P% (OOD detection)")
-        exit: Literal["window", "confidence"] = option(
+        exit: Literal["window", "confidence"] = zoo.option(
             "window", "window: go on inside a window around the target's threshold (the paper's); confidence: "
                       "go on when the score is at most `threshold` (plain early exit)")
-        window: float = option(0.1, "the window's half-width, in quantiles of the validation scores (the paper: "
+        window: float = zoo.option(0.1, "the window's half-width, in quantiles of the validation scores (the paper: "
                                     "0.1, i.e. 10% of samples either side of the threshold); 0: member 1 alone; "
                                     "inf: every sample goes on (the full ensemble)", min=0.0)
-        threshold: str = option("auto", "with exit=confidence: the score at or below which a sample goes on; "
+        threshold: str = zoo.option("auto", "with exit=confidence: the score at or below which a sample goes on; "
                                         "auto: the validation score 20% of samples are below (80% exit)")
-        score: Literal["msp", "entropy"] = option("msp", "a stage's confidence: maximum softmax probability, or "
+        score: Literal["msp", "entropy"] = zoo.option("msp", "a stage's confidence: maximum softmax probability, or "
                                                           "minus the entropy")
 
     @classmethod
     def check(cls, options) -> None:
         selective.parse_target(options.target)
         if 1 < options.window < math.inf:
-            raise BadInput(f"option window={options.window:g} is wider than the data allows: it is a half-width in "
-                           "quantiles of the validation scores (0–1; 1 already sends every sample on); give inf "
-                           "for the full ensemble")
+            raise zoo.BadInput(f"option window={options.window:g} is wider than the data allows: it is a half-width in "
+                               "quantiles of the validation scores (0–1; 1 already sends every sample on); give inf "
+                               "for the full ensemble")
         if options.threshold != "auto":
             try:
                 float(options.threshold)
             except ValueError:
-                raise BadInput(f"option threshold={options.threshold!r}: give a number or auto") from None
+                raise zoo.BadInput(f"option threshold={options.threshold!r}: give a number or auto") from None
 
     def combine(self, members, options, ctx):
         target = selective.parse_target(options.target)
@@ -239,7 +238,7 @@ class Cascade(Strategy):
             so_far = sum(probs[: stage + 1]) / (stage + 1)
         net = built.net(windows=windows, score=options.score).to(ctx.device)
         # the cascade itself on the held-out data: exits, cost and outputs as the loaded module computes them
-        from zoo.kit.device import to_device
+        from zoo.kit.train import to_device
 
         outs, spent, exits = [], 0, []
         with torch.inference_mode():

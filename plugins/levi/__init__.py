@@ -4,17 +4,18 @@
 - ``net.py``: the network (views, adapting layers) and its files
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.levi.strategy import Levi
 
     return [Levi]
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_open_output(folder, config):
     if config.get("zoo_type") != "levi":
         return None

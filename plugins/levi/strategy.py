@@ -23,14 +23,13 @@ from typing import Literal
 
 import torch
 
-from zoo import Combined, Strategy, option
-from zoo.kit.device import state_on_cpu
-from zoo.kit.errors import BadInput
-from zoo.kit.finetune import Recipe
-from zoo.kit.options import compose
+import zoo
+from zoo.kit.train import Recipe, state_on_cpu
+from zoo.kit.strategy import compose
 
 
-class Levi(Strategy):
+
+class Levi(zoo.Strategy):
     name = "levi"
     summary = "ensemble a frozen pre-trained model layer by layer with a small model trained from scratch (LEVI)"
     min_members = 1
@@ -40,11 +39,11 @@ class Levi(Strategy):
 
     @dataclass
     class Own:
-        small: str = option("resnet10t", "the small task-specific model: a timm architecture, trained from scratch")
-        levels: int = option(2, "depths ensembled, from the top: the pre-logits features and the outputs of the "
+        small: str = zoo.option("resnet10t", "the small task-specific model: a timm architecture, trained from scratch")
+        levels: int = zoo.option(2, "depths ensembled, from the top: the pre-logits features and the outputs of the "
                                 "last levels − 1 blocks of both models", min=1, max=4)
-        hidden: int = option(0, "hidden units of each adapting layer (0: one linear layer)", min=0)
-        pretrained: Literal["frozen", "finetune"] = option(
+        hidden: int = zoo.option(0, "hidden units of each adapting layer (0: one linear layer)", min=0)
+        pretrained: Literal["frozen", "finetune"] = zoo.option(
             "frozen", "the pre-trained model: frozen (the paper's) or trained with the rest")
 
     #: the training's options are zoo finetune's (the recipe), LEVI's own first
@@ -57,15 +56,14 @@ class Levi(Strategy):
         import timm
 
         if not timm.is_model(options.small):
-            raise BadInput(f"option small={options.small!r}: timm has no such architecture (see timm.list_models())")
+            raise zoo.BadInput(f"option small={options.small!r}: timm has no such architecture (see timm.list_models())")
 
     def combine(self, members, options, ctx):
         import timm
 
-        from zoo.kit import checkpoint, training
         from zoo.kit.data import data_config
-        from zoo.kit.device import autocast, to_device
-        from zoo.kit.finetune import class_names
+        from zoo.kit.train import (CHECKPOINT, LoopOptions, Step, autocast, class_names, ddp, resume_state,
+                                   to_device, train, unwrap)
         from zoo.plugins.levi import net as levi
 
         base = members[0]
@@ -80,18 +78,18 @@ class Levi(Strategy):
             net = levi.LEVINet(big, small, classes=len(classes), levels=options.levels, hidden=options.hidden,
                                input_size=tuple(cfg["input_size"]))
         except (RuntimeError, TypeError, NotImplementedError) as e:
-            raise BadInput(f"option levels={options.levels}: {base.architecture} or {options.small} does not give "
-                           f"{options.levels} levels of features ({e}); try levels=1") from None
+            raise zoo.BadInput(f"option levels={options.levels}: {base.architecture} or {options.small} does not give "
+                               f"{options.levels} levels of features ({e}); try levels=1") from None
         net.frozen_big = frozen
         net = net.to(ctx.device)
         split = ctx.split("train", base, labels=classes)
         n, world, rank = len(split), ctx.world_size, ctx.rank
         if n < world:
-            raise BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
+            raise zoo.BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
         cached = _big_views(net, split, ctx) if frozen else None
-        model = training.ddp(net)
-        ckpt = ctx.checkpoint_dir / training.CHECKPOINT if ctx.checkpoint_dir is not None else None
-        state = checkpoint.resume_state(ckpt, asdict(options), ctx.resume, what="LEVI training", key="options") \
+        model = ddp(net)
+        ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
+        state = resume_state(ckpt, asdict(options), ctx.resume, what="LEVI training", key="options") \
             if ckpt is not None else None
 
         def step(batch):
@@ -105,22 +103,21 @@ class Levi(Strategy):
                 levels = model(images, big_views=given, per_level=True)
             loss = torch.stack([torch.nn.functional.cross_entropy(lg.float(), labels) for lg in levels]).mean()
             correct = int((levels.mean(0).argmax(1) == labels).sum())
-            return training.Step(loss, n=len(mine), correct=correct)
+            return Step(loss, n=len(mine), correct=correct)
 
         def batches(epoch, gen):
             for idx in torch.randperm(n, generator=gen).split(options.batch_size):
                 yield idx, split.images[idx], split.targets[idx]
 
-        loop = training.Options(epochs=options.epochs, lr=options.lr, steps_per_epoch=-(-n // options.batch_size),
-                                weight_decay=options.weight_decay, warmup_epochs=options.warmup_epochs, label="levi")
-        history = training.train(model, step, batches, loop, device=ctx.device,
-                                 generator=torch.Generator().manual_seed(ctx.seed + 1),
-                                 checkpoint_dir=ctx.checkpoint_dir, state=state,
-                                 save_extra={"options": asdict(options)}, progress=ctx.progress, log=ctx.log)
-        net = training.unwrap(model).eval()
+        loop = LoopOptions(epochs=options.epochs, lr=options.lr, steps_per_epoch=-(-n // options.batch_size),
+                           weight_decay=options.weight_decay, warmup_epochs=options.warmup_epochs, label="levi")
+        history = train(model, step, batches, loop, device=ctx.device,
+                        generator=torch.Generator().manual_seed(ctx.seed + 1),
+                        checkpoint_dir=ctx.checkpoint_dir, state=state,
+                        save_extra={"options": asdict(options)}, progress=ctx.progress, log=ctx.log)
+        net = unwrap(model).eval()
         report, metrics = {"history": history, "classes": classes, "small": options.small}, None
-        from zoo.kit.metrics import macs_per_image, predict
-        from zoo.kit.selective import selective_metrics
+        from zoo.kit.measure import macs_per_image, predict, selective_metrics
 
         macs = float(macs_per_image(net, tuple(cfg["input_size"])))
         report["macs_per_image"] = macs
@@ -140,14 +137,14 @@ class Levi(Strategy):
                 report["ood"] = measured
         config = levi.to_config(net, _spec(base), {"architecture": options.small, "num_classes": len(classes)},
                                 pretrained_cfg=dict(base.pretrained_cfg), label_names=classes, frozen=frozen)
-        from zoo.kit.plots import training_curves
+        from zoo.kit.card import training_curves
 
-        out = Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, usage=_USAGE)
+        out = zoo.Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, usage=_USAGE)
         out.figures["training.png"] = training_curves(history)
         if rows:
-            from zoo.kit import card
+            from zoo.kit.card import Section
 
-            out.card_sections.append(card.Section(
+            out.card_sections.append(Section(
                 "LEVI: measured", f"{macs / 1e6:.3f} M multiply–accumulates per image (both models and the adapting "
                 "layers; torch's flop counter). AURC: area under the risk–coverage curve (maximum-softmax "
                 "confidence); coverage@risk5%: the share of images kept at 5% errors among them.",
@@ -166,7 +163,7 @@ def _spec(member) -> dict:
 def _big_views(net, split, ctx) -> list[torch.Tensor]:
     """The frozen pre-trained model's views of every training image, computed once (in split order)."""
     from zoo.plugins.levi.net import views
-    from zoo.kit.device import to_device
+    from zoo.kit.train import to_device
 
     out: list[list[torch.Tensor]] = [[] for _ in range(net.levels)]
     task = ctx.progress.task("pre-trained views of the training images", total=-(-len(split) // ctx.batch_size))
@@ -181,7 +178,7 @@ def _big_views(net, split, ctx) -> list[torch.Tensor]:
 
 def _levels_top1(net, split, ctx) -> list[float]:
     """Each adapting layer's own held-out top-1 (the prediction averages their logits)."""
-    from zoo.kit.device import to_device
+    from zoo.kit.train import to_device
 
     right = torch.zeros(net.levels)
     with torch.inference_mode():

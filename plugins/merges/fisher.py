@@ -1,7 +1,7 @@
 """Fisher merging (Matena & Raffel, NeurIPS 2022, "Merging Models with Fisher-Weighted Averaging").
 
 θ = Σᵢ Fᵢθᵢ / Σᵢ Fᵢ entry by entry, Fᵢ = max(diagonal Fisher of member i, floor). Each member's Fisher is
-estimated on ``--train-data`` with zoo's Fisher code (``zoo.kit.fisher``: batch 1, labels sampled from
+estimated on ``--train-data`` with zoo's Fisher code (``zoo.kit.train.fisher``: batch 1, labels sampled from
 the model's own softmax, as the reference code), one member at a time, and kept on disk
 (``zoo.Spill``) until the merge reads it back tensor by tensor. Buffers (BatchNorm statistics) have no
 Fisher: they are averaged. Equal Fishers give the plain average.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 import zoo
-from zoo.kit.fisher import diagonal_fisher
+from zoo.kit.train import diagonal_fisher
 
 
 def prepare(members, base, options, ctx) -> zoo.Spill:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 import zoo
-from zoo.kit.device import to_device
+from zoo.kit.train import to_device
 
 
 def linear_maps(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

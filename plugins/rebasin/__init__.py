@@ -9,17 +9,17 @@ starts made mergeable — ``zoo align`` and ``zoo combine --strategy rebasin``.
 - ``strategy.py``: the ``align`` and ``rebasin`` strategies; ``cli.py``: the ``zoo align`` command
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.rebasin.strategy import Align, Rebasin
 
     return [Align, Rebasin]
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_commands(app, cli):
     from zoo.plugins.rebasin.cli import add_align
 

@@ -3,8 +3,8 @@
 θ(α) = (1−α)·θ_A + α·θ_B for α on a grid; at each α the held-out loss (NLL) and top-1 are measured. The
 barrier is max over α of loss(θ(α)) − [(1−α)·loss(θ_A) + α·loss(θ_B)] (Frankle et al. 2020; Git Re-Basin),
 the accuracy drop max over α of [(1−α)·acc_A + α·acc_B] − acc(θ(α)). θ(α) is the kit's
-``zoo.kit.weights.lerp`` (float64, the ends bit for bit; integer buffers from the nearer end). With ``recompute`` the BatchNorm statistics of every interior θ(α) are re-estimated
-on training data first (``zoo.kit.batchnorm``).
+``zoo.kit.tensors.weights.lerp`` (float64, the ends bit for bit; integer buffers from the nearer end). With ``recompute`` the BatchNorm statistics of every interior θ(α) are re-estimated
+on training data first (``zoo.kit.train.batchnorm``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from zoo.kit import weights
+from zoo.kit.tensors import lerp
 
 
 def grid(points: int) -> list[float]:
@@ -24,12 +24,12 @@ def path(ctx, like, a, b, alphas: Sequence[float], split, *, recompute=None, bn_
          label: str = "path") -> dict[str, Any]:
     """Loss and top-1 along θ(α) on ``split``; ``recompute``: the training split to re-estimate BatchNorm
     statistics on at interior α (None: keep the interpolated ones)."""
-    from zoo.kit.batchnorm import recompute_bn_stats
+    from zoo.kit.train import recompute_bn_stats
 
     losses, accs = [], []
     task = ctx.progress.task(label, total=len(alphas))
     for alpha in alphas:
-        sd = weights.lerp(a, b, alpha)
+        sd = lerp(a, b, alpha)
         model = ctx.model(sd, like)
         if recompute is not None and 0.0 < alpha < 1.0:
             recompute_bn_stats(model, recompute, bn_batches, ctx.device, seed=ctx.seed)
@@ -56,7 +56,7 @@ def l2(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], keys) -> fl
 
 def figure(curves: dict[str, dict[str, Any]], *, title: str):
     """Held-out loss and top-1 along the path, one line per variant (before, aligned, aligned + BN reset)."""
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card import pyplot
 
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -43,7 +43,7 @@ def add_align(app: typer.Typer, cli) -> None:
         reference (zoo combine --strategy soup, ties, ...) it no longer averages unrelated units."""
         from rich.console import Console
 
-        from zoo.kit.options import parse_pairs
+        from zoo.kit.strategy import parse_pairs
 
         options = {**parse_pairs(option), **({"report": "true"} if report else {})}
         result = cli.combine("align", [to, member], eval_data=[eval_data] if eval_data else None,

@@ -16,7 +16,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.kit.errors import BadInput
+import zoo
+
 
 
 class _Node:
@@ -153,9 +154,9 @@ class _Builder:
         return self.fixed if flow.data or flow.shape[axis] > 1 else self.new(flow.shape[axis], self.here)
 
     def fail(self, why: str) -> None:
-        raise BadInput(f"{self.what}: cannot derive a permutation spec: {self.here or 'the model'} {why}. "
-                       "zoo align permutes ResNets, ConvNeXts, ViTs and plain MLP/conv nets; this layer would need a "
-                       "rule of its own")
+        raise zoo.BadInput(f"{self.what}: cannot derive a permutation spec: {self.here or 'the model'} {why}. "
+                           "zoo align permutes ResNets, ConvNeXts, ViTs and plain MLP/conv nets; this layer would need a "
+                           "rule of its own")
 
     # ---- the walk --------------------------------------------------------------------------
     def run(self, example: torch.Tensor) -> dict[str, Any]:
@@ -166,8 +167,8 @@ class _Builder:
         try:
             graph = tracer.trace(self.model)
         except Exception as e:  # noqa: BLE001 - any tracing failure is the same message
-            raise BadInput(f"{self.what}: torch.fx cannot trace the model ({type(e).__name__}: {e}); zoo align needs "
-                           "a traceable model") from None
+            raise zoo.BadInput(f"{self.what}: torch.fx cannot trace the model ({type(e).__name__}: {e}); zoo align needs "
+                               "a traceable model") from None
         gm = torch.fx.GraphModule(tracer.root, graph)
         was = self.model.training
         gm.eval()

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from zoo.kit.errors import BadInput
+import zoo
 from zoo.plugins.rebasin.spec import Spec
 
 Perms = Mapping[str, torch.Tensor]
@@ -80,10 +80,10 @@ def check_function(spec: Spec, model, images: torch.Tensor, *, seed: int = 0, wh
             one = {**identity(spec), g: perm}
             if error(one) > rtol:
                 tensors = ", ".join(k for k, _ in spec.users(g)[:4])
-                raise BadInput(f"{what}: permuting the {spec.groups[g]} units that start at {spec.where.get(g, g)} "
-                               f"(tensors {tensors}) changes the model's outputs; the permutation spec is wrong "
-                               "there, so nothing was aligned or written")
-        raise BadInput(f"{what}: the permutation spec changes the model's outputs (by {worst:.2g} of their scale) "
-                       "although no single group does; nothing was aligned or written")
+                raise zoo.BadInput(f"{what}: permuting the {spec.groups[g]} units that start at {spec.where.get(g, g)} "
+                                   f"(tensors {tensors}) changes the model's outputs; the permutation spec is wrong "
+                                   "there, so nothing was aligned or written")
+        raise zoo.BadInput(f"{what}: the permutation spec changes the model's outputs (by {worst:.2g} of their scale) "
+                           "although no single group does; nothing was aligned or written")
     finally:
         model.load_state_dict(state)

@@ -18,8 +18,7 @@ from typing import Sequence
 
 import torch
 
-from zoo.kit.batchnorm import recompute_bn_stats
-from zoo.kit.device import to_device
+from zoo.kit.train import recompute_bn_stats, to_device
 
 
 def _bns(model) -> dict[str, torch.nn.Module]:

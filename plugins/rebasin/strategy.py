@@ -17,12 +17,10 @@ from typing import Literal
 import torch
 
 import zoo
-from zoo import BadInput, Combined, Strategy, option
-from zoo.kit import card
-from zoo.kit.batchnorm import has_batchnorm, recomputed_state
-from zoo.kit.device import state_on_cpu
-from zoo.kit.metrics import predict
-from zoo.kit.weights import check_compatible
+from zoo.kit.card import Section
+from zoo.kit.train import has_batchnorm, recomputed_state, state_on_cpu
+from zoo.kit.measure import predict
+from zoo.kit.tensors import check_compatible
 from zoo.plugins.rebasin import barrier, match, permute
 from zoo.plugins.rebasin import repair as repairing
 from zoo.plugins.rebasin import spec as specs
@@ -33,23 +31,23 @@ CHECK_IMAGES = 16
 
 @dataclass
 class _Common:
-    max_sweeps: int = option(100, "most sweeps over the permutation groups (stops earlier after a sweep that "
+    max_sweeps: int = zoo.option(100, "most sweeps over the permutation groups (stops earlier after a sweep that "
                                   "gains nothing)", min=1)
-    first_sweep: Literal["graph", "random"] = option(
+    first_sweep: Literal["graph", "random"] = zoo.option(
         "graph", "order of the first sweep: the graph's (input to output; zoo's default) or random (the paper's)")
-    report: bool = option(False, "measure the loss barrier along the path between the reference and each member, "
+    report: bool = zoo.option(False, "measure the loss barrier along the path between the reference and each member, "
                                  "before and after alignment (needs --eval-data; --train-data adds both paths "
                                  "with BatchNorm statistics recomputed)")
-    points: int = option(11, "α points on each path the report measures", min=3)
-    bn_batches: int = option(20, "batches of --train-data used to re-estimate BatchNorm statistics", min=1)
+    points: int = zoo.option(11, "α points on each path the report measures", min=3)
+    bn_batches: int = zoo.option(20, "batches of --train-data used to re-estimate BatchNorm statistics", min=1)
 
 
 def _check_members(members) -> None:
     """One architecture, then the kit's check of the tensors (names, shapes: the width), as soups make it."""
     arch = {m.architecture for m in members}
     if len(arch) > 1:
-        raise BadInput(f"members of different architectures ({', '.join(sorted(arch))}): weight matching permutes "
-                       "the units of one architecture; align members of the same architecture and width")
+        raise zoo.BadInput(f"members of different architectures ({', '.join(sorted(arch))}): weight matching permutes "
+                           "the units of one architecture; align members of the same architecture and width")
     check_compatible(members)
 
 
@@ -64,13 +62,13 @@ def derive_checked(like, ctx, *, what: str):
     images = _probe(ctx, like, size)
     permute.check_function(spec, model, images, seed=ctx.seed, what=what)
     if not spec.groups:
-        raise BadInput(f"{what}: the model has no permutable units (every channel is tied to the input or the "
-                       "classes), so there is nothing to align")
+        raise zoo.BadInput(f"{what}: the model has no permutable units (every channel is tied to the input or the "
+                           "classes), so there is nothing to align")
     return spec, model, images
 
 
 def _probe(ctx, like, size) -> torch.Tensor:
-    from zoo.kit.device import to_device
+    from zoo.kit.train import to_device
 
     if ctx.eval_data:
         images = ctx.eval_split(like).images[:CHECK_IMAGES]
@@ -82,8 +80,8 @@ def _probe(ctx, like, size) -> torch.Tensor:
 def _same_function(model, before: dict, after: dict, images, *, what: str, rtol: float = 1e-4) -> float:
     diff = permute.output_difference(model, before, after, images)
     if diff > rtol:
-        raise BadInput(f"{what}: the aligned weights compute something else (outputs differ by {diff:.2g} of their "
-                       "scale); nothing was written")
+        raise zoo.BadInput(f"{what}: the aligned weights compute something else (outputs differ by {diff:.2g} of their "
+                           "scale); nothing was written")
     return diff
 
 
@@ -101,12 +99,12 @@ def _report_paths(ctx, like, spec, ref, raw, aligned, options, name: str, with_b
             "curves": curves}
 
 
-def _paths_section(paths: list[dict]) -> card.Section:
+def _paths_section(paths: list[dict]) -> Section:
     rows = []
     for p in paths:
         for variant, c in p["curves"].items():
             rows.append([p["member"], variant, c["loss_barrier"], c["top1_drop"], c["midpoint_top1"]])
-    return card.Section(
+    return Section(
         "Loss barrier along the path", "θ(α) = (1−α)·θ(reference) + α·θ(member) on the held-out data; the barrier "
         "is the largest excess of the loss over the straight line between the two ends' losses.",
         columns=["member", "path", "loss barrier", "top-1 drop", "top-1 at α=0.5"], rows=rows)
@@ -121,7 +119,7 @@ def _describe(spec) -> str:
     return ", ".join(f"{n} groups of {k}" for k, n in kinds.items())
 
 
-class Align(Strategy):
+class Align(zoo.Strategy):
     name = "align"
     summary = "permute a member's units to line up with a reference's (weight matching): the same function, " \
               "ready to merge (zoo align)"
@@ -134,11 +132,11 @@ class Align(Strategy):
     class Options(_Common):
         pass
 
-    def combine(self, members, options, ctx) -> Combined:
+    def combine(self, members, options, ctx) -> zoo.Combined:
         _check_members(members)
         reference, member = members
         if options.report and not ctx.eval_data:
-            raise BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
+            raise zoo.BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
         spec, model, images = derive_checked(reference, ctx, what=reference.architecture)
         ref, raw = reference.state_dict(), member.state_dict()
         matched = match.weight_matching(spec, ref, raw, seed=ctx.seed, max_sweeps=options.max_sweeps,
@@ -151,8 +149,8 @@ class Align(Strategy):
                              for g in spec.groups},
                   "sweeps": matched.sweeps, "inner_before": matched.inner_before, "inner_after": matched.inner_after,
                   "output_difference": diff}
-        result = Combined(state_dict=aligned, config=member.config, report=report)
-        sections = [card.Section(
+        result = zoo.Combined(state_dict=aligned, config=member.config, report=report)
+        sections = [Section(
             "Alignment", f"The units of {member.name} permuted to line up with {reference.name} (weight matching, "
             f"{matched.sweeps} sweeps over {_describe(spec)}). It computes what {member.name} computes: the "
             f"outputs differ by {diff:.1e} of their scale on the check images. No training.",
@@ -170,7 +168,7 @@ class Align(Strategy):
         return result
 
 
-class Rebasin(Strategy):
+class Rebasin(zoo.Strategy):
     name = "rebasin"
     summary = "align members trained from different starts (weight matching), then average them; BatchNorm " \
               "statistics recomputed (Git Re-Basin; REPAIR as an option)"
@@ -179,36 +177,36 @@ class Rebasin(Strategy):
 
     @dataclass
     class Options(_Common):
-        method: Literal["reference", "merge-many"] = option(
+        method: Literal["reference", "merge-many"] = zoo.option(
             "reference", "match every member to the first (reference) or Git Re-Basin's MergeMany (each to the mean "
                          "of the others, repeated until nothing changes)")
-        weights: list[float] = option([], "one weight per member for the average (default: uniform)", min=0)
-        bn: Literal["auto", "recompute", "keep"] = option(
+        weights: list[float] = zoo.option([], "one weight per member for the average (default: uniform)", min=0)
+        bn: Literal["auto", "recompute", "keep"] = zoo.option(
             "auto", "BatchNorm statistics of the average: recompute them on --train-data (auto: when the model has "
                     "BatchNorm), or keep the averaged ones")
-        repair: bool = option(False, "REPAIR: rescale each BatchNorm's output to the members' statistics (needs "
+        repair: bool = zoo.option(False, "REPAIR: rescale each BatchNorm's output to the members' statistics (needs "
                                      "--train-data and a model with BatchNorm)")
 
-    def combine(self, members, options, ctx) -> Combined:
+    def combine(self, members, options, ctx) -> zoo.Combined:
         _check_members(members)
         if options.weights and len(options.weights) != len(members):
-            raise BadInput(f"option weights has {len(options.weights)} values for {len(members)} members")
+            raise zoo.BadInput(f"option weights has {len(options.weights)} values for {len(members)} members")
         if options.weights and sum(options.weights) <= 0:
-            raise BadInput("option weights must not sum to 0")
+            raise zoo.BadInput("option weights must not sum to 0")
         weights = [w / sum(options.weights) for w in options.weights] if options.weights else \
             [1 / len(members)] * len(members)
         if options.report and not ctx.eval_data:
-            raise BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
+            raise zoo.BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
         like = members[0]
         spec, model, images = derive_checked(like, ctx, what=like.architecture)
         with_bn = has_batchnorm(model)
         recompute = options.bn == "recompute" or (options.bn == "auto" and with_bn) or options.repair
         if options.repair and not with_bn:
-            raise BadInput(f"option repair=true rescales BatchNorm outputs; {like.architecture} has no BatchNorm "
-                           "(use bn=keep, or a model with BatchNorm)")
+            raise zoo.BadInput(f"option repair=true rescales BatchNorm outputs; {like.architecture} has no BatchNorm "
+                               "(use bn=keep, or a model with BatchNorm)")
         if recompute and with_bn and not ctx.train_data:
-            raise BadInput(f"{like.architecture} has BatchNorm: averaged statistics fit no member, so rebasin "
-                           "recomputes them; pass --train-data DIR (or -o bn=keep to keep the averaged ones)")
+            raise zoo.BadInput(f"{like.architecture} has BatchNorm: averaged statistics fit no member, so rebasin "
+                               "recomputes them; pass --train-data DIR (or -o bn=keep to keep the averaged ones)")
         train = ctx.train_split(like) if recompute and with_bn else None
         split = ctx.eval_split(like) if ctx.eval_data else None
 
@@ -261,7 +259,7 @@ class Rebasin(Strategy):
         report = {"method": options.method, "weights": weights, "spec": spec.describe(),
                   "bn": "repair" if options.repair else ("recomputed" if train is not None else "averaged"),
                   "sweeps": sweeps}
-        result = Combined(state_dict=merged, report=report)
+        result = zoo.Combined(state_dict=merged, report=report)
         rows = []
         if split is not None:
             naive = zoo.map_tensors(members, lambda tensors, _b, *, key: sum(w * t for w, t in zip(weights, tensors)),
@@ -289,15 +287,15 @@ class Rebasin(Strategy):
         text = (f"{len(members)} members aligned to {how} by weight matching ({_describe(spec)}), then averaged"
                 + (", BatchNorm statistics recomputed on the training data" if train is not None else "")
                 + (" and each BatchNorm's output rescaled to the members' (REPAIR)" if options.repair else "") + ".")
-        result.card_sections.insert(0, card.Section("Re-basin", text, columns=["model", "held-out top-1",
+        result.card_sections.insert(0, Section("Re-basin", text, columns=["model", "held-out top-1",
                                                                              "held-out NLL"], rows=rows)
-                                    if rows else card.Section("Re-basin", text))
+                                    if rows else Section("Re-basin", text))
         return result
 
 
 def _bars(rows, merged):
-    from zoo.kit import plots
+    from zoo.kit.card import bars
 
     labels = [r[0] for r in rows] + ["re-basin merge"]
     values = [r[1] for r in rows] + [merged.top1]
-    return plots.bars(labels, values, highlight=[len(values) - 1], title="held-out top-1", ylabel="top-1 (%)")
+    return bars(labels, values, highlight=[len(values) - 1], title="held-out top-1", ylabel="top-1 (%)")

@@ -9,24 +9,25 @@ files, and the `zoo stitch` commands — all of stitching, in one plugin.
 - ``cli.py``: ``zoo stitch list`` and ``zoo stitch export``
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.stitch.strategy import Stitch
 
     return [Stitch]
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_commands(app, cli):
     from zoo.plugins.stitch.cli import stitch_app
 
     app.add_typer(stitch_app(cli), name="stitch")
 
 
-@hookimpl
+@zoo.hookimpl
 def zoo_open_output(folder, config):
     from zoo.plugins.stitch import io
 

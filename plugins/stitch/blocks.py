@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zoo.kit.errors import BadInput
+import zoo
+
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -118,5 +119,5 @@ def family_of(model: nn.Module, who: str) -> Family:
     for family in FAMILIES.values():
         if family.accepts(model):
             return family
-    raise BadInput(f"{who}: a {type(model).__name__} cannot be stitched; zoo stitches timm's VisionTransformer "
-                   "(ViT, DeiT) and EfficientNet (EfficientNet, EfficientNet-Lite) families")
+    raise zoo.BadInput(f"{who}: a {type(model).__name__} cannot be stitched; zoo stitches timm's VisionTransformer "
+                       "(ViT, DeiT) and EfficientNet (EfficientNet, EfficientNet-Lite) families")

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+import zoo
+
 
 def stitch_app(cli) -> typer.Typer:
     """The `zoo stitch` commands; ``cli`` is what ``zoo_commands`` gives (zoo's console under --quiet)."""
@@ -47,10 +49,9 @@ def list_cmd(
     import json
 
     from zoo.plugins.stitch.export import stitch_configs
-    from zoo.kit.errors import BadInput
 
     if sort not in ("id", "gflops", "params", "top1"):
-        raise BadInput(f"--sort {sort!r}: use id, gflops, params or top1")
+        raise zoo.BadInput(f"--sort {sort!r}: use id, gflops, params or top1")
     rows = stitch_configs(folder)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
-from zoo.kit.network import folder_of
-from zoo.kit.output import check_out
+import zoo
+from zoo.kit.members import check_out, folder_of
 from zoo.plugins.stitch import io as snnet_io
 from zoo.plugins.stitch.snnet import Config
 
@@ -42,7 +41,7 @@ def stitch_export(spec: str | Path, out: str | Path, *, config: int | None = Non
     net = snnet_io.load_folder(folder)
     if config is None:
         if max_gflops is None and max_params is None:
-            raise BadInput("say which configuration to export: --config ID, --max-gflops or --max-params")
+            raise zoo.BadInput("say which configuration to export: --config ID, --max-gflops or --max-params")
         config = net.best_within(max_gflops=max_gflops, max_params=max_params)
     return snnet_io.export(net, config_json, int(config), Path(out), force=force), int(config)
 
@@ -52,7 +51,7 @@ def _config(folder: Path, spec) -> dict[str, Any]:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise BadInput(f"{spec}: cannot read config.json ({e})") from None
+        raise zoo.BadInput(f"{spec}: cannot read config.json ({e})") from None
     if not snnet_io.is_snnet(config):
-        raise BadInput(f"{spec} is not a stitched network (make one with zoo combine --strategy stitch)")
+        raise zoo.BadInput(f"{spec} is not a stitched network (make one with zoo combine --strategy stitch)")
     return config

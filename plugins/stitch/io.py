@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
+import zoo
 from zoo.plugins.stitch.snnet import Config, SNNet, uses
 
 ZOO_TYPE = "snnet"
@@ -74,8 +74,8 @@ def from_config(config: dict[str, Any], state_dict: dict | None = None) -> SNNet
         missing, unexpected = net.load_state_dict(state_dict, strict=False)
         unread = [k for k in missing if any(uses(net, c, k) for c in net.configs)]
         if unread or unexpected:
-            raise BadInput(f"the stitched network's weights do not fit its config.json (missing {unread[:3]}, "
-                           f"unexpected {unexpected[:3]}); the folder is damaged or was edited")
+            raise zoo.BadInput(f"the stitched network's weights do not fit its config.json (missing {unread[:3]}, "
+                               f"unexpected {unexpected[:3]}); the folder is damaged or was edited")
     return net.eval()
 
 
@@ -85,7 +85,7 @@ def load_folder(folder: Path) -> SNNet:
     config = json.loads((folder / "config.json").read_text())
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise BadInput(f"{folder}: no .safetensors weights next to config.json")
+        raise zoo.BadInput(f"{folder}: no .safetensors weights next to config.json")
     state: dict = {}
     for f in files:
         state.update(load_file(str(f)))
@@ -97,12 +97,11 @@ def export(net: SNNet, config: dict[str, Any], which: int, out: Path, *, force: 
     one-configuration stitched network (only the weights it reads) for a stitch."""
     from huggingface_hub import ModelCard, save_torch_state_dict
 
-    from zoo.kit.output import atomic_folder
-    from zoo.kit.output import timm_config as output_config
+    from zoo.kit.members import atomic_folder, timm_config as output_config
 
     if which not in net.by_id:
-        raise BadInput(f"configuration {which} does not exist; ids run from {min(net.by_id)} to {max(net.by_id)} "
-                       "(zoo stitch list FOLDER shows them)")
+        raise zoo.BadInput(f"configuration {which} does not exist; ids run from {min(net.by_id)} to {max(net.by_id)} "
+                           "(zoo stitch list FOLDER shows them)")
     cfg = net.by_id[which]
     anchors = config["anchors"]
     meas = net.measured.get(cfg.id, {})

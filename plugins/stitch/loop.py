@@ -1,4 +1,4 @@
-"""Stitching's training (on the one loop, ``zoo.kit.training``), its evaluation of every configuration, the frontier
+"""Stitching's training (on the one loop, ``zoo.kit.train.loop``), its evaluation of every configuration, the frontier
 plot and the card table.
 
 Training draws one configuration per batch from a seeded ``torch.Generator`` (as the data order);
@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from zoo.kit import card, checkpoint
-from zoo.kit.errors import BadInput
+import zoo
+from zoo.kit.card import Section
+from zoo.kit.train import resume_state
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -33,17 +34,16 @@ class Run:
 
 
 def train(run: Run) -> tuple[list[dict], dict[str, float]]:
-    """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training (zoo.kit.training)."""
+    """Least-squares init (unless resuming), then ``epochs`` of one-configuration-per-batch training (zoo.kit.train.loop)."""
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit import training
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train import LoopOptions, Step, autocast, to_device, train as train_loop
 
     net, opts, ctx = run.net, run.options, run.ctx
     device = ctx.device
     ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
-    state = checkpoint.resume_state(ckpt, asdict(opts), ctx.resume, what="stitching", key="options") \
+    state = resume_state(ckpt, asdict(opts), ctx.resume, what="stitching", key="options") \
         if ckpt is not None else None
     split = run.split("train")
     net.to(device)
@@ -69,12 +69,12 @@ def train(run: Run) -> tuple[list[dict], dict[str, float]]:
         with autocast(device, True):
             logits = net.run(images, cfg).float()
         loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)
-        return training.Step(loss, n=len(idx), correct=int((logits.argmax(1) == labels).sum()))
+        return Step(loss, n=len(idx), correct=int((logits.argmax(1) == labels).sum()))
 
-    options = training.Options(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-len(split) // opts.batch_size),
-                               weight_decay=opts.weight_decay, freeze_bn=opts.bn == "frozen", label="stitch",
-                               top1_note=" (sampled configurations)")
-    history = training.train(net, step, batches, options, device=device, generator=torch.Generator().manual_seed(
+    options = LoopOptions(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-len(split) // opts.batch_size),
+                          weight_decay=opts.weight_decay, freeze_bn=opts.bn == "frozen", label="stitch",
+                          top1_note=" (sampled configurations)")
+    history = train_loop(net, step, batches, options, device=device, generator=torch.Generator().manual_seed(
         ctx.seed + 1), checkpoint_dir=ctx.checkpoint_dir, state=state,
         save_extra={"options": asdict(opts), "residual": residual}, progress=ctx.progress, log=ctx.log)
     net.eval()
@@ -86,12 +86,12 @@ def evaluate(run: Run) -> dict:
     plugins' metrics are measured too; top-1 and NLL also go into ``net.measured``. Returns id → Metrics."""
     import torch
 
-    from zoo.kit.device import autocast, to_device
+    from zoo.kit.train import autocast, to_device
 
     net, ctx = run.net.eval(), run.ctx
     split = run.split("eval")
     if len(split) == 0:
-        raise BadInput(f"--eval-data {ctx.eval_data} holds no images")
+        raise zoo.BadInput(f"--eval-data {ctx.eval_data} holds no images")
     logits: dict[int, list] = {c.id: [] for c in net.configs}
     task = ctx.progress.task(f"evaluating {len(net.configs)} configurations", total=len(split))
     with torch.inference_mode(), autocast(ctx.device, True):
@@ -120,7 +120,7 @@ def pareto(net) -> list[int]:
 
 def plot_frontier(net):
     """Held-out top-1 against GFLOPs: stitches coloured by anchor pair, anchors as stars, the Pareto front."""
-    from zoo.kit.plots import pyplot
+    from zoo.kit.card import pyplot
 
     plt = pyplot()
     m = net.measured
@@ -148,13 +148,13 @@ def plot_frontier(net):
     return fig
 
 
-def card_section(net) -> card.Section:
+def card_section(net) -> Section:
     m = net.measured
     front = set(pareto(net)) if all("top1" in m.get(c.id, {}) for c in net.configs) else set()
     rows = [[f"{c.id}{' ★' if c.id in front else ''}", c.describe(net.names), f"{m[c.id]['gflops']:.4g}",
              f"{m[c.id]['params']:,}", f"{m[c.id]['top1'] * 100:.2f}" if "top1" in m[c.id] else None]
             for c in sorted(net.configs, key=lambda c: m[c.id]["gflops"])]
-    return card.Section(
+    return Section(
         "Configurations", "Every configuration by FLOPs per image (counted by `torch.utils.flop_counter`, "
         "2 per multiply-add); `A[..j] → B[k..]` runs anchor A through block j, a stitching layer, then B from "
         "block k. ★ marks the Pareto front (no configuration is both cheaper and more accurate). "

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+import zoo
 from zoo.plugins.stitch.blocks import FAMILIES, Family
-from zoo.kit.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -143,19 +143,19 @@ class SNNet(nn.Module):
         from zoo.plugins.stitch.blocks import family_of
 
         if len(anchors) < 2:
-            raise BadInput(f"stitching needs at least 2 anchors of one family, got {len(anchors)}; give two or more "
-                           "members (-m small -m large)")
+            raise zoo.BadInput(f"stitching needs at least 2 anchors of one family, got {len(anchors)}; give two or more "
+                               "members (-m small -m large)")
         families = [family_of(m, n) for m, n in zip(anchors, names)]
         family = families[0]
         for f, n in zip(families, names):
             if f is not family:
-                raise BadInput(f"anchors {names[0]} ({family.name}) and {n} ({f.name}) are of different families and "
-                               f"cannot be stitched; give members of one family (all {family.name}, or all {f.name})")
+                raise zoo.BadInput(f"anchors {names[0]} ({family.name}) and {n} ({f.name}) are of different families and "
+                                   f"cannot be stitched; give members of one family (all {family.name}, or all {f.name})")
         depths = [family.depths(m) for m in anchors]
         for d, n in zip(depths, names):
             if len(d) != len(depths[0]):
-                raise BadInput(f"anchors {names[0]} and {n} have {len(depths[0])} and {len(d)} stages; stitching pairs "
-                               "blocks stage by stage, so anchors must share the stage layout of one family")
+                raise zoo.BadInput(f"anchors {names[0]} and {n} have {len(depths[0])} and {len(d)} stages; stitching pairs "
+                                   "blocks stage by stage, so anchors must share the stage layout of one family")
         probe = torch.zeros(1, *input_size)
         shapes = []
         with torch.no_grad():
@@ -177,9 +177,9 @@ class SNNet(nn.Module):
                     layers[groups[key]] = key[1:]
                 configs.append(Config(len(configs), (a, b), j, k, groups[key]))
             if not groups:
-                raise BadInput(f"anchors {names[a]} and {names[b]}: no block of one has the shape the other expects "
-                               f"({outs_a[0]} vs {ins_b[0]}…); they cannot be stitched (same patch size and input "
-                               "resolution are needed)")
+                raise zoo.BadInput(f"anchors {names[a]} and {names[b]}: no block of one has the shape the other expects "
+                                   f"({outs_a[0]} vs {ins_b[0]}…); they cannot be stitched (same patch size and input "
+                                   "resolution are needed)")
         return cls(anchors, names=names, family=family.name, configs=configs, layers=layers)
 
     # ---- running ----------------------------------------------------------------------
@@ -223,12 +223,12 @@ class SNNet(nn.Module):
         """Run configuration ``config`` from now on, or the best one within a FLOPs / parameter budget."""
         if config is not None:
             if int(config) not in self.by_id:
-                raise BadInput(f"configuration {config} does not exist; ids run from {min(self.by_id)} to "
-                               f"{max(self.by_id)} (zoo stitch list FOLDER shows them)")
+                raise zoo.BadInput(f"configuration {config} does not exist; ids run from {min(self.by_id)} to "
+                                   f"{max(self.by_id)} (zoo stitch list FOLDER shows them)")
             self.active = int(config)
             return self
         if max_gflops is None and max_params is None:
-            raise BadInput("select() needs a configuration id, max_gflops or max_params")
+            raise zoo.BadInput("select() needs a configuration id, max_gflops or max_params")
         self.active = self.best_within(max_gflops=max_gflops, max_params=max_params)
         return self
 
@@ -239,9 +239,9 @@ class SNNet(nn.Module):
         if not ok:
             cheapest = min(meas, key=lambda i: (meas[i]["gflops"], meas[i]["params"]))
             smallest = min(meas, key=lambda i: meas[i]["params"])
-            raise BadInput(f"no configuration meets the budget (max_gflops={max_gflops}, max_params={max_params}); "
-                           f"the cheapest is configuration {cheapest} at {meas[cheapest]['gflops']:.4g} GFLOPs and the "
-                           f"smallest is {smallest} with {meas[smallest]['params']:,} parameters")
+            raise zoo.BadInput(f"no configuration meets the budget (max_gflops={max_gflops}, max_params={max_params}); "
+                               f"the cheapest is configuration {cheapest} at {meas[cheapest]['gflops']:.4g} GFLOPs and the "
+                               f"smallest is {smallest} with {meas[smallest]['params']:,} parameters")
         key = "top1" if all("top1" in self.measured.get(i, {}) for i in ok) else "gflops"
         return max(ok, key=lambda i: (meas[i][key], -meas[i]["params"]))
 
@@ -255,7 +255,7 @@ class SNNet(nn.Module):
         if "params" not in m:
             m["params"] = self.param_count(config)
         if "gflops" not in m:
-            raise BadInput("this network's FLOPs were never counted; call count_flops(input_size) first")
+            raise zoo.BadInput("this network's FLOPs were never counted; call count_flops(input_size) first")
         return m
 
     def param_count(self, config: int | Config) -> int:

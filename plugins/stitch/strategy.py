@@ -15,32 +15,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo import Combined, Strategy, option
+import zoo
 from zoo.kit.data import common_labels
-from zoo.kit.device import state_on_cpu
-from zoo.kit.errors import BadInput
+from zoo.kit.train import state_on_cpu
 
 
-class Stitch(Strategy):
+
+class Stitch(zoo.Strategy):
     name = "stitch"
     summary = "stitch a model family (small → large) into one network with many accuracy–FLOPs configurations (SN-Net)"
     min_members = 2
 
     @dataclass
     class Options:
-        window: int = option(2, "stitching window over paired block ids (SN-Net: 2); the stitches inside one "
-                             "window share a stitching layer", min=1)
-        stride: int = option(1, "stride of the window (SN-Net: 1)", min=1)
-        epochs: int = option(3, "training epochs after the least-squares init (0: the init alone)", min=0)
-        lr: float = option(5e-5, "AdamW learning rate (SN-Net: 5e-5), cosine schedule", min=0.0)
-        weight_decay: float = option(0.05, "AdamW weight decay (DeiT's recipe, which SN-Net trains with)", min=0.0)
-        batch_size: int = option(64, "training batch size; one configuration is drawn per batch", min=1)
-        label_smoothing: float = option(0.1, "label smoothing of the training loss", min=0.0, max=1.0)
-        init_images: int = option(100, "images in the one batch the stitching layers are solved on (SN-Net: 100)",
-                                  min=1)
-        input_size: int = option(0, "the side every configuration sees (0: the smallest anchor's, from its "
-                                 "pretrained config); one input feeds every configuration", min=0)
-        bn: Literal["frozen", "train"] = option(
+        window: int = zoo.option(2, "stitching window over paired block ids (SN-Net: 2); the stitches inside one "
+                                 "window share a stitching layer", min=1)
+        stride: int = zoo.option(1, "stride of the window (SN-Net: 1)", min=1)
+        epochs: int = zoo.option(3, "training epochs after the least-squares init (0: the init alone)", min=0)
+        lr: float = zoo.option(5e-5, "AdamW learning rate (SN-Net: 5e-5), cosine schedule", min=0.0)
+        weight_decay: float = zoo.option(0.05, "AdamW weight decay (DeiT's recipe, which SN-Net trains with)", min=0.0)
+        batch_size: int = zoo.option(64, "training batch size; one configuration is drawn per batch", min=1)
+        label_smoothing: float = zoo.option(0.1, "label smoothing of the training loss", min=0.0, max=1.0)
+        init_images: int = zoo.option(100, "images in the one batch the stitching layers are solved on (SN-Net: 100)",
+                                      min=1)
+        input_size: int = zoo.option(0, "the side every configuration sees (0: the smallest anchor's, from its "
+                                     "pretrained config); one input feeds every configuration", min=0)
+        bn: Literal["frozen", "train"] = zoo.option(
             "frozen", "CNN anchors: frozen keeps BatchNorm statistics (a layer shared by many configurations "
             "would otherwise average the statistics of all of them); train updates them")
 
@@ -50,10 +50,10 @@ class Stitch(Strategy):
         from zoo.plugins.stitch.snnet import SNNet
 
         if ctx.world_size > 1:
-            raise BadInput("strategy 'stitch' trains in one process; run it without torchrun")
+            raise zoo.BadInput("strategy 'stitch' trains in one process; run it without torchrun")
         if not ctx.train_data:
-            raise BadInput("strategy 'stitch' needs --train-data DIR: the stitching layers are solved on one batch "
-                           "of it and trained on it (one sub-folder of images per class)")
+            raise zoo.BadInput("strategy 'stitch' needs --train-data DIR: the stitching layers are solved on one batch "
+                               "of it and trained on it (one sub-folder of images per class)")
         labels = common_labels(members, role="anchors", why="every configuration ends in one anchor's head, so "
                                "stitch members of one task (fine-tune them on it first: zoo finetune)")
         pretrained_cfg = _shared_preprocessing(members, options.input_size)
@@ -83,12 +83,12 @@ class Stitch(Strategy):
                        "pareto_configurations": len(stitch_loop.pareto(net))}
         config = snnet_io.to_config(net, anchors=[snnet_io.anchor_config(m) for m in members],
                                     pretrained_cfg=pretrained_cfg, label_names=labels)
-        combined = Combined(state_dict=state_on_cpu(net), config=config,
-                            metrics=metrics, report=report, usage=_USAGE)
+        combined = zoo.Combined(state_dict=state_on_cpu(net), config=config,
+                                metrics=metrics, report=report, usage=_USAGE)
         if ctx.eval_data:
             combined.figures["frontier.png"] = stitch_loop.plot_frontier(net)
         if history:
-            from zoo.kit.plots import training_curves
+            from zoo.kit.card import training_curves
 
             combined.figures["training.png"] = training_curves(history)
         combined.card_sections.append(stitch_loop.card_section(net))
@@ -118,9 +118,9 @@ def _shared_preprocessing(members, input_size: int) -> dict:
     for m, c in zip(members[1:], cfgs[1:]):
         for key in ("mean", "std"):
             if tuple(c[key]) != tuple(cfgs[0][key]):
-                raise BadInput(f"anchors {members[0].name} and {m.name} normalise images differently ({key} "
-                               f"{tuple(cfgs[0][key])} vs {tuple(c[key])}); one input feeds every configuration, "
-                               "so stitch anchors of one family")
+                raise zoo.BadInput(f"anchors {members[0].name} and {m.name} normalise images differently ({key} "
+                                   f"{tuple(cfgs[0][key])} vs {tuple(c[key])}); one input feeds every configuration, "
+                                   "so stitch anchors of one family")
     side = input_size or min(c["input_size"][-1] for c in cfgs)
     base = min(zip(members, cfgs), key=lambda mc: mc[1]["input_size"][-1])[0].pretrained_cfg
     base = {k: v for k, v in base.items() if k not in ("test_input_size", "test_crop_pct")}

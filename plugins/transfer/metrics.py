@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from zoo import TransferMetric
+import zoo
+
 
 EPS = 1e-5  # LogME's guard in the fixed-point updates (thuml/LogME)
 GBC_DIMS = 64
@@ -158,15 +159,15 @@ def gbc(t) -> float:
 
 
 METRICS = [
-    TransferMetric("logme", "log marginal evidence of a Bayesian linear model on the features", logme,
-                   reference="You et al. 2021, thuml/LogME"),
-    TransferMetric("leep", "log expected empirical prediction from the source softmax", leep,
-                   needs="predictions", reference="Nguyen et al. 2020"),
-    TransferMetric("nce", "negative conditional entropy of target labels given the argmax source label", nce,
-                   needs="predictions", reference="Tran et al. 2019"),
-    TransferMetric("hscore", "H-score: tr(cov(f)⁺ cov(E[f|y]))", hscore, reference="Bao et al. 2019"),
-    TransferMetric("hscore-shrinkage", "H-score with a Ledoit–Wolf shrunk feature covariance", hscore_shrinkage,
-                   reference="Ibrahim et al. 2022"),
-    TransferMetric("gbc", "Gaussian Bhattacharyya coefficient between classes (PCA-64, spherical)", gbc,
-                   reference="Pandy et al. 2022"),
+    zoo.TransferMetric("logme", "log marginal evidence of a Bayesian linear model on the features", logme,
+                       reference="You et al. 2021, thuml/LogME"),
+    zoo.TransferMetric("leep", "log expected empirical prediction from the source softmax", leep,
+                       needs="predictions", reference="Nguyen et al. 2020"),
+    zoo.TransferMetric("nce", "negative conditional entropy of target labels given the argmax source label", nce,
+                       needs="predictions", reference="Tran et al. 2019"),
+    zoo.TransferMetric("hscore", "H-score: tr(cov(f)⁺ cov(E[f|y]))", hscore, reference="Bao et al. 2019"),
+    zoo.TransferMetric("hscore-shrinkage", "H-score with a Ledoit–Wolf shrunk feature covariance", hscore_shrinkage,
+                       reference="Ibrahim et al. 2022"),
+    zoo.TransferMetric("gbc", "Gaussian Bhattacharyya coefficient between classes (PCA-64, spherical)", gbc,
+                       reference="Pandy et al. 2022"),
 ]

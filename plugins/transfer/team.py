@@ -25,8 +25,7 @@ import math
 
 import numpy as np
 
-from zoo import TransferMetric
-from zoo.kit.errors import BadInput
+import zoo
 from zoo.plugins.transfer.metrics import joint_distribution, conditional_entropy, eep
 
 OT_SAMPLES = 512  # per side: exact OT on 512×512 costs milliseconds
@@ -61,8 +60,8 @@ def task_difference(view, coupling=None) -> float:
         joint = np.eye(int(ys.max()) + 1)[ys].T @ plan @ np.eye(view.num_classes)[yt]  # P(y_s, y_t)
     else:
         if view.probs is None:
-            raise BadInput(f"member {view.member}: it has no classifier head, so OSBORN's task term needs its "
-                           "source data (sources in the zoo file, or --source-data)")
+            raise zoo.BadInput(f"member {view.member}: it has no classifier head, so OSBORN's task term needs its "
+                               "source data (sources in the zoo file, or --source-data)")
         joint = joint_distribution(view.probs, view.labels, view.num_classes).T  # P(z, y), as LEEP builds it
     return conditional_entropy(joint) / math.log(view.num_classes)
 
@@ -134,10 +133,10 @@ def e_leep(views, weights: dict[str, float]) -> float:
 
 
 TEAM_METRICS = [
-    TransferMetric("osborn", "domain difference (OT), task difference, cohesiveness; weights as options",
-                   osborn, needs="both", kind="team", reference="K B et al., ICCV 2023 (weights not recovered)"),
-    TransferMetric("ms-leep", "LEEP of the averaged members' expected empirical predictors", ms_leep,
-                   needs="predictions", kind="team", reference="Agostinelli et al. 2022"),
-    TransferMetric("e-leep", "LEEP over the members' joint source-label space", e_leep,
-                   needs="predictions", kind="team", reference="Agostinelli et al. 2022"),
+    zoo.TransferMetric("osborn", "domain difference (OT), task difference, cohesiveness; weights as options",
+                       osborn, needs="both", kind="team", reference="K B et al., ICCV 2023 (weights not recovered)"),
+    zoo.TransferMetric("ms-leep", "LEEP of the averaged members' expected empirical predictors", ms_leep,
+                       needs="predictions", kind="team", reference="Agostinelli et al. 2022"),
+    zoo.TransferMetric("e-leep", "LEEP over the members' joint source-label space", e_leep,
+                       needs="predictions", kind="team", reference="Agostinelli et al. 2022"),
 ]

@@ -4,10 +4,11 @@ BANG is WiSE-FT whose fine-tuned end is made first: both strategies share one sw
 and BANG's options extend WiSE-FT's.
 """
 
-from zoo import hookimpl
+import zoo
 
 
-@hookimpl
+
+@zoo.hookimpl
 def zoo_strategies():
     from zoo.plugins.wise_ft.bang import Bang
     from zoo.plugins.wise_ft.sweep import WiseFT

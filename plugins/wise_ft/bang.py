@@ -17,22 +17,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo.kit import card
-from zoo.kit.errors import BadInput
-from zoo.kit.finetune import Recipe
-from zoo.kit.options import compose, option, part
+import zoo
+from zoo.kit.card import Section
+from zoo.kit.train import Recipe
+from zoo.kit.strategy import compose, part
 from zoo.plugins.wise_ft.sweep import WiseFT
-from zoo.kit.strategy import Combined, Context, Strategy
 
 
-class Bang(Strategy):
+class Bang(zoo.Strategy):
     name = "bang"
     summary = "balanced averaging: calibrate the fine-tune (label smoothing, Mixup), then WiSE-FT"
     min_members = 1
 
     @dataclass
     class Own:
-        ft_bn: Literal["auto", "train", "frozen", "recompute"] = option(
+        ft_bn: Literal["auto", "train", "frozen", "recompute"] = zoo.option(
             "auto", "BatchNorm statistics while fine-tuning, as zoo finetune --bn (auto: frozen)")
 
     #: the fine-tune's options are zoo finetune's (the recipe), the averaging's are wise-ft's
@@ -45,7 +44,7 @@ class Bang(Strategy):
                "pick": "the averaging α: alpha=X (paper value unconfirmed), best-id, best-ood or best-avg, "
                        "as for wise-ft"})
 
-    def combine(self, members, options, ctx: Context) -> Combined:
+    def combine(self, members, options, ctx: zoo.Context) -> zoo.Combined:
         if len(members) == 1:
             ends, config, training = _make_ends(members[0], options, ctx)
         elif len(members) == 2:
@@ -53,8 +52,8 @@ class Bang(Strategy):
             ctx.log("bang: two members given: averaging only (the second should be a calibrated fine-tune "
                     "of the first)")
         else:
-            raise BadInput(f"bang takes one member (the pretrained model: the whole recipe runs) or two (a start "
-                           f"and its calibrated fine-tune: only the averaging); got {len(members)}")
+            raise zoo.BadInput(f"bang takes one member (the pretrained model: the whole recipe runs) or two (a start "
+                               f"and its calibrated fine-tune: only the averaging); got {len(members)}")
         wise = part(options, WiseFT.Options, fisher=False)
         result = WiseFT().combine(ends, wise, ctx)
         result.config = config
@@ -67,14 +66,13 @@ class Bang(Strategy):
         return result
 
 
-def _make_ends(member, options, ctx: Context):
+def _make_ends(member, options, ctx: zoo.Context):
     """θ₀: a linear probe of ``member``; θ₁: LP-FT with label smoothing and Mixup. In memory."""
-    from zoo.kit.finetune import Recipe, class_names, fit
-    from zoo.kit.member import Member
+    from zoo.kit.train import Recipe, class_names, fit
 
     if not ctx.train_data:
-        raise BadInput("bang with one member trains both ends: pass --train-data (or give two members, a start "
-                       "and its calibrated fine-tune, to only average them)")
+        raise zoo.BadInput("bang with one member trains both ends: pass --train-data (or give two members, a start "
+                           "and its calibrated fine-tune, to only average them)")
     classes = class_names(ctx.train_data)
     train = ctx.split("train", member, labels=classes)
     lp = Recipe(mode="lp", lp_epochs=options.lp_epochs, seed=ctx.seed)
@@ -83,16 +81,16 @@ def _make_ends(member, options, ctx: Context):
     ends, training = [], {}
     for name, recipe in (("linear-probe", lp), ("calibrated-fine-tune", ft)):
         sd, config, history = fit(member, train, classes, recipe, ctx.device, progress=ctx.progress, log=ctx.log)
-        ends.append(Member.in_memory(f"{member.name}:{name}", sd, config=config, spec=f"bang {name} of {member.spec}"))
+        ends.append(zoo.Member.in_memory(f"{member.name}:{name}", sd, config=config, spec=f"bang {name} of {member.spec}"))
         training[name] = history
     return ends, ends[0].config, training
 
 
-def _ends_section(start: dict, tuned: dict, picked: float, chosen: dict | None) -> card.Section:
+def _ends_section(start: dict, tuned: dict, picked: float, chosen: dict | None) -> Section:
     rows = [("α=0 (linear probe)", start), ("α=1 (calibrated fine-tune)", tuned)]
     if chosen is not None and picked not in (0.0, 1.0):
         rows.append((f"α={picked:g} (output)", chosen))
-    return card.Section(
+    return Section(
         "BANG: the ends on shifted data", "An over-confident fine-tuned end (confidence well above its accuracy, "
         "high ECE) dominates a weight average; BANG calibrates it before averaging.",
         columns=["", "shifted top-1", "mean confidence", "ECE"],

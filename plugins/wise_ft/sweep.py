@@ -11,15 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from zoo.kit import card, weights
-from zoo.kit.errors import BadInput, IncompatibleMembers
-from zoo.kit.options import option
-from zoo.kit.strategy import Combined, Context, Strategy
+import zoo
+from zoo.kit.card import Section
+from zoo.kit.tensors import check_compatible, fisher_lerp
 
 PICKS = ("best-id", "best-ood", "best-avg")
 
 
-class WiseFT(Strategy):
+class WiseFT(zoo.Strategy):
     name = "wise-ft"
     same_tensors = True
     summary = "interpolate a pretrained (or linear-probed) start and its fine-tune in weight space (WiSE-FT)"
@@ -27,36 +26,36 @@ class WiseFT(Strategy):
 
     @dataclass
     class Options:
-        alphas: list[float] = option(
+        alphas: list[float] = zoo.option(
             [round(0.1 * i, 10) for i in range(11)],
             "the α grid (0 = pretrained end, 1 = fine-tuned end): start:stop:step or a,b,c", min=0, max=1)
-        pick: str = option(
+        pick: str = zoo.option(
             "alpha=0.5", "which α to output: alpha=X (fixed; the paper's default is 0.5), best-id (held-out "
             "top-1), best-ood or best-avg (need --ood-data: choosing on the shifted data tunes on it)")
-        fisher: bool = option(False, "Fisher-weighted interpolation (needs --train-data)")
-        fisher_samples: int = option(256, "examples for each end's diagonal Fisher (batch 1)", min=1)
-        bn: Literal["auto", "interpolate", "recompute"] = option(
+        fisher: bool = zoo.option(False, "Fisher-weighted interpolation (needs --train-data)")
+        fisher_samples: int = zoo.option(256, "examples for each end's diagonal Fisher (batch 1)", min=1)
+        bn: Literal["auto", "interpolate", "recompute"] = zoo.option(
             "auto", "BatchNorm statistics at interior α: interpolate them, recompute them on --train-data, or "
             "auto (with --train-data: both, keeping per α the one with the better held-out top-1)")
-        bn_batches: int = option(20, "batches of --train-data used to recompute BatchNorm statistics", min=1)
+        bn_batches: int = zoo.option(20, "batches of --train-data used to recompute BatchNorm statistics", min=1)
 
-    def combine(self, members, options, ctx: Context) -> Combined:
+    def combine(self, members, options, ctx: zoo.Context) -> zoo.Combined:
         if len(members) != 2:
-            raise BadInput(f"wise-ft takes exactly two members, the pretrained (or linear-probed) end first and "
-                           f"the fine-tuned end second; got {len(members)}")
+            raise zoo.BadInput(f"wise-ft takes exactly two members, the pretrained (or linear-probed) end first and "
+                               f"the fine-tuned end second; got {len(members)}")
         start, tuned = members
         try:
-            weights.check_compatible(members)
-        except IncompatibleMembers as e:
-            raise IncompatibleMembers(
+            check_compatible(members)
+        except zoo.IncompatibleMembers as e:
+            raise zoo.IncompatibleMembers(
                 f"{e}. WiSE-FT interpolates two ends of one fine-tuning run: the start must have the fine-tune's "
                 "architecture and head; give a pretrained model a head for the target classes first by fitting "
                 "only its classifier on frozen features (a linear probe), and fine-tune from that") from None
         fixed = _parse_pick(options.pick)
         if fixed is None and not ctx.eval_data:
-            raise BadInput(f"pick={options.pick} chooses α by measuring: pass --eval-data (held-out data)")
+            raise zoo.BadInput(f"pick={options.pick} chooses α by measuring: pass --eval-data (held-out data)")
         if options.pick in ("best-ood", "best-avg") and not ctx.ood_data:
-            raise BadInput(f"pick={options.pick} needs shifted data: pass --ood-data DIR")
+            raise zoo.BadInput(f"pick={options.pick} needs shifted data: pass --ood-data DIR")
         alphas = sorted(set(options.alphas) | ({fixed} if fixed is not None else set()))
         if not ctx.eval_data:
             alphas = [fixed]  # nothing to measure: just the requested point
@@ -68,7 +67,7 @@ class WiseFT(Strategy):
         a, b = start.state_dict(), tuned.state_dict()
         fa = fb = {}
         if options.fisher:
-            from zoo.kit.fisher import diagonal_fisher
+            from zoo.kit.train import diagonal_fisher
 
             train = ctx.train_split(start)
             fa = diagonal_fisher(ctx.model(a, start), train, options.fisher_samples, ctx.device, seed=ctx.seed,
@@ -80,7 +79,7 @@ class WiseFT(Strategy):
         points, held_out = [], {}  # held_out: (α, variant) → the held-out Metrics (with plugins' metrics)
         task = ctx.progress.task("WiSE-FT sweep", total=sum(len(variants) if 0 < x < 1 else 1 for x in alphas))
         for alpha in alphas:
-            mixed = weights.fisher_lerp(a, b, fa, fb, alpha)
+            mixed = fisher_lerp(a, b, fa, fb, alpha)
             measured = []
             for variant in variants if 0.0 < alpha < 1.0 else variants[:1]:  # the ends are the given models
                 sd = _finish(mixed, alpha, variant, start, options, ctx)
@@ -102,8 +101,8 @@ class WiseFT(Strategy):
         picked = fixed if fixed is not None else _choose(kept, options.pick)
         chosen = next(p for p in kept if p["alpha"] == picked)
         # rebuilt rather than kept from the sweep (one state dict in memory, not one per α); deterministic
-        state = _finish(weights.fisher_lerp(a, b, fa, fb, picked), picked, chosen["bn"], start, options, ctx)
-        result = Combined(state_dict=state, report={
+        state = _finish(fisher_lerp(a, b, fa, fb, picked), picked, chosen["bn"], start, options, ctx)
+        result = zoo.Combined(state_dict=state, report={
             "pretrained_end": start.name, "fine_tuned_end": tuned.name, "picked_alpha": picked,
             "pick": options.pick, "fisher": options.fisher, "bn_variants": variants,
             "bn_at_picked": chosen["bn"], "sweep": points})
@@ -112,19 +111,19 @@ class WiseFT(Strategy):
         if "ood_top1" in chosen:
             result.report["ood_metrics"] = {k[4:]: v for k, v in chosen.items() if k.startswith("ood_")}
         if id_split is not None:
-            from zoo.kit import plots
+            from zoo.kit.card import robustness_curve
 
-            result.figures["wise-ft.png"] = plots.robustness_curve(
+            result.figures["wise-ft.png"] = robustness_curve(
                 kept, picked=picked, title=f"WiSE-FT: {start.name} → {tuned.name}")
         result.card_sections.append(_card_table(points, picked, start.name, tuned.name, variants))
         return result
 
     @staticmethod
-    def _bn_variants(options, start, ctx: Context) -> list[str]:
+    def _bn_variants(options, start, ctx: zoo.Context) -> list[str]:
         if options.bn == "interpolate":
             return ["interpolate"]
         model = ctx.model(start.state_dict(), start)
-        from zoo.kit.batchnorm import has_batchnorm
+        from zoo.kit.train import has_batchnorm
 
         if not has_batchnorm(model):
             return ["interpolate"]  # nothing to choose: no running statistics
@@ -148,7 +147,7 @@ def _parse_pick(pick: str) -> float | None:
             alpha = -1.0
         if 0.0 <= alpha <= 1.0:
             return alpha
-    raise BadInput(f"option pick={pick!r}: use alpha=X with X in [0, 1], or one of {', '.join(PICKS)}")
+    raise zoo.BadInput(f"option pick={pick!r}: use alpha=X with X in [0, 1], or one of {', '.join(PICKS)}")
 
 
 def _choose(points: list[dict], pick: str) -> float:
@@ -161,16 +160,16 @@ def _choose(points: list[dict], pick: str) -> float:
     return max(points, key=key)["alpha"]  # ties: the first, i.e. the smaller α
 
 
-def _finish(sd: dict, alpha: float, variant: str, like, options, ctx: Context) -> dict:
+def _finish(sd: dict, alpha: float, variant: str, like, options, ctx: zoo.Context) -> dict:
     """θ(α) with its BatchNorm statistics as ``variant`` says; the ends stay exactly the given models."""
     if variant != "recompute" or alpha in (0.0, 1.0):
         return sd
-    from zoo.kit.batchnorm import recomputed_state
+    from zoo.kit.train import recomputed_state
 
     return recomputed_state(ctx.model(sd, like), ctx.train_split(like), options.bn_batches, ctx.device, seed=ctx.seed)
 
 
-def _card_table(points: list[dict], picked: float, start: str, tuned: str, variants: list[str]) -> card.Section:
+def _card_table(points: list[dict], picked: float, start: str, tuned: str, variants: list[str]) -> Section:
     cols = [("id_top1", "held-out top-1"), ("id_ece", "held-out ECE"), ("ood_top1", "shifted top-1"),
             ("ood_ece", "shifted ECE"), ("ood_confidence", "shifted confidence")]
     cols = [c for c in cols if any(c[0] in p for p in points)]
@@ -186,5 +185,5 @@ def _card_table(points: list[dict], picked: float, start: str, tuned: str, varia
                  "activations; recomputing them on training data usually recovers accuracy, but the "
                  "statistics a linear-probed head was fit on are then gone. Both were measured; per α "
                  "the one with the better held-out top-1 is kept.")
-    return card.Section("WiSE-FT sweep", f"θ(α) = (1−α)·θ({start}) + α·θ({tuned}); α={picked:g} is the output.",
-                        columns=["α", "BN statistics", *(label for _, label in cols), ""], rows=rows, after=after)
+    return Section("WiSE-FT sweep", f"θ(α) = (1−α)·θ({start}) + α·θ({tuned}); α={picked:g} is the output.",
+                   columns=["α", "BN statistics", *(label for _, label in cols), ""], rows=rows, after=after)

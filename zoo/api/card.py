@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.kit import card as sections
+from zoo.kit.card import sections
 from zoo.kit.strategy import Combined
 
 TEMPLATE = Path(__file__).with_name("modelcard.md")

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 
 from zoo import __version__
 from zoo import host as _host
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress, Silent
 from zoo.kit.strategy import Combined, Context
 
 
@@ -125,7 +125,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     ``recipe_file``: the recipe this run is a step of (``zoo run``, ``zoo.api.recipe``), stored in
     ``zoo.json`` beside what ``zoo reproduce`` replays (strategy, options, pinned members, data, seed,
     dtype, device)."""
-    from zoo.kit.stream import output_dtype
+    from zoo.kit.tensors.stream import output_dtype
 
     progress = progress or Silent()
     request = parse_request(
@@ -188,8 +188,8 @@ def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] 
     the device and the processes (torchrun); the :class:`Context` the strategy runs in."""
     import torch
 
-    from zoo.kit import distributed
-    from zoo.kit.device import resolve_device
+    from zoo.kit._infra import distributed
+    from zoo.kit.train.device import resolve_device
 
     r, host = request, request.host
     if r.cls.same_tensors and not r.multi_task:  # a multi-task merge's heads differ by design
@@ -213,7 +213,7 @@ def run(request: Request, resolved: list, ctx: Context) -> Combined:
     """Step 3: the strategy on the members (once per value of a sweep, the best kept), its result completed
     with what zoo records of every result: members, base, options, license, held-out metrics."""
     from zoo.api import sweep as _sweep
-    from zoo.kit import options as _options
+    from zoo.kit.strategy import options as _options
 
     r, opts = request, request.opts
     if r.swept is not None:
@@ -266,9 +266,9 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     ``zoo run`` checks a recipe's steps with it."""
     from zoo.api import sweep as _sweep
     from zoo.api.push import check_repo_id
-    from zoo.kit import options as _options
-    from zoo.kit import output
-    from zoo.kit.stream import check_dtype
+    from zoo.kit.strategy import options as _options
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit.tensors.stream import check_dtype
 
     if eval_named and not multi_task:
         raise BadInput("--eval-data NAME=DIR gives each task its own held-out data: pass --multi-task too "
@@ -306,7 +306,7 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
 def _check_merge_method(host, cls, strategy: str) -> None:
     """--multi-task streams the members without their heads through a per-tensor merge: only a merge method
     (``zoo.merge_method``) can run on such headless members."""
-    from zoo.kit.merge import MergeMethod
+    from zoo.kit.merge.method import MergeMethod
 
     if not issubclass(cls, MergeMethod):
         merges = [name for name, (c, _) in host.strategies().items() if issubclass(c, MergeMethod)]
@@ -339,7 +339,7 @@ def check_inputs(cls, strategy: str, *, members: int, data: dict[str, Any], swep
 def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     """--multi-task: merge the backbones, write one timm repo per member with its own head."""
     from zoo.api import tasks as _tasks
-    from zoo.kit import options as _options
+    from zoo.kit.strategy import options as _options
 
     r = request
     _tasks.check_names(r.eval_named, resolved)
@@ -369,10 +369,10 @@ def check_headers(specs: Sequence[str], base: str | None, *, host, arch: str | N
                   progress: Progress | None = None) -> None:
     """For a weight merge: every member's tensors (names, shapes, dtypes) compared with the first's (the
     base's, if given) before any weights are downloaded. Hub members' headers are read with HTTP range
-    requests (``zoo.kit.network.remote_header``); local members' from their files. A member whose header
+    requests (``zoo.kit._infra.hub_client.remote_header``); local members' from their files. A member whose header
     cannot be read this way is left to the checks after loading."""
-    from zoo.kit.network import PREFIX, remote_header
-    from zoo.kit.weights import compare_headers, header_of
+    from zoo.kit._infra.hub_client import PREFIX, remote_header
+    from zoo.kit.tensors.headers import compare_headers, header_of
     from zoo.registry import resolve
 
     every = ([base] if base else []) + list(specs)
@@ -422,8 +422,8 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     import dataclasses
 
     from zoo.api import card, local_sources
-    from zoo.kit import output
-    from zoo.kit.public import scrub
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit._infra.scrub_paths import scrub
 
     host = host or _host.load()
     out = Path(out)
@@ -442,7 +442,7 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
     }
     sections: list[str] = []
     host.pm.hook.zoo_model_card(combined=result, sections=sections)
-    # the card shows members, options and data by their public names (zoo.kit.public): no path of this machine
+    # the card shows members, options and data by their public names (zoo.kit._infra.scrub_paths): no path of this machine
     shown = dataclasses.replace(result, members=scrub(result.members), base=scrub(result.base),
                                 options=scrub(result.options))
     model_card = card.build(shown, name=out.resolve().name, eval_data=scrub(eval_data), extra_sections=sections)
@@ -455,16 +455,17 @@ def save(result: Combined, out: str | Path, *, host=None, force: bool = False, e
 @contextlib.contextmanager
 def _staged(out: str | Path | None, max_shard_size: str | None):
     """With ``out``: merges write their results into a staging folder beside it as they compute them
-    (``zoo.kit.stream.output_to``); ``save`` moves the finished files into the output. Removed at the end."""
+    (``zoo.kit.tensors.stream.write_results_into``); ``save`` moves the finished files into the output.
+    Removed at the end."""
     if out is None:
         yield
         return
-    from zoo.kit import output
-    from zoo.kit.stream import output_to
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit.tensors.stream import write_results_into
 
     stage = output.stage_folder(out)
     try:
-        with output_to(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
+        with write_results_into(stage, max_shard_size=max_shard_size or output.DEFAULT_MAX_SHARD):
             yield
     finally:
         shutil.rmtree(stage, ignore_errors=True)

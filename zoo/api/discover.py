@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from zoo.kit.errors import BadInput, HubError, IncompatibleMembers, short_error
-from zoo.kit.network import PREFIX, check_reachable, endpoint, network_errors, safetensors_header, small_file
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput, HubError, IncompatibleMembers, short_error
+from zoo.kit._infra.hub_client import PREFIX, check_reachable, endpoint, network_errors, safetensors_header, small_file
+from zoo.kit._infra.progress import Progress, Silent
 
 #: the Hub's ``base_model_relation`` values (docs/hub/model-cards.md, "Specifying a base model")
 RELATIONS = ("finetune", "adapter", "merge", "quantized")
@@ -192,8 +192,8 @@ def _check(c: Candidate, base: str, header: dict, arch: str | None) -> None:
     """Set whether ``c`` fits the base: it is a timm model (config.json), its safetensors header has the
     base's tensors (compare_headers, the check zoo combine makes), and its config names the base's
     architecture — stricter than zoo combine, which builds the output from the first member's config."""
-    from zoo.kit.member import load_config
-    from zoo.kit.weights import compare_headers
+    from zoo.kit.members.member import load_config
+    from zoo.kit.tensors.headers import compare_headers
 
     who = f"candidate {c.repo_id}"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Sequence
 
 from zoo import host as _host
-from zoo.kit.progress import Progress
+from zoo.kit._infra.progress import Progress
 
 
 def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = None,
              allow_pickle: bool = False, plugins: Sequence[str] = (), progress: Progress | None = None):
     """Top-1, NLL and ECE of a model (any member spec: a zoo output folder, hf-hub:..., a file) on data."""
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.device import resolve_device
-    from zoo.kit.metrics import evaluate_model
+    from zoo.kit.train.device import resolve_device
+    from zoo.kit.measure.metrics import evaluate_model
     from zoo.registry import resolve
 
     host = _host.load(list(plugins))

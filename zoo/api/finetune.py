@@ -1,6 +1,6 @@
 """``zoo finetune``: fine-tune one member on an image folder and write the result as a member.
 
-The recipe (LP, FT, LP-FT; timm's losses, Mixup and schedule) is the kit's (zoo.kit.finetune);
+The recipe (LP, FT, LP-FT; timm's losses, Mixup and schedule) is the kit's (zoo.kit.train.recipe);
 this module resolves the member, loads the data, runs it and writes the output folder.
 """
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zoo import host as _host
-from zoo.kit import checkpoint
-from zoo.kit.errors import BadInput
-from zoo.kit.finetune import CHECKPOINT, Recipe, class_names, config_for, fit, model_for
-from zoo.kit.plots import training_curves
+from zoo.kit.train import checkpoint
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit.train.recipe import CHECKPOINT, Recipe, class_names, config_for, fit, model_for
+from zoo.kit.card.figures import training_curves
 
 
 def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Recipe | None = None,
@@ -28,10 +28,10 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     (each with the training history up to that epoch in its zoo.json): checkpoints to average (``mwa``).
     ``recipe_file``: the recipe this run is a step of (``zoo run``), stored in zoo.json."""
     from zoo.api.combine import load_member, save
-    from zoo.kit import output
+    from zoo.kit._infra import output_folder as output
     from zoo.kit.data import data_config, load_split
-    from zoo.kit.device import resolve_device
-    from zoo.kit.progress import Silent
+    from zoo.kit.train.device import resolve_device
+    from zoo.kit._infra.progress import Silent
     from zoo.kit.strategy import Combined
 
     recipe = recipe or Recipe()
@@ -76,7 +76,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
                       strategy="finetune", options=asdict(recipe), members=[pinned],
                       relation="finetune", license=pinned["license"])
     if held_out is not None:
-        from zoo.kit.metrics import evaluate_model
+        from zoo.kit.measure.metrics import evaluate_model
 
         model = model_for(member, len(classes))
         model.load_state_dict(sd)

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 from zoo import host as _host
-from zoo.kit.device import resolve_device
-from zoo.kit.errors import BadInput
-from zoo.kit.network import folder_of
+from zoo.kit.train.device import resolve_device
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.hub_client import folder_of
 
 
 def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):

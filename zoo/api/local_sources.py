@@ -1,6 +1,6 @@
 """Where an output's local members and data were on this machine: a record in zoo's cache, never published.
 
-An output's ``zoo.json`` names no path of the machine it was made on (``zoo.kit.public``): the output is a
+An output's ``zoo.json`` names no path of the machine it was made on (``zoo.kit._infra.scrub_paths``): the output is a
 Hub repo, meant to be pushed. So that ``zoo reproduce OUT`` works where the output was made without naming
 every local member and data folder again, saving an output also writes, in zoo's own cache,
 ``$ZOO_CACHE/outputs/<sha256 of its zoo.json>.json``: the absolute paths of the local members, the base and
@@ -41,7 +41,7 @@ class Record:
 
 
 def _where(zoo_json: bytes) -> Path:
-    from zoo.kit import cache
+    from zoo.kit._infra import cache
 
     return cache.root() / "outputs" / f"{hashlib.sha256(zoo_json).hexdigest()}.json"
 
@@ -57,7 +57,7 @@ def remember(out: Path, recipe: dict[str, Any]) -> None:
             "data": {kind: [path, fingerprint(Path(path))] for kind in DATA_KINDS
                      if (path := _data_path(recipe.get(f"{kind}_data")))},
         }
-        from zoo.kit import cache
+        from zoo.kit._infra import cache
 
         cache._write(_where(zoo_json), json.dumps(record, indent=1))  # atomic, as zoo's other cache entries
     except OSError:
@@ -101,7 +101,7 @@ def _local_path(provenance: dict[str, Any]) -> str | None:
 
 
 def _data_path(value: Any) -> str | None:
-    from zoo.kit.data import TIMM_PREFIXES
+    from zoo.kit.data.splits import TIMM_PREFIXES
 
     if not isinstance(value, str) or value.startswith(TIMM_PREFIXES) or not Path(value).exists():
         return None  # a timm dataset spec (zoo.json keeps it as it is), or a dict of tasks

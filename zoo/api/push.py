@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo.kit.errors import BadInput, HubError
-from zoo.kit.member import short_error
-from zoo.kit.network import endpoint, network_errors
+from zoo.kit.strategy.errors import BadInput, HubError
+from zoo.kit.members.member import short_error
+from zoo.kit._infra.hub_client import endpoint, network_errors
 
 
 def check_repo_id(repo_id: str, flag: str = "repo") -> None:

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zoo.kit.errors import BadInput, ZooError
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput, ZooError
+from zoo.kit._infra.progress import Progress, Silent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,7 +181,7 @@ def _check_step(step: Step, table: dict[str, Any], earlier: list[Step], fail, pl
     if kind == "finetune":  # zoo finetune's flags: the fine-tuning recipe's fields, flat in the step
         import dataclasses
 
-        from zoo.kit.finetune import Recipe as FitRecipe
+        from zoo.kit.train.recipe import Recipe as FitRecipe
 
         fit_fields = {f.name for f in dataclasses.fields(FitRecipe)}
     fit: dict[str, Any] = {}
@@ -206,8 +206,8 @@ def _check_step(step: Step, table: dict[str, Any], earlier: list[Step], fail, pl
     if kind == "combine":
         _check_combine(step, fail, plugins)
     elif kind == "finetune":
-        from zoo.kit import options as _options
-        from zoo.kit.finetune import Recipe as FitRecipe
+        from zoo.kit.strategy import options as _options
+        from zoo.kit.train.recipe import Recipe as FitRecipe
 
         for key in fit:
             _at(fail, key, lambda: _options.parse(FitRecipe, {key: fit[key]}, strategy="finetune"))
@@ -273,7 +273,7 @@ _MEMBERS = ("members", "base", "member_spec", "folder")
 
 def _check_paths(step: Step, earlier: list[Step], fail) -> None:
     """What a step reads exists now, or an earlier step writes it: a typo fails before the first step."""
-    from zoo.kit.data import TIMM_PREFIXES
+    from zoo.kit.data.splits import TIMM_PREFIXES
 
     made = {str(Path(s.out).resolve()) for s in earlier if s.out and not s.out.startswith("hf-hub:")}
 
@@ -325,7 +325,7 @@ def _check_combine(step: Step, fail, plugins) -> None:
     host = _at(fail, "strategy", lambda: _load_host(plugins))
     cls = _at(fail, "strategy", lambda: host.strategy(strategy))
     from zoo.api.sweep import split
-    from zoo.kit import options as _options
+    from zoo.kit.strategy import options as _options
 
     rest, swept = _at(fail, "options", lambda: split(cls.Options, dict(options), strategy=strategy))
     for key, value in rest.items():  # one at a time, so the message names the line of the bad one
@@ -347,10 +347,10 @@ def _check_combine(step: Step, fail, plugins) -> None:
 def _check_tensors(step: Step, earlier: list[Step], fail, plugins) -> None:
     """A weight merge's base and members have one set of tensors (names, shapes, dtypes), read from their
     safetensors headers (a Hub member's by HTTP range requests) and, for an earlier step's output, from the
-    headers its own members have: the kit's comparison (zoo.kit.weights.compare_headers), before any step
+    headers its own members have: the kit's comparison (zoo.kit.tensors.headers.compare_headers), before any step
     runs. Sets ``step.header``, what the step's output will hold. A member whose header cannot be read so
     (a zoo's members, a pickle, a Hub member out of reach) is left to the checks when the step runs."""
-    from zoo.kit.weights import compare_headers
+    from zoo.kit.tensors.headers import compare_headers
 
     a = step.args
     cls = _load_host(plugins).strategy(a["strategy"])
@@ -377,8 +377,8 @@ def _check_tensors(step: Step, earlier: list[Step], fail, plugins) -> None:
 
 def _header(spec: str, plugins, arch: str | None) -> dict | None:
     """A member's tensors from its safetensors header alone (no weights read), or None when that cannot tell."""
-    from zoo.kit.network import PREFIX, remote_header
-    from zoo.kit.weights import header_of
+    from zoo.kit._infra.hub_client import PREFIX, remote_header
+    from zoo.kit.tensors.headers import header_of
     from zoo.registry import resolve
 
     if spec.startswith(PREFIX):
@@ -402,7 +402,7 @@ def _check_select(step: Step, fail, plugins) -> None:
         raise fail("missing key 'target_data' (or a zoo whose train data is the target)")
     if a.get("out") is None:
         return
-    from zoo.kit.output import check_out
+    from zoo.kit._infra.output_folder import check_out
 
     _at(fail, "out", lambda: check_out(Path(a["out"]), bool(a.get("force"))))
 

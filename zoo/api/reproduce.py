@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zoo.kit.data import TIMM_PREFIXES  # dataset specs timm reads itself
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.data.splits import TIMM_PREFIXES  # dataset specs timm reads itself
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress, Silent
 
 #: what a re-run is compared on: the weights and the config (the card and figures name the output folder)
 _COMPARED = ("config.json", "*.safetensors", "*.safetensors.index.json")
@@ -57,7 +57,7 @@ def reproduce(output: str, *, out: str | Path | None = None, members: dict[str, 
     compare the result's weights and config with ``output``'s. ``members``: ``{name or spec: path}`` for
     members that were local folders where the output was made. ``device``: default the recorded one
     where this machine has it."""
-    from zoo.kit import output as _output
+    from zoo.kit._infra import output_folder as _output
 
     from zoo.api import local_sources
 
@@ -120,7 +120,7 @@ def reproduce(output: str, *, out: str | Path | None = None, members: dict[str, 
 
 def _fetch(output: str) -> Path:
     """The output's folder: itself, or its Hub snapshot (zoo.json, config, weights)."""
-    from zoo.kit.network import PREFIX, download, parse
+    from zoo.kit._infra.hub_client import PREFIX, download, parse
 
     if output.startswith(PREFIX):
         repo_id, revision = parse(output)
@@ -162,7 +162,7 @@ def _zoo(name: str | None, progress: Progress, *, given: bool):
 def _member_spec(prov: dict, where: dict[str, str], zoo_info, role: str, made_from: str | None = None) -> str:
     """Where to load a recorded member from, checked against its recorded file hashes when local.
     ``made_from``: where it was when the output was made on this machine (zoo.api.local_sources)."""
-    from zoo.kit.network import PREFIX
+    from zoo.kit._infra.hub_client import PREFIX
 
     name, spec = prov.get("name", "?"), prov.get("spec", "")
     who = f"{role} {name}"
@@ -198,7 +198,7 @@ def _check_revision(repo_id: str, revision: str, who: str) -> None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from zoo.kit.network import endpoint
+    from zoo.kit._infra.hub_client import endpoint
 
     try:
         HfApi().model_info(repo_id, revision=revision)
@@ -210,7 +210,7 @@ def _check_revision(repo_id: str, revision: str, who: str) -> None:
 
 
 def _check_hashes(prov: dict, path: Path, who: str) -> None:
-    from zoo.kit.reader import sha256_of
+    from zoo.kit._infra.safetensors_reader import sha256_of
     for filename, expected in (prov.get("files") or {}).items():
         f = path if path.is_file() else path / filename
         if path.is_file() and path.name != filename:
@@ -259,8 +259,8 @@ def _recorded_device(env: dict) -> str:
 
 def _finetune(recipe: dict, specs: list[str], data: dict, out: Path, **kw):
     from zoo.api.finetune import finetune
-    from zoo.kit import options as _options
-    from zoo.kit.finetune import Recipe
+    from zoo.kit.strategy import options as _options
+    from zoo.kit.train.recipe import Recipe
 
     if not data["train"]:
         raise BadInput("the output's zoo.json records no training data for its fine-tune")

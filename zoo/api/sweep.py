@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Sweep:
 
 def split(options_cls: type, given: dict[str, Any], *, strategy: str) -> tuple[dict[str, Any], Sweep | None]:
     """(the options without a swept one, the sweep or None): a range or list given for a scalar number."""
-    from zoo.kit.options import _parse_sequence, describe
+    from zoo.kit.strategy.options import _parse_sequence, describe
 
     infos = {i.name: i for i in describe(options_cls)}
     sweeps = []
@@ -61,9 +61,9 @@ def _checked_values(values: list[str], key: str) -> list[str]:
 
 def run(cls: type, options: dict[str, Any], sweep: Sweep, members, ctx, *, strategy: str):
     """Run ``cls`` once per swept value; the best result on held-out data, with the sweep in its report."""
-    from zoo.kit import card
-    from zoo.kit.options import parse
-    from zoo.kit.plots import sweep_curve
+    from zoo.kit.card import sections as card
+    from zoo.kit.strategy.options import parse
+    from zoo.kit.card.figures import sweep_curve
 
     like = members[0]
     held_out = ctx.eval_split(like)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 
 def split_data(values: list[str] | str | None, flag: str = "--eval-data") -> tuple[str | None, dict[str, str]]:
@@ -85,8 +85,9 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
 
 def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_one) -> None:
     """``out/NAME/`` per task (``save_one(result, folder)``), then ``out/zoo.json`` and ``out/README.md``."""
-    from zoo.kit import card, output
-    from zoo.kit.public import published_json
+    from zoo.kit.card import sections as card
+    from zoo.kit._infra import output_folder as output
+    from zoo.kit._infra.scrub_paths import published_json
 
     with output.atomic_folder(Path(out), force) as tmp:
         rows = []

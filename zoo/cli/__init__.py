@@ -25,7 +25,7 @@ def _plugin_commands(argv: list[str]) -> None:
 
 
 def main() -> None:
-    # typer's usage errors exit 2 already; ours do too (zoo.kit.errors.BadInput)
+    # typer's usage errors exit 2 already; ours do too (zoo.kit.strategy.errors.BadInput)
     if os.environ.get("ZOO_DEBUG"):
         state.debug = True
     argv = hoist_global_flags(sys.argv[1:])

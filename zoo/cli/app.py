@@ -72,7 +72,7 @@ def console():
 
 def progress_bars():
     """Progress bars (silent under --quiet) for a caller that stops them itself: see :func:`progress`."""
-    from zoo.kit.progress import Rich, Silent
+    from zoo.kit._infra.progress import Rich, Silent
 
     if state.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -96,7 +96,7 @@ def progress():
 
 def fail(e: BaseException) -> None:
     """Print ``e`` as one line on stderr and exit with its code (a ZooError's ``exit_code``, else 1)."""
-    from zoo.kit.errors import ZooError
+    from zoo.kit.strategy.errors import ZooError
 
     if state.debug:
         raise e

@@ -51,8 +51,8 @@ def combine(
                                        "model.safetensors, so shard only when you must."),
 ):
     """Combine members into one model with a strategy and write it to --out."""
-    from zoo.kit.errors import BadInput
-    from zoo.kit.options import parse_pairs
+    from zoo.kit.strategy.errors import BadInput
+    from zoo.kit.strategy.options import parse_pairs
 
     options = parse_pairs(option)
     if epochs is not None:

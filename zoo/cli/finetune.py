@@ -1,6 +1,6 @@
 """`zoo finetune`: fine-tune one member; the output is a member.
 
-The recipe's flags (``--epochs``, ``--lr``, ``--bn`` …) are made from ``zoo.kit.finetune.Recipe``'s fields,
+The recipe's flags (``--epochs``, ``--lr``, ``--bn`` …) are made from ``zoo.kit.train.recipe.Recipe``'s fields,
 where each is declared once with its default and help; this module adds only the flags about the run.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Optional
 import typer
 
 from zoo.cli.app import app, console, progress_bars, run, state, wrote
-from zoo.kit.finetune import Recipe
-from zoo.kit.options import describe
+from zoo.kit.train.recipe import Recipe
+from zoo.kit.strategy.options import describe
 
 
 def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[int], linear_probe_first: bool,
@@ -22,7 +22,7 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
                   snapshots: Optional[str] = None, **recipe_fields: Any) -> None:
     """Fine-tune a member (linear probe, full, or LP then FT); the output is a member."""
     from zoo.api.finetune import finetune as _finetune
-    from zoo.kit.options import parse
+    from zoo.kit.strategy.options import parse
 
     progress = progress_bars()
     say = console()

@@ -34,7 +34,7 @@ def reproduce(
     Exit 0 when they are identical, 1 when they differ (the first differing tensor and the likely cause
     are shown), 2 for bad input (a missing member, data, or zoo.json)."""
     from zoo.api.reproduce import reproduce as _reproduce
-    from zoo.kit.options import parse_pairs
+    from zoo.kit.strategy.options import parse_pairs
 
     say = console()
     members = parse_pairs(member, flag="--member", example="ft-a=./members/ft-a")

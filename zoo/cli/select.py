@@ -61,7 +61,7 @@ def select_cmd(
             table.add_row(*(escape(str(c)) for c in (name, m.kind, m.needs, origin, m.summary, m.reference)))
         Console().print(table)
         return
-    from zoo.kit.options import parse_pairs
+    from zoo.kit.strategy.options import parse_pairs
 
     def parsed():
         weights = {k: _float(k, v) for k, v in parse_pairs(weight, "--weight", "domain=0.5").items()}
@@ -103,7 +103,7 @@ def select_cmd(
 
 
 def _float(key: str, value: str) -> float:
-    from zoo.kit.errors import BadInput
+    from zoo.kit.strategy.errors import BadInput
 
     try:
         return float(value)

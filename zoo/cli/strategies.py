@@ -39,7 +39,7 @@ def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
     from rich.table import Table
 
     from zoo import host as _host
-    from zoo.kit import options
+    from zoo.kit.strategy import options
 
     host = _host.load(state.plugins)
     cls = host.strategy(name)

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zoo.kit import cache
-from zoo.kit.errors import BadInput
+from zoo.kit._infra import cache
+from zoo.kit.strategy.errors import BadInput
 
 
 def ensure_built(builder: str, *, progress: Any = None) -> Path:

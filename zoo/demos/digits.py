@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zoo.kit import cache
-from zoo.kit.errors import BadInput
+from zoo.kit._infra import cache
+from zoo.kit.strategy.errors import BadInput
 
 VERSION = 2  # bump when the recipe changes: the cache folder is named by it
 LABELS = [str(i) for i in range(10)]
@@ -75,11 +75,11 @@ def new_model(arch: str, seed: int, num_classes: int = 10):
 
 def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: float = 0.0,
           subset: int | None = None, progress: Any = None, name: str = ""):
-    """A short AdamW + cosine run (zoo.kit.training) on in-memory tensors, with small random shifts as augmentation."""
+    """A short AdamW + cosine run (zoo.kit.train.loop) on in-memory tensors, with small random shifts as augmentation."""
     import torch
     from timm.loss import LabelSmoothingCrossEntropy
 
-    from zoo.kit import training
+    from zoo.kit.train import loop as training
 
     gen = torch.Generator().manual_seed(seed)
     images, targets = split.images, split.targets
@@ -99,8 +99,8 @@ def train(model, split, *, epochs: int, lr: float, seed: int, label_smoothing: f
         return training.Step(loss_fn(logits, y), n=len(y), correct=int((logits.argmax(1) == y).sum()))
 
     # torch's CosineAnnealingLR down to 0, no warmup: the recipe the demo zoos (VERSION) were built with
-    options = training.Options(epochs=epochs, lr=lr, steps_per_epoch=-(-len(targets) // 32), weight_decay=0.01,
-                               schedule="cosine-annealing", min_lr_ratio=0.0, label=f"training {name}")
+    options = training.LoopOptions(epochs=epochs, lr=lr, steps_per_epoch=-(-len(targets) // 32), weight_decay=0.01,
+                                   schedule="cosine-annealing", min_lr_ratio=0.0, label=f"training {name}")
     training.train(model, step, batches, options, device=torch.device("cpu"), generator=gen, progress=progress)
     return model.eval()
 

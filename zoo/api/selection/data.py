@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zoo.kit.data import IMG_EXTENSIONS
-from zoo.kit.errors import BadInput
+from zoo.kit.data.splits import IMG_EXTENSIONS
+from zoo.kit.strategy.errors import BadInput
 
 
 def classes_of(folder: str, given: str | None = None) -> list[str]:

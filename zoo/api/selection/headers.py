@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from zoo.kit.errors import BadInput
-from zoo.kit.progress import Progress, Silent
+from zoo.kit.strategy.errors import BadInput
+from zoo.kit._infra.progress import Progress, Silent
 
 
 def problems(specs: Sequence[str], *, allow_pickle: bool = False, progress: Progress | None = None) -> dict[str, BadInput]:
     """{spec: what is wrong} for the Hub candidates that cannot be ranked; local ones are left to loading."""
-    from zoo.kit.member import check_architecture
-    from zoo.kit.network import PREFIX, parse, safetensors_header, small_file
+    from zoo.kit.members.member import check_architecture
+    from zoo.kit._infra.hub_client import PREFIX, parse, safetensors_header, small_file
 
     hub = [s for s in specs if s.startswith(PREFIX)]
     found: dict[str, BadInput] = {}

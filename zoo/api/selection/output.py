@@ -6,7 +6,7 @@ scored) and, with ``--validate``, ``validation.png``.
 
 Nothing in them is an absolute path: members and data on disk are written relative to the output
 folder (``zoo.toml``'s paths are read relative to its own folder, so the selection works from any
-directory), and paths inside messages in their public form (``zoo.kit.public``).
+directory), and paths inside messages in their public form (``zoo.kit._infra.scrub_paths``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.kit.output import atomic_folder
-from zoo.kit.public import public_path, scrub_text
+from zoo.kit._infra.output_folder import atomic_folder
+from zoo.kit._infra.scrub_paths import public_path, scrub_text
 
 CSV_COLUMNS = ["rank", "member", "score", "probe_top1", "architecture", "features_dim", "spec", "revision",
                "seconds_features", "seconds_metric", "features"]

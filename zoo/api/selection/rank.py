@@ -1,7 +1,7 @@
 """zoo select: rank members for a target task from one forward pass each, and pick a team.
 
 Data flow: resolve each member → its features and source softmax on the target data
-(``zoo.kit.features``, cached on disk) → a :class:`zoo.TargetView` per member → every metric
+(``zoo.kit.measure.features``, cached on disk) → a :class:`zoo.TargetView` per member → every metric
 is a plugin (``zoo_transferability_metrics``): per-member metrics rank, a team metric
 drives greedy ensemble selection → optional validation by a real linear probe per member
 (Kendall's τ between metric and probe accuracy) → the output folder (``zoo.api.selection.output``).
@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from zoo.kit.errors import BadInput, ZooError
-from zoo.kit.progress import Progress, Silent
-from zoo.kit.transfer import TargetView, check_views
+from zoo.kit.strategy.errors import BadInput, ZooError
+from zoo.kit._infra.progress import Progress, Silent
+from zoo.kit.measure.transferability import TargetView, check_views
 
 DEFAULT_TEAM_METRIC = "osborn"
 
@@ -91,8 +91,8 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
     """Score every member on ``target_data`` with ``metric``; with ``ensemble``, pick a team of ``top_k``.
     ``given``: folder → how the user gave it (``--target-data DIR``, a zoo's data), named when it is wrong."""
     from zoo import host as _host
-    from zoo.kit.device import resolve_device
-    from zoo.kit.features import extract
+    from zoo.kit.train.device import resolve_device
+    from zoo.kit.measure.features import extract
     from zoo.registry import resolve
     from zoo.api.selection.data import classes_of
 
@@ -199,7 +199,7 @@ def select(specs: Sequence[str], target_data: str, *, metric: str = "logme", top
 
         result.validation = _validate(members, views, rows, ranking, val_data, classes, dev,
                                       batch_size=batch_size, progress=progress, team=result.team)
-        from zoo.kit.plots import score_vs_accuracy
+        from zoo.kit.card.figures import score_vs_accuracy
 
         result.figures["validation.png"] = score_vs_accuracy(ranking, metric=metric, tau=result.validation["tau"],
                                                              selected=result.selected)

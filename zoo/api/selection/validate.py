@@ -45,7 +45,7 @@ def kendall_tau(scores, accuracies) -> float:
 
 def validate(members, views, rows, ranking, val_data: str, classes: list[str], device, *, batch_size: int,
              progress, team: dict[str, Any] | None) -> dict[str, Any]:
-    from zoo.kit.features import extract
+    from zoo.kit.measure.features import extract
 
     task = progress.task("linear probes", total=len(members))
     val_probs = {}

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 
 import zoo
-from zoo.kit import card, weights
+from zoo.kit.card import Section
+from zoo.kit.tensors import check_compatible, weighted_sum
 
 
 class WeightedSoup(zoo.Strategy):
@@ -19,18 +20,18 @@ class WeightedSoup(zoo.Strategy):
         temperature: float = zoo.option(0.01, "softmax temperature on top-1 accuracy; large = uniform", min=1e-6)
 
     def combine(self, members, options, ctx):
-        weights.check_compatible(members)
+        check_compatible(members)
         scores = [ctx.evaluate(m).top1 for m in members]
         top = max(scores)
         raw = [math.exp((s - top) / options.temperature) for s in scores]
         coeffs = [r / sum(raw) for r in raw]
-        state = weights.weighted_sum(members, coeffs, progress=ctx.progress)
+        state = weighted_sum(members, coeffs, progress=ctx.progress)
         return zoo.Combined(
             state_dict=state,
             report={"coefficients": dict(zip([m.name for m in members], coeffs))},
-            card_sections=[card.Section("Weights", "Each member's weight and held-out top-1:",
-                                        columns=["member", "weight", "top-1"],
-                                        rows=[[m.name, c, s] for m, c, s in zip(members, coeffs, scores)])],
+            card_sections=[Section("Weights", "Each member's weight and held-out top-1:",
+                                   columns=["member", "weight", "top-1"],
+                                   rows=[[m.name, c, s] for m, c, s in zip(members, coeffs, scores)])],
         )
 
 

@@ -1,0 +1,23 @@
+"""Measuring models: logits and metrics on a split (``predict``, ``evaluate_model``, ``Metrics``,
+``macs_per_image``), selective classification (``scores``, ``risk_coverage``, ``selective_metrics``),
+cached pre-logits features (``extract``) and the transferability-metric contract (``TransferMetric``,
+``TargetView``).
+"""
+
+from zoo.kit._infra.exports import lazy
+
+#: name → the module that holds it
+NAMES = {
+    "Metrics": "zoo.kit.measure.metrics",
+    "predict": "zoo.kit.measure.metrics",
+    "evaluate_model": "zoo.kit.measure.metrics",
+    "macs_per_image": "zoo.kit.measure.metrics",
+    "scores": "zoo.kit.measure.selective",
+    "risk_coverage": "zoo.kit.measure.selective",
+    "selective_metrics": "zoo.kit.measure.selective",
+    "extract": "zoo.kit.measure.features",
+    "TransferMetric": "zoo.kit.measure.transferability",
+    "TargetView": "zoo.kit.measure.transferability",
+}
+__all__ = sorted(NAMES)
+__getattr__ = lazy(__name__, NAMES)

@@ -1,0 +1,109 @@
+"""The top-k of task vectors by magnitude, over the whole model or tensor by tensor: the trim of TIES and DARE.
+
+:func:`model_thresholds` finds each member's exact k-th largest |τᵢ| over the whole model (k = round(density·d),
+d entries) without holding the model: a radix selection on float32 bit patterns (non-negative floats order
+like their bits as integers). Pass 1 counts the upper 16 bits of every |τᵢ| (32 768 bins per member), which
+names the bin holding the k-th largest; pass 2 looks again only at the entries in that bin and counts their
+lower 16 bits, which gives the value itself. torch has neither a streaming quantile nor a k-th value of data
+it cannot hold, hence this file. Both passes read the upper halves of the float32 words as int16 (a view,
+the sign bit masked off): 1.6–1.9× faster than ``abs()``, int64 and a shift (bench/RESULTS.md).
+
+The tensor-wise trim is ``zoo.kit.tensors.weights.keep_largest`` (mergekit's count).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from zoo.kit.members.member import Member
+
+HI_BINS = 1 << 15  # |x| has a zero sign bit: the upper 16 bits of its float32 pattern are < 2^15
+LO_BINS = 1 << 16
+
+
+def model_count(density: float, n: int) -> int:
+    """Entries a model-wide trim keeps of ``n``: round(density·n), at least one (the paper's code and FusionBench
+    take the top density of the flattened model)."""
+    return max(1, int(round(density * n)))
+
+
+def zero_below(tv: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``tv`` with entries of magnitude below ``threshold`` (a float32 value) set to zero, in place."""
+    import torch
+
+    return tv.masked_fill_(tv.abs().to(torch.float32) < threshold, 0.0)
+
+
+def _upper(tv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the upper 16 bits of |tv|'s float32 patterns as int16, the float32 patterns as int32), both flat."""
+    import torch
+
+    words = tv.to(torch.float32).reshape(-1)  # a view when tv is float32 and contiguous
+    if sys.byteorder == "little":  # the upper half of word i is int16 number 2i+1
+        upper = words.view(torch.int16)[1::2] & 0x7FFF
+    else:  # pragma: no cover - no big-endian machine to test on
+        upper = ((words.view(torch.int32) >> 16) & 0x7FFF).to(torch.int16)
+    return upper, words.view(torch.int32)
+
+
+def model_thresholds(members: Sequence[Member], base: Member, density: float, *,
+                     skip: Callable[[str], bool] | None = None, progress=None,
+                     transform: Callable | None = None, description: str = "top-k") -> list[float]:
+    """For each member, the magnitude of the k-th largest entry of its task vector over the whole model,
+    k = :func:`model_count` (density, d); keeping |τᵢ| ≥ it (:func:`zero_below`) keeps the top k (and any
+    entry tied with the k-th). Tensors named by ``skip`` (default: BatchNorm's running statistics,
+    ``zoo.kit.tensors.weights.is_statistic``) are left out. ``transform(key, i, τᵢ)``, if given, changes each task vector
+    first (DARE's drop). Two streamed passes (``scan_tensors``); memory: two histograms per member."""
+    import torch
+
+    from zoo.kit.tensors.weights import is_statistic
+    from zoo.kit.tensors.stream import scan_tensors
+
+    skip = is_statistic if skip is None else skip
+    n = len(members)
+
+    def vectors(key, tensors, b):
+        # one member's task vector at a time: the counts are the same, the memory one tensor, not n
+        for i, t in enumerate(tensors):
+            tv = t - b
+            yield transform(key, i, tv) if transform else tv
+
+    hi = torch.zeros(n, HI_BINS, dtype=torch.int64)
+
+    def count_hi(tensors, b, *, key):
+        if skip(key):
+            return
+        for i, tv in enumerate(vectors(key, tensors, b)):
+            hi[i] += torch.bincount(_upper(tv)[0], minlength=HI_BINS)
+
+    scan_tensors(members, count_hi, base=base, progress=progress, description=f"{description} (1/2)")
+    k = model_count(density, int(hi[0].sum()))
+    # the bin of the k-th largest: the highest bin b with (entries in bins ≥ b) ≥ k
+    at_or_above = hi.flip(1).cumsum(1).flip(1)  # [i, b] = entries of member i in bins ≥ b
+    bins = [int((at_or_above[i] >= k).nonzero().max()) for i in range(n)]
+    above = [int(at_or_above[i, b + 1]) if b + 1 < HI_BINS else 0 for i, b in enumerate(bins)]
+    lo = torch.zeros(n, LO_BINS, dtype=torch.int64)
+
+    def count_lo(tensors, b, *, key):
+        if skip(key):
+            return
+        for i, tv in enumerate(vectors(key, tensors, b)):
+            upper, words = _upper(tv)
+            inside = words[upper == bins[i]]
+            if inside.numel():
+                lo[i] += torch.bincount(inside & 0xFFFF, minlength=LO_BINS)
+
+    scan_tensors(members, count_lo, base=base, progress=progress, description=f"{description} (2/2)")
+    thresholds = []
+    for i in range(n):
+        need = k - above[i]  # the need-th largest inside the bin
+        from_top = lo[i].flip(0).cumsum(0)
+        low = LO_BINS - 1 - int((from_top >= need).nonzero().min())
+        pattern = torch.tensor([(bins[i] << 16) | low], dtype=torch.int64).to(torch.int32)
+        thresholds.append(float(pattern.view(torch.float32)))
+    return thresholds
+

@@ -1,0 +1,35 @@
+"""Training: the one loop (``train``, its ``LoopOptions``, a ``Step``'s loss, ``ddp``/``unwrap`` under
+torchrun, the ``CHECKPOINT`` file name), ``resume_state`` for ``--resume``, the LP / FT / LP-FT recipe of
+``zoo finetune`` (``Recipe``, ``fit``, ``model_for``, ``config_for``, ``class_names``), BatchNorm statistics
+(``has_batchnorm``, ``recompute_bn_stats``, ``freeze_bn_stats``), the diagonal Fisher
+(``diagonal_fisher``) and devices (``resolve_device``, ``autocast``, ``to_device``).
+"""
+
+from zoo.kit._infra.exports import lazy
+
+#: name → the module that holds it
+NAMES = {
+    "train": "zoo.kit.train.loop",
+    "LoopOptions": "zoo.kit.train.loop",
+    "Step": "zoo.kit.train.loop",
+    "ddp": "zoo.kit.train.loop",
+    "unwrap": "zoo.kit.train.loop",
+    "CHECKPOINT": "zoo.kit.train.loop",
+    "resume_state": "zoo.kit.train.checkpoint",
+    "Recipe": "zoo.kit.train.recipe",
+    "fit": "zoo.kit.train.recipe",
+    "model_for": "zoo.kit.train.recipe",
+    "config_for": "zoo.kit.train.recipe",
+    "class_names": "zoo.kit.train.recipe",
+    "has_batchnorm": "zoo.kit.train.batchnorm",
+    "recompute_bn_stats": "zoo.kit.train.batchnorm",
+    "freeze_bn_stats": "zoo.kit.train.batchnorm",
+    "diagonal_fisher": "zoo.kit.train.fisher",
+    "resolve_device": "zoo.kit.train.device",
+    "autocast": "zoo.kit.train.device",
+    "to_device": "zoo.kit.train.device",
+    "state_on_cpu": "zoo.kit.train.device",
+    "recomputed_state": "zoo.kit.train.batchnorm",
+}
+__all__ = sorted(NAMES)
+__getattr__ = lazy(__name__, NAMES)
