@@ -59,7 +59,7 @@ def remember(out: Path, recipe: dict[str, Any]) -> None:
         }
         from zoo.kit._infra import cache
 
-        cache._write(_where(zoo_json), json.dumps(record, indent=1))  # atomic, as zoo's other cache entries
+        cache.write_atomically(_where(zoo_json), json.dumps(record, indent=1))  # atomic, as zoo's other cache entries
     except OSError:
         pass
 
