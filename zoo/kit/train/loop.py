@@ -175,8 +175,10 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
             import torch.distributed as dist
 
             # every process keeps the same extras (the same step code), so one tensor sums them all
-            sums = torch.cat([sums, torch.tensor(extra_sums, dtype=torch.float64)])
+            # on the device: NCCL (torchrun on GPUs) reduces CUDA tensors only; gloo takes either
+            sums = torch.cat([sums, torch.tensor(extra_sums, dtype=torch.float64)]).to(device)
             dist.all_reduce(sums)
+            sums = sums.cpu()
             extra_sums, sums = sums[3:].tolist(), sums[:3]
         n = max(float(sums[2]), 1.0)
         row = {**options.history_tag, "epoch": epoch + 1, "step": n_step, "loss": float(sums[0] / n),
