@@ -36,14 +36,17 @@ class Extracted:
         return None if self.logits is None else self.logits.float().softmax(dim=1)
 
 
-def _key(member, data: str, cfg: dict[str, Any], classes: list[str]) -> str:
+def _key(member, data: str, cfg: dict[str, Any], classes: list[str], device=None) -> str:
     from zoo.kit.data.splits import _fingerprint
 
     prov = member.provenance()
     path = Path(data).expanduser()
     where = [str(path.resolve()), list(_fingerprint(path))] if path.is_dir() else [data]
     blob = json.dumps({"v": FEATURES_VERSION, "files": prov["files"], "arch": member.architecture,
-                       "model_args": member.model_args, "data": where, "cfg": cfg, "classes": classes},
+                       "model_args": member.model_args, "data": where, "cfg": cfg, "classes": classes,
+                       # CUDA extracts under float16 autocast (zoo.kit.train.device.autocast): other numbers
+                       # than the CPU's, so a ranking never mixes features of the two
+                       **({"precision": "cuda-float16"} if getattr(device, "type", "cpu") == "cuda" else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -63,7 +66,7 @@ def extract(member, data: str, classes: list[str], device, *, batch_size: int = 
     from zoo.kit.train.device import autocast
 
     cfg = data_config(member.pretrained_cfg)
-    path = _path(_key(member, data, cfg, classes))
+    path = _path(_key(member, data, cfg, classes, device))
     if path.is_file():
         try:
             t = load_file(path)

@@ -23,7 +23,7 @@ def resolve_device(name: str = "auto"):
 
 
 def autocast(device, enabled: bool = True):
-    """bfloat16/float16 autocast on CUDA; plain float32 on the CPU (where it would only be slower)."""
+    """float16 autocast on CUDA; plain float32 on the CPU (where it would only be slower)."""
     import torch
 
     if enabled and device.type == "cuda":
