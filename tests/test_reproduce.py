@@ -45,6 +45,24 @@ def test_a_soup_reproduces_identically_from_its_zoo_json(soup, tmp_path, zoo_cli
     assert recipe["environment"]["device"] == "cpu" and recipe["environment"]["threads"].isdigit()
 
 
+def test_an_output_written_before_the_transformers_fix_still_reproduces_and_another_config_does_not(
+        soup, tmp_path, zoo_cli):
+    """Older outputs repeat num_classes in config.json's model_args (zoo writes it at the top level only now, so
+    that transformers opens its outputs): that alone is no difference; any other change of config.json is."""
+    older = tmp_path / "older"
+    shutil.copytree(soup, older)
+    config = json.loads((older / "config.json").read_text())
+    assert "num_classes" not in config.get("model_args", {})
+    config["model_args"] = {**config.get("model_args", {}), "num_classes": config["num_classes"]}
+    (older / "config.json").write_text(json.dumps(config, indent=2))
+    proc = zoo_cli("reproduce", older)
+    assert proc.stdout.startswith("identical:"), proc.stdout
+    config["model_args"]["drop_rate"] = 0.5
+    (older / "config.json").write_text(json.dumps(config, indent=2))
+    proc = zoo_cli("reproduce", older, check=False)
+    assert proc.returncode == 1 and "config.json: differs in model_args" in proc.stdout, proc.stdout
+
+
 def test_a_changed_output_is_reported_with_its_first_differing_tensor_and_what_changed(soup, tmp_path, zoo_cli):
     changed = tmp_path / "changed"
     shutil.copytree(soup, changed)
