@@ -32,7 +32,7 @@ def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
     total = stacked.sum(dim=0)
     sign = total.sign()
     majority = 1.0 if sign.sum() >= 0 else -1.0
-    sign.masked_fill_(sign == 0, majority)
+    sign.add_(majority / 2).sign_()  # a 0 becomes the majority's sign, ±1 stay: two passes, no mask
     stacked.mul_(sign).clamp_(min=0)  # |τ̂ᵢ| where it agrees, 0 elsewhere
     merged = stacked.sum(dim=0).mul_(sign)
     count = stacked.sign_().sum(dim=0)  # exact in float32 up to 2^24 members

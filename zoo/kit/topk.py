@@ -14,6 +14,7 @@ The tensor-wise trim is ``zoo.kit.weights.keep_largest`` (mergekit's count).
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,6 +89,33 @@ class _Buffers:
         return index.sub_((bin << 16) - 1).clamp_(0, LO_BINS + 1)
 
 
+class _Counter:
+    """``torch.bincount``, on the CPU split among torch's threads (a context: the threads end with it). torch's
+    CPU bincount is a single-threaded loop, the one step of the passes that does not use every core."""
+
+    def __init__(self, device):
+        import torch
+
+        self.threads = torch.get_num_threads()
+        cpu = device is None or torch.device(device).type == "cpu"
+        self.pool = ThreadPoolExecutor(self.threads, "zoo-bincount") if cpu and self.threads > 1 else None
+
+    def __call__(self, x: torch.Tensor, minlength: int) -> torch.Tensor:
+        import torch
+
+        if self.pool is None or x.numel() < (1 << 20):
+            return torch.bincount(x, minlength=minlength)
+        parts = list(self.pool.map(lambda part: torch.bincount(part, minlength=minlength), x.chunk(self.threads)))
+        return sum(parts[1:], parts[0])  # integer counts: the same in any order
+
+    def __enter__(self) -> _Counter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 def _words(tv: torch.Tensor) -> torch.Tensor:
     """``tv``'s float32 bit patterns as int32, flat (a view when tv is float32 and contiguous)."""
     import torch
@@ -118,37 +146,38 @@ def model_thresholds(members: Sequence[Member], base: Member, density: float, *,
         for i, t in enumerate(tensors):
             yield transform(key, i, t - b) if transform else buffers.task_vector(t, b)
 
-    hi = torch.zeros(n, HI_BINS, dtype=torch.int64, device=device)
+    with _Counter(device) as count:
+        hi = torch.zeros(n, HI_BINS, dtype=torch.int64, device=device)
 
-    def count_hi(tensors, b, *, key):
-        if skip(key):
-            return
-        for i, tv in enumerate(vectors(key, tensors, b)):
-            hi[i] += torch.bincount(buffers.upper(tv), minlength=HI_BINS)
+        def count_hi(tensors, b, *, key):
+            if skip(key):
+                return
+            for i, tv in enumerate(vectors(key, tensors, b)):
+                hi[i] += count(buffers.upper(tv), HI_BINS)
 
-    scan_tensors(members, count_hi, base=base, progress=progress, description=f"{description} (1/2)",
-                 device=device)
-    k = model_count(density, int(hi[0].sum()))
-    # the bin of the k-th largest: the highest bin b with (entries in bins ≥ b) ≥ k
-    at_or_above = hi.flip(1).cumsum(1).flip(1)  # [i, b] = entries of member i in bins ≥ b
-    bins = [int((at_or_above[i] >= k).nonzero().max()) for i in range(n)]
-    above = [int(at_or_above[i, b + 1]) if b + 1 < HI_BINS else 0 for i, b in enumerate(bins)]
-    lo = torch.zeros(n, LO_BINS, dtype=torch.int64, device=device)
+        scan_tensors(members, count_hi, base=base, progress=progress, description=f"{description} (1/2)",
+                     device=device)
+        k = model_count(density, int(hi[0].sum()))
+        # the bin of the k-th largest: the highest bin b with (entries in bins ≥ b) ≥ k
+        at_or_above = hi.flip(1).cumsum(1).flip(1)  # [i, b] = entries of member i in bins ≥ b
+        bins = [int((at_or_above[i] >= k).nonzero().max()) for i in range(n)]
+        above = [int(at_or_above[i, b + 1]) if b + 1 < HI_BINS else 0 for i, b in enumerate(bins)]
+        lo = torch.zeros(n, LO_BINS, dtype=torch.int64, device=device)
 
-    def count_lo(tensors, b, *, key):
-        if skip(key):
-            return
-        for i, tv in enumerate(vectors(key, tensors, b)):
-            lo[i] += torch.bincount(buffers.bin_index(tv, bins[i]), minlength=LO_BINS + 2)[1:-1]
+        def count_lo(tensors, b, *, key):
+            if skip(key):
+                return
+            for i, tv in enumerate(vectors(key, tensors, b)):
+                lo[i] += count(buffers.bin_index(tv, bins[i]), LO_BINS + 2)[1:-1]
 
-    scan_tensors(members, count_lo, base=base, progress=progress, description=f"{description} (2/2)",
-                 device=device)
-    thresholds = []
-    for i in range(n):
-        need = k - above[i]  # the need-th largest inside the bin
-        from_top = lo[i].flip(0).cumsum(0)
-        low = LO_BINS - 1 - int((from_top >= need).nonzero().min())
-        pattern = torch.tensor([(bins[i] << 16) | low], dtype=torch.int64).to(torch.int32)
-        thresholds.append(float(pattern.view(torch.float32)))
-    return thresholds
+        scan_tensors(members, count_lo, base=base, progress=progress, description=f"{description} (2/2)",
+                     device=device)
+        thresholds = []
+        for i in range(n):
+            need = k - above[i]  # the need-th largest inside the bin
+            from_top = lo[i].flip(0).cumsum(0)
+            low = LO_BINS - 1 - int((from_top >= need).nonzero().min())
+            pattern = torch.tensor([(bins[i] << 16) | low], dtype=torch.int64).to(torch.int32)
+            thresholds.append(float(pattern.view(torch.float32)))
+        return thresholds
 
