@@ -132,6 +132,42 @@ def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic():
     assert torch.allclose(got, _call(arithmetic.task_arithmetic, fts, base, scale=0.9 / 3), atol=1e-6)
 
 
+def _plain_trim_and_election(tvs, thresholds):
+    """TIES's trim with model-wide thresholds, sign election and disjoint mean, one plain op at a time (the
+    form before the in-place rewrite): the bytes ``ties`` must keep."""
+    stacked = torch.stack([tv.masked_fill(tv.abs() < t, 0.0) for tv, t in zip(tvs, thresholds)])
+    sign = stacked.sum(dim=0).sign_()
+    sign.masked_fill_(sign == 0, 1.0 if sign.sum() >= 0 else -1.0)
+    agree = torch.where(sign < 0, stacked < 0, stacked > 0)
+    return stacked.mul(agree).sum(dim=0).div(agree.sum(dim=0, dtype=torch.int32).clamp(min=1))
+
+
+def test_ties_merge_is_the_plain_forms_bytes_with_zeros_signed_zeros_and_ties():
+    """The fused trim (hardshrink) and election (|τ̂ᵢ| where it agrees, one stack buffer) write the plain
+    form's bytes: also where every τ̂ᵢ is trimmed, where τ is −0.0 on a base of ±0.0 (the zero's sign
+    survives into base + merged), where sums cancel to 0, at a threshold of 0, and for one member."""
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 5):
+        for shape in ((7,), (100, 3), (64, 33)):
+            base = torch.randn(shape, generator=g) * 0.02
+            base.view(-1)[::7] = 0.0
+            base.view(-1)[1::7] = -0.0
+            fts = []
+            for i in range(n):
+                tv = torch.randn(shape, generator=g) * 1e-3
+                tv = (tv * 4096).round() / 4096  # a coarse grid: ties at the threshold, sums cancelling to 0
+                tv.view(-1)[i::5] = 0.0
+                fts.append(base + tv)
+                fts[-1].view(-1)[::3] = -0.0  # θ = −0.0 on a base of ±0.0: τ = −0.0 or +0.0
+            base.view(-1)[::3] = torch.where(torch.arange(base.numel())[::3] % 2 == 0, 0.0, -0.0)
+            tvs = [t - base for t in fts]
+            for thresholds in ([float(tv.abs().flatten().kthvalue(max(1, int(0.7 * tv.numel()))).values)
+                                for tv in tvs], [0.0] * n, [1e-45] * n):
+                got = _call(ties.ties, fts, base, stats=ties.Stack(thresholds), scale=0.7)
+                expected = _plain_trim_and_election(tvs, thresholds).mul_(0.7).add_(base)
+                assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), (n, shape, thresholds)
+
+
 MERGEKIT = lambda d, n: max(1, int(d * n))  # noqa: E731  mergekit's tensor-wise count (sparsify.magnitude)
 
 

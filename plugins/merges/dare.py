@@ -46,12 +46,13 @@ def check(options) -> None:
 
 
 def prepare(members, base, options, ctx):
-    """then=ties with density < 1: the TIES trim after the drop, over the whole model (thresholds of the
-    dropped task vectors)."""
+    """then=ties: TIES's stack buffer (``ties.Stack``), with density < 1 the thresholds of the TIES trim after
+    the drop, over the whole model (of the dropped task vectors)."""
     if options.then == "ties" and options.density < 1.0:
         dropped = lambda key, i, tv: drop_and_rescale(tv, options.drop, generator(options.seed, i, key))  # noqa: E731
-        return zoo.model_thresholds(members, base, options.density, progress=ctx.progress, transform=dropped,
-                                    description="dare: trim")
+        return _ties.Stack(zoo.model_thresholds(members, base, options.density, progress=ctx.progress,
+                                                transform=dropped, description="dare: trim", device=ctx.device))
+    return _ties.Stack() if options.then == "ties" else None
 
 
 def scale_of(options) -> float:
@@ -82,7 +83,8 @@ def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
     vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(zoo.task_vectors(tensors, base))]
     if then == "ta":
         return base + lam * weighted(vectors, weights)
-    stacked = torch.stack(vectors)
-    for i, tv in enumerate(stacked if stats is not None else ()):
-        zoo.zero_below(tv, stats[i])
+    stats = _ties.Stack() if stats is None else stats  # called directly, without prepare
+    stacked = torch.stack(vectors, out=stats.empty(len(vectors), base))
+    for i, tv in enumerate(stacked if stats.thresholds is not None else ()):
+        zoo.zero_below(tv, stats.thresholds[i])
     return base + lam * _ties.elect_and_average(stacked)
