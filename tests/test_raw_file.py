@@ -19,7 +19,7 @@ import json, resource, sys
 from pathlib import Path
 import torch, timm  # noqa: F401  (their import is not what is measured)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from zoo.kit import member
+from zoo.kit.members import member
 m = member.from_file(Path(sys.argv[1]), spec=sys.argv[1], name="m", arch=sys.argv[2])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"num_classes": m.num_classes, "grew_mib": (after - before) / 1024}))
@@ -28,7 +28,7 @@ print(json.dumps({"num_classes": m.num_classes, "grew_mib": (after - before) / 1
 _CACHED = """
 import json, sys
 from pathlib import Path
-from zoo.kit import member
+from zoo.kit.members import member
 m = member.from_file(Path(sys.argv[1]), spec=sys.argv[1], name="m", arch=sys.argv[2])
 print(json.dumps({"num_classes": m.num_classes, "timm_imported": "timm" in sys.modules}))
 """

@@ -64,7 +64,10 @@ class Rich:
         if self._progress is None:
             self._progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
                                       BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                      TimeRemainingColumn(), console=self.console, transient=True)
+                                      TimeRemainingColumn(), console=self.console, transient=True,
+                                      # a pipe or a file cannot erase a transient display: rich would leave an
+                                      # empty line in its place, before the command's own last line
+                                      disable=not self.console.is_terminal)
             self._progress.start()
         return _RichTask(self._progress, self._progress.add_task(description, total=total))
 
