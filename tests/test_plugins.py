@@ -64,12 +64,17 @@ _HEAVY = ("import sys\nsys.argv = ['zoo', *sys.argv[1:]]\nfrom zoo.cli import ma
 
 
 @pytest.mark.parametrize("args", [["--help"], ["discover", "--help"], ["combine", "--help"], ["align", "--help"],
-                                  ["stitch", "--help"], ["stitch", "list", "--help"]], ids=" ".join)
+                                  ["stitch", "--help"], ["stitch", "list", "--help"], ["strategies"],
+                                  ["strategies", "show", "ties"], ["strategies", "show", "soup"]], ids=" ".join)
 def test_help_imports_neither_torch_nor_timm(args):
-    """`zoo --help` collects every plugin's commands (zoo_commands): no plugin may pull torch in on the way."""
+    """`zoo --help` collects every plugin's commands (zoo_commands) and `zoo strategies` every plugin's
+    strategies (zoo_strategies, merge methods' options included): no plugin may pull torch in on the way."""
     proc = subprocess.run([sys.executable, "-c", _HEAVY, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "align" in proc.stdout or args != ["--help"]  # the plugins' commands are listed
+    listed = {("strategies",): ("soup", "ties", "ensemble", "levi", "rebasin"),  # every plugin's strategies
+              ("strategies", "show", "ties"): ("density", "trim"), ("strategies", "show", "soup"): ("mode",)}
+    assert all(word in proc.stdout for word in listed.get(tuple(args), ())), proc.stdout[-500:]
     assert proc.stdout.splitlines()[-1] == "HEAVY []", proc.stdout[-500:]
 
 

@@ -44,6 +44,8 @@ def zoo_strategies() -> list[type[Strategy]]:
     Each class needs a unique ``name`` (what ``--strategy`` takes), a one-line
     ``summary``, an ``Options`` dataclass and a ``combine(members, options, ctx)``
     method returning a :class:`zoo.Combined`. Two plugins offering one name is an error.
+    ``zoo strategies`` imports every strategy's module: import torch and timm inside the methods that use
+    them (annotations stay strings with ``from __future__ import annotations``), so listing stays light.
     """
 
 

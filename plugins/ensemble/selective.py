@@ -26,11 +26,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 import zoo
 from zoo.kit.measure import risk_coverage, scores  # noqa: F401  (the cascade uses them as selective.*)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 _TARGET = re.compile(r"^(risk|coverage|tpr)@(\d+(?:\.\d+)?)%?$")
 
@@ -57,6 +59,8 @@ def parse_target(text: str) -> Target:
 
 def threshold(correct: torch.Tensor, score: torch.Tensor, target: Target) -> float:
     """τ for ``target`` on the validation data (see the module's docstring)."""
+    import torch
+
     n = len(score)
     if target.kind == "tpr":
         return float(torch.quantile(score.double(), 1 - target.value))
@@ -82,6 +86,8 @@ EMPTY = (1.0, -1.0)
 
 def window(score: torch.Tensor, tau: float, half_width: float) -> tuple[float | None, float | None]:
     """The scores at τ's quantile ∓ ``half_width``; None where the window is open on that side; EMPTY for 0."""
+    import torch
+
     from scipy.stats import percentileofscore
 
     if half_width == 0:
@@ -97,6 +103,8 @@ def window(score: torch.Tensor, tau: float, half_width: float) -> tuple[float | 
 def inside(score: torch.Tensor, bounds: tuple[float | None, float | None]) -> torch.Tensor:
     """Which samples go on: their score lies inside the window (bounds included, as the paper's exit
     test ``score > hi or score < lo`` leaves them; a window whose bounds are crossed, EMPTY, holds none)."""
+    import torch
+
     lo, hi = bounds
     keep = torch.ones_like(score, dtype=torch.bool)
     if lo is not None:

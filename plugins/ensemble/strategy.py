@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 import zoo
 from zoo.kit.train import state_on_cpu
 from zoo.kit.measure import selective_metrics
-from zoo.plugins.ensemble import module as ens
 from zoo.plugins.ensemble import selective
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from zoo.plugins.ensemble import module as ens
 
 
 def _shared_input(members) -> dict:
@@ -47,6 +49,7 @@ class _Built:
 
     def __init__(self, members, ctx, *, by_cost: bool):
         from zoo.kit.data import common_labels, data_config
+        from zoo.plugins.ensemble import module as ens
 
         self.labels = common_labels(members, why="an ensemble averages their predictions class by class, so give "
                                                   "members of one task")
@@ -64,11 +67,15 @@ class _Built:
         self.pretrained_cfg = _shared_input(self.members)
 
     def net(self, **kw) -> ens.EnsembleNet:
+        from zoo.plugins.ensemble import module as ens
+
         return ens.EnsembleNet(self.models, self.cfgs, macs=self.macs, **kw).eval()
 
 
 def _probs(net: ens.EnsembleNet, split, ctx) -> list[torch.Tensor]:
     """Every member's softmax on ``split`` (each through its own preprocessing), on the CPU."""
+    import torch
+
     from zoo.kit.train import to_device
 
     net = net.to(ctx.device)
@@ -126,6 +133,8 @@ print(m.last_macs, m.last_exits)    # multiply-accumulates the last batch cost, 
 
 
 def _combined(built: _Built, net: ens.EnsembleNet, metrics, report, figures, section: str) -> zoo.Combined:
+    from zoo.plugins.ensemble import module as ens
+
     config = ens.to_config(net, [ens.member_config(m) for m in built.members], pretrained_cfg=built.pretrained_cfg,
                            label_names=built.labels, num_classes=len(built.labels))
     return zoo.Combined(state_dict=state_on_cpu(net), config=config, metrics=metrics, report=report, figures=figures,
@@ -214,6 +223,8 @@ class Cascade(zoo.Strategy):
                 raise zoo.BadInput(f"option threshold={options.threshold!r}: give a number or auto") from None
 
     def combine(self, members, options, ctx):
+        import torch
+
         target = selective.parse_target(options.target)
         built = _Built(members, ctx, by_cost=True)
         ctx.log("stages, cheapest first: " + ", ".join(f"{m.name} ({c / 1e6:.2f} M MACs)"

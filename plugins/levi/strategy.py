@@ -19,13 +19,14 @@ once and reused every epoch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 import zoo
 from zoo.kit.train import Recipe, state_on_cpu
 from zoo.kit.strategy import compose
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 
@@ -59,6 +60,8 @@ class Levi(zoo.Strategy):
             raise zoo.BadInput(f"option small={options.small!r}: timm has no such architecture (see timm.list_models())")
 
     def combine(self, members, options, ctx):
+        import torch
+
         import timm
 
         from zoo.kit.data import data_config
@@ -162,6 +165,8 @@ def _spec(member) -> dict:
 
 def _big_views(net, split, ctx) -> list[torch.Tensor]:
     """The frozen pre-trained model's views of every training image, computed once (in split order)."""
+    import torch
+
     from zoo.plugins.levi.net import views
     from zoo.kit.train import to_device
 
@@ -178,6 +183,8 @@ def _big_views(net, split, ctx) -> list[torch.Tensor]:
 
 def _levels_top1(net, split, ctx) -> list[float]:
     """Each adapting layer's own held-out top-1 (the prediction averages their logits)."""
+    import torch
+
     from zoo.kit.train import to_device
 
     right = torch.zeros(net.levels)

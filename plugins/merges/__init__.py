@@ -11,7 +11,7 @@ import zoo
 
 @zoo.hookimpl
 def zoo_strategies():
-    # imported here, not at the top: they import torch, and zoo imports every plugin for `zoo --help`
+    # imported here, not at the top: zoo imports every plugin for `zoo --help` (they import torch only when run)
     from . import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
 
     return [arithmetic.task_arithmetic, ties.ties, dare.dare, model_stock.model_stock, slerp.slerp,

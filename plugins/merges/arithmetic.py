@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 import zoo
 
 from .common import weighted
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def reach(options, members: int) -> float:

@@ -10,25 +10,30 @@ per (seed, member position, tensor name), so the bytes do not depend on the stre
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 import zoo
 
 from . import ties as _ties
 from .common import weighted
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 DEFAULT_SCALE = {"ta": 0.3, "ties": 1.0}  # λ of task arithmetic and of TIES (docs/algorithms.md)
 
 
 def generator(seed: int, member: int, key: str) -> torch.Generator:
     """The random stream of one (member, tensor): the same whatever order tensors are streamed in."""
+    import torch
+
     digest = hashlib.sha256(f"{seed}:{member}:{key}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def drop_and_rescale(tv: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    import torch
+
     if p == 0.0:
         return tv
     keep = torch.rand(tv.shape, generator=gen) >= p
@@ -79,6 +84,8 @@ def dare(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats,
                                      "magnitude over the whole model, round(density·d) of its d entries "
                                      "(1: no trim, as mergekit's dare_ties)", min=0, max=1),
          seed: int = zoo.option(0, "seed of the random drop")) -> torch.Tensor:
+    import torch
+
     lam = DEFAULT_SCALE[then] if scale is None else scale
     vectors = [drop_and_rescale(tv, drop, generator(seed, i, key)) for i, tv in enumerate(zoo.task_vectors(tensors, base))]
     if then == "ta":

@@ -9,10 +9,13 @@ Fisher: they are averaged. Equal Fishers give the plain average.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 import zoo
 from zoo.kit.train import diagonal_fisher
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def prepare(members, base, options, ctx) -> zoo.Spill:
@@ -37,6 +40,8 @@ def fisher(tensors: list[torch.Tensor], base: torch.Tensor | None, *, key: str, 
            samples: int = zoo.option(256, "examples for each member's diagonal Fisher (batch 1)", min=1),
            floor: float = zoo.option(1e-8, "smallest Fisher value an entry weighs with", min=0),
            ) -> torch.Tensor:
+    import torch
+
     fishers = stats.get(key)
     if fishers is None:  # a buffer
         return torch.stack(tensors).mean(dim=0)

@@ -8,12 +8,14 @@ running statistics take the t of their layer's weight (a first streamed pass com
 from __future__ import annotations
 
 import itertools
-
-import torch
+from typing import TYPE_CHECKING
 
 import zoo
 
 from .common import mean
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 EPS = 1e-12
 

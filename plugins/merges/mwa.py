@@ -15,13 +15,14 @@ training history (the last row ``zoo finetune`` wrote: its ``loss`` and ``step``
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 import zoo
 
 from .common import weighted
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def metric_of(member, by: str) -> float | None:

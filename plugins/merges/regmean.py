@@ -11,14 +11,19 @@ biases, norms, BatchNorm statistics — is averaged. Each member's Grams are col
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 import zoo
 from zoo.kit.train import to_device
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 
 def linear_maps(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """{weight key: module} of the layers RegMean merges: Linear, and Conv2d 1×1 with groups=1."""
+    import torch
+
     out = {}
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) or (
@@ -31,6 +36,8 @@ def linear_maps(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def grams(model: torch.nn.Module, split, examples: int, device, *, batch_size: int = 64, progress=None
           ) -> dict[str, torch.Tensor]:
     """{weight key: mean of x xᵀ over the layer's input rows} on the first ``examples`` images of ``split``."""
+    import torch
+
     model = model.to(device).eval()
     sums: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
@@ -89,6 +96,8 @@ def check(options) -> None:
 
 def regmean_merge(weights: list[torch.Tensor], gram_list: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """W = (Σ WᵢG̃ᵢ)(Σ G̃ᵢ)⁻¹ for weights of shape (out, in[, 1, 1]), in float64."""
+    import torch
+
     shape = weights[0].shape
     total_g = 0
     total_wg = 0
@@ -113,6 +122,8 @@ def regmean(tensors: list[torch.Tensor], base: torch.Tensor | None, *, key: str,
                                       min=0, max=1),
             examples: int = zoo.option(256, "training images each member's Gram matrices are computed on",
                                        min=1)) -> torch.Tensor:
+    import torch
+
     gram_list = stats.get(key)
     if gram_list is None:
         return torch.stack(tensors).mean(dim=0)

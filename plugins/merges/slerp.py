@@ -8,10 +8,12 @@ parallel: the spherical formula divides by almost zero). t = 0 gives a, t = 1 gi
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 import zoo
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 PARALLEL = 0.9995
 

@@ -9,11 +9,12 @@ running statistics move toward the members' mean by λ (the contract's ``statist
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 import zoo
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
@@ -29,6 +30,8 @@ def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
     exactly (rounding is symmetric in sign); an entry where none agrees is Σᵢ τ̂ᵢ itself, a zero of the
     same sign as the plain form's (every τ̂ᵢ there is ±0, or the sum would have a sign some τ̂ᵢ shares).
     """
+    import torch
+
     total = stacked.sum(dim=0)
     sign = total.sign()
     majority = 1.0 if sign.sum() >= 0 else -1.0
@@ -53,6 +56,8 @@ class Stack:
 
     def empty(self, members: int, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised ``[members, *like.shape]`` tensor of ``like``'s dtype and device, in the buffer."""
+        import torch
+
         n = members * like.numel()
         b = self._buffer
         if b is None or b.numel() < n or b.dtype != like.dtype or b.device != like.device:
@@ -62,6 +67,8 @@ class Stack:
 
     def task_vectors(self, tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
         """``torch.stack(zoo.task_vectors(tensors, base))``, written straight into the buffer."""
+        import torch
+
         out = self.empty(len(tensors), base)
         for i, t in enumerate(tensors):
             torch.sub(t, base, out=out[i])

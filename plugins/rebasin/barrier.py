@@ -9,11 +9,12 @@ on training data first (``zoo.kit.train.batchnorm``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from zoo.kit.tensors import lerp
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def grid(points: int) -> list[float]:

@@ -30,13 +30,14 @@ changes).
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from zoo.plugins.rebasin import permute
 from zoo.plugins.rebasin.spec import Spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
 
 GAIN = 1e-12
 
@@ -62,6 +63,8 @@ def _inner(spec: Spec, a, b) -> float:
 def _cost(spec: Spec, g: str, a, b, perms, users) -> torch.Tensor:
     """C for group ``g``: float32 products (as the weights are), summed over tensors in float64. Nothing of A
     is kept between visits: matching holds the two models and one tensor's working copies."""
+    import torch
+
     n = spec.groups[g]
     cost = torch.zeros(n, n, dtype=torch.float64)
     for k, ax in users:
@@ -73,6 +76,9 @@ def _cost(spec: Spec, g: str, a, b, perms, users) -> torch.Tensor:
 
 def _heads_cost(spec: Spec, g: str, a, b, perms, users) -> np.ndarray:
     """Score of each (head of A, head of B): Σ ⟨·,·⟩ under the best alignment of the two heads' dimensions."""
+    import numpy as np
+    import torch
+
     from scipy.optimize import linear_sum_assignment
 
     inner = spec.nested[g]
@@ -98,6 +104,9 @@ def weight_matching(spec: Spec, a: Mapping[str, torch.Tensor], b: Mapping[str, t
                     max_sweeps: int = 100, init: Mapping[str, torch.Tensor] | None = None,
                     first_sweep: str = "graph") -> Matched:
     """The permutations π of ``spec``'s groups that maximise ⟨A, π(B)⟩ (both state dicts of one architecture)."""
+    import numpy as np
+    import torch
+
     from scipy.optimize import linear_sum_assignment
 
     perms = {g: p.clone() for g, p in (init or permute.identity(spec)).items()}
@@ -134,6 +143,9 @@ def merge_many(spec: Spec, states: Sequence[Mapping[str, torch.Tensor]], *, seed
     """Git Re-Basin's MergeMany: one :class:`Matched` per state, bringing all of them into one frame. Each member,
     in a random order per round, is matched to the mean of the others (as permuted so far), starting from its
     current permutation; rounds repeat until none changes (at most ``max_rounds``)."""
+    import numpy as np
+    import torch
+
     perms = [permute.identity(spec) for _ in states]
     sweeps = [0] * len(states)
     rng = np.random.default_rng(seed)

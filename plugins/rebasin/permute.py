@@ -7,21 +7,26 @@ computes exactly what it computed before (up to float rounding in sums taken in 
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 import zoo
 from zoo.plugins.rebasin.spec import Spec
 
-Perms = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    Perms = Mapping[str, torch.Tensor]
 
 
 def identity(spec: Spec) -> dict[str, torch.Tensor]:
+    import torch
+
     return {g: torch.arange(n) for g, n in spec.groups.items()}
 
 
 def random_perms(spec: Spec, seed: int) -> dict[str, torch.Tensor]:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     return {g: torch.randperm(n, generator=gen) for g, n in spec.groups.items()}
 
@@ -45,10 +50,14 @@ def apply(spec: Spec, state: Mapping[str, torch.Tensor], perms: Perms) -> dict[s
 
 
 def inverse(perms: Perms) -> dict[str, torch.Tensor]:
+    import torch
+
     return {g: torch.argsort(p) for g, p in perms.items()}
 
 
 def _outputs(model, state, images) -> torch.Tensor:
+    import torch
+
     model.load_state_dict(state)
     with torch.no_grad():
         return model(images).double()

@@ -14,14 +14,17 @@ store.
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from zoo.kit.train import recompute_bn_stats, to_device
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 
 def _bns(model) -> dict[str, torch.nn.Module]:
+    import torch
+
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
 
 
@@ -29,6 +32,8 @@ def output_stats(model, split, n_batches: int, device, *, batch_size: int = 64, 
     """Per BatchNorm: the (mean, std) of each channel of its output, the model in eval mode, on ``n_batches``
     batches of ``split`` (the same batches for every model: the same seed). For timm's BatchNorm with a
     fused activation (``BatchNormAct2d``) that is the normalised output, before the activation."""
+    import torch
+
     sums: dict[str, list[torch.Tensor]] = {}
 
     def hook(name):
@@ -69,6 +74,8 @@ def repair(model, member_stats: Sequence[dict], weights: Sequence[float], split,
     :func:`output_stats` of each): its affine part first, then every running statistic re-estimated on
     ``split`` in one pass, so each BatchNorm normalises what the corrected layers before it now give it
     (correcting after the re-estimate would leave every later BatchNorm's statistics stale)."""
+    import torch
+
     with torch.no_grad():
         for name, bn in _bns(model).items():
             if bn.weight is None or bn.bias is None:  # no affine part to carry the correction

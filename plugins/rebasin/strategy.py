@@ -12,9 +12,7 @@ the reference and each member, before and after alignment (``barrier.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 import zoo
 from zoo.kit.card import Section
@@ -24,6 +22,9 @@ from zoo.kit.tensors import check_compatible
 from zoo.plugins.rebasin import barrier, match, permute
 from zoo.plugins.rebasin import repair as repairing
 from zoo.plugins.rebasin import spec as specs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: held-out images the function check runs on (random ones without --eval-data)
 CHECK_IMAGES = 16
@@ -68,6 +69,8 @@ def derive_checked(like, ctx, *, what: str):
 
 
 def _probe(ctx, like, size) -> torch.Tensor:
+    import torch
+
     from zoo.kit.train import to_device
 
     if ctx.eval_data:
@@ -133,6 +136,8 @@ class Align(zoo.Strategy):
         pass
 
     def combine(self, members, options, ctx) -> zoo.Combined:
+        import torch
+
         _check_members(members)
         reference, member = members
         if options.report and not ctx.eval_data:

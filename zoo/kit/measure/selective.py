@@ -14,7 +14,10 @@ Every strategy that reports these (ensembles, cascades, LEVI) computes them here
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: the risk at which coverage is reported when a strategy has no target of its own
 DEFAULT_RISK = 0.05
@@ -30,6 +33,8 @@ def scores(probs: torch.Tensor, kind: str = "msp") -> torch.Tensor:
 
 def risk_coverage(correct: torch.Tensor, score: torch.Tensor):
     """(risk, coverage) at every coverage 0, 1/N … 1 (length N + 1), and the sorted scores (length N)."""
+    import torch
+
     order = score.argsort(descending=True)
     wrong = (~correct.bool())[order].double()
     n = len(score)
@@ -40,6 +45,8 @@ def risk_coverage(correct: torch.Tensor, score: torch.Tensor):
 
 def aurc(correct: torch.Tensor, score: torch.Tensor) -> float:
     """The area under the risk–coverage curve (trapezoids over coverage 0 … 1)."""
+    import torch
+
     risk, coverage, _ = risk_coverage(correct, score)
     return float(torch.trapezoid(risk, coverage))
 

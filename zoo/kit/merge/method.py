@@ -126,12 +126,17 @@ def _options_from(fn: Callable) -> tuple[type, frozenset[str], frozenset[str]]:
     if len(positional) != 2 or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         raise TypeError(f"{what}: the signature must be (tensors, base, *, option: type = default, ...); "
                         f"make every option keyword-only (after the *)")
+    wants = frozenset(p.name for p in params[2:] if p.name in RESERVED)
+    # only the options' annotations are resolved: `tensors: list[torch.Tensor]` stays a string, so a merge
+    # module can be listed (`zoo strategies`) without torch imported
+    annotations = getattr(fn, "__annotations__", {})
+    options_only = types.SimpleNamespace(__annotations__={
+        p.name: annotations[p.name] for p in params[2:] if p.name not in RESERVED and p.name in annotations})
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(options_only, globalns=getattr(inspect.unwrap(fn), "__globals__", {}))
     except Exception as e:
         raise TypeError(f"{what}: cannot resolve its annotations ({type(e).__name__}: {e})") from None
     fields, per_member = [], set()
-    wants = frozenset(p.name for p in params[2:] if p.name in RESERVED)
     for p in params[2:]:
         if p.name in RESERVED:
             continue
