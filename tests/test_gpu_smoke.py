@@ -155,11 +155,14 @@ def test_a_failing_command_is_reported_with_its_message(tmp_path):
     assert f"| soup | merge | failed ({step.note}) |" in gpu_smoke.markdown(result)
 
 
-def test_a_command_past_its_time_is_killed_and_the_run_goes_on(tmp_path):
+def test_a_command_past_its_time_is_killed_and_the_run_goes_on(tmp_path, ingredients):
     gpu_smoke = _smoke_module()
     (tmp_path / "logs").mkdir()
-    step = gpu_smoke.Step("soup", "merge", ["strategies"], str(tmp_path / "out"))
+    out = tmp_path / "out"
+    # a real soup: importing torch alone takes longer than the limit (`zoo strategies` no longer does)
+    step = gpu_smoke.Step("soup", "merge", ["combine", "-s", "soup", "-m", str(ingredients[0]), "-m", str(ingredients[1]),
+                                            "--out", str(out)], str(out))
     start = time.perf_counter()
-    gpu_smoke.run_step(step, tmp_path / "logs", fresh=True, timeout=0.5)  # python -m zoo alone takes longer
+    gpu_smoke.run_step(step, tmp_path / "logs", fresh=True, timeout=0.5)
     assert time.perf_counter() - start < 5
     assert step.status == "failed" and step.rc == gpu_smoke.TIMED_OUT and step.note == "killed after 0.5 s"
