@@ -109,16 +109,6 @@ def fail(e: BaseException) -> None:
     raise typer.Exit(code)
 
 
-def run(fn, progress=None):
-    """Call ``fn`` and stop ``progress`` after it. Failures need no wrapping (the app prints what a command
-    raises); zoo/cli/finetune.py and select.py still call this."""
-    try:
-        return fn()
-    finally:
-        if progress is not None and hasattr(progress, "stop"):
-            progress.stop()
-
-
 def wrote(out, metrics: dict | None) -> str:
     """The line a command ends with: where it wrote, and the held-out figures when there were any."""
     summary = f"wrote {out}"

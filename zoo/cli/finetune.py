@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state, wrote
+from zoo.cli.app import app, console, progress, state, wrote
 from zoo.kit.train.recipe import Recipe
 from zoo.kit.strategy.options import describe
 
@@ -24,7 +24,6 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
     from zoo.api.finetune import finetune as _finetune
     from zoo.kit.strategy.options import parse
 
-    progress = progress_bars()
     say = console()
 
     def recipe() -> Recipe:
@@ -33,10 +32,10 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
             r.mode = "lp-ft"
         return r
 
-    result = run(lambda: _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes,
-                                   eval_data=eval_data, resume=resume, force=force, device=device, arch=arch,
-                                   progress=progress, log=say.print, plugins=state.plugins, snapshots=snapshots),
-                 progress=progress)
+    with progress() as bars:
+        result = _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes, eval_data=eval_data,
+                           resume=resume, force=force, device=device, arch=arch, progress=bars, log=say.print,
+                           plugins=state.plugins, snapshots=snapshots)
     say.print(wrote(out, result.metrics), highlight=False)
 
 _RUN_FLAGS = [

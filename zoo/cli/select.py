@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress_bars, run, state
+from zoo.cli.app import app, console, progress, state
 
 
 @app.command("select")
@@ -56,7 +56,7 @@ def select_cmd(
             table.add_column(col)
         from rich.markup import escape
 
-        found = run(lambda: transfer_metrics(state.plugins))
+        found = transfer_metrics(state.plugins)
         for name, (m, origin) in sorted(found.items(), key=lambda kv: (kv[1][0].kind != "member", kv[0])):
             table.add_row(*(escape(str(c)) for c in (name, m.kind, m.needs, origin, m.summary, m.reference)))
         Console().print(table)
@@ -67,14 +67,13 @@ def select_cmd(
         weights = {k: _float(k, v) for k, v in parse_pairs(weight, "--weight", "domain=0.5").items()}
         return weights, parse_pairs(source_data, "--source-data", "./member=./its-train-data")
 
-    progress = progress_bars()
-    weights, sources = run(parsed)
-    sel = run(lambda: select(
-        member, target_data, zoo=zoo_name, members_from=members_from, metric=metric, top_k=top_k,
-        ensemble=ensemble, team_metric=team_metric, weights=weights, validate=validate, val_data=val_data,
-        sources=sources, skip_failed=skip_failed, out=out, force=force, device=device, arch=arch,
-        allow_pickle=allow_pickle, plugins=state.plugins, progress=progress, log=say.print),
-        progress=progress)
+    weights, sources = parsed()
+    with progress() as bars:
+        sel = select(
+            member, target_data, zoo=zoo_name, members_from=members_from, metric=metric, top_k=top_k,
+            ensemble=ensemble, team_metric=team_metric, weights=weights, validate=validate, val_data=val_data,
+            sources=sources, skip_failed=skip_failed, out=out, force=force, device=device, arch=arch,
+            allow_pickle=allow_pickle, plugins=state.plugins, progress=bars, log=say.print)
     chosen = set(sel.selected)
     table = Table(title=f"{sel.metric} on {sel.target_data} ({len(sel.classes)} classes)")
     for col in ("rank", "member", "architecture", sel.metric, *(["probe top-1"] if sel.validation else []),
