@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 import zoo
-from zoo.kit.members import PICKLE_NAMES, PREFIX, SAFE_INDEX, download, from_folder, parse
+from zoo.kit.members import PICKLE_NAMES, PREFIX, SAFE_INDEX, download, formats, from_folder, parse
 
 
 @zoo.hookimpl
@@ -18,6 +18,7 @@ def zoo_resolve_member(spec: str, arch: str | None, allow_pickle: bool):
         return None
     repo_id, revision = parse(spec)
     patterns = ["config.json", "*.safetensors", SAFE_INDEX, "README.md", "zoo.json"]  # card: license, lineage
+    patterns += [name for fmt in formats() for name in fmt.hub_files]  # what a format reads beside config.json
     if allow_pickle:
         patterns += list(PICKLE_NAMES)
     folder = download(repo_id, revision, patterns, f"member {spec}")

@@ -60,6 +60,7 @@ KIT = {
     "task_vectors": "zoo.kit.tensors",
     "keep_largest": "zoo.kit.tensors",
     "Member": "zoo.kit.members",
+    "MemberFormat": "zoo.kit.members",
     "ZooError": "zoo.kit.strategy",
     "BadInput": "zoo.kit.strategy",
     "IncompatibleMembers": "zoo.kit.strategy",
@@ -84,6 +85,7 @@ if TYPE_CHECKING:  # the static mirror of the lazy names below, for editors and 
     from zoo.kit.strategy.errors import BadInput, IncompatibleMembers, ZooError
     from zoo.kit.train.recipe import Recipe as FinetuneRecipe
     from zoo.kit.members.member import Member
+    from zoo.kit.members.format import MemberFormat
     from zoo.kit.merge import merge_method
     from zoo.kit.tensors.spill import Spill
     from zoo.kit.tensors.stream import map_tensors, scan_tensors

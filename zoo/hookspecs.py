@@ -28,6 +28,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import typer
+    from zoo.kit.members.format import MemberFormat
     from zoo.kit.members.member import Member
     from zoo.kit.strategy import Combined, Strategy
     from zoo.kit.measure.transferability import TransferMetric
@@ -57,6 +58,21 @@ def zoo_resolve_member(spec: str, arch: str | None, allow_pickle: bool) -> Membe
     :class:`zoo.BadInput` when it is yours but cannot be resolved (missing repo,
     missing file). ``arch`` is the timm architecture given with ``--arch`` for bare
     weight files; ``allow_pickle`` is the user's explicit consent to read pickles.
+    """
+
+
+@hookspec
+def zoo_member_formats() -> list[MemberFormat]:
+    """Return the member formats this plugin reads and writes: instances of :class:`zoo.MemberFormat`
+    subclasses, each with a unique ``name`` (what ``--format`` takes).
+
+    zoo asks every format whether a member's folder is its own (``claims``: from ``config.json`` and the
+    files beside it); exactly one must say yes. The format that claims it tells zoo the member's classes,
+    labels, preprocessing (as timm's ``pretrained_cfg`` keys), classifier tensors and model (a module that
+    answers as timm's models do), and writes outputs in its layout (``write_config``). The member's tensors
+    are read by zoo, lazily, from its safetensors files: every per-tensor merge takes a new format as it
+    is. timm's layout and transformers' image classifiers are the built-in formats
+    (``zoo.plugins.formats``); docs/writing-a-plugin.md adds one from outside.
     """
 
 

@@ -42,6 +42,7 @@ BUILTINS = (
     "zoo.plugins.levi",
     "zoo.plugins.rebasin",
     "zoo.plugins.transfer",
+    "zoo.plugins.formats",
     "zoo.registry.hub",
     "zoo.registry.local",
 )
@@ -100,6 +101,10 @@ class Host:
                 found[metric.name] = (metric, origin)
         return dict(sorted(found.items()))
 
+    def formats(self) -> list:
+        """The member formats (``zoo_member_formats``), the built-ins first."""
+        return [f for found in self.pm.hook.zoo_member_formats()[::-1] for f in (found or [])]
+
     def metrics(self) -> dict:
         out: dict = {}
         for extra in self.pm.hook.zoo_metrics():
@@ -126,6 +131,9 @@ def builtins() -> Host:
         plugin = importlib.import_module(name)
         pm.register(plugin, name=name)
         host.origins[plugin] = "built-in"
+    from zoo.kit.members import format_registry as member_formats
+
+    member_formats.use(host.formats())
     return host
 
 
@@ -159,6 +167,9 @@ def load(extra_modules: list[str] | None = None, *, disabled: list[str] | None =
             continue
         _register(pm, plugin, name, f"--plugin {name}")
         host.origins[plugin] = f"--plugin {name}"
+    from zoo.kit.members import format_registry as member_formats
+
+    member_formats.use(host.formats())  # the layouts members are read in: this host's
     return host
 
 

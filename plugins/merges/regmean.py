@@ -21,15 +21,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def linear_maps(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """{weight key: module} of the layers RegMean merges: Linear, and Conv2d 1×1 with groups=1."""
+    """{weight key: module} of the layers RegMean merges: Linear, and Conv2d 1×1 with groups=1. The keys are
+    the member's tensor names (``member_key`` where the model names its modules otherwise, transformers 5)."""
     import torch
 
+    key = getattr(model, "member_key", lambda name: name)
     out = {}
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) or (
                 isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (1, 1) and mod.groups == 1
                 and mod.stride == (1, 1) and mod.padding in ((0, 0), "valid")):
-            out[f"{name}.weight" if name else "weight"] = mod
+            out[key(f"{name}.weight" if name else "weight")] = mod
     return out
 
 

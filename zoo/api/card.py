@@ -48,8 +48,10 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
                     task_type="image-classification", dataset_type="imagefolder",
                     dataset_name=eval_data or "held-out", dataset_split="validation",
                     metric_type=label, metric_value=round(float(combined.metrics[key]), 6)))
+    fmt = combined.like.format if combined.like is not None else None
+    usage = combined.usage or (fmt.usage(name) if fmt is not None else None)
     data = ModelCardData(
-        library_name="timm" if combined.usage is None else "zoo", pipeline_tag="image-classification", model_name=name,
+        library_name=(fmt.library_name if fmt is not None else "timm") if combined.usage is None else "zoo", pipeline_tag="image-classification", model_name=name,
         tags=["zoo", "model-merging", f"zoo-{combined.strategy}", "image-classification"],
         base_model=base_models or None, eval_results=eval_results or None, license=combined.license,
     )
@@ -66,7 +68,7 @@ def build(combined: Combined, *, name: str, eval_data: str | None, extra_section
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=name,
         summary=f"A `{combined.strategy}` of {n} member{'s' if n != 1 else ''}{onto}, made with zoo.",
-        usage=combined.usage or _timm_usage(name),
+        usage=usage or _timm_usage(name),
         members_table=sections.table(["member", "source", "revision", "sha256 (weights)"],
                                      ([_member_row(combined.base, " (base)")] if combined.base else [])
                                      + [_member_row(m) for m in combined.members]),

@@ -233,6 +233,8 @@ def run(request: Request, resolved: list, ctx: Context) -> Combined:
     result.options = _options.to_dict(opts)
     if result.config is None:
         result.config = dict(resolved[0].config)
+    if result.like is None:
+        result.like = resolved[0]
     if r.eval_data and result.metrics is None:
         result.metrics = ctx.evaluate(result.state_dict, like=resolved[0]).as_dict()
     return result

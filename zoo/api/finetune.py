@@ -64,7 +64,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
             snap = Combined(state_dict=weights, config=config_for(member, classes),
                             report={"history": rows, "classes": classes}, strategy="finetune",
                             options=asdict(recipe), members=[pinned], relation="finetune",
-                            license=pinned["license"])
+                            license=pinned["license"], like=member)
             save(snap, snapshots / f"epoch-{epoch}", host=host, force=True, train_data=train_data,
                  snapshot_of=out.name, device=dev.type)
 
@@ -74,7 +74,7 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     result = Combined(state_dict=sd, config=config,
                       report={"history": history, "classes": classes, "bn": recipe.bn_for(member, classes)},
                       strategy="finetune", options=asdict(recipe), members=[pinned],
-                      relation="finetune", license=pinned["license"])
+                      relation="finetune", license=pinned["license"], like=member)
     if held_out is not None:
         from zoo.kit.measure.metrics import evaluate_model
 

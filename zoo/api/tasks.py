@@ -57,7 +57,7 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
     heads = {m.name: m.head_keys() for m in members}
     for m in members:
         if not heads[m.name]:
-            raise BadInput(f"--multi-task: member {m.name} ({m.architecture}) has no classifier timm knows of, "
+            raise BadInput(f"--multi-task: member {m.name} ({m.architecture}) has no classifier its format knows of, "
                            "so there is no head to keep apart")
     bodies = [m.without(heads[m.name]) for m in members]
     if base is not None:
@@ -67,7 +67,7 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
     for m in members:
         sd = {**merged.state_dict, **m.read(heads[m.name])}
         result = Combined(state_dict=sd, config=dict(m.config), report=dict(merged.report),
-                          card_sections=list(merged.card_sections))
+                          card_sections=list(merged.card_sections), like=m)
         folder = eval_dirs.get(m.name, eval_all)
         if folder:
             split = load_split(folder, data_config(m.pretrained_cfg), label_names=m.label_names,

@@ -129,7 +129,11 @@ def write(combined: Combined, out: Path, *, force: bool, recipe: dict[str, Any],
                                   # one key only: safetensors writes a metadata map in no fixed order, and
                                   # outputs must be byte-identical run to run (the strategy is in zoo.json)
                                   metadata=METADATA)
-        (tmp / "config.json").write_text(json.dumps(timm_config(combined.config), indent=2))
+        fmt = combined.like.format if combined.like is not None else None
+        if fmt is None or fmt.name == "timm":
+            (tmp / "config.json").write_text(json.dumps(timm_config(combined.config), indent=2))
+        else:  # config.json and what the format's loaders read beside it
+            fmt.write_config(tmp, combined.config, combined.like)
         # what is written here is meant to be pushed: no path of this machine in it (zoo.kit._infra.scrub_paths)
         (tmp / "zoo.json").write_text(published_json(recipe))
         for filename, fig in combined.figures.items():

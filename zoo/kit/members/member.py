@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.kit.strategy.errors import BadInput, short_error
 from zoo.kit._infra.safetensors_reader import FLOAT_DTYPES, SafetensorsFile, dtype_name, sha256_of
+from zoo.kit.members.timm_format import TimmFormat, _meta_model, check_architecture, classifier_names  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,7 +28,8 @@ PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
 @dataclass
 class Member:
-    """A pretrained member: where it came from, its timm config, and lazy access to its tensors."""
+    """A pretrained member: where it came from, its config (in its format's layout), and lazy access to
+    its tensors."""
 
     name: str
     spec: str
@@ -38,11 +40,20 @@ class Member:
     revision: str | None = None
     _tensors: dict[str, Any] | None = field(default=None, repr=False)  # only for opted-in pickles
     _hidden: frozenset = field(default=frozenset(), repr=False)  # keys a view leaves out (without())
+    #: its layout (``zoo.kit.members.MemberFormat``): timm's unless a format plugin claimed the folder
+    format: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.format is None:
+            self.format = TimmFormat()
 
     @classmethod
-    def in_memory(cls, name: str, tensors: dict[str, Any], *, config: dict[str, Any], spec: str | None = None) -> Member:
-        """A member made by a strategy (e.g. a fine-tuned end) from a state dict it holds, with a timm config."""
-        return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors))
+    def in_memory(cls, name: str, tensors: dict[str, Any], *, config: dict[str, Any], spec: str | None = None,
+                  format: Any = None) -> Member:
+        """A member made by a strategy (e.g. a fine-tuned end) from a state dict it holds, with a config in
+        ``format``'s layout (default: timm's)."""
+        return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors),
+                   format=format)
 
     # ---- what it is -------------------------------------------------------------------
     def recipe(self) -> dict[str, Any] | None:
@@ -59,22 +70,20 @@ class Member:
 
     @property
     def architecture(self) -> str:
-        return self.config["architecture"]
+        return self.format.architecture(self)
 
     @property
     def num_classes(self) -> int:
-        return int(self.config.get("num_classes", self.pretrained_cfg.get("num_classes", 0)))
+        return self.format.num_classes(self)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        return dict(self.config.get("pretrained_cfg", {}))
+        """The preprocessing, as timm's ``pretrained_cfg`` keys, whatever the member's format."""
+        return self.format.pretrained_cfg(self)
 
     @property
     def label_names(self) -> list[str] | None:
-        names = self.config.get("label_names") or self.pretrained_cfg.get("label_names")
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
-        return list(names) if names else None
+        return self.format.label_names(self)
 
     @property
     def model_args(self) -> dict[str, Any]:
@@ -103,8 +112,9 @@ class Member:
         return {k: (f, e.shape, e.dtype) for f in self._files for k, e in f.entries.items() if k not in self._hidden}
 
     def head_keys(self) -> list[str]:
-        """The tensors of the classifier (timm's ``pretrained_cfg["classifier"]``: ``head.weight``, ...)."""
-        heads = classifier_names(self.architecture, self.name)
+        """The tensors of the classifier (timm's ``pretrained_cfg["classifier"]``: ``head.weight``, ...;
+        transformers' ``classifier.weight``, ...): what its format names."""
+        heads = self.format.classifier_names(self)
         return [k for k in self.keys() if any(k.startswith(f"{h}.") for h in heads)]
 
     def without(self, keys: Iterable[str]) -> Member:
@@ -178,26 +188,14 @@ class Member:
         return self.read(self.keys())
 
     def check_architecture(self) -> None:
-        """Raise unless timm knows this member's architecture (imports timm, ~3 s, unless zoo's cache knows)."""
-        check_architecture(self.architecture, self.name)
+        """Raise unless the installed libraries can build this member's model (timm knows its architecture,
+        transformers its class; timm's check imports timm, ~3 s, unless zoo's cache knows)."""
+        self.format.check_model(self)
 
     def create_model(self, state_dict: dict[str, torch.Tensor] | None = None):
-        """A timm model of this member's architecture holding its weights (or ``state_dict``)."""
-        import timm
-
-        check_architecture(self.architecture, self.name, trust_cache=False)  # timm is imported now anyway
-        args = {**self.model_args, "num_classes": self.num_classes}
-        model = timm.create_model(self.architecture, pretrained=False, **args)
-        cfg = dict(model.pretrained_cfg)
-        cfg.update(self.pretrained_cfg)
-        model.pretrained_cfg = cfg
-        missing, unexpected = model.load_state_dict(state_dict or self.state_dict(), strict=False)
-        if missing or unexpected:
-            raise BadInput(
-                f"member {self.name}: weights do not fit timm's {self.architecture} "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check --arch and num_classes"
-            )
-        return model.eval()
+        """The member as a module in eval mode holding its weights (or ``state_dict``): a timm model, or
+        its format's model answering as timm's do (``zoo.kit.members.MemberFormat``)."""
+        return self.format.create_model(self, state_dict)
 
     # ---- where it came from -------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
@@ -220,6 +218,8 @@ class Member:
             "files": files,
             "license": self.license(),
         }
+        if self.format.name != "timm":  # timm's is the default: records of timm members stay as they were
+            out["format"] = self.format.name
         lineage = self.lineage()
         if lineage:
             out["lineage"] = lineage
@@ -253,8 +253,9 @@ class Member:
     def _config_files(self) -> list[Path]:
         if self.root is None:
             return []
-        cfg = self.root / "config.json"
-        return [cfg] if cfg.is_file() else []
+        # the config, and what a format reads beside it (transformers' preprocessor_config.json)
+        names = ("config.json", *getattr(self.format, "hub_files", ()))
+        return [self.root / n for n in names if (self.root / n).is_file()]
 
 
 def all_finite(t) -> bool:
@@ -274,29 +275,29 @@ def all_finite(t) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def load_config(path: Path, who: str) -> dict[str, Any]:
+def load_config(path: Path, who: str) -> tuple[dict[str, Any], Any]:
+    """A member folder's config.json and the format that claims the folder (``zoo.kit.members.format``)."""
+    from zoo.kit.members import format_registry as formats
+
     try:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
-        raise BadInput(f"{who}: no config.json in {path.parent}; a member folder needs timm's config.json "
-                       "(save with timm's save_for_hf, or give a .safetensors file with --arch)") from None
+        raise BadInput(f"{who}: no config.json in {path.parent}; a member folder needs its config.json "
+                       "(timm's save_for_hf, transformers' save_pretrained), or give a .safetensors file "
+                       "with --arch") from None
     except (OSError, ValueError) as e:
         raise BadInput(f"{who}: {path} is not valid JSON ({short_error(e)})") from None
     if not isinstance(cfg, dict):
         raise BadInput(f"{who}: {path} must hold a JSON object")
-    if "architecture" not in cfg:
-        arch = cfg.get("pretrained_cfg", {}).get("architecture")
-        if not arch:
-            raise BadInput(f"{who}: {path} names no 'architecture'; it is not a timm config")
-        cfg["architecture"] = arch
-    return cfg
+    fmt = formats.claim(path.parent, cfg, who)
+    return fmt.read_config(path.parent, cfg, who), fmt
 
 
 def from_folder(folder: Path, *, spec: str, name: str, allow_pickle: bool = False,
                 repo_id: str | None = None, revision: str | None = None) -> Member:
     """A member from a folder in timm's Hub layout (config.json + model.safetensors or shards)."""
     folder = Path(folder)
-    config = load_config(folder / "config.json", f"member {name}")
+    config, fmt = load_config(folder / "config.json", f"member {name}")
     if (folder / SAFE_NAME).is_file():
         files = [folder / SAFE_NAME]
     elif (folder / SAFE_INDEX).is_file():
@@ -313,11 +314,12 @@ def from_folder(folder: Path, *, spec: str, name: str, allow_pickle: bool = Fals
         pickled = [folder / p for p in PICKLE_NAMES if (folder / p).is_file()]
         if pickled:
             return _from_pickle(pickled[0], config, spec=spec, name=name, allow_pickle=allow_pickle,
-                                root=folder, repo_id=repo_id, revision=revision)
+                                root=folder, repo_id=repo_id, revision=revision, fmt=fmt)
         raise BadInput(f"member {name}: no {SAFE_NAME} in {folder}")
     m = Member(name=name, spec=spec, config=config, weight_files=files, root=folder,
-               repo_id=repo_id, revision=revision)
+               repo_id=repo_id, revision=revision, format=fmt)
     m.keys()  # read the headers now: a corrupt file fails before any work starts
+    fmt.check_member(m)
     return m
 
 
@@ -335,24 +337,25 @@ def _inside(shard: str, name: str) -> str:
 def from_file(path: Path, *, spec: str, name: str, arch: str | None, allow_pickle: bool = False) -> Member:
     """A member from a bare weights file, with ``arch`` or a config.json beside it."""
     path = Path(path)
+    fmt = None
     if (path.parent / "config.json").is_file() and arch is None:
-        config = load_config(path.parent / "config.json", f"member {name}")
+        config, fmt = load_config(path.parent / "config.json", f"member {name}")
     elif arch:
         config = {"architecture": arch}
     else:
         raise BadInput(f"member {name}: {path.name} is a bare weights file; say which timm architecture it "
                        "is with --arch NAME (or put timm's config.json beside it)")
     if path.suffix != ".safetensors":
-        return _from_pickle(path, config, spec=spec, name=name, allow_pickle=allow_pickle, root=None)
-    m = Member(name=name, spec=spec, config=config, weight_files=[path], root=None)
+        return _from_pickle(path, config, spec=spec, name=name, allow_pickle=allow_pickle, root=None, fmt=fmt)
+    m = Member(name=name, spec=spec, config=config, weight_files=[path], root=None, format=fmt)
     m.keys()
-    if "num_classes" not in config:
+    if "num_classes" not in config and m.format.name == "timm":
         config["num_classes"] = _infer_num_classes(m)
     return m
 
 
 def _from_pickle(path: Path, config: dict, *, spec: str, name: str, allow_pickle: bool, root: Path | None,
-                 repo_id: str | None = None, revision: str | None = None) -> Member:
+                 repo_id: str | None = None, revision: str | None = None, fmt: Any = None) -> Member:
     if not allow_pickle:
         raise BadInput(
             f"member {name}: {path.name} is a pickled checkpoint, which can run arbitrary code when loaded; "
@@ -370,8 +373,8 @@ def _from_pickle(path: Path, config: dict, *, spec: str, name: str, allow_pickle
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
         raise BadInput(f"member {name}: {path.name} does not hold a state dict of tensors")
     m = Member(name=name, spec=spec, config=config, weight_files=[path], root=root,
-               repo_id=repo_id, revision=revision, _tensors=dict(sd))
-    if "num_classes" not in config:
+               repo_id=repo_id, revision=revision, _tensors=dict(sd), format=fmt)
+    if "num_classes" not in config and m.format.name == "timm":
         config["num_classes"] = _infer_num_classes(m)
     return m
 
@@ -387,51 +390,3 @@ def _infer_num_classes(m: Member) -> int:
         if f"{h}.weight" in m._header:
             return int(m.shape(f"{h}.weight")[0])
     return 0
-
-
-def classifier_names(arch: str, who: str) -> list[str]:
-    """The names of ``arch``'s classifier modules in timm (``["head"]``, ``["head", "head_dist"]``, or
-    none for a headless encoder), remembered per timm version so a known answer does not import timm."""
-    from zoo.kit._infra import timm_names
-
-    known = timm_names.known_timm_classifiers().get(arch)
-    if known is not None:
-        return known
-    check_architecture(arch, who)
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(arch)  # the registry's copy: what create_model(arch) would attach
-    if cfg is not None:
-        heads = _names(cfg.classifier)
-    else:  # an architecture registered without a pretrained cfg: build it, but on the meta device
-        heads = _names(_meta_model(arch).pretrained_cfg.get("classifier", "head"))
-    timm_names.remember_timm_classifiers(arch, heads)
-    return heads
-
-
-def _meta_model(arch: str):
-    """timm's ``arch`` built on the meta device: its modules and config, no memory, no random init."""
-    import timm
-    import torch
-
-    with torch.device("meta"):
-        return timm.create_model(arch, pretrained=False)
-
-
-def _names(classifier) -> list[str]:
-    if not classifier:
-        return []
-    return [classifier] if isinstance(classifier, str) else list(classifier)
-
-
-def check_architecture(arch: str, who: str, *, trust_cache: bool = True) -> None:
-    from zoo.kit._infra import timm_names
-
-    if trust_cache and arch in timm_names.known_timm_models():
-        return
-    import timm
-
-    timm_names.remember_timm_models(timm.list_models())
-    if not timm.is_model(arch):
-        raise BadInput(f"member {who}: timm does not know the architecture {arch!r} "
-                       f"(timm {timm.__version__}; see timm.list_models())")

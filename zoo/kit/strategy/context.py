@@ -75,8 +75,8 @@ class Strategy:
 class Combined:
     """The result of a strategy.
 
-    ``state_dict`` is the combined model; ``config`` its timm config (default: the
-    first member's). ``metrics`` are held-out metrics of the result if the strategy
+    ``state_dict`` is the combined model; ``config`` its config.json, in the format of ``like`` (default:
+    the first member's config and format). ``metrics`` are held-out metrics of the result if the strategy
     measured them (else zoo measures them when there is eval data); ``report`` is
     JSON-able detail kept in zoo.json (e.g. a greedy soup's history); ``figures``
     maps PNG file names to matplotlib figures shown in the card; ``card_sections``
@@ -103,6 +103,9 @@ class Combined:
     #: cards agree on one)
     relation: str | None = ""
     license: str | None = None
+    #: the member the output is shaped like: it is written in that member's format, with its files (a
+    #: transformers output copies its ``preprocessor_config.json``); default: the first member
+    like: Any = None
 
 
 @dataclass

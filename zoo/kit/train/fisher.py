@@ -17,7 +17,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def diagonal_fisher(model, split: Split, n_samples: int, device, *, seed: int = 0,
                     progress=None) -> dict[str, torch.Tensor]:
-    """``{parameter name: mean squared gradient}`` (on the CPU, float32) over ``n_samples`` examples."""
+    """``{parameter name: mean squared gradient}`` (on the CPU, float32) over ``n_samples`` examples; a model
+    whose modules are named otherwise than its member's tensors (``member_key``, transformers 5) answers
+    in the member's names."""
     import torch
     import torch.nn.functional as F
 
@@ -44,4 +46,5 @@ def diagonal_fisher(model, split: Split, n_samples: int, device, *, seed: int = 
     if task:
         task.close()
     model.zero_grad(set_to_none=True)
-    return {name: (f / max(n, 1)).cpu() for name, f in fisher.items()}
+    key = getattr(model, "member_key", lambda name: name)
+    return {key(name): (f / max(n, 1)).cpu() for name, f in fisher.items()}

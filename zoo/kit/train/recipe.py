@@ -129,7 +129,10 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
 
 
 def config_for(member, classes: list[str]) -> dict:
-    """The member's timm config, relabelled for ``classes`` everywhere timm reads a class count."""
+    """The member's config, relabelled for ``classes`` everywhere its loader reads a class count (timm's;
+    another format's through its ``output_config``)."""
+    if member.format.name != "timm":
+        return member.format.output_config(member, label_names=classes)
     config = dict(member.config)
     config["num_classes"] = len(classes)
     config["label_names"] = classes
