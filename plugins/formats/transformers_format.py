@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.kit.members import Member
 
 PREPROCESSOR = "preprocessor_config.json"
+#: the pretrained_cfg keys that say how images are prepared (what a conversion carries over)
+PREPROCESSING = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 #: PIL's resampling filters (what image processors store) by timm's interpolation names
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -139,6 +141,32 @@ class TransformersFormat(zoo.MemberFormat):
         model.learn_file_names()
         model.pretrained_cfg = self.pretrained_cfg(member)
         return model.eval()
+
+    def convert(self, member: Member, to: zoo.MemberFormat) -> Member | None:
+        """timm ↔ transformers, exactly, for the families of ``zoo.plugins.formats.convert``."""
+        from zoo.kit.members import derived
+        from zoo.plugins.formats import convert
+
+        pair = (member.format.name, to.name)
+        if pair not in (("timm", self.name), (self.name, "timm")):
+            return None
+        shapes = {k: member.shape(k) for k in member.keys()}
+        try:
+            if pair[0] == "timm":
+                plan = convert.to_transformers(member.config, shapes)
+            else:
+                plan = convert.to_timm(member.config, shapes)
+        except convert.NoConversion as e:
+            raise zoo.BadInput(f"member {member.name}: {e}; give members in one format, or members of a family "
+                               "with a conversion") from None
+        seen = member.pretrained_cfg
+        keep = {k: seen[k] for k in PREPROCESSING if k in seen}
+        config = dict(plan.config)
+        if to.name == "timm":  # timm reads its preprocessing from the config
+            config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), **keep}
+        return derived(member, [(r.target, r.sources, r.fn) for r in plan.rules], config=config, format=to,
+                       preprocessing=keep if to.name != "timm" else None,
+                       note={"converted_to": to.name})
 
     def output_config(self, like: Member, *, label_names: list[str]) -> dict[str, Any]:
         return {**like.config, "id2label": {str(i): n for i, n in enumerate(label_names)},

@@ -90,6 +90,13 @@ class MemberFormat:
         (default: the member's own weights)."""
         raise NotImplementedError
 
+    def convert(self, member: Member, to: MemberFormat) -> Member | None:
+        """``member`` converted exactly into format ``to``, where this format is the member's or ``to``: a
+        member computing the same function (``zoo.kit.members.derived``: tensors made a few at a time).
+        None when this format has no such conversion; raise :class:`zoo.BadInput` naming the family when
+        the conversion exists for the formats but not for this member's family."""
+        return None
+
     # ---- writing ---------------------------------------------------------------------------------
     def output_config(self, like: Member, *, label_names: list[str]) -> dict[str, Any]:
         """The config of a model shaped like ``like`` with a new classifier for ``label_names``

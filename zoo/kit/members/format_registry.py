@@ -49,3 +49,14 @@ def claim(folder: Path, config: dict[str, Any], who: str) -> MemberFormat:
                        "folder names an 'architecture', a transformers one a 'model_type' and 'architectures'")
     raise BadInput(f"{who}: formats {', '.join(f.name for f in mine)} all claim {folder}; "
                    "switch one of their plugins off (--no-plugin)")
+
+
+def convert(member: Any, to: MemberFormat) -> Any:
+    """``member`` in format ``to``: itself, or converted exactly by the format that can (``to`` or its own)."""
+    if member.format.name == to.name:
+        return member
+    out = to.convert(member, to) or member.format.convert(member, to)
+    if out is None:
+        raise BadInput(f"member {member.name}: no format converts {member.format.name} to {to.name}; "
+                       f"give members in one format (or choose it with --format)")
+    return out

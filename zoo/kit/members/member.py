@@ -42,6 +42,9 @@ class Member:
     _hidden: frozenset = field(default=frozenset(), repr=False)  # keys a view leaves out (without())
     #: its layout (``zoo.kit.members.MemberFormat``): timm's unless a format plugin claimed the folder
     format: Any = field(default=None, repr=False)
+    #: set on a member converted from another format: its source's preprocessing (timm's pretrained_cfg
+    #: keys), which the new format's own reading of the folder would not find
+    preprocessing: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -79,7 +82,8 @@ class Member:
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """The preprocessing, as timm's ``pretrained_cfg`` keys, whatever the member's format."""
-        return self.format.pretrained_cfg(self)
+        cfg = self.format.pretrained_cfg(self)
+        return {**cfg, **self.preprocessing} if self.preprocessing else cfg
 
     @property
     def label_names(self) -> list[str] | None:

@@ -57,6 +57,10 @@ class Strategy:
     #: True for a weight merge: every member (and the base) must have the same tensors and shapes, and zoo
     #: compares Hub members' safetensors headers before it downloads any weights
     same_tensors: ClassVar[bool] = False
+    #: the member formats the strategy runs on (``zoo.MemberFormat.name``: ("timm",) for one that reaches
+    #: into timm's modules); members in another format are converted first, exactly, where a conversion
+    #: exists, and the output is written in the first of these. None: any format, the members' own
+    member_formats: ClassVar[tuple[str, ...] | None] = None
 
     @dataclass
     class Options:
