@@ -75,11 +75,6 @@ def _as_linear(weight):
     return weight.reshape(weight.shape[0], weight.shape[1])
 
 
-def _as_conv1x1(weight):
-    """A linear weight (out, in) as the 1×1 conv weight (out, in, 1, 1) that computes it."""
-    return weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
-
-
 def _ones(like):
     """A layer scale that scales by one (x * 1.0 is x exactly), shaped like the channel vector ``like``."""
     import torch
@@ -121,7 +116,9 @@ def _count(shapes, pattern: str) -> int:
     return n
 
 
-def _timm_args(timm_config: dict[str, Any]) -> dict[str, Any]:
+def _check_timm_args(timm_config: dict[str, Any]) -> None:
+    """Refuse the names and ``model_args`` whose difference the tensors' shapes do not show (eps, activation,
+    pooling, dilation)."""
     arch = timm_config["architecture"]
     name = _name(arch)
     if name not in _VARIANTS:
@@ -135,7 +132,6 @@ def _timm_args(timm_config: dict[str, Any]) -> dict[str, Any]:
             raise NoConversion(f"timm's {arch} with model_args {key}={value!r}: not covered by the conversion")
         if not any(value == ok for ok in _NEUTRAL_ARGS[key]):
             raise NoConversion(f"timm's {arch} with {key}={value!r} has no transformers twin")
-    return {**_COMMON, **_VARIANTS[name], **args}
 
 
 # ----------------------------------------------------------------------------------------- timm → transformers
@@ -145,7 +141,7 @@ def to_transformers(timm_config: dict[str, Any], shapes: dict[str, tuple[int, ..
     from transformers import ConvNextConfig
 
     arch = timm_config["architecture"]
-    _timm_args(timm_config)  # refuses the variants whose difference shapes do not show
+    _check_timm_args(timm_config)
     depths = [_count(shapes, rf"stages\.{i}\.blocks\.(\d+)\.") for i in range(4)]
     if 0 in depths or _count(shapes, r"stages\.(\d+)\.") != 4:
         raise NoConversion(f"timm's {arch}: expected four stages of blocks, found {depths}")
