@@ -107,10 +107,11 @@ def test_timm_convnext_converts_to_transformers_with_the_same_logits(arch, image
     same_logits(logits(model, images), logits(hf, images))
 
 
-@pytest.mark.parametrize("layer_scale", [1e-6, 0.0])  # 0: no layer scale, timm's gamma becomes ones
-def test_transformers_convnext_converts_to_timm_with_the_same_logits(layer_scale, images):
+# 0: no layer scale, timm's gamma becomes ones; eps 1e-12 on the pooled features as the Hub's facebook/convnext-*
+@pytest.mark.parametrize("layer_scale,eps", [(1e-6, 1e-6), (0.0, 1e-6), (1e-6, 1e-12)])
+def test_transformers_convnext_converts_to_timm_with_the_same_logits(layer_scale, eps, images):
     torch.manual_seed(1)
-    config = transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], layer_norm_eps=1e-6,
+    config = transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], layer_norm_eps=eps,
                                          layer_scale_init_value=layer_scale, num_labels=10,
                                          id2label=dict(enumerate(LABELS)))
     hf = perturb(transformers.ConvNextForImageClassification(config), 1)
@@ -148,10 +149,10 @@ def test_convnext_plans_on_meta_tensors_the_real_shapes():
 
 
 def test_convnext_variants_without_an_exact_twin_are_refused():
-    # the Hub's facebook/convnext-* configs: eps 1e-12 on the pooled features, 1e-6 everywhere else
+    # an eps above timm's 1e-6 on the pooled features has no twin (1e-12, the Hub's, converts: see above)
     hf = transformers.ConvNextForImageClassification(
-        transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=10))
-    assert hf.config.layer_norm_eps == 1e-12
+        transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=10,
+                                    layer_norm_eps=1e-3))
     with pytest.raises(NoConversion, match="layer_norm_eps"):
         convnext.to_timm(hf.config.to_dict(), shapes_of(hf.state_dict()))
     # norm before pooling (timm's _hnf) computes another function

@@ -7,10 +7,12 @@ small timm models (atto … nano) run their MLP as 1×1 convs, whose weights are
 with two trailing unit dimensions. A transformers model without layer scale (``layer_scale_init_value=0``)
 becomes a timm one whose ``gamma`` is all ones (timm's ``create_model`` cannot be told ``ls_init_value=None``).
 
-What is not covered raises :class:`NoConversion`: every LayerNorm inside transformers' ConvNeXt has eps
-1e-6 and only the final one follows ``layer_norm_eps``, while timm has one eps for all, so a transformers
-config whose ``layer_norm_eps`` is not 1e-6 (the Hub's ``facebook/convnext-*`` say 1e-12) has no exact timm
-twin; neither have timm's overlapping stems (``_ols``), RMS/simple norms, norm-before-pool heads
+Every LayerNorm inside transformers' ConvNeXt has eps 1e-6 and only the final one (on the pooled features)
+follows ``layer_norm_eps``, while timm has one eps for all. The Hub's ``facebook/convnext-*`` say 1e-12
+there: converted to timm, that one norm gets 1e-6, which moves the logits by ~2e-6 on a full-size
+``convnext_tiny`` (the pooled features' variance is far above either eps), within the 1e-5 the
+conversions are held to; a larger eps than 1e-6 is refused. Not covered at all (:class:`NoConversion`):
+timm's overlapping stems (``_ols``), RMS/simple norms, norm-before-pool heads
 (``_hnf``), MLP heads (``large_mlp``), GRN blocks (ConvNeXt-V2), kernels other than 7 or dilated stages.
 """
 
@@ -234,10 +236,10 @@ def to_timm(hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Co
     if hf_config.get("model_type") != "convnext":
         raise NoConversion(f"{what}: model_type {hf_config.get('model_type')!r} is not convnext")
     eps = float(hf_config.get("layer_norm_eps", 1e-12))
-    if eps != _HF_EPS:
+    if eps > _HF_EPS:  # 1e-12 (the Hub's) becomes 1e-6: see the module docstring
         raise NoConversion(f"{what}: layer_norm_eps {eps:g} on the pooled features; timm's ConvNeXt uses one eps "
                            f"for every LayerNorm and transformers' inner ones are {_HF_EPS:g}, so only "
-                           f"layer_norm_eps={_HF_EPS:g} converts exactly")
+                           f"layer_norm_eps <= {_HF_EPS:g} converts")
     if hf_config.get("hidden_act", "gelu") != "gelu":
         raise NoConversion(f"{what}: hidden_act {hf_config.get('hidden_act')!r} (timm's ConvNeXt: exact gelu)")
     hf = "convnext."
