@@ -28,6 +28,7 @@ CHECKPOINT = "checkpoint.pt"
 
 class Distill(zoo.Strategy):
     name = "distill"
+    member_formats = ("timm",)  # teachers and student share timm's preprocessing and names: other formats are converted first
     summary = "distil the members (teachers) into one student: MEAL V2 (mean teacher softmax) or Hinton KD"
     min_members = 1
     relation = None  # the student is trained, not made of the teachers' weights: they are no base_model

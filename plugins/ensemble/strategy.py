@@ -144,6 +144,7 @@ def _combined(built: _Built, net: ens.EnsembleNet, metrics, report, figures, sec
 
 class Ensemble(zoo.Strategy):
     name = "ensemble"
+    member_formats = ("timm",)  # its output rebuilds each member with timm: other formats are converted first
     summary = "average the members' softmax (any architectures, one label space); every member inside the output"
     min_members = 2
     relation = "merge"
@@ -189,6 +190,7 @@ class Ensemble(zoo.Strategy):
 
 class Cascade(zoo.Strategy):
     name = "cascade"
+    member_formats = ("timm",)  # its output rebuilds each member with timm: other formats are converted first
     summary = "run members cheapest first; only samples inside a window around the operating threshold go on (Xia & Bouganis 2023)"
     min_members = 2
     needs = ("eval",)

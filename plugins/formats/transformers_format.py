@@ -162,8 +162,15 @@ class TransformersFormat(zoo.MemberFormat):
         seen = member.pretrained_cfg
         keep = {k: seen[k] for k in PREPROCESSING if k in seen}
         config = dict(plan.config)
-        if to.name == "timm":  # timm reads its preprocessing from the config
+        names = member.label_names  # as the member's own format reads them
+        if to.name == "timm":  # timm reads its preprocessing (and class names) from the config
             config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), **keep}
+            config["pretrained_cfg"].pop("label_names", None)
+            if names:
+                config["pretrained_cfg"]["label_names"] = list(names)
+        elif names:
+            config.update(id2label={str(i): n for i, n in enumerate(names)},
+                          label2id={n: i for i, n in enumerate(names)})
         return derived(member, [(r.target, r.sources, r.fn) for r in plan.rules], config=config, format=to,
                        preprocessing=keep if to.name != "timm" else None,
                        note={"converted_to": to.name})

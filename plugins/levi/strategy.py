@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class Levi(zoo.Strategy):
     name = "levi"
+    member_formats = ("timm",)  # reaches into timm's modules: other formats are converted first
     summary = "ensemble a frozen pre-trained model layer by layer with a small model trained from scratch (LEVI)"
     min_members = 1
     max_members = 1

@@ -124,6 +124,7 @@ def _describe(spec) -> str:
 
 class Align(zoo.Strategy):
     name = "align"
+    member_formats = ("timm",)  # reaches into timm's modules: other formats are converted first
     summary = "permute a member's units to line up with a reference's (weight matching): the same function, " \
               "ready to merge (zoo align)"
     min_members = 2
@@ -175,6 +176,7 @@ class Align(zoo.Strategy):
 
 class Rebasin(zoo.Strategy):
     name = "rebasin"
+    member_formats = ("timm",)  # reaches into timm's modules: other formats are converted first
     summary = "align members trained from different starts (weight matching), then average them; BatchNorm " \
               "statistics recomputed (Git Re-Basin; REPAIR as an option)"
     min_members = 2

@@ -23,6 +23,7 @@ from zoo.kit.train import state_on_cpu
 
 class Stitch(zoo.Strategy):
     name = "stitch"
+    member_formats = ("timm",)  # reaches into timm's modules: other formats are converted first
     summary = "stitch a model family (small → large) into one network with many accuracy–FLOPs configurations (SN-Net)"
     min_members = 2
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from zoo import __version__
 from zoo import host as _host
-from zoo.kit.strategy.errors import BadInput
+from zoo.kit.strategy.errors import BadInput, IncompatibleMembers
 from zoo.kit._infra.progress import Progress, Silent
 from zoo.kit.strategy import Combined, Context
 
@@ -94,6 +94,7 @@ class Request:
     multi_task: bool = False
     dtype: str | None = None
     recipe_file: dict[str, Any] | None = None
+    format: str | None = None  # the output's member format (--format); default: the members'
 
     @property
     def checkpoints(self) -> Path | None:
@@ -109,7 +110,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
             arch: str | None = None, allow_pickle: bool = False, plugins: Sequence[str] = (), seed: int = 0,
             max_shard_size: str | None = None, resume: bool = False, progress: Progress | None = None,
             log: Callable[[str], None] | None = None, multi_task: bool = False, dtype: str | None = None,
-            recipe_file: dict[str, Any] | None = None) -> Combined:
+            recipe_file: dict[str, Any] | None = None, format: str | None = None) -> Combined:
     """Combine members with a strategy; write the result to ``out`` (and push it) if given.
 
     ``base`` is the model the members were fine-tuned from (a member spec), for strategies that merge
@@ -122,6 +123,10 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
     gets one timm repo per member (``zoo.api.tasks``); ``eval_data`` is then ``{member name: folder}``
     (the CLI's ``--eval-data NAME=DIR``, one per task).
 
+    ``format``: the output's member format (``timm``, ``transformers``, a plugin's): members in another
+    format are converted to it first, exactly (``zoo.kit.members.convert``). Default: the members' format;
+    members in two formats are converted to the first member's, and ``log`` says so.
+
     ``recipe_file``: the recipe this run is a step of (``zoo run``, ``zoo.api.recipe``), stored in
     ``zoo.json`` beside what ``zoo reproduce`` replays (strategy, options, pinned members, data, seed,
     dtype, device)."""
@@ -133,7 +138,7 @@ def combine(strategy: str, members: Sequence[str] = (), *, zoo: str | None = Non
         train_data=train_data, ood_data=ood_data, options=options, out=out, force=force, push=push,
         private=private, device=device, arch=arch, allow_pickle=allow_pickle, plugins=plugins, seed=seed,
         max_shard_size=max_shard_size, resume=resume, multi_task=multi_task, dtype=dtype,
-        recipe_file=recipe_file, progress=progress)
+        recipe_file=recipe_file, format=format, progress=progress)
     resolved, ctx = resolve(request, progress=progress, log=log)
     with _staged(request.out if ctx.rank == 0 else None, request.max_shard_size), output_dtype(request.dtype):
         if request.multi_task:
@@ -157,7 +162,7 @@ def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None
         strategy, options=options, plugins=plugins, base=given.get("base"), out=given.get("out"),
         force=given.get("force", False), push=given.get("push"), dtype=given.get("dtype"),
         multi_task=given.get("multi_task", False), eval_named=eval_named, eval_all=eval_all,
-        max_shard_size=given.get("max_shard_size"))
+        max_shard_size=given.get("max_shard_size"), format=given.get("format"))
     specs, zoo_name = list(members), None
     if zoo:
         from zoo.registry import load_zoo
@@ -196,6 +201,8 @@ def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] 
         check_headers(r.specs, r.base, host=host, arch=r.arch, progress=progress)
     resolved = load_members(r.specs, host=host, arch=r.arch, allow_pickle=r.allow_pickle, progress=progress)
     base = _load_base(r.base, host, arch=r.arch, allow_pickle=r.allow_pickle) if r.base else None
+    resolved, base = in_one_format(resolved, base, strategy=r.strategy, cls=r.cls, wanted=r.format,
+                                   log=log or (lambda message: None))
     dev = resolve_device(r.device)
     rank, world = distributed.setup(dev)
     if rank != 0:
@@ -207,6 +214,35 @@ def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] 
                   load_member=lambda spec: load_members([spec], host=host, allow_pickle=r.allow_pickle)[0])
     torch.manual_seed(r.seed)
     return resolved, ctx
+
+
+def in_one_format(members: list, base, *, strategy: str, cls: type, wanted: str | None,
+                  log: Callable[[str], None]) -> tuple[list, Any]:
+    """The members and the base in the one format the output is written in, converted exactly where they
+    are not (``zoo.kit.members.convert``; a family without a conversion is a :class:`BadInput` naming it).
+    The format: ``wanted`` (``--format``), else the one the strategy runs on, else the first member's."""
+    from zoo.kit.members import convert, named_format
+
+    every = list(members) + ([base] if base is not None else [])
+    have = list(dict.fromkeys(m.format.name for m in every))
+    allowed = cls.member_formats
+    if wanted is not None:
+        target, why = wanted, "--format"
+    elif allowed and any(h not in allowed for h in have):
+        target, why = allowed[0], f"strategy {strategy!r} runs on {' and '.join(allowed)} models"
+    elif len(have) > 1:
+        target, why = members[0].format.name, "the first member's format; --format chooses another"
+    else:
+        return members, base
+    if have == [target]:
+        return members, base
+    fmt = named_format(target)
+    members = [convert(m, fmt) for m in members]
+    base = convert(base, fmt) if base is not None else None
+    by_format = "; ".join(f"{h}: {', '.join(m.name for m in every if m.format.name == h)}" for h in have)
+    log(f"members come in {' and '.join(have)} format ({by_format}): converted exactly to {target} "
+        f"({why}), and the output is written in it")
+    return members, base
 
 
 def run(request: Request, resolved: list, ctx: Context) -> Combined:
@@ -247,7 +283,8 @@ def write(request: Request, result: Combined, ctx: Context) -> Path:
     folder = save(result, r.out, host=r.host, force=r.force, eval_data=r.eval_data, max_shard_size=r.max_shard_size,
                   zoo=r.zoo_name, train_data=r.train_data, ood_data=r.ood_data, seed=r.seed,
                   world_size=ctx.world_size, dtype=r.dtype, device=ctx.device.type, arch=r.arch,
-                  **({"recipe_file": r.recipe_file} if r.recipe_file else {}))
+                  **({"recipe_file": r.recipe_file} if r.recipe_file else {}),
+                  **({"format": r.format} if r.format else {}))
     if r.checkpoints is not None and r.checkpoints.exists():
         shutil.rmtree(r.checkpoints)  # the run is complete: its checkpoints are done with
     if r.push:
@@ -261,10 +298,10 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
                   base: str | None = None, out: str | Path | None = None, force: bool = False,
                   push: str | None = None, dtype: str | None = None, multi_task: bool = False,
                   eval_named: dict[str, str] | None = None, eval_all: str | None = None,
-                  max_shard_size: str | None = None):
+                  max_shard_size: str | None = None, format: str | None = None):
     """What ``combine`` checks before it reads any member: the strategy, its options (a sweep's every
     value), the base it needs, the output folder, the repo to push to, the dtype, what --multi-task
-    needs. Returns (host, strategy class, options without the swept one, parsed options, sweep or None).
+    needs, the output's format. Returns (host, strategy class, options without the swept one, parsed options, sweep or None).
     ``zoo run`` checks a recipe's steps with it."""
     from zoo.api import sweep as _sweep
     from zoo.api.push import check_repo_id
@@ -287,6 +324,13 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     output.check_shard_size(max_shard_size)
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
+    if format is not None:
+        from zoo.kit.members import named_format
+
+        named_format(format)  # one the host knows
+        if cls.member_formats and format not in cls.member_formats:
+            raise BadInput(f"--format {format}: strategy {strategy!r} writes {' or '.join(cls.member_formats)} "
+                           "models (it runs on their modules); leave --format out, or convert its output")
     if multi_task:
         _check_merge_method(host, cls, strategy)
     options, swept = _sweep.split(cls.Options, dict(options or {}), strategy=strategy)
@@ -397,9 +441,33 @@ def check_headers(specs: Sequence[str], base: str | None, *, host, arch: str | N
             first = (spec, header)
             continue
         role = "the base" if base and first[0] == base else "member"
-        compare_headers(first[1], header, both=f"{role} {first[0]} and member {spec}", names=(first[0], spec),
-                        after=" (seen in the safetensors headers, before downloading any weights)")
+        try:
+            compare_headers(first[1], header, both=f"{role} {first[0]} and member {spec}", names=(first[0], spec),
+                            after=" (seen in the safetensors headers, before downloading any weights)")
+        except IncompatibleMembers:
+            if _format_of(first[0], host, arch) == _format_of(spec, host, arch):
+                raise
+            # two formats name their tensors differently: they are compared once converted to one
+
     task.close()
+
+
+def _format_of(spec: str, host, arch: str | None) -> str | None:
+    """The member format of ``spec`` from its config.json alone (a Hub member's is one small download)."""
+    import json
+
+    from zoo.kit._infra.hub_client import PREFIX, parse, small_file
+    from zoo.kit.members.format_registry import claim
+    from zoo.registry import resolve
+
+    try:
+        if not spec.startswith(PREFIX):
+            return resolve(spec, host, arch=arch).format.name
+        repo_id, revision = parse(spec)
+        path = small_file(repo_id, "config.json", revision, spec)
+        return claim(path.parent, json.loads(path.read_text()), spec).name if path is not None else None
+    except (BadInput, OSError, ValueError):
+        return None
 
 
 def agreed_license(provenance: list[dict], log: Callable[[str], None]) -> str | None:

@@ -105,7 +105,8 @@ def reproduce(output: str, *, out: str | Path | None = None, members: dict[str, 
                              train_data=data["train"], ood_data=data["ood"], options=recipe.get("options") or {},
                              out=target, force=force, device=device, arch=arch, allow_pickle=allow_pickle,
                              plugins=plugins, seed=int(recipe.get("seed") or 0), dtype=recipe.get("dtype"),
-                             max_shard_size=recipe.get("max_shard_size"), progress=progress, log=log)
+                             max_shard_size=recipe.get("max_shard_size"), format=recipe.get("format"),
+                             progress=progress, log=log)
         compared, difference = compare(original, target)
         again = json.loads((target / "zoo.json").read_text())
         causes = _changes(recorded_env, again.get("environment") or {}) if difference else []

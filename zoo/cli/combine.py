@@ -26,7 +26,12 @@ def combine(
     ood_data: Optional[str] = typer.Option(None, "--ood-data", help="Shifted (out-of-distribution) data, for "
                                            "strategies that report robustness (wise-ft)."),
     option: List[str] = typer.Option([], "--option", "-o", help="Strategy option key=value (repeatable)."),
-    out: str = typer.Option(..., "--out", help="Output folder (a timm / Hub repo)."),
+    out: str = typer.Option(..., "--out", help="Output folder (a Hub repo in the members' format: timm or "
+                            "transformers; see --format)."),
+    format: Optional[str] = typer.Option(None, "--format", help="The output's format: timm, transformers (or a "
+                                         "plugin's). Members in another format are converted to it exactly "
+                                         "(ViT/DeiT, ResNet, ConvNeXt, Swin). Default: the members' (the first "
+                                         "member's when they differ)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     push: Optional[str] = typer.Option(None, "--push", help="Also upload the result to ORG/NAME."),
     private: bool = typer.Option(False, "--private", help="With --push: create the repo private."),
@@ -63,7 +68,7 @@ def combine(
         strategy, member, zoo=zoo_name, members_from=members_from, base=base, eval_data=eval_data or None,
         train_data=train_data, ood_data=ood_data, options=options, out=out, force=force, push=push, private=private,
         device=device, arch=arch, allow_pickle=allow_pickle, seed=seed, max_shard_size=max_shard_size, resume=resume,
-        multi_task=multi_task, dtype=dtype)
+        multi_task=multi_task, dtype=dtype, format=format)
     say = console()
     say.print(wrote(out, result.metrics), highlight=False)
     if result.report.get("pushed"):
