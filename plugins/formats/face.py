@@ -87,6 +87,10 @@ class TimmFace:
         return linears[-1] if linears else head
 
     @property
+    def num_classes(self) -> int:
+        return int(self.get_classifier().out_features)
+
+    @property
     def num_features(self) -> int:
         return int(self.get_classifier().in_features)
 

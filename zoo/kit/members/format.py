@@ -33,7 +33,7 @@ class MemberFormat:
     every member the same way: ``model(images)`` gives logits (N, C); ``forward_features(images)`` then
     ``forward_head(features, pre_logits=True)`` the pooled features the classifier reads;
     ``get_classifier()`` the last linear layer; ``reset_classifier(n)`` a new head of ``n`` classes;
-    ``num_features`` and ``pretrained_cfg`` as timm has them. Its ``state_dict()`` keys are the
+    ``num_classes``, ``num_features`` and ``pretrained_cfg`` as timm has them. Its ``state_dict()`` keys are the
     member's own tensor names.
     """
 
