@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PREPROCESSOR = "preprocessor_config.json"
 #: the pretrained_cfg keys that say how images are prepared (what a conversion carries over)
-PREPROCESSING = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+PREPROCESSING = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")  # as zoo.Member's
 #: PIL's resampling filters (what image processors store) by timm's interpolation names
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 

@@ -81,7 +81,8 @@ def _make_ends(member, options, ctx: zoo.Context):
     ends, training = [], {}
     for name, recipe in (("linear-probe", lp), ("calibrated-fine-tune", ft)):
         sd, config, history = fit(member, train, classes, recipe, ctx.device, progress=ctx.progress, log=ctx.log)
-        ends.append(zoo.Member.in_memory(f"{member.name}:{name}", sd, config=config, spec=f"bang {name} of {member.spec}"))
+        ends.append(zoo.Member.in_memory(f"{member.name}:{name}", sd, config=config, spec=f"bang {name} of {member.spec}",
+                                         like=member))
         training[name] = history
     return ends, ends[0].config, training
 

@@ -52,11 +52,13 @@ class Member:
 
     @classmethod
     def in_memory(cls, name: str, tensors: dict[str, Any], *, config: dict[str, Any], spec: str | None = None,
-                  format: Any = None) -> Member:
-        """A member made by a strategy (e.g. a fine-tuned end) from a state dict it holds, with a config in
-        ``format``'s layout (default: timm's)."""
+                  like: Member | None = None) -> Member:
+        """A member made by a strategy (e.g. a fine-tuned end) from a state dict it holds, with ``config`` in
+        the format of ``like`` (the member it was made from: its format and preprocessing; default timm's)."""
+        if like is None:
+            return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors))
         return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors),
-                   format=format)
+                   format=like.format, preprocessing=like.preprocessing or _preprocessing_of(like))
 
     # ---- what it is -------------------------------------------------------------------
     def recipe(self) -> dict[str, Any] | None:
@@ -260,6 +262,19 @@ class Member:
         # the config, and what a format reads beside it (transformers' preprocessor_config.json)
         names = ("config.json", *getattr(self.format, "hub_files", ()))
         return [self.root / n for n in names if (self.root / n).is_file()]
+
+
+#: the pretrained_cfg keys that say how images are prepared
+PREPROCESSING = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+def _preprocessing_of(member: Member) -> dict[str, Any] | None:
+    """A member's preprocessing when its format reads it from files beside its config (a member made in
+    memory from it has none of those files); None for timm's, which the config itself carries."""
+    if member.format.name == "timm":
+        return None
+    cfg = member.pretrained_cfg
+    return {k: cfg[k] for k in PREPROCESSING if k in cfg}
 
 
 def all_finite(t) -> bool:
