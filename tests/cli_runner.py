@@ -24,7 +24,8 @@ from pathlib import Path
 IMPORT_TIME = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HUB_DISABLE_XET", "TORCH_",
                "CUDA_", "OMP_", "MKL_")
 PRELOAD = ["torch", "timm", "safetensors.torch", "huggingface_hub", "matplotlib.pyplot", "zoo.cli", "zoo.kit.data.splits",
-           "zoo.kit.members.member", "zoo.kit.measure.metrics", "cli_runner"]
+           "zoo.kit.members.member", "zoo.kit.measure.metrics", "transformers.modeling_utils",
+           "transformers.models.auto.modeling_auto", "transformers.image_processing_utils", "cli_runner"]
 
 _context = None
 

@@ -246,3 +246,58 @@ def test_transformers_members_zoo_cannot_take_are_refused(tmp_path, vits, ingred
     message = proc.stderr.strip()
     assert len(message.splitlines()) == 1 and all(w in message for w in words), message
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def _family(kind: str):
+    """A small transformers image classifier of each family with a conversion besides ViT, and its processor."""
+    import transformers
+
+    labels = dict(id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    if kind == "resnet":
+        config = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[16, 32], depths=[1, 1],  # timm: a 64-wide stem
+                                           layer_type="basic", **labels)
+        model = transformers.ResNetForImageClassification(config)
+    elif kind == "convnext":
+        config = transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                             layer_norm_eps=1e-12, **labels)  # the Hub's eps: converts within 1e-5
+        model = transformers.ConvNextForImageClassification(config)
+    else:
+        config = transformers.SwinConfig(image_size=32, patch_size=4, window_size=4, embed_dim=16, depths=[1, 1],
+                                         num_heads=[2, 2], **labels)
+        model = transformers.SwinForImageClassification(config)
+    processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
+                                               image_std=[0.5] * 3)
+    return model, processor
+
+
+@pytest.mark.parametrize("kind", ["resnet", "convnext", "swin"])
+def test_each_family_merges_the_same_in_both_formats(tmp_path, digits_zoo, val_dir, kind):
+    """Two real fine-tunes of each family (trained on the digits here), souped in their own format and
+    through timm: the same function."""
+    import copy
+
+    import zoo
+    from zoo.kit.data import data_config, load_split
+
+    torch.manual_seed(0)
+    model, processor = _family(kind)
+    folders = []
+    for i, lr in enumerate((3e-3, 1e-3)):
+        ft = copy.deepcopy(model)
+        if not folders:
+            model.save_pretrained(tmp_path / "init")
+            processor.save_pretrained(tmp_path / "init")
+            cfg = data_config(zoo.load_member(str(tmp_path / "init")).pretrained_cfg)
+            train = load_split(digits_zoo / "data" / "train", cfg, label_names=LABELS, num_classes=10)
+        _train(ft, train, epochs=1, lr=lr, seed=i)
+        ft.save_pretrained(tmp_path / f"ft{i}")
+        processor.save_pretrained(tmp_path / f"ft{i}")
+        folders.append(str(tmp_path / f"ft{i}"))
+    zoo.combine("soup", folders, out=tmp_path / "own")
+    zoo.combine("soup", folders, out=tmp_path / "timm", format="timm")
+    assert json.loads((tmp_path / "timm" / "config.json").read_text())["architecture"].startswith(kind)
+    x = _val_images(val_dir, tmp_path / "own")
+    own, through_timm = zoo.load(str(tmp_path / "own")), zoo.load(str(tmp_path / "timm"))
+    with torch.no_grad():
+        torch.testing.assert_close(through_timm(x), own(x), atol=1e-5, rtol=0)
+        assert own(x).argmax(1).eq(own(x).argmax(1)[0]).float().mean() < 1  # a trained model, not a constant

@@ -47,7 +47,11 @@ class TransformersFormat(zoo.MemberFormat):
         return "architecture" not in config and bool(config.get("model_type") or config.get("architectures"))
 
     def read_config(self, folder: Path, config: dict[str, Any], who: str) -> dict[str, Any]:
-        import transformers
+        try:
+            import transformers
+        except ImportError:
+            raise zoo.BadInput(f"{who}: a transformers repo, and transformers is not installed: "
+                               "pip install 'zoo[transformers]' (or transformers) to read it") from None
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
         model_type = config.get("model_type")
