@@ -72,11 +72,13 @@ def main() -> None:
                 out = proc.stdout
             rows[label] = (statistics.median(walls), min(walls), got, len(weights), out)
             print(f"  {label:8s} median {rows[label][0]:.2f} s over {args.runs} runs", flush=True)
-        found = json.loads(rows["--check"][4])
+        checked = json.loads(rows["--check"][4])  # the base, the count per member format, the candidates
+        found = checked["candidates"]
         fit = sum(c["fits"] for c in found)
         listing, check = rows["listing"], rows["--check"]
-        print(f"\n{len(found)} candidates ({fit} fit, {len(found) - fit} of another architecture), "
-              f"served from 127.0.0.1; median of {args.runs} runs, each a fresh process and cache\n")
+        formats = ", ".join(f"{n} {name}" for name, n in checked["formats"].items())
+        print(f"\n{len(found)} candidates ({fit} fit, {len(found) - fit} of another architecture; formats: "
+              f"{formats}), served from 127.0.0.1; median of {args.runs} runs, each a fresh process and cache\n")
         print("| candidates | fit | `zoo discover` (s) | `--check` (s) | check per candidate (ms) | "
               "downloaded (KiB) | weights downloaded |\n|---|---|---|---|---|---|---|")
         print(f"| {len(found)} | {fit} | {listing[0]:.2f} | {check[0]:.2f} | "

@@ -68,7 +68,8 @@ def tree(hub, ingredients, digits_zoo, tmp_path_factory):
 
 
 def _json(proc) -> list[dict]:
-    return json.loads(proc.stdout)
+    """The candidates of `zoo discover --json` (an object: the base, the count per format, the candidates)."""
+    return json.loads(proc.stdout)["candidates"]
 
 
 def test_lists_exactly_the_fine_tunes_pinned_to_their_commits(tree, zoo_cli):
@@ -108,6 +109,7 @@ def test_check_says_which_fit_and_why_not_without_downloading_weights(tree, tmp_
     env = {"HF_HOME": str(home)}
     found = {c["repo_id"]: c for c in _json(zoo_cli("discover", f"{ORG}/base", "--check", "--json", env=env))}
     assert [n for n in FINETUNES if found[f"{ORG}/{n}"]["fits"]] == ["ft-b", "ft-a"]
+    assert all(c["format"] == "timm" and c["loads"] for c in found.values())  # misfits too: zoo loads them
     other = found[f"{ORG}/ft-other"]
     assert other["fits"] is False and other["verdict"] == "another architecture"
     assert "different tensors" in other["reason"] and "test_resnet" in other["reason"], other["reason"]

@@ -1,7 +1,10 @@
 """`zoo discover BASE`: the Hub's models whose model tree names BASE as their base (fine-tunes, adapters,
 merges, quantizations), each pinned to the commit the Hub lists; with ``check``, which of them fit BASE for
 a weight merge, read from their safetensors headers and config.json alone (no weights are downloaded);
-with ``write``, a zoo file of those that fit, for ``zoo combine --members-from``.
+with ``write``, a zoo file of those that fit, for ``zoo combine --members-from``. The check names each
+candidate's member format (timm, transformers, a plugin's: the one whose ``claims`` takes its config.json)
+and whether zoo can load it; a candidate in another format than the base's does not fit as it is, since
+its tensors are named otherwise.
 
 The search is ``HfApi.list_models(filter="base_model:RELATION:ORG/NAME")``: the Hub tags every model
 whose card says ``base_model: ORG/NAME`` with that tag (the relation from ``base_model_relation``, or
@@ -13,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +37,10 @@ SORTS = {"downloads": "downloads", "likes": "likes", "last_modified": "last_modi
 EXPAND = ["sha", "downloads", "likes", "trendingScore", "createdAt", "lastModified"]
 #: candidates checked at once: each check is a few small requests, so latency, not bandwidth, is the cost
 CHECK_THREADS = 8
+#: one format reads a config at a time: a format may import lazily on the way (transformers' lazy modules
+#: are not safe to import from several threads at once: a class can look missing), and reading is quick
+#: (the requests, the slow part, stay parallel)
+_READING = threading.Lock()
 
 
 @dataclass
@@ -46,8 +55,12 @@ class Candidate:
     trending_score: int | None = None
     created_at: str | None = None  # ISO 8601
     last_modified: str | None = None
-    #: set by the check: the architecture its config.json names, whether it fits, in a word or two why not
-    #: ("different tensors", "another architecture", ...) and the whole difference (compare_headers' words)
+    #: set by the check: its member format (None: none claims its config.json, or it has none), whether
+    #: zoo can load it (the format reads its config.json), the architecture its config.json names, whether
+    #: it fits, in a word or two why not ("different tensors", "another format (transformers)", ...) and
+    #: the whole reason (compare_headers' or the format's words)
+    format: str | None = None
+    loads: bool | None = None  # None: not checked
     architecture: str | None = None
     fits: bool | None = None  # None: not checked
     verdict: str = ""
@@ -91,14 +104,16 @@ def relations(relation: str | Sequence[str]) -> list[str]:
 
 def discover(base: str, *, relation: str | Sequence[str] = "finetune", limit: int = 20, sort: str = "downloads",
              check: bool = False, write: str | Path | None = None, force: bool = False,
-             progress: Progress | None = None) -> list[Candidate]:
+             plugins: Sequence[str] = (), progress: Progress | None = None) -> list[Candidate]:
     """The models on the Hub that name ``base`` as their base with ``relation`` (one of RELATIONS, several,
     or ``all``): at most ``limit`` per relation, most ``sort`` first, each pinned to its commit.
 
-    ``check``: compare each with the base from its safetensors header and config.json (same tensor names,
-    shapes and dtypes; same architecture) and set ``fits``, ``verdict`` and ``reason``; no weights are
-    downloaded. ``write``: a zoo ``.toml`` listing the candidates that fit (``check`` implied), written
-    atomically; an existing file is refused unless ``force``. Raises BadInput when nothing is found (or,
+    ``check``: compare each with the base from its safetensors header and config.json (the same member
+    format, one zoo can load; the same tensor names, shapes and dtypes; the same architecture) and set
+    ``format``, ``loads``, ``fits``, ``verdict`` and ``reason``; no weights are downloaded. The formats are
+    the plugin host's (the built-ins and ``plugins``, module names as ``--plugin`` takes). ``write``: a zoo
+    ``.toml`` listing the candidates that fit (``check`` implied), written atomically; an existing file is
+    refused unless ``force``. Raises BadInput when nothing is found (or,
     writing, nothing fits), HubError when the Hub fails or is out of reach.
     """
     repo_id, revision = parse_base(base)
@@ -109,6 +124,10 @@ def discover(base: str, *, relation: str | Sequence[str] = "finetune", limit: in
         raise BadInput(f"--limit {limit}: give a number of models, 1 or more")
     target = writable(write, force) if write is not None else None
     check_reachable(f"searching the model tree of {repo_id}")  # the listing needs the Hub: no retries when it refuses
+    if check or target:
+        from zoo import host
+
+        host.load(list(plugins))  # the member formats zoo reads: the built-ins' and the plugins'
     reference = _reference(repo_id, revision) if check or target else None  # a missing base fails first
     found = _listing(repo_id, asked, limit, SORTS[sort])
     if not found:
@@ -120,7 +139,7 @@ def discover(base: str, *, relation: str | Sequence[str] = "finetune", limit: in
     if reference is not None:
         task = (progress or Silent()).task(f"checking {len(found)} candidates against {repo_id}", total=len(found))
         with ThreadPoolExecutor(CHECK_THREADS) as pool:
-            for _ in pool.map(lambda c: _check(c, repo_id, *reference), found):
+            for _ in pool.map(lambda c: _check(c, repo_id, reference), found):
                 task.advance()
         task.close()
     if target is not None:
@@ -177,22 +196,81 @@ def _architecture(config: Path | None) -> str | None:
             or next(iter(cfg.get("architectures") or []), None) or cfg.get("model_type"))
 
 
-def _reference(repo_id: str, revision: str | None) -> tuple[dict, str | None]:
-    """The base's tensors (from its safetensors header) and architecture: what each candidate must match."""
+def format_counts(candidates: Sequence[Candidate]) -> dict[str, int]:
+    """How many checked candidates each member format has, most first; ``none`` for those in no format."""
+    counts = Counter(c.format or "none" for c in candidates if c.fits is not None)
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] == "none", -kv[1], kv[0])))
+
+
+@dataclass
+class _Reference:
+    """What each candidate is compared with: the base's tensors, architecture and member format."""
+
+    header: dict
+    architecture: str | None
+    format: str | None
+
+
+def _reference(repo_id: str, revision: str | None) -> _Reference:
+    """The base's tensors (from its safetensors header), architecture and format. A base whose format
+    refuses it (another task, remote code) is BadInput: nothing could be merged with it."""
     who = f"the base {repo_id}"
     config = small_file(repo_id, "config.json", revision, who)  # a missing repo or revision fails here, clearly
+    fmt, verdict, reason = _format_of(config, who) if config is not None else (None, "", "")
+    if fmt is not None and verdict:
+        raise BadInput(f"{reason}; --check compares each candidate with a base zoo can load")
     try:
         header = safetensors_header(repo_id, revision, who)
     except BadInput as e:
         raise BadInput(f"{e}; --check compares each candidate's tensors with the base's") from None
-    return header, _architecture(config)
+    return _Reference(header, _architecture(config), fmt)
 
 
-def _check(c: Candidate, base: str, header: dict, arch: str | None) -> None:
-    """Set whether ``c`` fits the base: it is a timm model (config.json), its safetensors header has the
-    base's tensors (compare_headers, the check zoo combine makes), and its config names the base's
-    architecture — stricter than zoo combine, which builds the output from the first member's config."""
-    from zoo.kit.members.member import load_config
+def _format_of(config: Path, who: str) -> tuple[str | None, str, str]:
+    """The member format that claims a downloaded config.json, from that file alone, and when zoo cannot load
+    the model, why in a word or two and in the format's own words: (format or None, verdict, reason)."""
+    from zoo.kit.members import format_registry
+
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        return None, "unreadable config.json", f"{who}: its config.json is not valid JSON ({short_error(e)})"
+    if not isinstance(cfg, dict):
+        return None, "unreadable config.json", f"{who}: its config.json holds no JSON object"
+    known = format_registry.formats()
+    with _READING:
+        mine = [f for f in known if f.claims(config.parent, cfg)]
+    if not mine:
+        return None, "in no format", (f"{who}: its config.json is in no format zoo reads (formats: "
+                                      f"{', '.join(f.name for f in known)}); a timm model's names an "
+                                      "'architecture', a transformers one's a 'model_type' and 'architectures'")
+    if len(mine) > 1:
+        return None, "several formats", (f"{who}: formats {', '.join(f.name for f in mine)} all claim its "
+                                         "config.json; switch one of their plugins off (--no-plugin)")
+    fmt = mine[0]
+    try:
+        with _READING:
+            fmt.read_config(config.parent, cfg, who)
+    except BadInput as e:
+        return fmt.name, _why_not_loaded(str(e)), str(e)
+    return fmt.name, "", ""
+
+
+def _why_not_loaded(message: str) -> str:
+    """A format's refusal in a word or two, for the table (transformers' words; any other: cannot load)."""
+    if "trust_remote_code" in message or "own code" in message:
+        return "needs remote code"
+    if "not an image classifier" in message:
+        return "another task"
+    return "cannot load"
+
+
+def _check(c: Candidate, base: str, ref: _Reference) -> None:
+    """Set whether ``c`` fits the base: its config.json is in the base's member format and zoo can load it,
+    its safetensors header has the base's tensors (compare_headers, the check zoo combine makes), and its
+    config names the base's architecture — stricter than zoo combine, which builds the output from the
+    first member's config. A candidate in another format is not compared tensor by tensor: its tensors
+    are named otherwise, and the verdict says so rather than "different tensors"."""
     from zoo.kit.tensors.headers import compare_headers
 
     who = f"candidate {c.repo_id}"
@@ -203,22 +281,29 @@ def _check(c: Candidate, base: str, header: dict, arch: str | None) -> None:
     try:
         config = small_file(c.repo_id, "config.json", c.sha, who)
     except BadInput as e:  # gated, or gone since the listing (HubError, the Hub failing, ends the run)
-        return no("cannot read", str(e))
-    c.architecture = _architecture(config)
+        return no("cannot read", str(e))  # whether zoo loads it is not known (loads stays None)
     if config is None:
-        return no("no config.json", f"{who}: no config.json at {c.sha[:10]}; zoo reads a member's "
-                                    "architecture from timm's config.json")
-    try:
-        load_config(config, who)  # what zoo combine reads: timm's config.json, naming an architecture
-    except BadInput as e:
-        return no("not a timm model", str(e))
+        c.loads = False
+        return no("no config.json", f"{who}: no config.json at {c.sha[:10]}; zoo tells a member's format and "
+                                    "architecture from its config.json (timm's, or transformers' save_pretrained)")
+    c.architecture = _architecture(config)
+    c.format, verdict, reason = _format_of(config, who)
+    c.loads = not verdict
+    if verdict:
+        return no(verdict, reason)
+    if ref.format is not None and c.format != ref.format:
+        return no(f"another format ({c.format})",
+                  f"{c.repo_id} is a {c.format} model ({c.architecture or 'architecture unnamed'}), the base "
+                  f"{base} a {ref.format} one ({ref.architecture or 'architecture unnamed'}): their tensors "
+                  f"are named otherwise, so zoo combine cannot merge them as they are")
     try:
         theirs = safetensors_header(c.repo_id, c.sha, who)
     except BadInput as e:  # no safetensors (HubError, the Hub failing, ends the run)
         return no("no safetensors", str(e))
+    arch = ref.architecture
     archs = (arch, c.architecture) if arch and c.architecture else None
     try:
-        compare_headers(header, theirs, both=f"the base {base} and {c.repo_id}", names=(base, c.repo_id),
+        compare_headers(ref.header, theirs, both=f"the base {base} and {c.repo_id}", names=(base, c.repo_id),
                         archs=archs)
     except IncompatibleMembers as e:
         return no(_what_differs(str(e), archs), str(e))

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from zoo.cli.app import app, console, progress
+from zoo.cli.app import app, console, progress, state
 
 
 @app.command("discover")
@@ -21,28 +21,30 @@ def discover_cmd(
     sort: str = typer.Option("downloads", "--sort", help="Most first by downloads, likes, last_modified, "
                              "created_at or trending_score."),
     check: bool = typer.Option(False, "--check", help="Compare each with the base from its safetensors header "
-                               "and config.json (no weights are downloaded): which fit, and why the others "
-                               "do not."),
+                               "and config.json (no weights are downloaded): its format (timm, transformers, "
+                               "...), whether zoo can load it, which fit, and why the others do not."),
     write: Optional[str] = typer.Option(None, "--write", help="Write a zoo .toml of the models that fit "
                                         "(implies --check), for zoo combine --members-from."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --write file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the models as JSON on stdout, not a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the models (and, with --check, the count per "
+                                 "format) as JSON on stdout, not a table."),
 ):
     """List the Hub's models that name BASE as their base (its model tree), each pinned to its commit."""
-    from zoo.api.discover import discover, parse_base
+    from zoo.api.discover import discover, format_counts, parse_base
 
     with progress() as bars:
         found = discover(base, relation=relation, limit=limit, sort=sort, check=check, write=write, force=force,
-                         progress=bars)
+                         plugins=state.plugins, progress=bars)
     say = console()
     checked = check or write is not None
+    repo_id = parse_base(base)[0]
     if as_json:
         import json
 
-        typer.echo(json.dumps([c.as_dict() for c in found], indent=2))
+        typer.echo(json.dumps({"base": repo_id, "formats": format_counts(found) if checked else None,
+                               "candidates": [c.as_dict() for c in found]}, indent=2))
     else:
         _table(found, checked, several=len({c.relation for c in found}) > 1, sort=sort)
-    repo_id = parse_base(base)[0]
     if checked:
         others = Counter(c.verdict for c in found if not c.fits)
         summary = (f"{sum(c.fits for c in found)} of {len(found)} fit {repo_id}"
@@ -59,18 +61,21 @@ def discover_cmd(
 
 def _table(found, checked: bool, several: bool, sort: str) -> None:
     """The candidates as a table (with the value they are sorted by; --json has them all); with the check,
-    each misfit's whole reason below it, a line too long for a table cell."""
+    each one's format and whether zoo loads it, the count per format as the table's caption, and each
+    misfit's whole reason below it, a line too long for a table cell."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from zoo.api.discover import SORTS
+    from zoo.api.discover import SORTS, format_counts
 
     key = SORTS[sort]
     out = Console()
-    table = Table()
+    counts = format_counts(found) if checked else {}
+    table = Table(caption="formats: " + ", ".join(f"{n} {name}" for name, n in counts.items()) if checked else None,
+                  caption_justify="left")
     columns = ["#", "model", "revision", *(["relation"] if several else []), key.replace("_", " "),
-               *(["architecture", "fits"] if checked else [])]
+               *(["format", "loads", "architecture", "fits"] if checked else [])]
     for col in columns:
         table.add_column(col, justify="right" if col in ("#", "downloads", "likes", "trending score") else "left",
                          overflow="fold")
@@ -78,8 +83,9 @@ def _table(found, checked: bool, several: bool, sort: str) -> None:
         value = getattr(c, key)
         shown = "-" if value is None else value[:10] if isinstance(value, str) else str(value)  # dates: the day
         verdict = "[green]fits[/]" if c.fits else f"[red]{escape(c.verdict)}[/]"
+        loads = "-" if c.loads is None else "yes" if c.loads else "[red]no[/]"
         table.add_row(str(i), escape(c.repo_id), c.sha[:10], *([c.relation] if several else []), shown,
-                      *([escape(c.architecture or "-"), verdict] if checked else []))
+                      *([escape(c.format or "none"), loads, escape(c.architecture or "-"), verdict] if checked else []))
     out.print(table)
     for i, c in enumerate(found, 1):
         if checked and not c.fits:
