@@ -295,7 +295,8 @@ def _check(c: Candidate, base: str, ref: _Reference) -> None:
         return no(f"another format ({c.format})",
                   f"{c.repo_id} is a {c.format} model ({c.architecture or 'architecture unnamed'}), the base "
                   f"{base} a {ref.format} one ({ref.architecture or 'architecture unnamed'}): their tensors "
-                  f"are named otherwise, so zoo combine cannot merge them as they are")
+                  f"are named otherwise; zoo combine converts members exactly where the family has a conversion "
+                  f"(ViT/DeiT, ResNet, ConvNeXt, Swin), but --check compares tensors within one format only")
     try:
         theirs = safetensors_header(c.repo_id, c.sha, who)
     except BadInput as e:  # no safetensors (HubError, the Hub failing, ends the run)
