@@ -29,11 +29,15 @@ def _vit_config():
 
 
 def _save(model, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    _save_processor(folder)
+    return folder
+
+
+def _save_processor(folder: Path) -> None:
     from transformers import ViTImageProcessor
 
-    model.save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
-    return folder
 
 
 def _train(model, split, *, epochs: int, lr: float, seed: int) -> None:
@@ -302,3 +306,24 @@ def test_each_family_merges_the_same_in_both_formats(tmp_path, digits_zoo, val_d
     with torch.no_grad():
         torch.testing.assert_close(through_timm(x), own(x), atol=1e-5, rtol=0)
         assert own(x).argmax(1).eq(own(x).argmax(1)[0]).float().mean() < 1  # a trained model, not a constant
+
+
+def test_a_headless_encoder_is_a_base_of_its_fine_tunes(tmp_path, vits, val_dir, zoo_cli):
+    """A base published as the encoder alone (``ViTModel``, as google/vit-base-patch16-224-in21k is) lines up
+    with its fine-tunes' tensors: a multi-task TIES onto it equals the one onto the full base."""
+    from transformers import ViTForImageClassification, ViTModel
+
+    full = ViTForImageClassification.from_pretrained(vits["base"])
+    encoder = ViTModel(full.config, add_pooling_layer=True)
+    encoder.load_state_dict(full.vit.state_dict(), strict=False)  # the pooler stays as initialised
+    encoder.save_pretrained(tmp_path / "encoder")
+    _save_processor(tmp_path / "encoder")
+    tasks = ["-m", vits["ft-a"], "-m", vits["ft-b"], "--multi-task", "--eval-data", f"ft-a={val_dir}",
+             "--eval-data", f"ft-b={val_dir}"]
+    zoo_cli("combine", "-s", "ties", "--base", tmp_path / "encoder", *tasks, "--out", tmp_path / "onto-encoder")
+    zoo_cli("combine", "-s", "ties", "--base", vits["base"], *tasks, "--out", tmp_path / "onto-full")
+    for task in ("ft-a", "ft-b"):
+        a, b = _tensors(tmp_path / "onto-encoder" / task), _tensors(tmp_path / "onto-full" / task)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recipe = json.loads((tmp_path / "onto-encoder" / "ft-a" / "zoo.json").read_text())
+    assert recipe["base"]["read_as"] == "ViTForImageClassification without a classifier"

@@ -63,6 +63,8 @@ class TransformersFormat(zoo.MemberFormat):
                 + ("" if config.get("auto_map") else f"; transformers {transformers.__version__} does not know it")
                 + "); zoo never runs code from a repo — use a model transformers implements, or a timm model")
         classes = _image_classifiers()
+        if archs and _headless(config) and model_type in classes:
+            return config  # an image classifier's encoder without its head (a base): see as_member
         if not archs or archs[0] not in classes.values():
             raise zoo.BadInput(
                 f"{who}: {what} is not an image classifier; zoo combines image classifiers: transformers' "
@@ -71,7 +73,27 @@ class TransformersFormat(zoo.MemberFormat):
             raise zoo.BadInput(f"{who}: transformers {transformers.__version__} has no {archs[0]}; upgrade it")
         return config
 
+    def as_member(self, member: Member) -> Member:
+        """A headless encoder (``ViTModel``, the base of ``google/vit-base-patch16-224-in21k``) as its image
+        classifier without a classifier (``num_labels`` 0), its tensors under the classifier model's names
+        (``vit.encoder…``), so that they line up with its fine-tunes'; the pooler, which the classifier
+        models do not have, is left out."""
+        if not _headless(member.config):
+            return member
+        from zoo.kit.members import derived
+
+        import transformers
+
+        cls_name = _image_classifiers()[member.config["model_type"]]
+        prefix = getattr(transformers, cls_name).base_model_prefix
+        rules = [(f"{prefix}.{k}", (k,), None) for k in member.keys() if not k.startswith("pooler.")]
+        config = {**member.config, "architectures": [cls_name], "id2label": {}, "label2id": {}, "num_labels": 0}
+        return derived(member, rules, config=config, format=self,
+                       note={"read_as": f"{cls_name} without a classifier"})
+
     def check_member(self, member: Member) -> None:
+        if _headless(member.config):
+            return  # an encoder: no classifier to check
         head = [k for k in member.keys() if k.startswith(f"{self._classifier_path(member)}.") and
                 k.endswith("weight") and len(member.shape(k)) == 2]
         if not head:
@@ -95,7 +117,7 @@ class TransformersFormat(zoo.MemberFormat):
 
     def num_classes(self, member: Member) -> int:
         id2label = member.config.get("id2label")
-        if id2label:
+        if id2label or id2label == {} and member.config.get("num_labels") == 0:
             return len(id2label)
         return int(member.config.get("num_labels", 2))  # transformers' default
 
@@ -205,6 +227,14 @@ def classifier_path(config: dict[str, Any]) -> str:
     """The classifier module's name: transformers' image classifiers call it ``classifier`` (``check_member``
     refuses a member without one)."""
     return "classifier"
+
+
+def _headless(config: dict[str, Any]) -> bool:
+    """Whether ``config`` is an image classifier's encoder alone (``ViTModel``, ``ConvNextModel``, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    archs = config.get("architectures") or []
+    return bool(archs) and archs[0] == MODEL_MAPPING_NAMES.get(config.get("model_type"))
 
 
 def _model_class(config: dict[str, Any]) -> type:

@@ -57,6 +57,11 @@ class MemberFormat:
     def check_member(self, member: Member) -> None:
         """Checks that need the tensors' header (e.g. the labels against the classifier's rows)."""
 
+    def as_member(self, member: Member) -> Member:
+        """The member as zoo works with it, once checked: itself (default), or a view of it under other
+        names (``zoo.kit.members.derived``; transformers' headless encoder under its classifier's names)."""
+        return member
+
     def check_model(self, member: Member) -> None:
         """Raise :class:`zoo.BadInput` unless the installed libraries can build this member's model."""
 

@@ -339,7 +339,7 @@ def from_folder(folder: Path, *, spec: str, name: str, allow_pickle: bool = Fals
                repo_id=repo_id, revision=revision, format=fmt)
     m.keys()  # read the headers now: a corrupt file fails before any work starts
     fmt.check_member(m)
-    return m
+    return fmt.as_member(m)
 
 
 def _inside(shard: str, name: str) -> str:
