@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from functools import cached_property
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from zoo.kit.members.member import Member
 from zoo.kit._infra.safetensors_reader import dtype_name
 
 #: one tensor of a derived member: (its name, the source tensors it is made of, fn(*sources) or None for
 #: the one source as it is)
-Rule = tuple[str, Sequence[str], "Callable[..., Any] | None"]
+Rule = tuple[str, Sequence[str], Any]
 
 
 @dataclasses.dataclass

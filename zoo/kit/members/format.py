@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.kit.strategy.errors import BadInput
-
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
