@@ -113,6 +113,7 @@ def test_soup_of_torchvision_members_is_a_torchvision_model_of_their_mean(tmp_pa
     with torch.no_grad():
         logits = reference(split.images)
     top1 = (logits.argmax(1) == split.targets).float().mean().item()
+    assert top1 > 0.3  # brief but real fine-tunes: their soup is far above chance (0.1); measured 0.52
     metrics = json.loads(zoo_cli("eval", out, "--data", val_dir, "--json", env=PLUGINS_ON).stdout)
     assert metrics["n"] == len(split.targets) and metrics["top1"] == pytest.approx(top1, abs=1e-6)
     monkeypatch.setenv("ZOO_DISABLE_PLUGIN_AUTOLOAD", "")  # zoo.load finds the installed plugin, as a user's would
