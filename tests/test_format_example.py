@@ -5,6 +5,7 @@ commands take its members as they take timm's."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,16 @@ def test_unknown_torchvision_model_is_refused_in_one_line(tmp_path, members, exa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "resnet9000" in lines[0] and "torchvision" in lines[0], proc.stderr
     assert not out.exists()
+
+
+def test_installed_format_keeps_zoo_help_light(example_installed):
+    """zoo imports every plugin's module on every command: the format's imports torch and torchvision only
+    inside its methods, so `zoo --help` (which loads it, and so knows the format) stays without them."""
+    code = ("import sys\nsys.argv = ['zoo', '--help']\nfrom zoo.cli import main\ntry:\n    main()\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\nfrom zoo.kit.members import formats\n"
+            "print('\\nFORMATS', [f.name for f in formats()])\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **PLUGINS_ON})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["FORMATS ['timm', 'transformers', 'torchvision']", "HEAVY []"]
