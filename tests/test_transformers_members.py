@@ -119,7 +119,7 @@ def test_soup_of_hub_transformers_members_is_a_transformers_repo(tmp_path, vits,
     recipe = json.loads((out / "zoo.json").read_text())
     assert all(m["format"] == "transformers" and len(m["revision"]) == 40 for m in recipe["members"])
     assert "preprocessor_config.json" in recipe["members"][0]["files"]  # pinned and hashed too
-    assert recipe["metrics"]["top1"] > 0.5
+    assert recipe["metrics"]["top1"] > 0.3  # chance: 0.1
     # transformers opens it as it is, and zoo.load gives the same function
     import zoo
 
