@@ -25,6 +25,8 @@ has the transformers output's tensors (max abs difference per tensor; whether th
 are equal). A Markdown table is printed. Results: bench/RESULTS.md.
 
     python bench/formats.py --members 2 --work /tmp/zoo-formats-bench   # fewer members where 4 is too slow
+    OMP_NUM_THREADS=1 python bench/formats.py --work /tmp/zoo-formats-bench  # one torch thread per run: on a
+        # shared 2-core machine, torch's two threads wait on each other (see bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ def main() -> None:
 
     gib = member_bytes / 2**30
     print(f"\n{args.members} x transformers ViT-B/16 members, {gib:.2f} GiB of members' files in all "
-          f"({gib / args.members:.3f} GiB each); {os.cpu_count()} CPUs")
+          f"({gib / args.members:.3f} GiB each); {os.cpu_count()} CPUs, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (torch: one thread per core)')}")
     floor = results["imports"][1]
     print("| run | format of the output | wall (s) | peak RSS (GiB) | peak RSS − imports (GiB) "
           "| peak RSS / members' bytes |")
