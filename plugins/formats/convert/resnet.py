@@ -16,6 +16,12 @@ import re
 from typing import Any
 
 from . import Conversion, NoConversion, Rule
+from .common import build_timm as _build_timm, check_shapes, timm_labels as _labels
+
+
+def _check_shapes(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]], what: str):
+    """As the other families, but a checkpoint may lack BatchNorm's counters (they are filled with zeros)."""
+    check_shapes(expected, shapes, what, optional=[k for k in expected if k.endswith(".num_batches_tracked")])
 
 MODEL_TYPES = ("resnet",)
 
@@ -39,24 +45,8 @@ def TIMM(architecture: str) -> bool:
     return bool(_NAME.match(architecture.split(".")[0]))
 
 
-def _labels(timm_config: dict[str, Any], n: int) -> list[str]:
-    """The class names of a timm config (timm writes them at the top and in pretrained_cfg), else LABEL_i."""
-    names = timm_config.get("label_names") or (timm_config.get("pretrained_cfg") or {}).get("label_names")
-    if not names:
-        return [f"LABEL_{i}" for i in range(n)]
-    if len(names) != n:
-        raise NoConversion(f"{len(names)} label names for {n} classes")
-    return [str(x) for x in names]
 
 
-def _build_timm(architecture: str, num_classes: int, model_args: dict[str, Any]):
-    """timm's network for a config, on the meta device (no memory, no init cost)."""
-    import timm
-    import torch
-
-    kwargs = {k: v for k, v in model_args.items() if k != "num_classes"}
-    with torch.device("meta"):
-        return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def _count(weight):
@@ -189,14 +179,6 @@ def _rules(pairs: list[tuple[str, str]], shapes: dict[str, tuple[int, ...]]) -> 
     return rules
 
 
-def _check_shapes(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]], what: str):
-    optional = {k for k in expected if k.endswith(".num_batches_tracked")}
-    missing = sorted(set(expected) - set(shapes) - optional)
-    extra = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
-    if missing or extra or wrong:
-        raise NoConversion(f"the tensors are not those of {what}: missing {missing[:3]}, unexpected "
-                           f"{extra[:3]}, other shapes {[(k, tuple(shapes[k]), tuple(expected[k])) for k in wrong[:3]]}")
 
 
 def to_transformers(timm_config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Conversion:

@@ -29,6 +29,12 @@ import re
 from typing import Any
 
 from zoo.plugins.formats.convert import Conversion, NoConversion, Rule
+from zoo.plugins.formats.convert.common import check_uses, count_indices as _count, hf_label_names as _hf_label_names
+from zoo.plugins.formats.convert.common import labels_or_placeholders as _labels
+
+
+def _check_uses(rules: list[Rule], shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    check_uses(rules, shapes, what, "Swin", ignore=_BUFFERS)
 
 #: timm's covered architectures and their defaults for what a conversion may set
 _VARIANTS: dict[str, dict[str, Any]] = {
@@ -112,36 +118,12 @@ def _value(fused):
 
 # ------------------------------------------------------------------------------------------------- helpers
 
-def _labels(names: list[str] | None, count: int) -> list[str]:
-    if names and len(names) == count:
-        return [str(n) for n in names]
-    return [f"LABEL_{i}" for i in range(count)]
 
 
-def _hf_label_names(hf_config: dict[str, Any]) -> list[str] | None:
-    """id2label as a list (its keys are strings in config.json, ints in a live config), or None."""
-    id2label = {int(k): v for k, v in (hf_config.get("id2label") or {}).items()}
-    return [id2label[i] for i in range(len(id2label))] if set(id2label) == set(range(len(id2label))) else None
 
 
-def _check_uses(rules: list[Rule], shapes: dict[str, tuple[int, ...]], what: str) -> None:
-    """Every rule's sources exist and every source tensor but the buffers is used: otherwise the member is
-    a variant the conversion does not know, which must not be converted silently."""
-    used = {s for r in rules for s in r.sources}
-    missing = sorted(used - set(shapes))
-    unused = sorted(k for k in set(shapes) - used if not _BUFFERS.search(k))
-    if missing or unused:
-        raise NoConversion(f"{what}: tensors do not fit the Swin conversion "
-                           f"(missing {missing[:4]}, not converted {unused[:4]})")
 
 
-def _count(shapes, pattern: str) -> int:
-    """How many consecutive indices ``pattern`` (a regex with one group) matches among the keys."""
-    found = {int(m.group(1)) for k in shapes for m in [re.match(pattern, k)] if m}
-    n = 0
-    while n in found:
-        n += 1
-    return n
 
 
 def _square(value, what: str, name: str) -> int:

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 from . import Conversion, NoConversion, Rule
+from .common import build_timm as _build_timm, check_shapes as _check_shapes, timm_labels as _labels
 
 MODEL_TYPES = ("vit",)
 
@@ -79,24 +80,8 @@ def _pair(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _labels(timm_config: dict[str, Any], n: int) -> list[str]:
-    """The class names of a timm config (timm writes them at the top and in pretrained_cfg), else LABEL_i."""
-    names = timm_config.get("label_names") or (timm_config.get("pretrained_cfg") or {}).get("label_names")
-    if not names:
-        return [f"LABEL_{i}" for i in range(n)]
-    if len(names) != n:
-        raise NoConversion(f"{len(names)} label names for {n} classes")
-    return [str(x) for x in names]
 
 
-def _build_timm(architecture: str, num_classes: int, model_args: dict[str, Any]):
-    """timm's network for a config, on the meta device (no memory, no init cost)."""
-    import timm
-    import torch
-
-    kwargs = {k: v for k, v in model_args.items() if k != "num_classes"}
-    with torch.device("meta"):
-        return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def _activation(act) -> str:
@@ -176,13 +161,6 @@ def _plan(model) -> dict[str, Any]:
             "num_channels": pe.proj.in_channels, "qkv_bias": qkv_bias.pop(), "num_labels": model.head.out_features}
 
 
-def _check_shapes(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]], what: str):
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
-    if missing or extra or wrong:
-        raise NoConversion(f"the tensors are not those of {what}: missing {missing[:3]}, unexpected "
-                           f"{extra[:3]}, other shapes {[(k, tuple(shapes[k]), tuple(expected[k])) for k in wrong[:3]]}")
 
 
 def _rename(role: str, leaf: str, i: int) -> Rule:
