@@ -58,6 +58,7 @@ def tree(hub, ingredients, digits_zoo, tmp_path_factory):
     torch.manual_seed(0)
     vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                               num_attention_heads=2, intermediate_size=64, id2label=labels,
+                                              layer_norm_eps=1e-6,  # timm's: it converts exactly
                                               label2id={v: int(k) for k, v in labels.items()}))
     processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
@@ -83,6 +84,10 @@ def tree(hub, ingredients, digits_zoo, tmp_path_factory):
         **config, "model_type": "zoo-test-vit", "architectures": ["ZooTestViTForImageClassification"],
         "auto_map": {"AutoConfig": "configuration_zoo.ZooConfig",
                      "AutoModelForImageClassification": "modeling_zoo.ZooTestViTForImageClassification"}}))
+    import zoo
+
+    as_timm = tmp_path_factory.mktemp("as-timm") / "out"  # the fine-tune converted to timm's layout
+    zoo.combine("soup", [str(vit_ft)], out=as_timm, format="timm")
     plain = tmp_path_factory.mktemp("plain")  # a config.json no format claims
     shutil.copy(ingredients[2] / "model.safetensors", plain / "model.safetensors")
     (plain / "config.json").write_text(json.dumps({"num_classes": 10, "input_size": [3, 32, 32]}))
@@ -93,6 +98,7 @@ def tree(hub, ingredients, digits_zoo, tmp_path_factory):
         "timm-ft": (ingredients[0], base), "vit-ft": (vit_ft, base), "bert-ft": (bert, base),
         "remote-ft": (remote, base), "plain-ft": (plain, base),
         "vit-base": (vit_base, None), "vit-base-ft": (vit_ft, vbase), "timm-on-vit": (ingredients[1], vbase),
+        "vit-as-timm": (as_timm, vbase),
     }
     shas = {}
     for i, (name, (source, card_base)) in enumerate(repos.items()):
@@ -120,7 +126,7 @@ def test_check_names_each_candidates_format_and_whether_zoo_loads_it(tree, zoo_c
     out = _checked(zoo_cli, "base")
     assert [(_name(c), c["format"], c["loads"], c["fits"], c["verdict"]) for c in out["candidates"]] == [
         ("timm-ft", "timm", True, True, "fits"),
-        ("vit-ft", "transformers", True, False, "another format (transformers)"),
+        ("vit-ft", "transformers", True, False, "another architecture"),
         ("bert-ft", "transformers", False, False, "another task"),
         ("remote-ft", "transformers", False, False, "needs remote code"),
         ("plain-ft", None, False, False, "in no format"),
@@ -130,8 +136,9 @@ def test_check_names_each_candidates_format_and_whether_zoo_loads_it(tree, zoo_c
     # the format's own words: the text model is not an image classifier, the other needs its repo's code
     assert "BertForSequenceClassification" in why["bert-ft"] and "not an image classifier" in why["bert-ft"]
     assert "trust_remote_code" in why["remote-ft"] and "never runs code" in why["remote-ft"]
+    # converted to timm (it converts: a ViT), it is another architecture than the base's
     assert "ViTForImageClassification" in why["vit-ft"] and "test_efficientnet" in why["vit-ft"]
-    assert "different tensors" not in why["vit-ft"]
+    assert "converted to timm" in why["vit-ft"]
     assert "no format zoo reads" in why["plain-ft"] and "timm, transformers" in why["plain-ft"]
 
     assert json.loads(zoo_cli("discover", f"{ORG}/base", "--json").stdout)["formats"] is None  # unchecked
@@ -159,13 +166,12 @@ def test_the_table_shows_formats_and_counts_them(tree, zoo_cli):
         return next(line for line in lines if f"{ORG}/{name} " in line).replace("│", " ").split()
 
     assert row("timm-ft")[4:] == ["timm", "yes", "test_efficientnet", "fits"]
-    assert row("vit-ft")[4:] == ["transformers", "yes", "ViTForImageClassification", "another", "format",
-                                 "(transformers)"]
+    assert row("vit-ft")[4:] == ["transformers", "yes", "ViTForImageClassification", "another", "architecture"]
     assert row("bert-ft")[4:] == ["transformers", "no", "BertForSequenceClassification", "another", "task"]
     assert row("plain-ft")[4:] == ["none", "no", "-", "in", "no", "format"]
     assert "formats: 3 transformers, 1 timm, 1 none" in proc.stdout, proc.stdout
     assert f"3. {ORG}/bert-ft does not fit: " in proc.stdout and "not an image classifier" in proc.stdout
-    assert ("1 of 5 fit" in proc.stderr and "1 another format (transformers)" in proc.stderr
+    assert ("1 of 5 fit" in proc.stderr and "1 another architecture" in proc.stderr
             and "1 another task" in proc.stderr and "1 needs remote code" in proc.stderr), proc.stderr
 
 
@@ -174,14 +180,21 @@ def test_a_transformers_base_and_its_fine_tunes_in_both_formats(tree, tmp_path, 
     from zoo.api.discover import format_counts
 
     found = zoo.discover(f"{ORG}/vit-base", check=True)
+    # the fine-tune in timm's layout fits once converted (planned from its header); an EfficientNet does not
     assert [(_name(c.as_dict()), c.format, c.loads, c.verdict) for c in found] == [
-        ("vit-base-ft", "transformers", True, "fits"), ("timm-on-vit", "timm", True, "another format (timm)")]
+        ("vit-base-ft", "transformers", True, "fits"), ("timm-on-vit", "timm", True, "another format (timm)"),
+        ("vit-as-timm", "timm", True, "fits, converted from timm")]
     assert found[0].architecture == "ViTForImageClassification"
-    assert format_counts(found) == {"timm": 1, "transformers": 1}
-    path = tmp_path / "zoo.toml"  # its zoo: the transformers fine-tune alone
+    assert "does not convert" in found[1].reason and "test_efficientnet" in found[1].reason
+    assert format_counts(found) == {"timm": 2, "transformers": 1}
+    path = tmp_path / "zoo.toml"  # its zoo: the fine-tune in both formats, which zoo combine merges
     out = json.loads(zoo_cli("discover", f"{ORG}/vit-base", "--write", path, "--json").stdout)
-    assert out["formats"] == {"timm": 1, "transformers": 1}
-    assert tomllib.loads(path.read_text())["members"] == [f"hf-hub:{ORG}/vit-base-ft@{tree['vit-base-ft']}"]
+    assert out["formats"] == {"timm": 2, "transformers": 1}
+    assert tomllib.loads(path.read_text())["members"] == [f"hf-hub:{ORG}/vit-base-ft@{tree['vit-base-ft']}",
+                                                          f"hf-hub:{ORG}/vit-as-timm@{tree['vit-as-timm']}"]
+    zoo_cli("combine", "-s", "soup", "--members-from", path, "--out", tmp_path / "soup")
+    assert json.loads((tmp_path / "soup" / "config.json").read_text())["architectures"] == [
+        "ViTForImageClassification"]
 
 
 def test_a_base_zoo_cannot_load_is_refused(tree):

@@ -3,8 +3,9 @@ merges, quantizations), each pinned to the commit the Hub lists; with ``check``,
 a weight merge, read from their safetensors headers and config.json alone (no weights are downloaded);
 with ``write``, a zoo file of those that fit, for ``zoo combine --members-from``. The check names each
 candidate's member format (timm, transformers, a plugin's: the one whose ``claims`` takes its config.json)
-and whether zoo can load it; a candidate in another format than the base's does not fit as it is, since
-its tensors are named otherwise.
+and whether zoo can load it; a candidate in another format than the base's is converted to the base's
+format on the meta device (from its header: shapes and dtypes, no data) and fits when its family converts
+exactly and the converted tensors are the base's, as ``zoo combine`` would convert it.
 
 The search is ``HfApi.list_models(filter="base_model:RELATION:ORG/NAME")``: the Hub tags every model
 whose card says ``base_model: ORG/NAME`` with that tag (the relation from ``base_model_relation``, or
@@ -292,11 +293,7 @@ def _check(c: Candidate, base: str, ref: _Reference) -> None:
     if verdict:
         return no(verdict, reason)
     if ref.format is not None and c.format != ref.format:
-        return no(f"another format ({c.format})",
-                  f"{c.repo_id} is a {c.format} model ({c.architecture or 'architecture unnamed'}), the base "
-                  f"{base} a {ref.format} one ({ref.architecture or 'architecture unnamed'}): their tensors "
-                  f"are named otherwise; zoo combine converts members exactly where the family has a conversion "
-                  f"(ViT/DeiT, ResNet, ConvNeXt, Swin), but --check compares tensors within one format only")
+        return _check_converted(c, base, ref, config, no)
     try:
         theirs = safetensors_header(c.repo_id, c.sha, who)
     except BadInput as e:  # no safetensors (HubError, the Hub failing, ends the run)
@@ -312,6 +309,52 @@ def _check(c: Candidate, base: str, ref: _Reference) -> None:
         return no("another architecture", f"{c.repo_id}'s config.json names {archs[1]}, the base's {archs[0]}: "
                                           "the same tensors, but another model")
     c.fits, c.verdict = True, "fits"
+
+
+def _check_converted(c: Candidate, base: str, ref: _Reference, config: Path, no) -> None:
+    """A candidate in another format than the base's: its tensors, converted (``zoo.kit.members.convert``, planned
+    on the meta device from its safetensors header: nothing is downloaded but the header), against the
+    base's. It fits when its family converts exactly and the converted tensors are the base's;
+    ``zoo combine`` converts it the same way."""
+    from zoo.kit.tensors.headers import compare_headers
+
+    who = f"candidate {c.repo_id}"
+    try:
+        theirs = safetensors_header(c.repo_id, c.sha, who)
+    except BadInput as e:  # no safetensors (HubError, the Hub failing, ends the run)
+        return no("no safetensors", str(e))
+    try:
+        with _READING:
+            converted = _converted_header(config, theirs, ref.format, who)
+    except BadInput as e:
+        return no(f"another format ({c.format})",
+                  f"{c.repo_id} is a {c.format} model ({c.architecture or 'architecture unnamed'}), the base {base} "
+                  f"a {ref.format} one ({ref.architecture or 'architecture unnamed'}), and it does not convert: {e}")
+    archs = (ref.architecture, c.architecture) if ref.architecture and c.architecture else None
+    try:
+        compare_headers(ref.header, converted, both=f"the base {base} and {c.repo_id} (converted to {ref.format})",
+                        names=(base, c.repo_id), archs=archs)
+    except IncompatibleMembers as e:
+        return no(_what_differs(str(e), archs), str(e))
+    c.fits, c.verdict = True, f"fits, converted from {c.format}"
+
+
+def _converted_header(config: Path, header: dict, to: str, who: str) -> dict:
+    """The safetensors header of the member described by ``config`` and ``header`` once converted to format
+    ``to``: the conversion run on meta tensors (shapes and dtypes, no data)."""
+    import torch
+
+    from zoo.kit._infra.safetensors_reader import _DTYPES
+    from zoo.kit.members import Member, convert, format_registry, named_format
+    from zoo.kit.tensors.headers import header_of
+
+    cfg = json.loads(config.read_text())
+    fmt = format_registry.claim(config.parent, cfg, who)
+    cfg = fmt.read_config(config.parent, cfg, who)
+    meta = {k: torch.empty(shape, dtype=getattr(torch, _DTYPES[dtype]), device="meta")
+            for k, (shape, dtype) in header.items()}
+    member = fmt.as_member(Member(name=who, spec=who, config=cfg, weight_files=[], _tensors=meta, format=fmt))
+    return header_of(convert(member, named_format(to)))
 
 
 def _what_differs(message: str, archs: tuple[str, str] | None) -> str:
