@@ -6,7 +6,7 @@ import pytest
 
 from zoo.kit._infra import timm_names
 from zoo.kit.strategy.errors import BadInput
-from zoo.kit.members.member import check_architecture
+from zoo.kit.members.timm_format import check_architecture
 
 
 def test_timm_model_names_are_remembered_per_timm_version(tmp_path, monkeypatch):

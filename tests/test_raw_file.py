@@ -73,7 +73,7 @@ def test_distilled_head_and_headless_encoder(tmp_path):
 def test_meta_fallback_builds_nothing():
     from timm.models import get_pretrained_cfg
 
-    from zoo.kit.members.member import _meta_model
+    from zoo.kit.members.timm_format import _meta_model
 
     model = _meta_model("vit_large_patch16_224")
     assert all(p.device.type == "meta" for p in model.parameters())

@@ -40,16 +40,20 @@ def load_member(spec: str, *, arch: str | None = None, allow_pickle: bool = Fals
 
 
 def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, allow_pickle: bool = False,
-                 progress: Progress | None = None) -> list:
-    """Resolve several members, each checked to be an architecture timm knows."""
+                 progress: Progress | None = None, base=None) -> list:
+    """Resolve several members, each checked to be a model its format can build. A member that is a
+    difference to a base (a LoRA adapter) is applied to ``base`` (``--base``), else to the base its files
+    name (:func:`whole`)."""
     from zoo.registry import resolve
 
     host = host or _host.load()
     progress = progress or Silent()
     task = progress.task("resolving members", total=len(specs))
     out = []
+    bases: dict[str, Any] = {}
     for spec in specs:
-        out.append(resolve(spec, host, arch=arch, allow_pickle=allow_pickle))
+        out.append(whole(resolve(spec, host, arch=arch, allow_pickle=allow_pickle), base, host=host,
+                         allow_pickle=allow_pickle, bases=bases))
         task.advance()
     task.close()
     seen: dict[str, int] = {}
@@ -60,6 +64,29 @@ def load_members(specs: Sequence[str], *, host=None, arch: str | None = None, al
     for m in out:
         m.check_architecture()
     return out
+
+
+def whole(member, base=None, *, host=None, allow_pickle: bool = False, bases: dict | None = None):
+    """``member`` as a whole model: itself, or, when its format holds differences to a base (a LoRA adapter,
+    ``MemberFormat.difference``), applied to ``base`` — the ``--base`` given, else the one its files name
+    (resolved once per spec in ``bases``)."""
+    from zoo.registry import resolve
+
+    fmt = member.format
+    if not fmt.difference:
+        return member
+    if base is None:
+        spec = fmt.base_of(member)
+        if not spec:
+            raise BadInput(f"member {member.name}: a {fmt.name} names no base model in its files; give the model it "
+                           "was trained on with --base")
+        bases = {} if bases is None else bases
+        if spec not in bases:
+            bases[spec] = resolve(spec, host or _host.load(), allow_pickle=allow_pickle)
+        base = bases[spec]
+    if base.format.difference:
+        raise BadInput(f"the base {base.name} is itself a {base.format.name}; give the model it was trained on")
+    return fmt.apply(member, base)
 
 
 @dataclass
@@ -199,8 +226,9 @@ def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] 
     r, host = request, request.host
     if r.cls.same_tensors and not r.multi_task:  # a multi-task merge's heads differ by design
         check_headers(r.specs, r.base, host=host, arch=r.arch, progress=progress)
-    resolved = load_members(r.specs, host=host, arch=r.arch, allow_pickle=r.allow_pickle, progress=progress)
     base = _load_base(r.base, host, arch=r.arch, allow_pickle=r.allow_pickle) if r.base else None
+    resolved = load_members(r.specs, host=host, arch=r.arch, allow_pickle=r.allow_pickle, progress=progress,
+                            base=base)
     resolved, base = in_one_format(resolved, base, strategy=r.strategy, cls=r.cls, wanted=r.format,
                                    log=log or (lambda message: None))
     dev = resolve_device(r.device)

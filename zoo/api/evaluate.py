@@ -17,7 +17,9 @@ def evaluate(model: str, data: str, *, device: str = "auto", arch: str | None = 
     from zoo.registry import resolve
 
     host = _host.load(list(plugins))
-    member = resolve(model, host, arch=arch, allow_pickle=allow_pickle)
+    from zoo.api.combine import whole
+
+    member = whole(resolve(model, host, arch=arch, allow_pickle=allow_pickle), host=host, allow_pickle=allow_pickle)
     split = load_split(data, data_config(member.pretrained_cfg), label_names=member.label_names,
                        num_classes=member.num_classes, progress=progress)
     # an output that is not one timm architecture (an ensemble, a stitched network) opens as its plugin says

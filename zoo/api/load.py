@@ -21,21 +21,27 @@ def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):
     stitched network, with ``select``), else a timm model. ``spec`` is a folder or ``hf-hub:ORG/NAME[@REV]``."""
     folder = folder_of(str(spec))
     config_path = folder / "config.json"
+    host = _host.load(list(plugins))
+    config = None
     if not config_path.is_file():
         recipe = folder / "zoo.json"
         tasks = json.loads(recipe.read_text()).get("tasks") if recipe.is_file() else None
         if tasks:  # a --multi-task output: one timm repo per task inside
             raise BadInput(f"{spec} is a multi-task merge with one model per task: load one of them, e.g. "
                            f"zoo.load('{Path(str(spec)) / next(iter(tasks))}') (tasks: {', '.join(tasks)})")
-        raise BadInput(f"{spec}: no config.json; give a folder zoo wrote (or any timm folder)")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError as e:
-        raise BadInput(f"{spec}: config.json is not valid JSON ({e})") from None
-    host = _host.load(list(plugins))
-    model = host.pm.hook.zoo_open_output(folder=folder, config=config)
+        from zoo.kit.members import formats
+
+        if not any(f.claims(folder, {}) for f in formats()):  # a PEFT adapter has no config.json
+            raise BadInput(f"{spec}: no config.json; give a folder zoo wrote (or any timm folder)")
+    else:
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError as e:
+            raise BadInput(f"{spec}: config.json is not valid JSON ({e})") from None
+    model = host.pm.hook.zoo_open_output(folder=folder, config=config) if config is not None else None
     if model is None:
+        from zoo.api.combine import whole
         from zoo.registry import resolve
 
-        model = resolve(str(folder), host).create_model()
+        model = whole(resolve(str(folder), host), host=host).create_model()
     return model.to(resolve_device(device)).eval()

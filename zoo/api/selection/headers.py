@@ -17,7 +17,7 @@ from zoo.kit._infra.progress import Progress, Silent
 
 def problems(specs: Sequence[str], *, allow_pickle: bool = False, progress: Progress | None = None) -> dict[str, BadInput]:
     """{spec: what is wrong} for the Hub candidates that cannot be ranked; local ones are left to loading."""
-    from zoo.kit.members.member import check_architecture
+    from zoo.kit.members.timm_format import check_architecture
     from zoo.kit._infra.hub_client import PREFIX, parse, safetensors_header, small_file
 
     hub = [s for s in specs if s.startswith(PREFIX)]

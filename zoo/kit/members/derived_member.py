@@ -72,6 +72,46 @@ class DerivedMember(Member):
         return out
 
 
+@dataclasses.dataclass
+class JoinedMember(Member):
+    """Several members' tensors under one roof, each key ``TAG/KEY`` (e.g. ``base/…`` and ``adapter/…``): the
+    source of a derived member whose tensors combine them (an adapter applied to its base). Its name,
+    files and provenance are those of ``parts[main]``."""
+
+    parts: dict[str, Member] = dataclasses.field(default_factory=dict, repr=False)
+    main: str = ""
+
+    @cached_property
+    def _header(self) -> dict[str, tuple[Any, tuple[int, ...], str]]:
+        return {f"{tag}/{k}": (None, m.shape(k), m.dtype(k)) for tag, m in self.parts.items() for k in m.keys()}
+
+    def read(self, keys: Iterable[str], *, check_finite: bool = True, borrow: bool = False):
+        wanted: dict[str, list[str]] = {}
+        for key in keys:
+            tag, _, k = key.partition("/")
+            wanted.setdefault(tag, []).append(k)
+        out = {}
+        for tag, ks in wanted.items():
+            out.update({f"{tag}/{k}": t for k, t in self.parts[tag].read(ks, check_finite=check_finite).items()})
+        return out
+
+    def release(self, keys: Iterable[str]) -> None:
+        pass
+
+    def nbytes(self) -> int:
+        return sum(m.nbytes() for m in self.parts.values())
+
+    def provenance(self) -> dict[str, Any]:
+        return self.parts[self.main].provenance()
+
+
+def joined(parts: dict[str, Member], *, main: str) -> JoinedMember:
+    """``parts`` as one member whose keys are ``TAG/KEY``; it stands for ``parts[main]`` (name, files, provenance)."""
+    m = parts[main]
+    return JoinedMember(name=m.name, spec=m.spec, config=m.config, weight_files=list(m.weight_files), root=m.root,
+                        repo_id=m.repo_id, revision=m.revision, format=m.format, parts=dict(parts), main=main)
+
+
 def _apply(fn, tensors):
     return tensors[0] if fn is None else fn(*tensors)
 

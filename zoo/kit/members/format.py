@@ -41,6 +41,9 @@ class MemberFormat:
     library_name: str = ""
     #: more files of a Hub repo to download besides config.json, the weights, README.md and zoo.json
     hub_files: tuple[str, ...] = ()
+    #: True for a format whose members are differences to a base (LoRA adapters): zoo applies each to its
+    #: base (:meth:`base_of`, ``--base``) with :meth:`apply` before a strategy sees it
+    difference: bool = False
 
     # ---- recognising and reading -----------------------------------------------------------
     def claims(self, folder: Path, config: dict[str, Any]) -> bool:
@@ -51,6 +54,11 @@ class MemberFormat:
         """The config the member keeps (checked and completed); raise :class:`zoo.BadInput` naming ``who``
         for a repo of this format that zoo cannot use (another task, remote code)."""
         return config
+
+    def weight_files(self, folder: Path, who: str) -> list[Path] | None:
+        """The folder's safetensors files, for a format that names them otherwise than ``model.safetensors``
+        (or its shards); None (default): zoo looks for those."""
+        return None
 
     def check_member(self, member: Member) -> None:
         """Checks that need the tensors' header (e.g. the labels against the classifier's rows)."""
@@ -91,6 +99,16 @@ class MemberFormat:
     def create_model(self, member: Member, state_dict: dict[str, torch.Tensor] | None = None):
         """The member as a torch module in eval mode (see the class docstring), holding ``state_dict``
         (default: the member's own weights)."""
+        raise NotImplementedError
+
+    def base_of(self, member: Member) -> str | None:
+        """For a member that is a difference to a base (a LoRA adapter): the base's spec its files name, or
+        None when they name none (``--base`` then says which)."""
+        return None
+
+    def apply(self, member: Member, base: Member) -> Member | None:
+        """A member that is a difference to a base, applied to ``base``: a full member in the base's format,
+        computed a few tensors at a time (``zoo.kit.members.derived``)."""
         raise NotImplementedError
 
     def convert(self, member: Member, to: MemberFormat) -> Member | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.kit.strategy.errors import BadInput, short_error
 from zoo.kit._infra.safetensors_reader import FLOAT_DTYPES, SafetensorsFile, dtype_name, sha256_of
-from zoo.kit.members.timm_format import TimmFormat, _meta_model, check_architecture, classifier_names  # noqa: F401
+from zoo.kit.members.timm_format import TimmFormat, classifier_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -298,6 +298,10 @@ def load_config(path: Path, who: str) -> tuple[dict[str, Any], Any]:
     """A member folder's config.json and the format that claims the folder (``zoo.kit.members.format``)."""
     from zoo.kit.members import format_registry as formats
 
+    if not path.is_file():  # a format whose folders hold another file (a PEFT adapter's adapter_config.json)
+        mine = [f for f in formats.formats() if f.claims(path.parent, {})]
+        if len(mine) == 1:
+            return mine[0].read_config(path.parent, {}, who), mine[0]
     try:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
@@ -317,7 +321,10 @@ def from_folder(folder: Path, *, spec: str, name: str, allow_pickle: bool = Fals
     """A member from a folder in timm's Hub layout (config.json + model.safetensors or shards)."""
     folder = Path(folder)
     config, fmt = load_config(folder / "config.json", f"member {name}")
-    if (folder / SAFE_NAME).is_file():
+    own = fmt.weight_files(folder, f"member {name}")
+    if own is not None:
+        files = own
+    elif (folder / SAFE_NAME).is_file():
         files = [folder / SAFE_NAME]
     elif (folder / SAFE_INDEX).is_file():
         try:
