@@ -154,4 +154,4 @@ def test_installed_format_keeps_zoo_help_light(example_installed):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **PLUGINS_ON})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-2:] == ["FORMATS ['timm', 'transformers', 'torchvision']", "HEAVY []"]
+    assert proc.stdout.splitlines()[-2:] == ["FORMATS ['timm', 'transformers', 'adapter', 'torchvision']", "HEAVY []"]
