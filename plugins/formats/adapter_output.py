@@ -64,7 +64,7 @@ def from_full(result, base, options: dict[str, Any], ctx, *, fmt):
     # the base as a reader can find it: its Hub repo, else its folder's name (no path of this machine)
     tensors, config, report = to_adapter(result.state_dict, base, rank=options.get("rank"),
                                          energy=options.get("energy"), base_name=base.repo_id or base.name,
-                                         revision=base.revision)
+                                         revision=base.revision, device=ctx.device)
     metrics = None
     if ctx.eval_data:
         model = peft_model(base.create_model(), tensors, config).to(ctx.device)
@@ -111,9 +111,10 @@ def _peft_excludes(whole: str, name: str) -> bool:
 
 
 def to_adapter(merged, base, *, rank: int | None, energy: float | None, base_name: str,
-               revision: str | None = None, progress=None) -> tuple[dict, dict, dict]:
+               revision: str | None = None, device: Any = "cpu") -> tuple[dict, dict, dict]:
     """The merge ``merged`` (a state dict shaped like ``base``) as a LoRA adapter of ``base``: (its tensors by
-    PEFT's names, its ``adapter_config.json``, the report: per-module rank and error, the modules saved whole)."""
+    PEFT's names, its ``adapter_config.json``, the report: per-module rank and error, the modules saved whole).
+    The SVDs run on ``device`` (the run's), in float64."""
     import torch
 
     keys = list(base.keys())
@@ -148,11 +149,12 @@ def to_adapter(merged, base, *, rank: int | None, energy: float | None, base_nam
     for module in lora:  # one layer at a time: its delta, its SVD, its factors
         key = f"{module}.weight"
         w = merged[key]
-        delta = (w.double() - base.read([key])[key].double()).flatten(1)
+        delta = (w.to(device, torch.float64) - base.read([key])[key].to(device, torch.float64)).flatten(1)
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         k = _rank(s, rank=rank, energy=energy, eps=torch.finfo(w.dtype).eps * max(delta.shape))
         b, a = (u[:, :k] * s[:k]).to(w.dtype), vh[:k].to(w.dtype)
         errors[module] = float(torch.linalg.norm(delta - b.double() @ a.double()) / torch.linalg.norm(delta))
+        b, a = b.cpu(), a.cpu()
         ranks[module] = k
         if w.dim() == 4:  # a 1×1 convolution's LoRA pair are 1×1 convolutions
             a, b = a[:, :, None, None], b[:, :, None, None]

@@ -114,7 +114,8 @@ class AdapterFormat(zoo.MemberFormat):
     def usage(self, name: str) -> str | None:
         return ("```python\nfrom peft import PeftModel\nimport zoo\n\nbase = zoo.load(\"BASE\")  # the --base this "
                 f"adapter was merged against\nmodel = PeftModel.from_pretrained(base, \"{name}\")\n```\n\n"
-                f"or `zoo eval {name} --data DIR` (the adapter on the base its adapter_config.json names).")
+                f"or `zoo eval {name} --data DIR`: the adapter on the base its adapter_config.json names (a Hub base by "
+                "its repo, a local one by its folder's name alone: edit `base_model_name_or_path` to its path).")
 
     def architecture(self, member: Member) -> str:
         return f"LoRA adapter (r={member.config.get('r')})"
