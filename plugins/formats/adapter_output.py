@@ -142,6 +142,10 @@ def to_adapter(merged, base, *, rank: int | None, energy: float | None, base_nam
             break
         lora = [m for m in lora if m not in excluded]
         whole += [m for m in excluded if not any(m.startswith(f"{w}.") for w in whole)]
+    if not lora:
+        moved = f"only {', '.join(whole)} moved, which LoRA does not carry" if whole else "it equals the base"
+        raise zoo.BadInput(f"--format adapter: no weight of the merge is a LoRA module's ({moved}); write the "
+                           "full model (leave --format out)")
 
     tensors: dict[str, Any] = {}
     ranks: dict[str, int] = {}

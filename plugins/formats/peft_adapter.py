@@ -10,6 +10,9 @@ before the merge engine asks for it, a few tensors at a time (``zoo.kit.members.
 merge keeps the engine's memory bound. Adapters of any rank and of any target modules merge: a module an
 adapter does not touch is the base's (a delta of zero).
 
+Written (``--format adapter``, ``adapter_output``): a merge as one LoRA adapter of the base, by an SVD of each
+merged delta; this format's ``output_options``, ``check_output`` and ``from_full`` lead there.
+
 Merged here: LoRA on linear layers (and 1×1 convolutions), with or without rsLoRA, ``alpha_pattern`` and
 ``rank_pattern``. Refused, naming what: other PEFT methods (prompt tuning, IA³, LoHa, ...), DoRA, LoRA on
 embeddings or larger convolutions, trained LoRA biases.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +114,7 @@ class AdapterFormat(zoo.MemberFormat):
         if not written.is_file():
             raise zoo.BadInput(f"a LoRA adapter is one {WEIGHTS}: leave --max-shard-size out with --format adapter")
         written.rename(folder / WEIGHTS)
+        shutil.copymode(folder / CONFIG, folder / WEIGHTS)  # readable as the other files are (safetensors: 0600)
 
     def usage(self, name: str) -> str | None:
         return ("```python\nfrom peft import PeftModel\nimport zoo\n\nbase = zoo.load(\"BASE\")  # the --base this "
