@@ -55,6 +55,15 @@ def digits_zoo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def adapters(tmp_path_factory, digits_zoo) -> dict[str, Path]:
+    """PEFT LoRA adapters of the digits-demo base, each beside the full model PEFT merges from it
+    (tests/lora_adapters.py)."""
+    from lora_adapters import make_adapters
+
+    return make_adapters(tmp_path_factory.mktemp("adapters"), digits_zoo)
+
+
+@pytest.fixture(scope="session")
 def ingredients(digits_zoo) -> list[Path]:
     """The five fine-tunes of one base: soup ingredients."""
     from zoo.registry import load_zoo

@@ -10,6 +10,9 @@ before the merge engine asks for it, a few tensors at a time (``zoo.kit.members.
 merge keeps the engine's memory bound. Adapters of any rank and of any target modules merge: a module an
 adapter does not touch is the base's (a delta of zero).
 
+Written (``--format adapter``, ``adapter_output``): a merge as one LoRA adapter of the base, by an SVD of each
+merged delta; this format's ``output_options``, ``check_output`` and ``from_full`` lead there.
+
 Merged here: LoRA on linear layers (and 1×1 convolutions), with or without rsLoRA, ``alpha_pattern`` and
 ``rank_pattern``. Refused, naming what: other PEFT methods (prompt tuning, IA³, LoHa, ...), DoRA, LoRA on
 embeddings or larger convolutions, trained LoRA biases.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +32,7 @@ import zoo
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.kit.members import Member
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
-PREFIX = "base_model.model."  # PEFT's name of the wrapped model in the adapter's tensor names
+from zoo.plugins.formats.peft_files import CONFIG, PREFIX, WEIGHTS  # noqa: F401  (their names, as before)
 
 
 def plus_delta(weight, lora_a, lora_b, *, scale: float):
@@ -47,6 +49,7 @@ class AdapterFormat(zoo.MemberFormat):
     library_name = "peft"
     hub_files = (CONFIG,)
     difference = True
+    output_option_names = ("rank", "energy")
 
     def claims(self, folder: Path, config: dict[str, Any]) -> bool:
         return not config and (folder / CONFIG).is_file()
@@ -80,6 +83,44 @@ class AdapterFormat(zoo.MemberFormat):
             raise zoo.BadInput(f"{who}: a PEFT adapter without its weights: no {WEIGHTS} beside {CONFIG} "
                                "(save it with PeftModel.save_pretrained)")
         return [folder / WEIGHTS]
+
+    # ---- writing a merge as an adapter (--format adapter): zoo.plugins.formats.adapter_output ---------------
+    def output_options(self, raw: dict[str, Any], *, base: str | None) -> dict[str, Any]:
+        from zoo.plugins.formats import adapter_output
+
+        if not base:
+            raise zoo.BadInput("--format adapter writes the merge as a difference to the base: pass --base SPEC, "
+                               "the model the adapters were trained on")
+        return adapter_output.output_options(raw)
+
+    def check_output(self, members: list[Member]) -> None:
+        from zoo.plugins.formats import adapter_output
+
+        if not any(adapter_output.is_adapter(m) for m in members):
+            raise zoo.BadInput("--format adapter merges LoRA adapters into one adapter, and no member is an "
+                               f"adapter ({', '.join(m.name for m in members)} are full models): leave --format "
+                               "out to write the full merged model")
+
+    def from_full(self, result, base: Member, options: dict[str, Any], ctx):
+        from zoo.plugins.formats import adapter_output
+
+        return adapter_output.from_full(result, base, options, ctx, fmt=self)
+
+    def write_config(self, folder: Path, config: dict[str, Any], like) -> None:
+        """An adapter output (``--format adapter``, ``adapter_output``): ``adapter_config.json``, and the weights
+        under PEFT's name (``adapter_model.safetensors``), with no ``config.json`` (a folder with one is a model)."""
+        (folder / CONFIG).write_text(json.dumps(config, indent=2))
+        written = folder / "model.safetensors"
+        if not written.is_file():
+            raise zoo.BadInput(f"a LoRA adapter is one {WEIGHTS}: leave --max-shard-size out with --format adapter")
+        written.rename(folder / WEIGHTS)
+        shutil.copymode(folder / CONFIG, folder / WEIGHTS)  # readable as the other files are (safetensors: 0600)
+
+    def usage(self, name: str) -> str | None:
+        return ("```python\nfrom peft import PeftModel\nimport zoo\n\nbase = zoo.load(\"BASE\")  # the --base this "
+                f"adapter was merged against\nmodel = PeftModel.from_pretrained(base, \"{name}\")\n```\n\n"
+                f"or `zoo eval {name} --data DIR`: the adapter on the base its adapter_config.json names (a Hub base by "
+                "its repo, a local one by its folder's name alone: edit `base_model_name_or_path` to its path).")
 
     def architecture(self, member: Member) -> str:
         return f"LoRA adapter (r={member.config.get('r')})"

@@ -122,6 +122,7 @@ class Request:
     dtype: str | None = None
     recipe_file: dict[str, Any] | None = None
     format: str | None = None  # the output's member format (--format); default: the members'
+    output_options: dict[str, Any] | None = None  # a difference format's output options (--format adapter: -o rank=)
 
     @property
     def checkpoints(self) -> Path | None:
@@ -185,6 +186,9 @@ def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None
     from zoo.api import tasks as _tasks
 
     eval_all, eval_named = (None, dict(eval_data)) if isinstance(eval_data, dict) else _tasks.split_data(eval_data)
+    if given.get("format"):
+        _host.load(list(plugins))  # the formats plugins offer, --format's among them
+    options, output_options = _output_options(given.get("format"), options, base=given.get("base"))
     host, cls, options, opts, swept = check_request(
         strategy, options=options, plugins=plugins, base=given.get("base"), out=given.get("out"),
         force=given.get("force", False), push=given.get("push"), dtype=given.get("dtype"),
@@ -211,7 +215,8 @@ def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None
         raise BadInput("--resume needs --out: checkpoints are kept next to the output folder")
     return Request(strategy=strategy, host=host, cls=cls, options=options, opts=opts, swept=swept, specs=specs,
                    eval_data=eval_all, eval_named=eval_named, train_data=train_data, ood_data=ood_data,
-                   zoo_name=zoo_name, out=Path(out) if out is not None else None, **given)
+                   zoo_name=zoo_name, out=Path(out) if out is not None else None, output_options=output_options,
+                   **given)
 
 
 def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] | None = None
@@ -229,7 +234,11 @@ def resolve(request: Request, *, progress: Progress, log: Callable[[str], None] 
     base = _load_base(r.base, host, arch=r.arch, allow_pickle=r.allow_pickle) if r.base else None
     resolved = load_members(r.specs, host=host, arch=r.arch, allow_pickle=r.allow_pickle, progress=progress,
                             base=base)
-    resolved, base = in_one_format(resolved, base, strategy=r.strategy, cls=r.cls, wanted=r.format,
+    out_format = _difference_format(r.format)
+    if out_format is not None:  # the members are merged as full models, the output written as a difference
+        out_format.check_output(resolved)
+    resolved, base = in_one_format(resolved, base, strategy=r.strategy, cls=r.cls,
+                                   wanted=None if out_format is not None else r.format,
                                    log=log or (lambda message: None))
     dev = resolve_device(r.device)
     rank, world = distributed.setup(dev)
@@ -308,11 +317,15 @@ def write(request: Request, result: Combined, ctx: Context) -> Path:
     """Step 4: the result saved to ``out`` (:func:`save`) with the recipe that made it, the checkpoints of a
     finished run removed, and the folder pushed if asked."""
     r = request
+    out_format = _difference_format(r.format)
+    if out_format is not None:
+        result = out_format.from_full(result, ctx.base, r.output_options or {}, ctx)
     folder = save(result, r.out, host=r.host, force=r.force, eval_data=r.eval_data, max_shard_size=r.max_shard_size,
                   zoo=r.zoo_name, train_data=r.train_data, ood_data=r.ood_data, seed=r.seed,
                   world_size=ctx.world_size, dtype=r.dtype, device=ctx.device.type, arch=r.arch,
                   **({"recipe_file": r.recipe_file} if r.recipe_file else {}),
-                  **({"format": r.format} if r.format else {}))
+                  **({"format": r.format} if r.format else {}),
+                  **({"output_options": r.output_options} if r.output_options else {}))
     if r.checkpoints is not None and r.checkpoints.exists():
         shutil.rmtree(r.checkpoints)  # the run is complete: its checkpoints are done with
     if r.push:
@@ -352,6 +365,8 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     output.check_shard_size(max_shard_size)
     host = _host.load(list(plugins))
     cls = host.strategy(strategy)
+    options, _ = _output_options(format, options, base=base)
+    _refuse_output_options(cls, options)
     if format is not None:
         from zoo.kit.members import named_format
 
@@ -375,6 +390,44 @@ def check_request(strategy: str, *, options: dict[str, Any] | None = None, plugi
     if push and out is None:
         raise BadInput("--push needs --out: the folder is written first, then uploaded")
     return host, cls, options, opts, swept
+
+
+def _difference_format(format: str | None):
+    """The member format named by ``--format`` when it is a difference to the base (``--format adapter``), else
+    None."""
+    if format is None:
+        return None
+    from zoo.kit.members import named_format
+
+    fmt = named_format(format)
+    return fmt if fmt.difference else None
+
+
+def _output_options(format: str | None, options: dict[str, Any] | None, *, base: str | None = None
+                    ) -> tuple[dict[str, Any], dict | None]:
+    """``--format`` of a difference format (``adapter``): its output options (``-o rank=``) taken out of the
+    strategy's and checked by the format (``MemberFormat.output_options``); other formats have none."""
+    options = dict(options or {})
+    fmt = _difference_format(format)
+    if fmt is None:
+        return options, None
+    raw = {k: options.pop(k) for k in fmt.output_option_names if k in options}
+    return options, fmt.output_options(raw, base=base)
+
+
+def _refuse_output_options(cls, options: dict[str, Any]) -> None:
+    """An output option (-o rank=) without the --format it belongs to, where the strategy has no such option:
+    say whose it is."""
+    import dataclasses
+
+    from zoo.kit.members import formats
+
+    mine = {f.name for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else set()
+    for fmt in formats():
+        for key in fmt.output_option_names:
+            if key in options and key not in mine:
+                raise BadInput(f"-o {key}= is an option of --format {fmt.name}'s output, not of the strategy: pass "
+                               f"--format {fmt.name} (and --base) to write the merge in it")
 
 
 def _check_merge_method(host, cls, strategy: str) -> None:

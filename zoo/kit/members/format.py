@@ -44,6 +44,9 @@ class MemberFormat:
     #: True for a format whose members are differences to a base (LoRA adapters): zoo applies each to its
     #: base (:meth:`base_of`, ``--base``) with :meth:`apply` before a strategy sees it
     difference: bool = False
+    #: for a difference format: the ``-o NAME=VALUE`` options of an output written in it (``--format adapter``'s
+    #: ``rank`` and ``energy``), taken out of the strategy's options and given to :meth:`output_options`
+    output_option_names: tuple[str, ...] = ()
 
     # ---- recognising and reading -----------------------------------------------------------
     def claims(self, folder: Path, config: dict[str, Any]) -> bool:
@@ -129,6 +132,22 @@ class MemberFormat:
         ``config.json`` (default) and any file a loader of this format reads (``like``: the member the
         output is shaped like, whose files may be copied)."""
         (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+    def output_options(self, raw: dict[str, Any], *, base: str | None) -> dict[str, Any]:
+        """A difference format's output options (``output_option_names``, as given), checked before any member
+        is read, with the ``--base`` spec (None without one); returns them parsed, as zoo.json records them."""
+        return {}
+
+    def check_output(self, members: list[Member]) -> None:
+        """Raise :class:`zoo.BadInput` unless ``members`` (resolved: differences applied to the base) can be
+        written in this difference format; called before the strategy runs."""
+
+    def from_full(self, result: Any, base: Member, options: dict[str, Any], ctx: Any) -> Any:
+        """A difference format's output: the strategy's ``result`` (a ``zoo.Combined`` whose state dict is the
+        full model, shaped like ``base``) as a difference to ``base`` — a ``Combined`` with this format's tensors
+        and config (``like``: anything whose ``format`` is this one), its card sections and report; ``ctx`` the
+        run's ``zoo.Context`` (data, device). zoo writes it as any result."""
+        raise NotImplementedError
 
     def usage(self, name: str) -> str | None:
         """How to load an output of this format, as the model card shows it (Markdown); None: timm's."""
