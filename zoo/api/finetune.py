@@ -137,10 +137,10 @@ def _lora_spec(lora, recipe: Recipe):
     if recipe.bn not in ("auto", "frozen"):
         raise BadInput(f"--lora --bn {recipe.bn}: an adapter cannot carry BatchNorm statistics, so LoRA keeps the "
                        "base's (frozen); leave --bn at auto")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        raise BadInput("--lora trains a PEFT adapter, and peft is not installed: pip install 'zoo[peft]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise BadInput("--lora trains a PEFT adapter, and peft is not installed: pip install 'zoo[peft]'")
     return spec
 
 
@@ -211,7 +211,6 @@ def write_adapter(model, result, member, out: Path, *, host, force: bool, log, e
     ``base_model_name_or_path`` the base's reference (:func:`base_reference`), zoo's README.md card (library
     peft, relation adapter) and zoo.json (the recipe, the history, the base pinned)."""
     import dataclasses
-    import json
 
     from zoo import __version__
     from zoo.api import card, local_sources
