@@ -201,3 +201,22 @@ def test_lora_on_a_transformers_vit_is_an_adapter_peft_loads(tmp_path, digits_zo
     assert (logits.argmax(1) == val.targets).float().mean().item() == pytest.approx(metrics["top1"])
     nll = torch.nn.functional.cross_entropy(logits, val.targets).item()
     assert nll == pytest.approx(metrics["nll"], rel=1e-4)  # the very logits zoo measured
+
+
+def test_lora_of_a_hub_base_names_its_repo_id(run, tmp_path, hub, zoo_cli):
+    """A Hub base is named by its repo id (and commit) in adapter_config.json and as the card's base_model, so
+    PEFT, the Hub's model tree and zoo all find it; zoo applies the adapter to it from the Hub."""
+    import zoo
+    from huggingface_hub import ModelCard
+
+    revision = hub.publish(run["base"], "lora-org/base")
+    out = tmp_path / "lora"
+    zoo_cli("finetune", "hf-hub:lora-org/base", "--train-data", run["train"], "--lora", "r=2", "--epochs", "1",
+            "--out", out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "lora-org/base" and config["revision"] == revision
+    card = ModelCard.load(out / "README.md").data
+    assert card.base_model == ["lora-org/base"] and card.base_model_relation == "adapter"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(zoo.load(str(out))(x), _peft_logits(run["base"], out, x)[1], atol=0, rtol=0)
