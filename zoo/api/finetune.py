@@ -152,8 +152,9 @@ def _finetune_lora(member, spec, train, held_out, classes: list[str], recipe: Re
     from zoo.kit.strategy import Combined
 
     if classes != list(member.label_names or []) or len(classes) != member.num_classes:
-        log(f"--lora: a new classifier for {len(classes)} classes, saved whole in the adapter (zoo applies "
-            "adapters whose classifier has the base's shape)")
+        log(f"--lora: a new classifier for {len(classes)} classes, saved whole in the adapter (the classes are in "
+            "its zoo.json); PEFT loads it onto the base with its classifier reset to them, while zoo eval and "
+            "combine apply adapters whose classifier has the base's shape only")
 
     def result_for(history: list[dict]) -> Combined:
         pinned = member.provenance()
