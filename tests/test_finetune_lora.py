@@ -52,7 +52,8 @@ def test_lora_output_is_a_peft_adapter_zoo_and_peft_apply_alike(run, val_dir):
     from huggingface_hub import ModelCard
 
     out = run["out"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "zoo.json"} <= {p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "zoo.json"} <= files
     assert not (out / "model.safetensors").exists()  # an adapter, not a full model
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
@@ -66,7 +67,7 @@ def test_lora_output_is_a_peft_adapter_zoo_and_peft_apply_alike(run, val_dir):
     assert not any(k.endswith(("running_mean", "running_var")) for k in tensors)  # BatchNorm stays the base's
 
     card = ModelCard.load(out / "README.md").data
-    assert card.library_name == "peft" and card.base_model_relation == "adapter"
+    assert card.library_name == "peft" and card.base_model is None  # a local base is no Hub repo to name
     recipe = json.loads((out / "zoo.json").read_text())
     history = recipe["report"]["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["step"] > history[0]["step"] > 0
@@ -216,7 +217,7 @@ def test_lora_of_a_hub_base_names_its_repo_id(run, tmp_path, hub, zoo_cli):
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "lora-org/base" and config["revision"] == revision
     card = ModelCard.load(out / "README.md").data
-    assert card.base_model == ["lora-org/base"] and card.base_model_relation == "adapter"
+    assert card.base_model == "lora-org/base" and card.base_model_relation == "adapter"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(zoo.load(str(out))(x), _peft_logits(run["base"], out, x)[1], atol=0, rtol=0)

@@ -167,8 +167,9 @@ def _finetune_lora(member, spec, train, held_out, classes: list[str], recipe: Re
     on_epoch = None
     if snapshots is not None:
         def on_epoch(epoch: int, model, rows: list[dict]) -> None:
+            quiet = log if epoch == 1 else (lambda message: None)  # say where the base is named once
             write_adapter(model, result_for(rows), member, snapshots / f"epoch-{epoch}", host=host, force=True,
-                          log=log if epoch == 1 else (lambda message: None), train_data=train_data, snapshot_of=out.name, device=dev.type)
+                          log=quiet, train_data=train_data, snapshot_of=out.name, device=dev.type)
 
     model, _, history = fit(member, train, classes, recipe, dev, progress=progress, log=log, ckpt_dir=ckpt_dir,
                             state=state, on_epoch=on_epoch, lora=spec, settings=settings)
@@ -236,7 +237,10 @@ def write_adapter(model, result, member, out: Path, *, host, force: bool, log, e
     shown = dataclasses.replace(result, members=scrub(result.members), options=scrub(result.options), usage=usage)
     model_card = card.build(shown, name=out.resolve().name, eval_data=scrub(eval_data), extra_sections=[])
     model_card.data.library_name = "peft"
-    model_card.data.base_model_relation = "adapter"
+    # the Hub's model tree: an adapter of the Hub repo it applies onto; a local base has none to name (its own
+    # lineage is not what the adapter applies onto)
+    model_card.data.base_model = member.repo_id or None
+    model_card.data.base_model_relation = "adapter" if member.repo_id else None
     peft_config = model.peft_config["default"]
     peft_config.base_model_name_or_path = reference
     peft_config.revision = member.revision if member.repo_id else None

@@ -297,8 +297,9 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
         if on_epoch is not None:
             on_epoch(epoch, model if adapter else state_on_cpu(model), list(rows))
 
+    recorded = settings if settings is not None else asdict(recipe)  # what --resume compares
     return training.train(model, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
-                          state=state, save_extra={"recipe": settings if settings is not None else asdict(recipe)}, numpy_rng=True, history=history,
+                          state=state, save_extra={"recipe": recorded}, numpy_rng=True, history=history,
                           on_epoch_end=snapshot, progress=progress, log=log)
 
 
