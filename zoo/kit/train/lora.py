@@ -1,7 +1,7 @@
 """LoRA fine-tuning through PEFT: ``zoo finetune --lora r=8,alpha=16,targets=qkv+proj``.
 
 The adapter is PEFT's own (``peft.get_peft_model`` with a ``LoraConfig``); zoo only chooses what it wraps and
-hands the wrapped model to the kit's one loop (``zoo.kit.train.recipe.fit``), so the optimizer, schedule,
+hands the wrapped model (``wrap_lora``) to the kit's one loop (``zoo.kit.train.recipe.fit``), so the optimizer, schedule,
 checkpoints and ``--resume`` are those of any fine-tune.
 
 - Targets: by default every ``nn.Linear`` and 1×1 convolution of the model except its classifier (the layers
@@ -154,7 +154,7 @@ def _examples(model, head: str) -> str:
     return ", ".join(list(dict.fromkeys(leaves))[:4]) or "none"
 
 
-def wrap(model, spec: LoraSpec, *, who: str):
+def wrap_lora(model, spec: LoraSpec, *, who: str):
     """``model`` wrapped by PEFT for ``spec``: only the LoRA matrices and the classifier train."""
     from peft import LoraConfig, get_peft_model
 

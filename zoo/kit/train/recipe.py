@@ -123,9 +123,9 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
             "statistics it has); pass --bn train to update them")
     model = model_for(member, len(classes), classes)
     if lora is not None:
-        from zoo.kit.train.lora import wrap
+        from zoo.kit.train.lora import wrap_lora
 
-        model = wrap(model, lora, who=member.name)
+        model = wrap_lora(model, lora, who=member.name)
     model = model.to(device)
     history: list[dict] = []
     if state is None and recipe.mode in ("lp", "lp-ft"):
