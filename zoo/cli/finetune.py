@@ -19,8 +19,9 @@ from zoo.kit.strategy.options import describe
 
 def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[int], linear_probe_first: bool,
                   eval_data: Optional[str], resume: bool, force: bool, device: str, arch: Optional[str],
-                  snapshots: Optional[str] = None, **recipe_fields: Any) -> None:
-    """Fine-tune a member (linear probe, full, or LP then FT); the output is a member."""
+                  snapshots: Optional[str] = None, lora: Optional[str] = None, **recipe_fields: Any) -> None:
+    """Fine-tune a member (linear probe, full, or LP then FT, or a LoRA adapter with --lora); the output is a
+    member."""
     from zoo.api.finetune import finetune as _finetune
     from zoo.kit.strategy.options import parse
 
@@ -35,7 +36,7 @@ def _run_finetune(member: str, train_data: str, out: str, num_classes: Optional[
     with progress() as bars:
         result = _finetune(member, train_data, out, recipe=recipe(), num_classes=num_classes, eval_data=eval_data,
                            resume=resume, force=force, device=device, arch=arch, progress=bars, log=say.print,
-                           plugins=state.plugins, snapshots=snapshots)
+                           plugins=state.plugins, snapshots=snapshots, lora=lora)
     say.print(wrote(out, result.metrics), highlight=False)
 
 _RUN_FLAGS = [
@@ -54,6 +55,13 @@ _RUN_FLAGS = [
     ("snapshots", Optional[str], typer.Option(None, "--snapshots", help="Also write the weights after every "
                                               "fine-tuning epoch as members DIR/epoch-N (to average them: "
                                               "zoo combine --strategy mwa).")),
+    ("lora", Optional[str], typer.Option(None, "--lora", help="Train a PEFT LoRA adapter instead of every weight: "
+                                         "r=N[,alpha=A,targets=NAME+NAME,dropout=P,rslora=true]. alpha defaults to "
+                                         "2·r; targets are module names or their ends (PEFT's rule), joined with "
+                                         "+; default: every linear layer and 1×1 convolution but the classifier. "
+                                         "The classifier is trained and saved whole (modules_to_save); BatchNorm "
+                                         "statistics stay the base's (an adapter cannot carry them). --out (and "
+                                         "--snapshots' epoch-N) are PEFT adapter folders.")),
 ]
 
 

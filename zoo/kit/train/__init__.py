@@ -2,7 +2,8 @@
 torchrun, the ``CHECKPOINT`` file name), ``resume_state`` for ``--resume``, the LP / FT / LP-FT recipe of
 ``zoo finetune`` (``Recipe``, ``fit``, ``model_for``, ``config_for``, ``class_names``), BatchNorm statistics
 (``has_batchnorm``, ``recompute_bn_stats``, ``freeze_bn_stats``), the diagonal Fisher
-(``diagonal_fisher``) and devices (``resolve_device``, ``autocast``, ``to_device``).
+(``diagonal_fisher``), devices (``resolve_device``, ``autocast``, ``to_device``) and LoRA through PEFT
+(``LoraSpec``, ``parse_lora``, ``wrap_lora``: ``zoo finetune --lora``; ``fit(..., lora=)``).
 """
 
 from zoo.kit._infra.exports import lazy
@@ -30,6 +31,9 @@ NAMES = {
     "to_device": "zoo.kit.train.device",
     "state_on_cpu": "zoo.kit.train.device",
     "recomputed_state": "zoo.kit.train.batchnorm",
+    "LoraSpec": "zoo.kit.train.lora",
+    "parse_lora": "zoo.kit.train.lora",
+    "wrap_lora": "zoo.kit.train.lora",
 }
 __all__ = sorted(NAMES)
 __getattr__ = lazy(__name__, NAMES)

@@ -47,21 +47,32 @@ def save(path: Path, state: dict) -> None:
             os.unlink(tmp)
 
 
-def training_state(epoch: int, model, opt, sched, scaler, gen, **extra) -> dict:
+def training_state(epoch: int, model, opt, sched, scaler, gen, *, only: set[str] | None = None, **extra) -> dict:
     """What a training loop checkpoints after ``epoch``: the model, optimizer, scheduler, loss scaler, the
-    data-order generator and torch's RNG, plus ``extra`` (history, settings, ...)."""
+    data-order generator and torch's RNG, plus ``extra`` (history, settings, ...). ``only``: the model's
+    entries to keep (the trained ones, when the rest is the start's and is re-made on resume: an adapter)."""
     import torch
 
-    return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+    weights = model.state_dict()
+    if only is not None:
+        weights = {k: v for k, v in weights.items() if k in only}
+    return {"epoch": epoch, "model": weights, "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(), **extra}
 
 
-def restore_training(state: dict, model, opt, sched, scaler, gen) -> int:
-    """Put a :func:`training_state` back; returns the number of epochs it had finished."""
+def restore_training(state: dict, model, opt, sched, scaler, gen, *, only: set[str] | None = None) -> int:
+    """Put a :func:`training_state` back; returns the number of epochs it had finished. ``only``: it holds
+    these entries of the model alone (the others are the start's, as the model already has them)."""
     import torch
 
-    model.load_state_dict(state["model"])
+    if only is None:
+        model.load_state_dict(state["model"])
+    else:
+        if set(state["model"]) != only:
+            raise BadInput("--resume: the checkpoint holds other trained weights than this run trains; resume "
+                           "with the same settings")
+        model.load_state_dict(state["model"], strict=False)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -47,6 +47,9 @@ class LoopOptions:
     min_lr_ratio: float = 0.01  # the schedule's floor and warmup start, as a fraction of lr
     amp: bool = True  # the grad scaler (CUDA only; the CPU trains in float32 whatever this says)
     freeze_bn: bool = False  # BatchNorm running statistics kept while training (scale and shift still learn)
+    # checkpoints hold only the parameters that require grad (the rest is the start's, re-made on resume: an
+    # adapter over a frozen base) — with freeze_bn, so that no buffer changes either
+    checkpoint_trainable: bool = False
     label: str = "train"  # the progress bar's: "LABEL epoch 2/5 · loss … · top-1 …"
     top1_note: str = ""  # the log line's: "train top-1{note}", e.g. " (labels)"
     history_tag: dict = field(default_factory=dict)  # leading fields of every history row, e.g. {"phase": "ft"}
@@ -126,9 +129,11 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
     sched = make_schedule(opt, options)
     scaler = grad_scaler(device) if options.amp else torch.amp.GradScaler("cuda", enabled=False)  # off: a pass-through
     history = list(history or [])
+    only = {name for name, p in module.named_parameters() if p.requires_grad} \
+        if options.checkpoint_trainable else None
     start = 0
     if state is not None:
-        start = checkpoint.restore_training(state, module, opt, sched, scaler, generator)
+        start = checkpoint.restore_training(state, module, opt, sched, scaler, generator, only=only)
         if numpy_rng:
             checkpoint.set_numpy_state(state["numpy_rng"])
         for name, obj in stateful.items():
@@ -191,7 +196,7 @@ def train(model, step: Callable[[Any], Step | Any | None], data: Callable[[int, 
             f"{row['train_top1']:.4f}")
         if checkpoint_dir is not None and rank == 0:
             checkpoint.save(Path(checkpoint_dir) / CHECKPOINT, checkpoint.training_state(
-                epoch + 1, module, opt, sched, scaler, generator, history=history, **(save_extra or {}),
+                epoch + 1, module, opt, sched, scaler, generator, only=only, history=history, **(save_extra or {}),
                 **({"numpy_rng": checkpoint.numpy_state()} if numpy_rng else {}),
                 **{name: obj.state_dict() for name, obj in stateful.items()}))
         distributed.barrier()

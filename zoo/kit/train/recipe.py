@@ -100,31 +100,46 @@ def linear_probed(member, classes: list[str]) -> bool:
 
 
 def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, log, ckpt_dir: Path | None = None,
-        state: dict | None = None, on_epoch=None) -> tuple[dict, dict, list[dict]]:
+        state: dict | None = None, on_epoch=None, lora=None, settings: dict | None = None
+        ) -> tuple[Any, dict, list[dict]]:
     """Train ``member`` on the split ``train`` as ``recipe`` says: (state dict, timm config, history).
 
-    With ``ckpt_dir``, a checkpoint after every fine-tuning epoch; ``state`` is one to resume.
+    With ``ckpt_dir``, a checkpoint after every fine-tuning epoch; ``state`` is one to resume; ``settings``:
+    what the checkpoint records for ``--resume`` to compare (default: the recipe).
     ``on_epoch(epoch, state_dict, history)``: after each fine-tuning epoch, the weights (a CPU copy) and
     the history so far (``zoo finetune --snapshots``).
+    ``lora`` (a ``zoo.kit.train.lora.LoraSpec``): train a PEFT LoRA adapter and the classifier instead of every
+    parameter (``recipe.mode`` ft), BatchNorm statistics kept; the first item returned is then the PEFT model,
+    and ``on_epoch`` receives it in place of a state dict (to ``save_pretrained`` it).
     """
     import torch
 
     torch.manual_seed(recipe.seed)
-    bn = recipe.bn_for(member, classes)
-    if recipe.bn == "auto" and recipe.mode == "ft" and bn == "frozen":
+    if lora is not None and recipe.mode != "ft":
+        raise BadInput(f"--lora trains an adapter and the classifier together; --mode {recipe.mode} does not apply")
+    bn = "frozen" if lora is not None else recipe.bn_for(member, classes)
+    if lora is None and recipe.bn == "auto" and recipe.mode == "ft" and bn == "frozen":
         log(f"--bn auto: frozen, since {member.name} is a linear probe (its head was fit on the BatchNorm "
             "statistics it has); pass --bn train to update them")
-    model = model_for(member, len(classes), classes).to(device)
+    model = model_for(member, len(classes), classes)
+    if lora is not None:
+        from zoo.kit.train.lora import wrap_lora
+
+        model = wrap_lora(model, lora, who=member.name)
+    model = model.to(device)
     history: list[dict] = []
     if state is None and recipe.mode in ("lp", "lp-ft"):
         history = _linear_probe(model, train, recipe, device, progress)
     if recipe.mode in ("ft", "lp-ft") and recipe.epochs:
         history = _fine_tune(model, _epochs_of(member, train, recipe, device), len(train), recipe, device, progress,
-                             ckpt_dir, state, log, history, on_epoch=on_epoch, freeze_bn=bn == "frozen")
+                             ckpt_dir, state, log, history, on_epoch=on_epoch, freeze_bn=bn == "frozen",
+                             settings=settings, adapter=lora is not None)
         if bn == "recompute":
             from zoo.kit.train.batchnorm import recompute_bn_stats
 
             recompute_bn_stats(model, train, BN_BATCHES, device, batch_size=recipe.batch_size, seed=recipe.seed)
+    if lora is not None:
+        return model.eval(), config_for(member, classes), history
     return state_on_cpu(model), config_for(member, classes), history
 
 
@@ -224,8 +239,11 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
 
 
 def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progress, ckpt_dir: Path | None,
-               state, log, history: list[dict], on_epoch=None, freeze_bn: bool = False) -> list[dict]:
-    """Train every parameter (zoo.kit.train.loop); a checkpoint after each epoch. Returns the whole history (LP epochs too)."""
+               state, log, history: list[dict], on_epoch=None, freeze_bn: bool = False, settings: dict | None = None,
+               adapter: bool = False) -> list[dict]:
+    """Train every parameter that requires grad (zoo.kit.train.loop); a checkpoint after each epoch. Returns the
+    whole history (LP epochs too). ``adapter``: the model is a PEFT model over a frozen base; checkpoints hold
+    its trained parameters alone and ``on_epoch`` receives the model itself."""
     import numpy as np
     import torch
     from timm.data import Mixup
@@ -270,17 +288,18 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
     # the start's running statistics stay with bn=frozen; BatchNorm's scale and shift still learn
     options = training.LoopOptions(epochs=recipe.epochs, lr=recipe.lr, steps_per_epoch=steps_per_epoch,
                                    weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
-                                   freeze_bn=freeze_bn, label="fine-tune",
-                                   history_tag={"phase": "ft"})
+                                   freeze_bn=freeze_bn, label="LoRA fine-tune" if adapter else "fine-tune",
+                                   checkpoint_trainable=adapter, history_tag={"phase": "ft"})
     rows = list(state["history"] if state is not None else history)
 
     def snapshot(epoch: int, row: dict) -> None:
         rows.append(row)
         if on_epoch is not None:
-            on_epoch(epoch, state_on_cpu(model), list(rows))
+            on_epoch(epoch, model if adapter else state_on_cpu(model), list(rows))
 
+    recorded = settings if settings is not None else asdict(recipe)  # what --resume compares
     return training.train(model, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
-                          state=state, save_extra={"recipe": asdict(recipe)}, numpy_rng=True, history=history,
+                          state=state, save_extra={"recipe": recorded}, numpy_rng=True, history=history,
                           on_epoch_end=snapshot, progress=progress, log=log)
 
 
