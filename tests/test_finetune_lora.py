@@ -167,8 +167,8 @@ def test_lora_on_a_transformers_vit_is_an_adapter_peft_loads(tmp_path, digits_zo
     """A transformers ViTForImageClassification base (small, saved by save_pretrained): the default targets are
     its attention and MLP linear layers, and the adapter PEFT loads onto the base scores the held-out images
     as zoo measured the trained model (the same logits). The adapter keeps PEFT's module names (this
-    transformers' own), which zoo's adapter format does not yet map to the base's file names: zoo eval of it
-    is left to that format."""
+    transformers' own, which differ from the files' in transformers 5): zoo maps them to the base's tensor
+    names, and zoo.load of the adapter gives PEFT's logits."""
     from peft import PeftModel
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -202,6 +202,11 @@ def test_lora_on_a_transformers_vit_is_an_adapter_peft_loads(tmp_path, digits_zo
     assert (logits.argmax(1) == val.targets).float().mean().item() == pytest.approx(metrics["top1"])
     nll = torch.nn.functional.cross_entropy(logits, val.targets).item()
     assert nll == pytest.approx(metrics["nll"], rel=1e-4)  # the very logits zoo measured
+    from zoo.api.combine import whole
+
+    applied = whole(zoo.load_member(str(out)), zoo.load_member(str(base)))  # named by its folder's name alone
+    with torch.no_grad():
+        torch.testing.assert_close(applied.create_model()(val.images), logits, atol=1e-4, rtol=0)
 
 
 def test_lora_of_a_hub_base_names_its_repo_id(run, tmp_path, hub, zoo_cli):
@@ -221,3 +226,32 @@ def test_lora_of_a_hub_base_names_its_repo_id(run, tmp_path, hub, zoo_cli):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(zoo.load(str(out))(x), _peft_logits(run["base"], out, x)[1], atol=0, rtol=0)
+
+
+def test_an_adapter_for_new_classes_opens_with_its_own_head(tmp_path, digits_zoo, zoo_cli):
+    """Three of the ten digits as the class folders: a new head (3 rows) saved whole in the adapter; zoo
+    applies it onto its 10-class base as a 3-class model with the adapter's class names, the logits PEFT
+    gives on a base whose head was reset the same way."""
+    from peft import PeftModel
+
+    import zoo
+
+    source = digits_zoo / "data" / "train"
+    for digit in ("3", "5", "8"):
+        (tmp_path / "three" / digit).mkdir(parents=True)
+        for image in sorted((source / digit).iterdir())[:6]:
+            (tmp_path / "three" / digit / image.name).symlink_to(image)
+    out = tmp_path / "lora3"
+    zoo_cli("finetune", digits_zoo / "members" / "base", "--train-data", tmp_path / "three", *LORA, "--epochs", "1",
+            "--out", out)
+    member = zoo.load_member(str(out))
+    from zoo.api.combine import whole
+
+    applied = whole(member, zoo.load_member(str(digits_zoo / "members" / "base")))
+    assert applied.num_classes == 3 and applied.label_names == ["3", "5", "8"]
+    base_model = zoo.load_member(str(digits_zoo / "members" / "base")).create_model()
+    base_model.reset_classifier(3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        theirs = PeftModel.from_pretrained(base_model, str(out)).eval().merge_and_unload()(x)
+        torch.testing.assert_close(applied.create_model()(x), theirs, atol=1e-5, rtol=0)

@@ -136,28 +136,60 @@ class AdapterFormat(zoo.MemberFormat):
             local = (member.root / spec)
             if local.exists():
                 return str(local.resolve())
-        return spec if Path(spec).exists() or spec.startswith("hf-hub:") else f"hf-hub:{spec}"
+        if Path(spec).exists() or spec.startswith("hf-hub:"):
+            return spec
+        repo, _, _ = spec.partition("@")
+        if repo.count("/") == 1 and all(repo.split("/")):
+            return f"hf-hub:{spec}"  # a Hub repo id, as PEFT writes it
+        raise zoo.BadInput(f"adapter {member.name}: its adapter_config.json names its base {spec!r}, neither a folder "
+                           "here nor a Hub repo (ORG/NAME); give the model it was trained on with --base")
 
     def apply(self, member: Member, base: Member) -> Member:
         from zoo.kit.members import derived, joined
 
         loras, whole = self._parts(member)
-        self._check_fits(member, base, loras, whole)
+        loras, whole = self._in_file_names(loras, whole, base)
+        heads = self._check_fits(member, base, loras, whole)
         rules = []
         for key in base.keys():
             module = key[: -len(".weight")] if key.endswith(".weight") else None
             if module in loras:
                 a, b = loras[module]["A"], loras[module]["B"]
-                scale = self._scale(member.config, module, rank=member.shape(a)[0])
+                scale = self._scale(member.config, loras[module]["name"], rank=member.shape(a)[0])
                 rules.append((key, (f"base/{key}", f"adapter/{a}", f"adapter/{b}"), partial(plus_delta, scale=scale)))
             elif key in whole:
                 rules.append((key, (f"adapter/{whole[key]}",), None))
             else:
                 rules.append((key, (f"base/{key}",), None))
+        config = dict(base.config)
+        if heads:  # trained on other classes: the base's model with the adapter's head
+            config = base.format.output_config(base, label_names=self._classes(member, heads))
         source = joined({"base": base, "adapter": member}, main="adapter")
-        return derived(source, rules, config=dict(base.config), format=base.format,
-                       preprocessing=base.preprocessing,
+        return derived(source, rules, config=config, format=base.format,
+                       preprocessing=base.carried_preprocessing(),
                        note={"adapter_of": base.name, "lora_modules": len(loras)})
+
+    @staticmethod
+    def _in_file_names(loras: dict, whole: dict, base: Member) -> tuple[dict, dict]:
+        """The adapter's modules (named as the model names them: PEFT saves what it wraps) under the base's
+        tensor names (``MemberFormat.file_names``: transformers 5 renames some modules when it loads)."""
+        names = base.format.file_names(base)
+        if not names:
+            return {m: {**pair, "name": m} for m, pair in loras.items()}, whole
+        out = {}
+        for module, pair in loras.items():
+            weight = names.get(f"{module}.weight", f"{module}.weight")
+            out[weight[: -len(".weight")]] = {**pair, "name": module}
+        return out, {names.get(k, k): v for k, v in whole.items()}
+
+    @staticmethod
+    def _classes(member: Member, rows: int) -> list[str]:
+        """The class names of an adapter trained on other classes than its base's: zoo's record of them (its
+        zoo.json, ``zoo finetune --lora``), else the class indices."""
+        classes = ((member.recipe() or {}).get("report") or {}).get("classes")
+        if isinstance(classes, list) and len(classes) == rows:
+            return [str(c) for c in classes]
+        return [str(i) for i in range(rows)]
 
     # ---- reading an adapter's tensors ----------------------------------------------------------------------
     def _parts(self, member: Member) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -182,8 +214,9 @@ class AdapterFormat(zoo.MemberFormat):
                 raise zoo.BadInput(f"member {member.name}: LoRA module {module!r} has lora_{''.join(pair)} alone")
         return loras, whole
 
-    def _check_fits(self, member: Member, base: Member, loras: dict, whole: dict) -> None:
-        """The adapter's modules and whole tensors against the base, by name and by shape, from the headers."""
+    def _check_fits(self, member: Member, base: Member, loras: dict, whole: dict) -> int:
+        """The adapter's modules and whole tensors against the base, by name and by shape, from the headers.
+        Returns the adapter's class count when its head is for other classes than the base's, else 0."""
         who = f"adapter {member.name} does not fit the base {base.name}"
         keys = set(base.keys())
         for module, pair in sorted(loras.items()):
@@ -198,13 +231,18 @@ class AdapterFormat(zoo.MemberFormat):
             if len(a) < 2 or len(b) < 2 or (b[0], a[1]) != tuple(w[:2]) or b[1] != a[0]:
                 raise zoo.BadInput(f"{who}: {module!r} is {tuple(w)} in the base, its LoRA A {tuple(a)} and B "
                                    f"{tuple(b)}")
+        head, rows = set(base.head_keys()), set()
         for key, theirs in sorted(whole.items()):
             if key not in keys:
                 raise zoo.BadInput(f"{who}: it saves {key!r} whole, which the base does not have")
-            if base.shape(key) != member.shape(theirs):
-                raise zoo.BadInput(f"{who}: {key!r} is {tuple(base.shape(key))} in the base, "
-                                   f"{tuple(member.shape(theirs))} in the adapter (another head? merge adapters "
-                                   "with the same classes)")
+            mine, their_shape = tuple(base.shape(key)), tuple(member.shape(theirs))
+            if mine != their_shape:
+                if key not in head or mine[1:] != their_shape[1:]:
+                    raise zoo.BadInput(f"{who}: {key!r} is {mine} in the base, {their_shape} in the adapter")
+                rows.add(their_shape[0])  # a head for other classes (zoo finetune --lora on new class folders)
+        if len(rows) > 1:
+            raise zoo.BadInput(f"{who}: its head's tensors disagree on the number of classes ({sorted(rows)})")
+        return rows.pop() if rows else 0
 
     @staticmethod
     def _scale(config: dict[str, Any], module: str, *, rank: int) -> float:

@@ -12,6 +12,7 @@ is read through transformers' image processor and handed to zoo as timm's ``pret
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +202,10 @@ class TransformersFormat(zoo.MemberFormat):
                        preprocessing=keep if to.name != "timm" else None,
                        note={"converted_to": to.name})
 
+    def file_names(self, member: Member) -> dict[str, str]:
+        """Built on the meta device (no weights, no init): transformers' renaming of this class's modules."""
+        return {k: v for k, v in _file_names(json.dumps(member.config, sort_keys=True)).items() if k != v}
+
     def output_config(self, like: Member, *, label_names: list[str]) -> dict[str, Any]:
         return {**like.config, "id2label": {str(i): n for i, n in enumerate(label_names)},
                 "label2id": {n: i for i, n in enumerate(label_names)}}
@@ -227,6 +232,19 @@ def classifier_path(config: dict[str, Any]) -> str:
     """The classifier module's name: transformers' image classifiers call it ``classifier`` (``check_member``
     refuses a member without one)."""
     return "classifier"
+
+
+@lru_cache(maxsize=16)
+def _file_names(config_json: str) -> dict[str, str]:
+    import torch
+
+    from zoo.plugins.formats.face import faced
+
+    config = json.loads(config_json)
+    with torch.device("meta"):
+        model = faced(_model_class(config), classifier_path(config))(hf_config(config))
+    model.learn_file_names()
+    return dict(model._file_names)
 
 
 def _headless(config: dict[str, Any]) -> bool:

@@ -99,6 +99,12 @@ class MemberFormat:
         head a multi-task merge keeps apart and a fine-tune replaces."""
         raise NotImplementedError
 
+    def file_names(self, member: Member) -> dict[str, str]:
+        """The member's tensor names by the names its model gives those parameters, where the two differ
+        (transformers 5 renames some modules when it loads); empty (default): they are the same. What a
+        PEFT adapter, saved under the model's names, is matched against the member's files by."""
+        return {}
+
     def create_model(self, member: Member, state_dict: dict[str, torch.Tensor] | None = None):
         """The member as a torch module in eval mode (see the class docstring), holding ``state_dict``
         (default: the member's own weights)."""

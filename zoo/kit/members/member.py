@@ -58,7 +58,7 @@ class Member:
         if like is None:
             return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors))
         return cls(name=name, spec=spec or name, config=config, weight_files=[], _tensors=dict(tensors),
-                   format=like.format, preprocessing=like.preprocessing or _preprocessing_of(like))
+                   format=like.format, preprocessing=like.carried_preprocessing())
 
     # ---- what it is -------------------------------------------------------------------
     def recipe(self) -> dict[str, Any] | None:
@@ -90,6 +90,17 @@ class Member:
     @property
     def label_names(self) -> list[str] | None:
         return self.format.label_names(self)
+
+    def carried_preprocessing(self) -> dict[str, Any] | None:
+        """What a member made from this one (in memory, or an adapter applied to it) carries of its
+        preprocessing: nothing for timm's, whose config holds it; else the ``pretrained_cfg`` keys its format
+        read from files beside the config, which the new member's folder does not have."""
+        if self.preprocessing:
+            return dict(self.preprocessing)
+        if self.format.name == "timm":
+            return None
+        cfg = self.pretrained_cfg
+        return {k: cfg[k] for k in PREPROCESSING if k in cfg}
 
     @property
     def model_args(self) -> dict[str, Any]:
@@ -266,15 +277,6 @@ class Member:
 
 #: the pretrained_cfg keys that say how images are prepared
 PREPROCESSING = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-
-
-def _preprocessing_of(member: Member) -> dict[str, Any] | None:
-    """A member's preprocessing when its format reads it from files beside its config (a member made in
-    memory from it has none of those files); None for timm's, which the config itself carries."""
-    if member.format.name == "timm":
-        return None
-    cfg = member.pretrained_cfg
-    return {k: cfg[k] for k in PREPROCESSING if k in cfg}
 
 
 def all_finite(t) -> bool:

@@ -72,8 +72,20 @@ class TimmFormat(MemberFormat):
         return model.eval()
 
     def output_config(self, like: Member, *, label_names: list[str]) -> dict[str, Any]:
-        cfg = {**self.pretrained_cfg(like), "num_classes": len(label_names), "label_names": list(label_names)}
-        return {**like.config, "num_classes": len(label_names), "pretrained_cfg": cfg}
+        """``like``'s config relabelled for ``label_names`` everywhere timm reads a class count."""
+        classes = list(label_names)
+        config = dict(like.config)
+        config["num_classes"] = len(classes)
+        config["label_names"] = classes
+        if "num_classes" in config.get("model_args", {}):
+            # timm's loader passes model_args to the constructor: a stale count there makes it build the old
+            # head and silently drop the trained one when the shapes differ
+            config["model_args"] = {**config["model_args"], "num_classes": len(classes)}
+        pretrained_cfg = {**like.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
+        if classes != like.label_names:
+            pretrained_cfg.pop("label_descriptions", None)  # they describe the member's classes, not these
+        config["pretrained_cfg"] = pretrained_cfg
+        return config
 
 
 def classifier_names(arch: str, who: str) -> list[str]:

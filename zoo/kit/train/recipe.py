@@ -144,22 +144,9 @@ def fit(member, train, classes: list[str], recipe: Recipe, device, *, progress, 
 
 
 def config_for(member, classes: list[str]) -> dict:
-    """The member's config, relabelled for ``classes`` everywhere its loader reads a class count (timm's;
-    another format's through its ``output_config``)."""
-    if member.format.name != "timm":
-        return member.format.output_config(member, label_names=classes)
-    config = dict(member.config)
-    config["num_classes"] = len(classes)
-    config["label_names"] = classes
-    if "num_classes" in config.get("model_args", {}):
-        # timm's loader passes model_args to the constructor: a stale count there makes it build the old
-        # head and silently drop the trained one when the shapes differ
-        config["model_args"] = {**config["model_args"], "num_classes": len(classes)}
-    pretrained_cfg = {**member.pretrained_cfg, "num_classes": len(classes), "label_names": classes}
-    if classes != member.label_names:
-        pretrained_cfg.pop("label_descriptions", None)  # they describe the member's classes, not these
-    config["pretrained_cfg"] = pretrained_cfg
-    return config
+    """The member's config, relabelled for ``classes`` everywhere its loader reads a class count (its format's
+    ``output_config``)."""
+    return member.format.output_config(member, label_names=classes)
 
 
 def _epochs_of(member, train, recipe: Recipe, device):
