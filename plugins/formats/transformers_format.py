@@ -280,15 +280,22 @@ def preprocessing(folder: Path | None, config: dict[str, Any]) -> dict[str, Any]
     if path is None or not path.is_file():
         return {"input_size": (channels, *size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                 "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash"}
+    stat = path.stat()  # read once per file version: a member's preprocessing is asked for often
+    return dict(_processor_cfg(str(folder), stat.st_mtime_ns, stat.st_size, channels, size))
+
+
+@lru_cache(maxsize=64)
+def _processor_cfg(folder: str, mtime_ns: int, file_size: int, channels: int, size: tuple) -> dict[str, Any]:
+    """``preprocessing`` of one version of a folder's preprocessor_config.json (see there)."""
     from transformers import AutoImageProcessor
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # only the values are read here: its notes on backends are not for the user
     try:
-        proc = AutoImageProcessor.from_pretrained(str(folder))
+        proc = AutoImageProcessor.from_pretrained(folder)
     except Exception as e:
-        raise zoo.BadInput(f"{folder / PREPROCESSOR}: transformers cannot read it ({type(e).__name__}: {e})") from None
+        raise zoo.BadInput(f"{Path(folder) / PREPROCESSOR}: transformers cannot read it ({type(e).__name__}: {e})") from None
     finally:
         hf_logging.set_verbosity(level)
     resize = dict(getattr(proc, "size", None) or {})
