@@ -41,6 +41,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from soup_memory import drop_caches  # noqa: E402  (the same page-cache eviction as the soup bench)
+
 READ = """
 import sys
 for p in sys.argv[1:]:
@@ -98,16 +101,6 @@ def make_members(n: int, work: Path) -> list[Path]:
         processor.save_pretrained(folder)
         print(f"  wrote {folder}", flush=True)
     return folders
-
-
-def drop_caches(files: list[Path]) -> None:
-    """Evict the files from the page cache where we may (posix_fadvise), so each run reads cold-ish."""
-    for p in files:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def measure(cmd: list[str], env: dict) -> tuple[float, float]:

@@ -72,3 +72,24 @@ def count_indices(shapes, pattern: str) -> int:
     while n in found:
         n += 1
     return n
+
+
+def check_model_args(timm_config: dict[str, Any], family: str, variants: dict, free: Iterable[str],
+                     neutral: dict[str, tuple]) -> dict[str, Any]:
+    """The ``model_args`` of a timm config of a covered variant (its name without the tag in ``variants``),
+    each either ``free`` (read from the tensors' shapes) or one of its ``neutral`` values (the function the
+    transformers twin computes); anything else raises NoConversion naming it."""
+    arch = timm_config["architecture"]
+    name = arch.split(".")[0]
+    if name not in variants:
+        raise NoConversion(f"timm's {arch} is not a {family} variant transformers can compute "
+                           f"(covered: {', '.join(variants)})")
+    args = dict(timm_config.get("model_args") or {})
+    for key, value in args.items():
+        if key in free:
+            continue
+        if key not in neutral:
+            raise NoConversion(f"timm's {arch} with model_args {key}={value!r}: not covered by the conversion")
+        if not any(value == ok for ok in neutral[key]):
+            raise NoConversion(f"timm's {arch} with {key}={value!r} has no transformers twin")
+    return args

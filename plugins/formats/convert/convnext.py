@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.plugins.formats.convert import Conversion, NoConversion, Rule
-from zoo.plugins.formats.convert.common import check_uses, count_indices as _count, hf_label_names as _hf_label_names
+from zoo.plugins.formats.convert.common import check_model_args, check_uses, count_indices as _count, hf_label_names as _hf_label_names
 from zoo.plugins.formats.convert.common import labels_or_placeholders as _labels
 
 
@@ -102,19 +102,7 @@ def _ones(like):
 def _check_timm_args(timm_config: dict[str, Any]) -> None:
     """Refuse the names and ``model_args`` whose difference the tensors' shapes do not show (eps, activation,
     pooling, dilation)."""
-    arch = timm_config["architecture"]
-    name = _name(arch)
-    if name not in _VARIANTS:
-        raise NoConversion(f"timm's {arch} is not a ConvNeXt variant transformers can compute "
-                           f"(covered: {', '.join(_VARIANTS)})")
-    args = dict(timm_config.get("model_args") or {})
-    for key, value in args.items():
-        if key in _FREE_ARGS:
-            continue
-        if key not in _NEUTRAL_ARGS:
-            raise NoConversion(f"timm's {arch} with model_args {key}={value!r}: not covered by the conversion")
-        if not any(value == ok for ok in _NEUTRAL_ARGS[key]):
-            raise NoConversion(f"timm's {arch} with {key}={value!r} has no transformers twin")
+    check_model_args(timm_config, "ConvNeXt", _VARIANTS, _FREE_ARGS, _NEUTRAL_ARGS)
 
 
 # ----------------------------------------------------------------------------------------- timm → transformers

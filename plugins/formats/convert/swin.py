@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from zoo.plugins.formats.convert import Conversion, NoConversion, Rule
-from zoo.plugins.formats.convert.common import check_uses, count_indices as _count, hf_label_names as _hf_label_names
+from zoo.plugins.formats.convert.common import check_model_args, check_uses, count_indices as _count, hf_label_names as _hf_label_names
 from zoo.plugins.formats.convert.common import labels_or_placeholders as _labels
 
 
@@ -165,20 +165,8 @@ def _check_stages(window: int, grid: int, stages: int, what: str) -> None:
 
 
 def _timm_args(timm_config: dict[str, Any]) -> dict[str, Any]:
-    arch = timm_config["architecture"]
-    name = _name(arch)
-    if name not in _VARIANTS:
-        raise NoConversion(f"timm's {arch} is not a Swin variant transformers can compute "
-                           f"(covered: {', '.join(_VARIANTS)})")
-    args = dict(timm_config.get("model_args") or {})
-    for key, value in args.items():
-        if key in _FREE_ARGS:
-            continue
-        if key not in _NEUTRAL_ARGS:
-            raise NoConversion(f"timm's {arch} with model_args {key}={value!r}: not covered by the conversion")
-        if not any(value == ok for ok in _NEUTRAL_ARGS[key]):
-            raise NoConversion(f"timm's {arch} with {key}={value!r} has no transformers twin")
-    return {**_COMMON, **_VARIANTS[name], **args}
+    args = check_model_args(timm_config, "Swin", _VARIANTS, _FREE_ARGS, _NEUTRAL_ARGS)
+    return {**_COMMON, **_VARIANTS[_name(timm_config["architecture"])], **args}
 
 
 # ----------------------------------------------------------------------------------------- timm → transformers
