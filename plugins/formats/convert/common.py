@@ -93,3 +93,21 @@ def check_model_args(timm_config: dict[str, Any], family: str, variants: dict, f
         if not any(value == ok for ok in neutral[key]):
             raise NoConversion(f"timm's {arch} with {key}={value!r} has no transformers twin")
     return args
+
+
+def closest_variant(wanted: dict[str, Any], variants: dict[str, dict], common: dict[str, Any]
+                    ) -> tuple[str, dict[str, Any]]:
+    """The covered timm name that needs the fewest ``model_args`` to build ``wanted``, and those args (each
+    variant's defaults: ``common`` updated by its own)."""
+    best = None
+    for name, own in variants.items():
+        defaults = {**common, **own}
+        diff = {k: v for k, v in wanted.items() if plain(defaults.get(k)) != plain(v)}
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best
+
+
+def plain(value):
+    """A tuple as the list JSON gives back (``model_args`` compare and are written so)."""
+    return list(value) if isinstance(value, (tuple, list)) else value

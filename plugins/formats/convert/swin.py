@@ -29,7 +29,8 @@ import re
 from typing import Any
 
 from zoo.plugins.formats.convert import Conversion, NoConversion, Rule
-from zoo.plugins.formats.convert.common import check_model_args, check_uses, count_indices as _count, hf_label_names as _hf_label_names
+from zoo.plugins.formats.convert.common import check_model_args, check_uses, closest_variant, plain
+from zoo.plugins.formats.convert.common import count_indices as _count, hf_label_names as _hf_label_names
 from zoo.plugins.formats.convert.common import labels_or_placeholders as _labels
 
 
@@ -261,21 +262,6 @@ def to_transformers(timm_config: dict[str, Any], shapes: dict[str, tuple[int, ..
 
 # ----------------------------------------------------------------------------------------- transformers → timm
 
-def _plain(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def _closest_variant(wanted: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The covered timm name that needs the fewest ``model_args`` to build ``wanted``, and those args."""
-    best = None
-    for name, own in _VARIANTS.items():
-        defaults = {**_COMMON, **own}
-        diff = {k: v for k, v in wanted.items() if _plain(defaults.get(k)) != _plain(v)}
-        if best is None or len(diff) < len(best[1]):
-            best = (name, diff)
-    return best
-
-
 def to_timm(hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Conversion:
     """The timm SwinTransformer that computes the transformers model's logits, and its tensors' rules
     (from the checkpoint's tensor names or the live module's)."""
@@ -345,9 +331,13 @@ def to_timm(hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Co
 
     wanted = dict(embed_dim=embed, depths=depths, num_heads=heads, window_size=window, img_size=img,
                   patch_size=patch, in_chans=chans, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
-    architecture, model_args = _closest_variant(wanted)
+    architecture, model_args = _closest(wanted)
     labels = _labels(_hf_label_names(hf_config), num_classes)
     config = {"architecture": architecture, "num_classes": num_classes,
-              "model_args": {k: _plain(v) for k, v in model_args.items()},
+              "model_args": {k: plain(v) for k, v in model_args.items()},
               "pretrained_cfg": {"label_names": labels}}
     return Conversion(config=config, rules=rules)
+
+
+def _closest(wanted: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return closest_variant(wanted, _VARIANTS, _COMMON)
