@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from . import NoConversion, Rule
+from . import Conversion, NoConversion, Rule
 
 
 def timm_labels(timm_config: dict[str, Any], n: int) -> list[str]:
@@ -111,3 +111,15 @@ def closest_variant(wanted: dict[str, Any], variants: dict[str, dict], common: d
 def plain(value):
     """A tuple as the list JSON gives back (``model_args`` compare and are written so)."""
     return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def timm_conversion(wanted: dict[str, Any], variants: dict[str, dict], common: dict[str, Any],
+                    hf_config: dict[str, Any], num_classes: int, rules: list[Rule]) -> Conversion:
+    """The conversion to timm: the closest covered variant with the ``model_args`` it needs for ``wanted``,
+    the class count and the transformers config's class names (placeholders where it has none)."""
+    architecture, model_args = closest_variant(wanted, variants, common)
+    labels = labels_or_placeholders(hf_label_names(hf_config), num_classes)
+    config = {"architecture": architecture, "num_classes": num_classes,
+              "model_args": {k: plain(v) for k, v in model_args.items()},
+              "pretrained_cfg": {"label_names": labels}}
+    return Conversion(config=config, rules=rules)

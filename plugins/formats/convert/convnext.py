@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.plugins.formats.convert import Conversion, NoConversion, Rule
-from zoo.plugins.formats.convert.common import check_model_args, check_uses, closest_variant, plain
-from zoo.plugins.formats.convert.common import count_indices as _count, hf_label_names as _hf_label_names
+from zoo.plugins.formats.convert.common import check_model_args, check_uses, timm_conversion
+from zoo.plugins.formats.convert.common import count_indices as _count
 from zoo.plugins.formats.convert.common import labels_or_placeholders as _labels
 
 
@@ -242,13 +242,4 @@ def to_timm(hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Co
     _check_uses(rules, shapes, what)
 
     wanted = dict(depths=depths, dims=dims, patch_size=stem[2], in_chans=stem[1], conv_mlp=False)
-    architecture, model_args = _closest(wanted)
-    labels = _labels(_hf_label_names(hf_config), num_classes)
-    config = {"architecture": architecture, "num_classes": num_classes,
-              "model_args": {k: plain(v) for k, v in model_args.items()},
-              "pretrained_cfg": {"label_names": labels}}
-    return Conversion(config=config, rules=rules)
-
-
-def _closest(wanted: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return closest_variant(wanted, _VARIANTS, _COMMON)
+    return timm_conversion(wanted, _VARIANTS, _COMMON, hf_config, num_classes, rules)

@@ -29,8 +29,8 @@ import re
 from typing import Any
 
 from zoo.plugins.formats.convert import Conversion, NoConversion, Rule
-from zoo.plugins.formats.convert.common import check_model_args, check_uses, closest_variant, plain
-from zoo.plugins.formats.convert.common import count_indices as _count, hf_label_names as _hf_label_names
+from zoo.plugins.formats.convert.common import check_model_args, check_uses, timm_conversion
+from zoo.plugins.formats.convert.common import count_indices as _count
 from zoo.plugins.formats.convert.common import labels_or_placeholders as _labels
 
 
@@ -331,13 +331,4 @@ def to_timm(hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Co
 
     wanted = dict(embed_dim=embed, depths=depths, num_heads=heads, window_size=window, img_size=img,
                   patch_size=patch, in_chans=chans, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
-    architecture, model_args = _closest(wanted)
-    labels = _labels(_hf_label_names(hf_config), num_classes)
-    config = {"architecture": architecture, "num_classes": num_classes,
-              "model_args": {k: plain(v) for k, v in model_args.items()},
-              "pretrained_cfg": {"label_names": labels}}
-    return Conversion(config=config, rules=rules)
-
-
-def _closest(wanted: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return closest_variant(wanted, _VARIANTS, _COMMON)
+    return timm_conversion(wanted, _VARIANTS, _COMMON, hf_config, num_classes, rules)
