@@ -117,6 +117,35 @@ def test_lora_snapshots_merge_by_mwa_as_the_weighted_mean_of_their_full_models(r
             torch.testing.assert_close(v, weights[0] * parts[0][k] + weights[1] * parts[1][k], atol=1e-6, rtol=1e-5)
 
 
+def test_mwa_reads_a_trainer_checkpoints_state(run, tmp_path, zoo_cli):
+    """Checkpoints as a transformers / PEFT ``Trainer`` leaves them (``checkpoint-N/``: the adapter and
+    ``trainer_state.json``, no zoo.json): MWA by step weighs them by ``global_step``, by loss by the last
+    training loss logged by then."""
+    import shutil
+
+    from zoo.plugins.merges.mwa import mwa_weights
+
+    checkpoints = []
+    for n, (step, losses) in enumerate([(10, [2.5, 2.0]), (20, [2.5, 2.0, 1.2, 0.9])]):
+        folder = tmp_path / "trainer" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy(run["run"] / f"epoch-{n + 1}" / name, folder / name)
+        (folder / "trainer_state.json").write_text(json.dumps({
+            "global_step": step, "epoch": float(n + 1),
+            "log_history": [{"loss": v, "step": 5 * (i + 1), "learning_rate": 1e-3} for i, v in enumerate(losses)]
+            + [{"train_runtime": 1.0, "step": step}]}))
+        checkpoints.append(folder)
+    members = sum((["-m", c] for c in checkpoints), [])
+    for by, metrics in (("step", [10, 20]), ("loss", [2.0, 0.9])):
+        out = tmp_path / f"mwa-{by}"
+        zoo_cli("combine", "-s", "mwa", *members, "--base", run["base"], "-o", f"by={by}", "-o", "penalty=2",
+                "--out", out)
+        report = json.loads((out / "zoo.json").read_text())["report"]["mwa"]
+        assert report["metrics"] == metrics and report["weights"] == pytest.approx(mwa_weights(metrics, by, 2.0))
+        assert "trainer_state.json" in report["source"]
+
+
 def test_interrupted_lora_run_resumes_to_the_same_adapter(run, tmp_path, zoo_cli):
     """Killed after the first checkpoint (which holds the adapter's trained tensors alone), resumed: the
     adapter of a run never interrupted (the fixture's, which had the same settings)."""

@@ -9,8 +9,9 @@ Merging via Metrics-Weighted Averaging").
 normalised to sum to 1; p = 0 is the uniform average, a larger p moves the weight towards the best
 (or last) checkpoint. The paper's exact formula could not be retrieved where zoo was written: this
 power form is ours (docs/algorithms.md says so). The metrics come from each member's ``zoo.json``
-training history (the last row ``zoo finetune`` wrote: its ``loss`` and ``step``), or from the
-``losses`` / ``steps`` options, one value per member.
+training history (the last row ``zoo finetune`` wrote: its ``loss`` and ``step``), from a transformers /
+PEFT ``Trainer`` checkpoint's ``trainer_state.json`` (its ``global_step`` and the last training loss logged
+by then), or from the ``losses`` / ``steps`` options, one value per member.
 """
 
 from __future__ import annotations
@@ -26,14 +27,35 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def metric_of(member, by: str) -> float | None:
-    """The training loss (or step) a member's zoo.json history ends with; None without one."""
+    """The training loss (or step) a member's zoo.json history ends with, else the one of a transformers /
+    PEFT ``Trainer`` checkpoint (its ``trainer_state.json``); None without either."""
     history = ((member.recipe() or {}).get("report") or {}).get("history") or []
     if not history:
-        return None
+        return trainer_metric(member, by)
     last = history[-1]
     if by == "loss":
         return last.get("loss")
     return last.get("step", last.get("epoch"))
+
+
+def trainer_metric(member, by: str) -> float | None:
+    """A ``Trainer`` checkpoint's (``checkpoint-N/``) step — its ``global_step`` — or its training loss: the last
+    ``loss`` logged in ``log_history`` at or before that step; None when the folder holds no trainer_state.json."""
+    import json
+
+    path = member.root / "trainer_state.json" if member.root is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise zoo.BadInput(f"member {member.name}: its trainer_state.json is not readable JSON ({e})") from None
+    step = state.get("global_step")
+    if by == "step":
+        return step
+    logged = [row for row in state.get("log_history") or []
+              if "loss" in row and (step is None or row.get("step", 0) <= step)]
+    return logged[-1]["loss"] if logged else None
 
 
 def mwa_weights(metrics: list[float], by: str, penalty: float) -> list[float]:
@@ -63,8 +85,10 @@ def prepare(members, base, options, ctx) -> dict:
             flag = "losses" if options.by == "loss" else "steps"
             raise zoo.BadInput(f"MWA weights checkpoints by their training {options.by}, but "
                                f"{', '.join(missing)} has no training history in its zoo.json (zoo finetune "
-                               f"writes one); give one value per member with -o {flag}=…")
-        source = "zoo.json training history"
+                               f"writes one) nor a Trainer's trainer_state.json; give one value per member with "
+                               f"-o {flag}=…")
+        from_zoo = all(((m.recipe() or {}).get("report") or {}).get("history") for m in members)
+        source = "zoo.json training history" if from_zoo else "training history (zoo.json, trainer_state.json)"
     bad = [m.name for m, v in zip(members, metrics) if not v > 0]
     if bad:
         raise zoo.BadInput(f"MWA: the training {options.by} of {', '.join(bad)} is not positive")
