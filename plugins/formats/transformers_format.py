@@ -23,8 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.kit.members import Member
 
 PREPROCESSOR = "preprocessor_config.json"
-#: the pretrained_cfg keys that say how images are prepared (what a conversion carries over)
-PREPROCESSING = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")  # as zoo.Member's
 #: PIL's resampling filters (what image processors store) by timm's interpolation names
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -186,6 +184,8 @@ class TransformersFormat(zoo.MemberFormat):
         except convert.NoConversion as e:
             raise zoo.BadInput(f"member {member.name}: {e}; give members in one format, or members of a family "
                                "with a conversion") from None
+        from zoo.kit.members import PREPROCESSING
+
         seen = member.pretrained_cfg
         keep = {k: seen[k] for k in PREPROCESSING if k in seen}
         config = dict(plan.config)

@@ -344,14 +344,14 @@ def _converted_header(config: Path, header: dict, to: str, who: str) -> dict:
     ``to``: the conversion run on meta tensors (shapes and dtypes, no data)."""
     import torch
 
-    from zoo.kit._infra.safetensors_reader import _DTYPES
+    from zoo.kit._infra.safetensors_reader import torch_dtype
     from zoo.kit.members import Member, convert, format_registry, named_format
     from zoo.kit.tensors.headers import header_of
 
     cfg = json.loads(config.read_text())
     fmt = format_registry.claim(config.parent, cfg, who)
     cfg = fmt.read_config(config.parent, cfg, who)
-    meta = {k: torch.empty(shape, dtype=getattr(torch, _DTYPES[dtype]), device="meta")
+    meta = {k: torch.empty(shape, dtype=torch_dtype(dtype), device="meta")
             for k, (shape, dtype) in header.items()}
     member = fmt.as_member(Member(name=who, spec=who, config=cfg, weight_files=[], _tensors=meta, format=fmt))
     return header_of(convert(member, named_format(to)))

@@ -12,6 +12,7 @@ from zoo.kit._infra.exports import lazy
 NAMES = {
     "Member": "zoo.kit.members.member",
     "derived": "zoo.kit.members.derived_member",
+    "PREPROCESSING": "zoo.kit.members.member",
     "joined": "zoo.kit.members.derived_member",
     "MemberFormat": "zoo.kit.members.format",
     "TimmFormat": "zoo.kit.members.timm_format",

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 from zoo.kit.members.member import Member
-from zoo.kit._infra.safetensors_reader import dtype_name
+from zoo.kit._infra.safetensors_reader import dtype_name, torch_dtype
 
 #: one tensor of a derived member: (its name, the source tensors it is made of, fn(*sources) or None for
 #: the one source as it is)
@@ -35,7 +35,7 @@ class DerivedMember(Member):
         import torch
 
         src = self.source
-        meta = {k: torch.empty(src.shape(k), dtype=_torch_dtype(src.dtype(k)), device="meta") for k in src.keys()}
+        meta = {k: torch.empty(src.shape(k), dtype=torch_dtype(src.dtype(k)), device="meta") for k in src.keys()}
         out = {}
         for key, (sources, fn) in self.rules.items():
             if key in self._hidden:
@@ -114,14 +114,6 @@ def joined(parts: dict[str, Member], *, main: str) -> JoinedMember:
 
 def _apply(fn, tensors):
     return tensors[0] if fn is None else fn(*tensors)
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    from zoo.kit._infra.safetensors_reader import _DTYPES
-
-    return getattr(torch, _DTYPES[name])
 
 
 def derived(source: Member, rules: Iterable[Rule], *, config: dict[str, Any], format: Any = None,
