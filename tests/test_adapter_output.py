@@ -92,6 +92,14 @@ def test_energy_chooses_each_rank_and_the_reported_error_is_peft_s(merges, adapt
     assert {"bn1", "blocks.3.0.conv_dw", "classifier"} <= set(report["saved_whole"])
 
 
+def test_reproduce_replays_the_output_options(merges, zoo_cli):
+    """zoo reproduce of a merged adapter re-runs it with its recorded ``-o energy=0.9`` (an option of the output,
+    not the strategy's): the same files, byte for byte."""
+    assert json.loads((merges / "energy" / "zoo.json").read_text())["output_options"]["energy"] == 0.9
+    done = zoo_cli("reproduce", merges / "energy")
+    assert "identical: adapter_config.json, adapter_model.safetensors" in done.stdout
+
+
 @pytest.mark.parametrize("case,words", [
     ("full-members", ["no member is an adapter", "leave --format out"]),
     ("no-base", ["--format adapter", "--base"]),

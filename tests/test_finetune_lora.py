@@ -192,6 +192,16 @@ def test_lora_refuses_what_an_adapter_cannot_be(tmp_path, run, zoo_cli, flags, w
     assert not (tmp_path / "out").exists()
 
 
+def test_reproduce_reruns_the_lora_fine_tune_byte_for_byte(run, zoo_cli):
+    """zoo reproduce of a --lora output trains the same adapter again (its --lora is in zoo.json): PEFT's files
+    byte for byte (adapter_config.json lists its target modules in one order on every run)."""
+    assert json.loads((run["out"] / "zoo.json").read_text())["options"]["lora"]["r"] == 4
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(run["root"])
+        done = zoo_cli("reproduce", "lora")
+    assert "identical: adapter_config.json, adapter_model.safetensors" in done.stdout
+
+
 def test_multi_task_adapters_are_written_as_one_adapter_per_task_with_its_own_head(run, tmp_path, zoo_cli):
     """Two LoRA fine-tunes with different heads (the run's, on the base's ten digits; one on five digits, a new
     head) merged with --multi-task --format adapter: each task is a PEFT adapter that, loaded by PEFT onto the

@@ -244,6 +244,8 @@ def write_adapter(model, result, member, out: Path, *, host, force: bool, log, e
     peft_config = model.peft_config["default"]
     peft_config.base_model_name_or_path = reference
     peft_config.revision = member.revision if member.repo_id else None
+    if isinstance(peft_config.target_modules, (set, frozenset)):  # PEFT writes a set in hash order: sorted, the
+        peft_config.target_modules = sorted(peft_config.target_modules)  # file is the same on every run
     with output.atomic_folder(out, force) as tmp:
         model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA of linear layers only
         (tmp / "zoo.json").write_text(published_json(recipe))

@@ -33,7 +33,7 @@ from zoo.kit.strategy.errors import BadInput
 from zoo.kit._infra.progress import Progress, Silent
 
 #: what a re-run is compared on: the weights and the config (the card and figures name the output folder)
-_COMPARED = ("config.json", "*.safetensors", "*.safetensors.index.json")
+_COMPARED = ("config.json", "adapter_config.json", "*.safetensors", "*.safetensors.index.json")
 
 
 @dataclass
@@ -102,7 +102,7 @@ def reproduce(output: str, *, out: str | Path | None = None, members: dict[str, 
             from zoo.api.combine import combine
 
             result = combine(recipe["strategy"], specs, base=base, eval_data=data["eval"],
-                             train_data=data["train"], ood_data=data["ood"], options=recipe.get("options") or {},
+                             train_data=data["train"], ood_data=data["ood"], options={**_given(recipe.get("output_options")), **(recipe.get("options") or {})},
                              out=target, force=force, device=device, arch=arch, allow_pickle=allow_pickle,
                              plugins=plugins, seed=int(recipe.get("seed") or 0), dtype=recipe.get("dtype"),
                              max_shard_size=recipe.get("max_shard_size"), format=recipe.get("format"),
@@ -258,6 +258,11 @@ def _recorded_device(env: dict) -> str:
     return recorded or "auto"
 
 
+def _given(output_options: dict | None) -> dict:
+    """The output options (``--format adapter``'s ``-o rank=``) a re-run gives again: those that were set."""
+    return {k: v for k, v in (output_options or {}).items() if v is not None}
+
+
 def _finetune(recipe: dict, specs: list[str], data: dict, out: Path, **kw):
     from zoo.api.finetune import finetune
     from zoo.kit.strategy import options as _options
@@ -265,8 +270,14 @@ def _finetune(recipe: dict, specs: list[str], data: dict, out: Path, **kw):
 
     if not data["train"]:
         raise BadInput("the output's zoo.json records no training data for its fine-tune")
-    fit = _options.parse(Recipe, recipe.get("options") or {}, strategy="finetune")
-    return finetune(specs[0], data["train"], out, recipe=fit, eval_data=data["eval"], **kw)
+    options = dict(recipe.get("options") or {})
+    lora = options.pop("lora", None)  # a LoRA run records its --lora beside the recipe
+    if lora is not None:
+        from zoo.kit.train.lora import LoraSpec
+
+        lora = LoraSpec(**{**lora, "targets": tuple(lora["targets"]) if lora.get("targets") is not None else None})
+    fit = _options.parse(Recipe, options, strategy="finetune")
+    return finetune(specs[0], data["train"], out, recipe=fit, eval_data=data["eval"], lora=lora, **kw)
 
 
 def compare(original: Path, again: Path) -> tuple[list[str], str | None]:
@@ -289,8 +300,16 @@ def compare(original: Path, again: Path) -> tuple[list[str], str | None]:
             if _same_config(a, b):
                 continue
             return sorted(mine), f"config.json: {_json_difference(a, b)}"
+        if name == "adapter_config.json":  # where the base is found depends on where the re-run writes
+            if _without(a, "base_model_name_or_path") == _without(b, "base_model_name_or_path"):
+                continue
+            return sorted(mine), f"adapter_config.json: {_json_difference(a, b)}"
         return sorted(mine), f"{name} differs"
     return sorted(mine), None
+
+
+def _without(path: Path, key: str) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != key}
 
 
 def _first_tensor_difference(a: Path, b: Path) -> str:
