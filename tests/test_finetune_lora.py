@@ -202,6 +202,29 @@ def test_reproduce_reruns_the_lora_fine_tune_byte_for_byte(run, zoo_cli):
     assert "identical: adapter_config.json, adapter_model.safetensors" in done.stdout
 
 
+def test_two_processes_with_gloo_train_the_adapter_one_process_does(run):
+    """torchrun, 2 CPU processes (gloo): each takes half of every global batch, DDP averages the gradients, and
+    (BatchNorm's statistics frozen, as LoRA keeps them) the adapter is the one-process run's up to the order of
+    float additions; rank 0 alone writes it."""
+    import subprocess
+    import sys
+
+    from hubserver import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "zoo", "--quiet",
+                           "finetune", "base", "--train-data", "data/train", *LORA, "--epochs", "2", "--out", "two"],
+                          capture_output=True, text=True, timeout=600, cwd=run["root"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load_file(run["out"] / "adapter_model.safetensors"), load_file(run["root"] / "two" /
+                                                                              "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+    assert max((one[k] - load_file(run["run"] / "epoch-1" / "adapter_model.safetensors")[k]).abs().max().item()
+               for k in one) > 1e-3  # the comparison can tell one epoch from two
+    assert json.loads((run["root"] / "two" / "zoo.json").read_text())["world_size"] == 2
+
+
 def test_multi_task_adapters_are_written_as_one_adapter_per_task_with_its_own_head(run, tmp_path, zoo_cli):
     """Two LoRA fine-tunes with different heads (the run's, on the base's ten digits; one on five digits, a new
     head) merged with --multi-task --format adapter: each task is a PEFT adapter that, loaded by PEFT onto the

@@ -64,6 +64,9 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     host = _host.load(list(plugins))
     member = load_member(member_spec, arch=arch, allow_pickle=allow_pickle, plugins=plugins)
     dev = resolve_device(device)
+    from zoo.kit._infra import distributed
+
+    rank, world = distributed.setup(dev)  # under torchrun: each process takes its share of every batch
     cfg = data_config(member.pretrained_cfg)
     train = load_split(train_data, cfg, label_names=classes, num_classes=len(classes), progress=progress)
     held_out = load_split(eval_data, cfg, label_names=classes, num_classes=len(classes),
@@ -71,11 +74,14 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
     if spec is not None:
         return _finetune_lora(member, spec, train, held_out, classes, recipe, settings, out, dev, host,
                               progress=progress, log=log, ckpt_dir=ckpt_dir, state=state, snapshots=snapshots,
-                              force=force, eval_data=eval_data, train_data=train_data, recipe_file=recipe_file)
+                              force=force, eval_data=eval_data, train_data=train_data, recipe_file=recipe_file,
+                              rank=rank, world=world)
 
     on_epoch = None
     if snapshots is not None:
         def on_epoch(epoch: int, weights: dict, rows: list[dict]) -> None:
+            if rank != 0:
+                return
             pinned = member.provenance()
             snap = Combined(state_dict=weights, config=config_for(member, classes),
                             report={"history": rows, "classes": classes}, strategy="finetune",
@@ -97,10 +103,13 @@ def finetune(member_spec: str, train_data: str, out: str | Path, *, recipe: Reci
         model = model_for(member, len(classes))
         model.load_state_dict(sd)
         result.metrics = evaluate_model(model.eval(), held_out, dev, extra=host.metrics()).as_dict()
+    if rank != 0:
+        return result  # rank 0 writes
     if history:
         result.figures["training.png"] = training_curves(history)
     save(result, out, host=host, force=force, eval_data=eval_data, train_data=train_data, device=dev.type,
-         arch=arch, **({"recipe_file": recipe_file} if recipe_file else {}))
+         arch=arch, **({"recipe_file": recipe_file} if recipe_file else {}),
+         **({"world_size": world} if world > 1 else {}))
     if ckpt_dir.exists():
         import shutil
 
@@ -146,15 +155,15 @@ def _lora_spec(lora, recipe: Recipe):
 
 def _finetune_lora(member, spec, train, held_out, classes: list[str], recipe: Recipe, settings: dict, out: Path,
                    dev, host, *, progress, log, ckpt_dir: Path, state, snapshots: Path | None, force: bool,
-                   eval_data: str | None, train_data: str, recipe_file: dict | None):
+                   eval_data: str | None, train_data: str, recipe_file: dict | None, rank: int = 0, world: int = 1):
     """The LoRA run: the kit's fit with a PEFT model, then the adapter folder (and one per epoch with
-    ``snapshots``)."""
+    ``snapshots``), written by rank 0 under torchrun."""
     from zoo.kit.strategy import Combined
 
     if classes != list(member.label_names or []) or len(classes) != member.num_classes:
         log(f"--lora: a new classifier for {len(classes)} classes, saved whole in the adapter (the classes are in "
-            "its zoo.json); PEFT loads it onto the base with its classifier reset to them, while zoo eval and "
-            "combine apply adapters whose classifier has the base's shape only")
+            "its zoo.json); PEFT loads it onto the base with its classifier reset to them, zoo applies it with "
+            "those classes")
 
     def result_for(history: list[dict]) -> Combined:
         pinned = member.provenance()
@@ -167,6 +176,8 @@ def _finetune_lora(member, spec, train, held_out, classes: list[str], recipe: Re
     on_epoch = None
     if snapshots is not None:
         def on_epoch(epoch: int, model, rows: list[dict]) -> None:
+            if rank != 0:
+                return
             quiet = log if epoch == 1 else (lambda message: None)  # say where the base is named once
             write_adapter(model, result_for(rows), member, snapshots / f"epoch-{epoch}", host=host, force=True,
                           log=quiet, train_data=train_data, snapshot_of=out.name, device=dev.type)
@@ -178,10 +189,13 @@ def _finetune_lora(member, spec, train, held_out, classes: list[str], recipe: Re
         from zoo.kit.measure.metrics import evaluate_model
 
         result.metrics = evaluate_model(model.eval(), held_out, dev, extra=host.metrics()).as_dict()
+    if rank != 0:
+        return result  # rank 0 writes
     if history:
         result.figures["training.png"] = training_curves(history)
     write_adapter(model, result, member, out, host=host, force=force, log=log, eval_data=eval_data,
-                  train_data=train_data, device=dev.type, **({"recipe_file": recipe_file} if recipe_file else {}))
+                  train_data=train_data, device=dev.type, **({"recipe_file": recipe_file} if recipe_file else {}),
+                  **({"world_size": world} if world > 1 else {}))
     if ckpt_dir.exists():
         import shutil
 

@@ -1,4 +1,4 @@
-"""Training: the one loop (``train``, its ``LoopOptions``, a ``Step``'s loss, ``ddp``/``unwrap`` under
+"""Training: the one loop (``train``, its ``LoopOptions``, a ``Step``'s loss, ``ddp``/``unwrap``/``share`` under
 torchrun, the ``CHECKPOINT`` file name), ``resume_state`` for ``--resume``, the LP / FT / LP-FT recipe of
 ``zoo finetune`` (``Recipe``, ``fit``, ``model_for``, ``config_for``, ``class_names``), BatchNorm statistics
 (``has_batchnorm``, ``recompute_bn_stats``, ``freeze_bn_stats``), the diagonal Fisher
@@ -15,6 +15,7 @@ NAMES = {
     "Step": "zoo.kit.train.loop",
     "ddp": "zoo.kit.train.loop",
     "unwrap": "zoo.kit.train.loop",
+    "share": "zoo.kit.train.loop",
     "CHECKPOINT": "zoo.kit.train.loop",
     "resume_state": "zoo.kit.train.checkpoint",
     "Recipe": "zoo.kit.train.recipe",

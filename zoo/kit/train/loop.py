@@ -90,6 +90,22 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def share(*tensors):
+    """This process's share of a global batch under torchrun (contiguous chunks, by rank), so that N processes
+    take the batch one process would; the tensors themselves with one process. None when the batch has fewer
+    items than processes (the same on every rank: skip the batch)."""
+    rank, world = _world()
+    if world <= 1:
+        return tensors
+    n = len(tensors[0])
+    if n < world:
+        return None
+    import torch
+
+    mine = torch.arange(n).chunk(world)[rank]
+    return tuple(t[mine.to(t.device)] for t in tensors)
+
+
 def unwrap(module):
     """The module inside a DistributedDataParallel wrapper (or ``module`` itself)."""
     return getattr(module, "module", module)

@@ -259,8 +259,13 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
                 return
             yield images, targets
 
+    trained = training.ddp(model)  # under torchrun: each process takes its share of every global batch
+
     def step(batch):
-        images, targets = batch
+        shared = training.share(*batch)
+        if shared is None:  # a last batch smaller than the number of processes
+            return None
+        images, targets = shared
         images, targets = to_device(images, device), targets.to(device)
         hard = targets
         if mixup is not None and len(targets) % 2 == 0:
@@ -268,7 +273,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
         elif mixup is not None:  # an odd final batch: soft targets without mixing
             targets = _smooth(targets, n_classes, recipe.label_smoothing)
         with autocast(device, True):
-            logits = model(images)
+            logits = trained(images)
             loss = criterion(logits.float(), targets)
         return training.Step(loss, n=len(hard), correct=int((logits.argmax(1) == hard).sum()))
 
@@ -285,7 +290,7 @@ def _fine_tune(model, epoch_batches, n_train: int, recipe: Recipe, device, progr
             on_epoch(epoch, model if adapter else state_on_cpu(model), list(rows))
 
     recorded = settings if settings is not None else asdict(recipe)  # what --resume compares
-    return training.train(model, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
+    return training.train(trained, step, batches, options, device=device, generator=gen, checkpoint_dir=ckpt_dir,
                           state=state, save_extra={"recipe": recorded}, numpy_rng=True, history=history,
                           on_epoch_end=snapshot, progress=progress, log=log)
 
