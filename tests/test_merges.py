@@ -579,3 +579,30 @@ def test_multi_task_merge_keeps_each_members_head_and_evaluates_each_task_on_its
         want = b[k] + 0.5 * sum(t[k] - b[k] for t in thetas)
         assert torch.allclose(models["parity-ft"][k], want, atol=1e-6)
         assert torch.equal(models["parity-ft"][k], models[digits_ft.name][k])
+
+
+def test_multi_task_sweep_keeps_the_best_mean_normalised_accuracy(tmp_path, ingredients, digits_zoo, val_dir,
+                                                                  parity_run, zoo_cli):
+    """-o scale=A,B,C with --multi-task: every value merged and each task scored on its own held-out data; the value
+    with the best mean normalised top-1 is written, the very merge a run with that value alone writes. Without
+    held-out data for a task, refused before anything runs."""
+    base = digits_zoo / "members" / "base"
+    parity, ft_parity, digits_ft = parity_run["data"], parity_run["out"], ingredients[0]
+    common = ["combine", "-s", "task-arithmetic", "--base", base, *_args([digits_ft, ft_parity]), "--multi-task"]
+    out = tmp_path / "swept"
+    _fails(zoo_cli, out, *common, "-o", "scale=0.2,1.5", "--eval-data", f"{digits_ft.name}={val_dir}",
+           words=["held-out data for every task", "parity-ft"])
+    data = ["--eval-data", f"{digits_ft.name}={val_dir}", "--eval-data", f"parity-ft={parity / 'val'}"]
+    zoo_cli(*common, "-o", "scale=0.2,0.6,1.5", *data, "--out", out)
+    recipe = json.loads((out / "zoo.json").read_text())
+    points = {p["value"]: p["mean_normalized_top1"] for p in recipe["sweep"]["points"]}
+    assert sorted(points) == [0.2, 0.6, 1.5] and len(set(points.values())) > 1  # the values score apart
+    best = max(points, key=points.get)
+    assert recipe["sweep"]["best"] == best == recipe["options"]["scale"]
+    mean = sum(t["normalized_top1"] for t in recipe["tasks"].values()) / 2
+    assert mean == pytest.approx(points[best])
+    zoo_cli(*common, "-o", f"scale={best}", *data, "--out", tmp_path / "direct")
+    for task in (digits_ft.name, "parity-ft"):
+        assert (out / task / "model.safetensors").read_bytes() == (
+            tmp_path / "direct" / task / "model.safetensors").read_bytes()
+    assert "Sweep of scale" in (out / "README.md").read_text()

@@ -208,7 +208,8 @@ def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None
 
         specs = load_zoo(members_from, progress=progress).members + specs
     multi_task = given.get("multi_task", False)
-    check_inputs(cls, strategy, members=len(specs), data={"train": train_data, "eval": eval_all, "ood": ood_data},
+    check_inputs(cls, strategy, members=len(specs), data={"train": train_data, "eval": eval_all or eval_named,
+                                                          "ood": ood_data},
                  swept=swept, multi_task=multi_task)
     out = given.pop("out", None)
     if given.get("resume") and out is None:
@@ -456,8 +457,6 @@ def check_inputs(cls, strategy: str, *, members: int, data: dict[str, Any], swep
         if need in getattr(cls, "needs", ()) and not data.get(need):
             raise BadInput(f"strategy {strategy!r} needs {need} data: pass --{need}-data DIR "
                            "(an image folder with one sub-folder per class)")
-    if swept is not None and multi_task:
-        raise BadInput("a sweep keeps the best value on one held-out set; with --multi-task give the value")
     if swept is not None and not data.get("eval"):
         raise BadInput(f"-o {swept.name}={swept.raw} sweeps {swept.name} and keeps the best value on held-out "
                        "data: pass --eval-data DIR (never the test split)")
@@ -468,10 +467,18 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     from zoo.api import tasks as _tasks
     from zoo.kit.strategy import options as _options
 
-    r = request
+    r, opts = request, request.opts
     _tasks.check_names(r.eval_named, resolved)
     base_member = ctx.base
-    tasks, merged = _tasks.combine_tasks(r.cls, r.opts, resolved, base_member, ctx, r.eval_named, r.eval_data)
+    if r.swept is not None:  # the value with the best mean normalised top-1 over the tasks
+        from zoo.api import sweep as _sweep
+
+        tasks, merged = _sweep.run_tasks(r.cls, r.options, r.swept, resolved, base_member, ctx, r.eval_named,
+                                         r.eval_data, strategy=r.strategy)
+        opts = _options.parse(r.cls.Options, {**r.options, r.swept.name: merged.report["sweep"]["best"]},
+                              strategy=r.strategy)
+    else:
+        tasks, merged = _tasks.combine_tasks(r.cls, r.opts, resolved, base_member, ctx, r.eval_named, r.eval_data)
     out_format = _difference_format(r.format)
     if out_format is not None:  # --format adapter: each task's merge as an adapter of the (whole) base
         import dataclasses
@@ -482,9 +489,9 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     base = base_member.provenance() if base_member is not None else None
     for _, result in tasks:
         result.members, result.base, result.strategy = members, base, r.strategy
-        result.options = _options.to_dict(r.opts)
+        result.options = _options.to_dict(opts)
     merged.report["tasks"] = {m.name: res.metrics for m, res in tasks}
-    merged.members, merged.base, merged.strategy, merged.options = members, base, r.strategy, _options.to_dict(r.opts)
+    merged.members, merged.base, merged.strategy, merged.options = members, base, r.strategy, _options.to_dict(opts)
     if r.out is not None:
         extra = {"zoo": r.zoo_name, "train_data": r.train_data, "seed": r.seed,
                  **({"format": r.format} if r.format else {}),
@@ -495,7 +502,8 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
                  max_shard_size=r.max_shard_size, multi_task=True, **extra)
 
         recipe = {"zoo_version": __version__, "strategy": r.strategy, "options": merged.options, "members": members,
-                  **({"base": base} if base else {}), "multi_task": True, **extra}
+                  **({"base": base} if base else {}), "multi_task": True, **extra,
+                  **({"sweep": merged.report["sweep"]} if "sweep" in merged.report else {})}
         _tasks.save_tasks(tasks, r.out, force=r.force, recipe=recipe, save_one=save_one)
     return merged
 

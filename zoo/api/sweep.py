@@ -1,4 +1,5 @@
-"""A scalar sweep: ``-o scale=0.1:1.0:0.1`` runs the strategy once per value and keeps the best on held-out data.
+"""A scalar sweep: ``-o scale=0.1:1.0:0.1`` runs the strategy once per value and keeps the best on held-out data
+(with ``--multi-task``: the best mean normalised top-1 over the tasks).
 
 Any numeric (int or float) option of any strategy can be swept: a value ``start:stop:step`` (stop
 included) or ``v1,v2,…`` for a scalar option is a sweep. Each value is run and its result evaluated on
@@ -59,6 +60,28 @@ def _checked_values(values: list[str], key: str) -> list[str]:
     return values
 
 
+def _best(sweep: Sweep, ctx, attempt, *, scored: str):
+    """``attempt(value)`` → (result, point with its ``score``) for every value: (the best result, the points, the
+    value kept — the first best —, whether it is at an end of the range). Memory: the best result so far and
+    the current one."""
+    best, best_score, picked, points = None, float("-inf"), None, []
+    task = ctx.progress.task(f"sweeping {sweep.name}", total=len(sweep.values))
+    for value in sweep.values:
+        result, point = attempt(value)
+        points.append({"value": value, **point})
+        ctx.log(f"{sweep.name}={value:g}: {scored} {point['score']:.4f}")
+        if point["score"] > best_score:
+            best, best_score, picked = result, point["score"], value
+        del result
+        task.advance()
+    task.close()
+    at_edge = picked in (sweep.values[0], sweep.values[-1])
+    if at_edge:
+        ctx.log(f"warning: the best {sweep.name}={picked:g} is at the end of the sweep "
+                f"({sweep.values[0]:g}…{sweep.values[-1]:g}); a wider range may do better")
+    return best, points, picked, at_edge
+
+
 def run(cls: type, options: dict[str, Any], sweep: Sweep, members, ctx, *, strategy: str):
     """Run ``cls`` once per swept value; the best result on held-out data, with the sweep in its report."""
     from zoo.kit.card import sections as card
@@ -68,29 +91,19 @@ def run(cls: type, options: dict[str, Any], sweep: Sweep, members, ctx, *, strat
     like = members[0]
     held_out = ctx.eval_split(like)
     shifted = ctx.ood_split(like) if ctx.ood_data else None
-    best, best_top1, points = None, -1.0, []
-    task = ctx.progress.task(f"sweeping {sweep.name}", total=len(sweep.values))
-    for value in sweep.values:
+
+    def attempt(value):
         opts = parse(cls.Options, {**options, sweep.name: value}, strategy=strategy)
         result = cls().combine(members, opts, ctx)
-        metrics = ctx.evaluate(result.state_dict, like=like, split=held_out).as_dict()
-        point = {"value": value, "metrics": metrics}
+        result.metrics = ctx.evaluate(result.state_dict, like=like, split=held_out).as_dict()
+        point = {"metrics": result.metrics, "score": result.metrics["top1"]}
         if shifted is not None:
             point["ood_metrics"] = ctx.evaluate(result.state_dict, like=like, split=shifted).as_dict()
-        points.append(point)
-        ctx.log(f"{sweep.name}={value:g}: held-out top-1 {metrics['top1']:.4f}")
-        if metrics["top1"] > best_top1:
-            best, best_top1 = result, metrics["top1"]
-            best.metrics = metrics
-        else:
-            del result
-        task.advance()
-    task.close()
-    picked = next(p["value"] for p in points if p["metrics"] is best.metrics)
-    at_edge = picked in (sweep.values[0], sweep.values[-1])
-    if at_edge:
-        ctx.log(f"warning: the best {sweep.name}={picked:g} is at the end of the sweep "
-                f"({sweep.values[0]:g}…{sweep.values[-1]:g}); a wider range may do better")
+        return result, point
+
+    best, points, picked, at_edge = _best(sweep, ctx, attempt, scored="held-out top-1")
+    for point in points:
+        del point["score"]
     best.report["sweep"] = {"option": sweep.name, "values": sweep.values, "best": picked, "at_edge": at_edge,
                             "selected_on": "held-out (--eval-data) top-1", "points": points}
     best.figures[f"sweep-{sweep.name}.png"] = sweep_curve(points, option=sweep.name, picked=picked,
@@ -106,4 +119,35 @@ def run(cls: type, options: dict[str, Any], sweep: Sweep, members, ctx, *, strat
     return best
 
 
+def run_tasks(cls: type, options: dict[str, Any], sweep: Sweep, members, base, ctx, eval_dirs: dict[str, str],
+              eval_all: str | None, *, strategy: str):
+    """--multi-task: run ``cls`` once per swept value and keep the value with the best mean normalised top-1
+    (each task's merged top-1 over its member's own, on its held-out data); (tasks, merged) as
+    ``zoo.api.tasks.combine_tasks`` gives them, the sweep in every report."""
+    from zoo.api import tasks as _tasks
+    from zoo.kit.strategy.options import parse
 
+    missing = [m.name for m in members if not (eval_dirs.get(m.name) or eval_all)]
+    if missing:
+        raise BadInput(f"-o {sweep.name}={sweep.raw} with --multi-task keeps the value with the best mean normalised "
+                       f"top-1 over the tasks: give held-out data for every task (--eval-data NAME=DIR; none for "
+                       f"{', '.join(missing)})")
+    alone: dict[str, dict] = {}  # each member's own metrics on its task, measured once
+
+    def attempt(value):
+        opts = parse(cls.Options, {**options, sweep.name: value}, strategy=strategy)
+        tasks, merged = _tasks.combine_tasks(cls, opts, members, base, ctx, eval_dirs, eval_all, alone=alone)
+        normalized = {m.name: r.report["task"]["normalized_top1"] or 0.0 for m, r in tasks}
+        score = sum(normalized.values()) / len(normalized)
+        return (tasks, merged), {"score": score, "normalized_top1": normalized,
+                                 "top1": {m.name: r.metrics["top1"] for m, r in tasks}}
+
+    (tasks, merged), points, picked, at_edge = _best(sweep, ctx, attempt, scored="mean normalised top-1")
+    report = {"option": sweep.name, "values": sweep.values, "best": picked, "at_edge": at_edge,
+              "selected_on": "mean normalised top-1 over the tasks' held-out data (--eval-data NAME=DIR)",
+              "points": [{"value": p["value"], "mean_normalized_top1": p["score"],
+                          "normalized_top1": p["normalized_top1"], "top1": p["top1"]} for p in points]}
+    merged.report["sweep"] = report
+    for _, result in tasks:
+        result.report["sweep"] = report
+    return tasks, merged

@@ -49,8 +49,10 @@ def check_names(named: dict[str, str], members, flag: str = "--eval-data") -> No
             raise BadInput(f"{flag} {name}=…: {name!r} is not a member; the members are {', '.join(names)}")
 
 
-def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval_all: str | None):
-    """The merged backbone with each member's head: [(member, Combined)], the merge's own Combined."""
+def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval_all: str | None, *,
+                  alone: dict[str, dict] | None = None):
+    """The merged backbone with each member's head: [(member, Combined)], the merge's own Combined. ``alone``:
+    each member's own metrics on its task, filled in as they are measured (a sweep measures them once)."""
     from zoo.kit.data import data_config, load_split
     from zoo.kit.strategy import Combined
 
@@ -73,12 +75,17 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
             split = load_split(folder, data_config(m.pretrained_cfg), label_names=m.label_names,
                                num_classes=m.num_classes, progress=ctx.progress)
             result.metrics = ctx.evaluate(sd, like=m, split=split).as_dict()
-            alone = ctx.evaluate(m, split=split).as_dict()
+            if alone is None or m.name not in alone:
+                mine = ctx.evaluate(m, split=split).as_dict()
+                if alone is not None:
+                    alone[m.name] = mine
+            else:
+                mine = alone[m.name]
         result.report["task"] = {"member": m.name, "eval_data": folder, "head": heads[m.name]}
         if folder:
             # the papers' normalised accuracy: the merged model's over the member's own on its task
-            result.report["task"].update(member_metrics=alone, normalized_top1=(
-                result.metrics["top1"] / alone["top1"] if alone["top1"] else None))
+            result.report["task"].update(member_metrics=mine, normalized_top1=(
+                result.metrics["top1"] / mine["top1"] if mine["top1"] else None))
         tasks.append((m, result))
     return tasks, merged
 
@@ -105,4 +112,18 @@ def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_on
         (tmp / "README.md").write_text(
             f"# {Path(out).name}\n\nA multi-task merge (`zoo combine --strategy {recipe['strategy']} --multi-task`): "
             "the members' backbones merged, each task written with its member's own head as its own timm repo, "
-            "evaluated with that head on its own held-out data.\n\n" + table + "\n")
+            "evaluated with that head on its own held-out data.\n\n" + table + "\n" + _sweep_text(recipe.get("sweep")))
+
+
+def _sweep_text(sweep: dict | None) -> str:
+    """The card's account of a multi-task sweep: every value's mean normalised top-1, the one kept."""
+    if not sweep:
+        return ""
+    from zoo.kit.card import sections as card
+
+    name = sweep["option"]
+    rows = [[p["value"], p["mean_normalized_top1"], "← kept" if p["value"] == sweep["best"] else ""]
+            for p in sweep["points"]]
+    return (f"\n## Sweep of {name}\n\nEach value of `{name}` was merged and every task evaluated on its held-out "
+            f"data; {name}={sweep['best']:g}, the best mean normalised top-1, is this merge.\n\n"
+            + card.table([name, "mean normalised top-1", ""], rows) + "\n")
