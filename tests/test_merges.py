@@ -581,7 +581,7 @@ def test_multi_task_merge_keeps_each_members_head_and_evaluates_each_task_on_its
         assert torch.equal(models["parity-ft"][k], models[digits_ft.name][k])
 
 
-def test_multi_task_sweep_keeps_the_best_mean_normalised_accuracy(tmp_path, ingredients, digits_zoo, val_dir,
+def test_multi_task_sweep_and_auto_keep_the_best_mean_normalised_accuracy(tmp_path, ingredients, digits_zoo, val_dir,
                                                                   parity_run, zoo_cli):
     """-o scale=A,B,C with --multi-task: every value merged and each task scored on its own held-out data; the value
     with the best mean normalised top-1 is written, the very merge a run with that value alone writes. Without
@@ -606,3 +606,14 @@ def test_multi_task_sweep_keeps_the_best_mean_normalised_accuracy(tmp_path, ingr
         assert (out / task / "model.safetensors").read_bytes() == (
             tmp_path / "direct" / task / "model.safetensors").read_bytes()
     assert "Sweep of scale" in (out / "README.md").read_text()
+    # --strategy auto over the same points and TIES: the same scores for the same merges, the best one written
+    auto = tmp_path / "auto"
+    zoo_cli(*common[:2], "auto", *common[3:], "-o", "candidates=task-arithmetic[scale=0.2,0.6,1.5] ties[scale=1]",
+            *data, "--out", auto)
+    board = json.loads((auto / "zoo.json").read_text())["auto"]["leaderboard"]
+    assert [r["score"] for r in board[:3]] == pytest.approx([points[v] for v in (0.2, 0.6, 1.5)])
+    kept = max(board, key=lambda r: r["score"])
+    assert kept["kept"] and "Leaderboard (--strategy auto)" in (auto / "README.md").read_text()
+    if kept["strategy"] == "task-arithmetic":
+        assert (auto / "parity-ft" / "model.safetensors").read_bytes() == (
+            out / "parity-ft" / "model.safetensors").read_bytes()

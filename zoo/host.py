@@ -35,6 +35,7 @@ AUTOLOAD_VAR = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
 BUILTINS = (
     "zoo.plugins.soup",
     "zoo.plugins.merges",
+    "zoo.plugins.auto",
     "zoo.plugins.wise_ft",
     "zoo.plugins.distill",
     "zoo.plugins.stitch",

@@ -211,6 +211,10 @@ def parse_request(strategy: str, members: Sequence[str] = (), *, zoo: str | None
     check_inputs(cls, strategy, members=len(specs), data={"train": train_data, "eval": eval_all or eval_named,
                                                           "ood": ood_data},
                  swept=swept, multi_task=multi_task)
+    if cls.selects:  # every candidate checked before a member is read
+        from zoo.api import auto as _auto
+
+        _auto.plan(cls, opts, host, base=bool(given.get("base")), multi_task=multi_task, train=bool(train_data))
     out = given.pop("out", None)
     if given.get("resume") and out is None:
         raise BadInput("--resume needs --out: checkpoints are kept next to the output folder")
@@ -290,7 +294,11 @@ def run(request: Request, resolved: list, ctx: Context) -> Combined:
     from zoo.kit.strategy import options as _options
 
     r, opts = request, request.opts
-    if r.swept is not None:
+    if r.cls.selects:
+        from zoo.api import auto as _auto
+
+        result = _auto.run(r.cls, opts, r.host, resolved, ctx, base=ctx.base is not None, train=bool(r.train_data))
+    elif r.swept is not None:
         result = _sweep.run(r.cls, r.options, r.swept, resolved, ctx, strategy=r.strategy)
         opts = _options.parse(r.cls.Options, {**r.options, r.swept.name: result.report["sweep"]["best"]},
                               strategy=r.strategy)
@@ -436,7 +444,7 @@ def _check_merge_method(host, cls, strategy: str) -> None:
     (``zoo.merge_method``) can run on such headless members."""
     from zoo.kit.merge.method import MergeMethod
 
-    if not issubclass(cls, MergeMethod):
+    if not issubclass(cls, MergeMethod) and not cls.selects:
         merges = [name for name, (c, _) in host.strategies().items() if issubclass(c, MergeMethod)]
         raise BadInput(f"--multi-task is for merge methods (they merge the backbones tensor by tensor, each "
                        f"member keeping its own head); {strategy!r} is not one. Merge methods: "
@@ -470,7 +478,12 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     r, opts = request, request.opts
     _tasks.check_names(r.eval_named, resolved)
     base_member = ctx.base
-    if r.swept is not None:  # the value with the best mean normalised top-1 over the tasks
+    if r.cls.selects:  # the candidate with the best mean normalised top-1 over the tasks
+        from zoo.api import auto as _auto
+
+        tasks, merged = _auto.run_tasks(r.cls, r.opts, r.host, resolved, base_member, ctx, r.eval_named, r.eval_data,
+                                        train=bool(r.train_data))
+    elif r.swept is not None:  # the value with the best mean normalised top-1 over the tasks
         from zoo.api import sweep as _sweep
 
         tasks, merged = _sweep.run_tasks(r.cls, r.options, r.swept, resolved, base_member, ctx, r.eval_named,
@@ -503,7 +516,7 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
 
         recipe = {"zoo_version": __version__, "strategy": r.strategy, "options": merged.options, "members": members,
                   **({"base": base} if base else {}), "multi_task": True, **extra,
-                  **({"sweep": merged.report["sweep"]} if "sweep" in merged.report else {})}
+                  **{k: merged.report[k] for k in ("sweep", "auto") if k in merged.report}}
         _tasks.save_tasks(tasks, r.out, force=r.force, recipe=recipe, save_one=save_one)
     return merged
 

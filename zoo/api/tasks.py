@@ -112,7 +112,8 @@ def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_on
         (tmp / "README.md").write_text(
             f"# {Path(out).name}\n\nA multi-task merge (`zoo combine --strategy {recipe['strategy']} --multi-task`): "
             "the members' backbones merged, each task written with its member's own head as its own timm repo, "
-            "evaluated with that head on its own held-out data.\n\n" + table + "\n" + _sweep_text(recipe.get("sweep")))
+            "evaluated with that head on its own held-out data.\n\n" + table + "\n" + _sweep_text(recipe.get("sweep"))
+            + _auto_text(recipe.get("auto")))
 
 
 def _sweep_text(sweep: dict | None) -> str:
@@ -127,3 +128,16 @@ def _sweep_text(sweep: dict | None) -> str:
     return (f"\n## Sweep of {name}\n\nEach value of `{name}` was merged and every task evaluated on its held-out "
             f"data; {name}={sweep['best']:g}, the best mean normalised top-1, is this merge.\n\n"
             + card.table([name, "mean normalised top-1", ""], rows) + "\n")
+
+
+def _auto_text(auto: dict | None) -> str:
+    """The card's leaderboard of a multi-task ``--strategy auto``."""
+    if not auto:
+        return ""
+    from zoo.api.auto import table_rows
+    from zoo.kit.card import sections as card
+
+    rows = table_rows(auto["leaderboard"])
+    return ("\n## Leaderboard (--strategy auto)\n\nEvery candidate was merged and every task evaluated on its "
+            "held-out data; the best mean normalised top-1 is this merge.\n\n"
+            + card.table(["strategy", "options", "mean normalised top-1", "seconds", ""], rows) + "\n")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from zoo.kit.strategy.errors import BadInput
 from zoo.kit._infra.progress import Progress, Silent
@@ -61,10 +61,19 @@ class Strategy:
     #: into timm's modules); members in another format are converted first, exactly, where a conversion
     #: exists, and the output is written in the first of these. None: any format, the members' own
     member_formats: ClassVar[tuple[str, ...] | None] = None
+    #: True for a strategy that chooses among others (``auto``): zoo runs each of its :meth:`candidates` on the
+    #: members, scores it on the held-out data and writes the best; its ``combine`` is not called
+    selects: ClassVar[bool] = False
 
     @dataclass
     class Options:
         pass
+
+    def candidates(self, options: Any, usable: Mapping[str, type]) -> list[tuple[str, dict[str, Any]]]:
+        """A selecting strategy's candidates: (strategy name, its options as given on the command line — a
+        numeric option may be a sweep, ``0.1:1:0.1`` or ``a,b``), in order. ``usable``: the strategies this run
+        can score (those whose base, data and ``--multi-task`` needs are met), by name."""
+        raise NotImplementedError
 
     @classmethod
     def check(cls, options: Any) -> None:
