@@ -172,3 +172,13 @@ def table_rows(rows: list[dict]) -> list[list]:
     """The leaderboard as the card's table rows, best first: strategy, options, score, seconds, the one kept."""
     return [[r["strategy"], ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "—", r["score"],
              f"{r['seconds']:.1f}", "← kept" if r["kept"] else ""] for r in sorted(rows, key=lambda r: -r["score"])]
+
+
+def tasks_text(auto: dict) -> str:
+    """A multi-task ``--strategy auto`` in the summary card: the leaderboard."""
+    from zoo.kit.card import sections as card
+
+    return ("\n## Leaderboard (--strategy auto)\n\nEvery candidate was merged and every task evaluated on its "
+            "held-out data; the best mean normalised top-1 is this merge.\n\n"
+            + card.table(["strategy", "options", "mean normalised top-1", "seconds", ""],
+                         table_rows(auto["leaderboard"])) + "\n")

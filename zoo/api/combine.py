@@ -517,7 +517,16 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
         recipe = {"zoo_version": __version__, "strategy": r.strategy, "options": merged.options, "members": members,
                   **({"base": base} if base else {}), "multi_task": True, **extra,
                   **{k: merged.report[k] for k in ("sweep", "auto") if k in merged.report}}
-        _tasks.save_tasks(tasks, r.out, force=r.force, recipe=recipe, save_one=save_one)
+        sections = []  # the summary card's account of a sweep or a leaderboard
+        if "sweep" in merged.report:
+            from zoo.api import sweep as _sweep
+
+            sections.append(_sweep.tasks_text(merged.report["sweep"]))
+        if "auto" in merged.report:
+            from zoo.api import auto as _auto
+
+            sections.append(_auto.tasks_text(merged.report["auto"]))
+        _tasks.save_tasks(tasks, r.out, force=r.force, recipe=recipe, save_one=save_one, extra=sections)
     return merged
 
 

@@ -151,3 +151,15 @@ def run_tasks(cls: type, options: dict[str, Any], sweep: Sweep, members, base, c
     for _, result in tasks:
         result.report["sweep"] = report
     return tasks, merged
+
+
+def tasks_text(sweep: dict) -> str:
+    """A multi-task sweep in the summary card: every value's mean normalised top-1, the one kept."""
+    from zoo.kit.card import sections as card
+
+    name = sweep["option"]
+    rows = [[p["value"], p["mean_normalized_top1"], "← kept" if p["value"] == sweep["best"] else ""]
+            for p in sweep["points"]]
+    return (f"\n## Sweep of {name}\n\nEach value of `{name}` was merged and every task evaluated on its held-out "
+            f"data; {name}={sweep['best']:g}, the best mean normalised top-1, is this merge.\n\n"
+            + card.table([name, "mean normalised top-1", ""], rows) + "\n")

@@ -90,7 +90,7 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
     return tasks, merged
 
 
-def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_one) -> None:
+def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_one, extra: list[str] = ()) -> None:
     """``out/NAME/`` per task (``save_one(result, folder)``), then ``out/zoo.json`` and ``out/README.md``."""
     from zoo.kit.card import sections as card
     from zoo.kit._infra import output_folder as output
@@ -112,32 +112,5 @@ def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_on
         (tmp / "README.md").write_text(
             f"# {Path(out).name}\n\nA multi-task merge (`zoo combine --strategy {recipe['strategy']} --multi-task`): "
             "the members' backbones merged, each task written with its member's own head as its own timm repo, "
-            "evaluated with that head on its own held-out data.\n\n" + table + "\n" + _sweep_text(recipe.get("sweep"))
-            + _auto_text(recipe.get("auto")))
+            "evaluated with that head on its own held-out data.\n\n" + table + "\n" + "".join(extra))
 
-
-def _sweep_text(sweep: dict | None) -> str:
-    """The card's account of a multi-task sweep: every value's mean normalised top-1, the one kept."""
-    if not sweep:
-        return ""
-    from zoo.kit.card import sections as card
-
-    name = sweep["option"]
-    rows = [[p["value"], p["mean_normalized_top1"], "← kept" if p["value"] == sweep["best"] else ""]
-            for p in sweep["points"]]
-    return (f"\n## Sweep of {name}\n\nEach value of `{name}` was merged and every task evaluated on its held-out "
-            f"data; {name}={sweep['best']:g}, the best mean normalised top-1, is this merge.\n\n"
-            + card.table([name, "mean normalised top-1", ""], rows) + "\n")
-
-
-def _auto_text(auto: dict | None) -> str:
-    """The card's leaderboard of a multi-task ``--strategy auto``."""
-    if not auto:
-        return ""
-    from zoo.api.auto import table_rows
-    from zoo.kit.card import sections as card
-
-    rows = table_rows(auto["leaderboard"])
-    return ("\n## Leaderboard (--strategy auto)\n\nEvery candidate was merged and every task evaluated on its "
-            "held-out data; the best mean normalised top-1 is this merge.\n\n"
-            + card.table(["strategy", "options", "mean normalised top-1", "seconds", ""], rows) + "\n")

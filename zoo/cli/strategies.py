@@ -58,7 +58,9 @@ def strategies_show(name: str = typer.Argument(..., help="Strategy name.")):
     table = Table()
     for col in ("option", "type", "default", "help"):
         table.add_column(col)
-    for info in options.describe(cls.Options):
-        table.add_row(info.name, info.type_name, str(info.default), info.help)
+    from rich.markup import escape
+
+    for info in options.describe(cls.Options):  # escaped: a help's "[...]" is text, not Rich markup
+        table.add_row(info.name, info.type_name, escape(str(info.default)), escape(info.help))
     console.print(table)
     console.print(f"set with: zoo combine --strategy {name} --option KEY=VALUE", highlight=False)
