@@ -228,3 +228,27 @@ def test_bad_input(tmp_path, ingredients, digits_zoo, data, zoo_cli):
            digits_zoo / "members" / "other-arch", "--eval-data", data["val"], words=["other-arch", "different tensors"])
     _fails(zoo_cli, out, "combine", "-s", "adamerging", "--base", base, *two, "--eval-data", data["val"],
            "-o", "plus=true", "-o", "density=0", words=["density=0.0", "(0, 1]"])
+
+
+@pytest.mark.slow
+def test_two_processes_with_gloo_learn_the_coefficients_one_process_learns(tmp_path, ingredients, data, learned):
+    """torchrun, 2 CPU processes (gloo): each takes half of every batch and DDP averages the gradients of λ. The
+    network runs on its running statistics (evaluation mode), so halving the batch changes nothing but the order
+    of float additions: the λ of the one-process run, to float rounding."""
+    import subprocess
+    import sys
+
+    from hubserver import free_port
+
+    args, one = learned
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                           "-m", "zoo", "--quiet", *map(str, args), "--eval-data", str(data["val"]), "--out", str(two)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((d / "zoo.json").read_text())["report"]["adamerging"] for d in (one, two))
+    for name in a["coefficients"]:
+        assert a["coefficients"][name] == pytest.approx(b["coefficients"][name], abs=1e-5)
+    assert any(abs(x - 0.3) > 1e-2 for x in b["coefficients"][name])
+    assert b["history"][-1]["loss"] == pytest.approx(a["history"][-1]["loss"], rel=1e-5)
