@@ -93,24 +93,30 @@ def _unlabeled(split) -> Any:
     return images[torch.tensor(order, dtype=torch.long)] if order else images
 
 
-def _trimmed(vectors: dict[str, list], members, base, density: float, ctx) -> list[float]:
-    """AdaMerging++'s task vectors, in place: each τᵢ trimmed to its top ``density`` magnitudes over the whole
-    model (TIES's model-wide trim, ``zoo.model_thresholds``), then, per entry, the elected sign γ = sign(Σᵢ τ̂ᵢ)
-    (a 0 takes the tensor's majority sign, as zoo's TIES) and only the τ̂ᵢ that agree with it kept. Returns the
-    thresholds."""
+def _trimmed(vectors: dict, members, base, density: float, ctx) -> list[float]:
+    """AdaMerging++'s task vectors, in place (``vectors``: [members, ...] per tensor): each τᵢ trimmed to its top
+    ``density`` magnitudes over the whole model (TIES's model-wide trim, ``zoo.model_thresholds``), then, per
+    entry, the elected sign γ = sign(Σᵢ τ̂ᵢ) (a 0 takes the tensor's majority sign, as zoo's TIES) and only the τ̂ᵢ
+    that agree with it kept. Returns the thresholds."""
     import torch
 
     thresholds = zoo.model_thresholds(members, base, density, progress=ctx.progress,
                                       description="adamerging++: trim", device=ctx.device)
-    for key, tvs in vectors.items():
-        for i, tv in enumerate(tvs):
+    for stacked in vectors.values():
+        for i, tv in enumerate(stacked):
             zoo.zero_below(tv, thresholds[i])
-        sign = torch.stack(tvs).sum(0).sign()
+        sign = stacked.sum(0).sign()
         majority = 1.0 if sign.sum() >= 0 else -1.0
         sign = torch.where(sign == 0, torch.full_like(sign, majority), sign)
-        for tv in tvs:
-            tv.mul_((tv * sign > 0).to(tv.dtype))
+        stacked.mul_((stacked * sign > 0).to(stacked.dtype))
     return thresholds
+
+
+def _torch_dtype(name: str):
+    """A safetensors dtype name (``F32``, ``BF16``) as torch's."""
+    import torch
+
+    return {"F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16}.get(name, torch.float32)
 
 
 def _merger(base: dict, vectors: dict[str, list], statistics: dict[str, tuple], layers: list[str], n: int,
@@ -187,21 +193,23 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     floats = [k for k in base_member.keys() if base_member.is_float(k)]
     order = {k: i for i, k in enumerate(tasks[0].model.state_dict())}  # the model's order, not the file's
     layers = sorted((k for k in floats if not is_statistic(k)), key=lambda k: order.get(k, len(order)))
-    base_sd = base_member.state_dict()
-    states = [m.state_dict() for m in members]
-    dtypes = {k: base_sd[k].dtype if all(s[k].dtype == base_sd[k].dtype for s in states) else torch.float32
-              for k in floats}
-    base = {k: (v.float() if k in dtypes else v).to(device) for k, v in base_sd.items()}
-    per_member = {k: [s[k].float().to(device) - base[k] for s in states] for k in layers}
+    base = {k: (v.float() if k in floats else v).to(device) for k, v in base_member.state_dict().items()}
+    # the output's dtypes: the members' where they agree, float32 where they do not (as the streamed merges')
+    dtypes = {k: next(iter(d)) if len(d := {m.dtype(k) for m in members}) == 1 else "F32" for k in floats}
+    # one member at a time (memory: the base, the N task vectors and one member), stacked [members, ...] per tensor
+    vectors = {k: torch.empty((len(members), *base[k].shape), device=device) for k in layers}
+    statistics = {k: (base[k], torch.zeros_like(base[k])) for k in floats if is_statistic(k)}
+    for i, m in enumerate(members):
+        sd = m.state_dict()
+        for k in layers:
+            torch.sub(sd[k].float().to(device), base[k], out=vectors[k][i])
+        for k, (_, mean) in statistics.items():
+            mean += sd[k].float().to(device) / len(members)
+        del sd
     report: dict[str, Any] = {"granularity": options.granularity}
     if options.plus:
         report["plus"] = {"density": options.density,
-                          "thresholds": _trimmed(per_member, members, base_member, options.density, ctx)}
-    vectors = {k: torch.stack(v) for k, v in per_member.items()}  # [members, ...] per tensor
-    del per_member
-    statistics = {k: (base[k], torch.stack([s[k].float() for s in states]).mean(0).to(device))
-                  for k in floats if is_statistic(k)}
-    del states, base_sd
+                          "thresholds": _trimmed(vectors, members, base_member, options.density, ctx)}
 
     merger = _merger(base, vectors, statistics, layers, len(members), options).to(device)
     model = ddp(merger)
@@ -264,8 +272,8 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     with torch.no_grad():
         merged = merger()
         lam = merger.table().detach().cpu()
-    sd = {k: v.detach().to(device="cpu", dtype=dtypes.get(k, v.dtype), copy=True).contiguous()
-          for k, v in merged.items()}
+    sd = {k: v.detach().to(device="cpu", dtype=_torch_dtype(dtypes[k]) if k in dtypes else v.dtype, copy=True)
+          .contiguous() for k, v in merged.items()}
 
     coefficients = {name: (lam[i].tolist() if options.granularity == "layer" else [float(lam[i, 0])])
                     for i, name in enumerate(names)}
@@ -282,7 +290,8 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
         coefficients, layers=layers if options.granularity == "layer" else None,
         history=[{"epoch": 0, "loss": sum(start.values()), **{f"entropy/{n}": h for n, h in start.items()}}] + history,
         title=f"AdaMerging{'++' if options.plus else ''} ({kind}): learned λ")
-    rows = [[n, c[0]] if len(c) == 1 else [n, sum(c) / len(c), min(c), max(c)] for n, c in coefficients.items()]
+    rows = [[n, c[0]] if options.granularity == "task" else [n, sum(c) / len(c), min(c), max(c)]
+            for n, c in coefficients.items()]
     columns = ["member", "λ"] if options.granularity == "task" else ["member", "mean λ", "min λ", "max λ"]
     text = (f"Coefficients learned over {options.steps} Adam steps (lr {options.lr:g}, {b} unlabeled images per task "
             f"and step, λ from {options.init:g}) by minimising the entropy of the merged model's predictions; labels "

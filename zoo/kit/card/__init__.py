@@ -1,5 +1,6 @@
 """The model card: sections a strategy fills (``Section``, ``table``) and figures drawn headless
-(``pyplot``, ``bars``, ``greedy_path``, ``robustness_curve``, ``sweep_curve``, ``training_curves``, ``merging_coefficients``).
+(``pyplot``, ``bars``, ``greedy_path``, ``robustness_curve``, ``sweep_curve``, ``training_curves``,
+``merging_coefficients``).
 """
 
 from zoo.kit._infra.exports import lazy
