@@ -8,11 +8,12 @@ Task-Specific Subspaces"): Iso-C and Iso-CTS.
   (r − k_c)/N triplets; those and the common ones side by side, U and Vᵀ replaced by their polar factors,
   every singular value by their mean.
 
-Every other tensor gets the mean of the τᵢ; θ = θ₀ + α·τ_m, α = ``scale`` = 1. This is FusionBench's
+Every other tensor gets the mean of the τᵢ; θ = θ₀ + α·τ_m, α = ``scale`` = 1 (min(1, α) for BatchNorm's
+running statistics, as in TSV-M). This is FusionBench's
 ``isotropic_merging/iso_utils.py`` (the authors' code), tensor for tensor: every 2-D tensor (embeddings and
 heads too), convolutions and 1-D tensors averaged; ``convs=true`` (zoo's departure) merges convolution
-kernels as [out, in·k…] matrices. One difference in the order of operations: the projection is
-U_c(U_cᵀτᵢ), not (U_cU_cᵀ)τᵢ, which would hold an [m, m] matrix (a vocabulary embedding's would not fit).
+kernels as [out, in·k…] matrices. The operations are done in the reference code's order, so the bits agree
+(bench/fusionbench_svd.py), except the projection of a matrix much taller than wide (``project``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from typing import TYPE_CHECKING
 
 import zoo
 
-from .tsv import matrix_shape, mean, polar
+from .tsv import matrix_shape, mean, polar, reach
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def iso_c_matrix(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """Iso-C's τ_m of one 2-D matrix: Σᵢτᵢ with its spectrum flattened to the mean singular value."""
+def iso_c_matrix(total: torch.Tensor) -> torch.Tensor:
+    """Iso-C's τ_m of one 2-D matrix from Σᵢτᵢ: its spectrum flattened to the mean singular value."""
     import torch
 
-    u, s, vh = torch.linalg.svd(sum(vectors), full_matrices=False)
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
     return torch.linalg.multi_dot((u, torch.diag(s.mean().expand(s.shape[0])), vh))
 
 
@@ -42,6 +43,14 @@ def split(rank: int, members: int, fraction: float) -> tuple[int, int]:
     if specific > rank:  # rounding up past r (only for small fractions): one direction fewer per member
         specific -= members
     return rank - specific, specific // members
+
+
+def project(u_c: torch.Tensor, tv: torch.Tensor) -> torch.Tensor:
+    """U_cU_cᵀτ: as (U_cU_cᵀ)τ, the reference code's order (so the same bits), where the [m, m] projector is at
+    most 4× the matrix (m ≤ 4n: every linear layer of a transformer); else as U_c(U_cᵀτ), which never holds
+    it (a vocabulary embedding's would be gigabytes)."""
+    m, n = tv.shape
+    return (u_c @ u_c.T) @ tv if m <= 4 * n else u_c @ (u_c.T @ tv)
 
 
 def iso_cts_matrix(vectors: list[torch.Tensor], fraction: float) -> torch.Tensor:
@@ -57,7 +66,7 @@ def iso_cts_matrix(vectors: list[torch.Tensor], fraction: float) -> torch.Tensor
     for i, tv in enumerate(vectors):
         if per == 0:
             break
-        ui, si, vhi = torch.linalg.svd(tv - u_c @ (u_c.T @ tv), full_matrices=False)
+        ui, si, vhi = torch.linalg.svd(tv - project(u_c, tv), full_matrices=False)
         slot = slice(i * per, (i + 1) * per)
         u_all[:, slot], s_all[slot], vh_all[slot, :] = ui[:, :per], si[:per], vhi[:per, :]
     tail = slice(r - common, r)  # the common directions after the task-specific ones
@@ -71,11 +80,6 @@ def check(options) -> None:
                            "given to the common subspace must be in [0, 1]")
 
 
-def _merge(tensors, base, key, scale, convs, matrix_fn) -> torch.Tensor:
-    vectors = zoo.task_vectors(tensors, base)
-    mat = matrix_shape(key, tuple(base.shape), convs)
-    merged = mean(vectors) if mat is None else matrix_fn([v.reshape(mat) for v in vectors]).reshape(base.shape)
-    return base + merged * scale
 
 
 CONVS_HELP = ("also merge convolution kernels (out × in × k × k) as out × (in·k·k) matrices (a departure: the "
@@ -84,20 +88,31 @@ CONVS_HELP = ("also merge convolution kernels (out × in × k × k) as out × (i
 
 @zoo.merge_method("iso-c", "Iso-C: per matrix, the sum of the task vectors with all its singular values set to "
                   "their mean; other tensors averaged (Marczak et al. 2025)", needs_base=True,
-                  statistics=lambda options, members: options.scale)
+                  statistics="merge")
 def iso_c(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str,
           scale: float = zoo.option(1.0, "α: base + α·(the merged task vector)"),
           convs: bool = zoo.option(False, CONVS_HELP)) -> torch.Tensor:
-    return _merge(tensors, base, key, scale, convs, iso_c_matrix)
+    vectors = zoo.task_vectors(tensors, base)
+    merged = sum(vectors) / len(vectors)
+    mat = matrix_shape(key, tuple(base.shape), convs)
+    if mat is not None:  # Σᵢτᵢ formed as N·(mean), the reference code's order: the same bits
+        merged = iso_c_matrix((merged * len(vectors)).reshape(mat)).reshape(base.shape)
+    return base + merged * reach(key, scale)
 
 
 @zoo.merge_method("iso-cts", "Iso-CTS: per matrix, a common subspace of the summed task vectors plus each task's "
                   "own directions outside it, spectrum flattened; other tensors averaged (Marczak et al. 2025)",
-                  needs_base=True, check=check, statistics=lambda options, members: options.scale)
+                  needs_base=True, check=check, statistics="merge")
 def iso_cts(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str,
             scale: float = zoo.option(1.0, "α: base + α·(the merged task vector)"),
             common_fraction: float = zoo.option(0.8, "f: the common subspace's share of each matrix's rank r, "
                                                 "int(r·f) moved so the rest divides among the members",
                                                 min=0, max=1),
             convs: bool = zoo.option(False, CONVS_HELP)) -> torch.Tensor:
-    return _merge(tensors, base, key, scale, convs, lambda vs: iso_cts_matrix(vs, common_fraction))
+    vectors = zoo.task_vectors(tensors, base)
+    mat = matrix_shape(key, tuple(base.shape), convs)
+    if mat is None:
+        merged = mean(vectors)
+    else:
+        merged = iso_cts_matrix([v.reshape(mat) for v in vectors], common_fraction).reshape(base.shape)
+    return base + merged * reach(key, scale)

@@ -11,6 +11,7 @@ polar factors are those of the same matrices), every 2-D tensor including embedd
 convolutions and 1-D tensors averaged. ``convs=true`` also treats convolution kernels [out, in, k…] as
 [out, in·k…] matrices: zoo's departure, off by default. When N > r, k = 0: nothing of the matrix is kept
 and it stays the base's (the reference code's behaviour); zoo names those matrices in the log and report.
+BatchNorm's running statistics are averaged like any 1-D tensor and move by min(1, α), never beyond the mean.
 """
 
 from __future__ import annotations
@@ -37,18 +38,32 @@ def matrix_shape(key: str, shape: tuple[int, ...], convs: bool) -> tuple[int, in
 
 
 def mean(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """The mean of the task vectors, accumulated member by member (the reference code's order)."""
+    """The mean of the task vectors, accumulated member by member (the reference code's order for TSV-M and
+    Iso-CTS, so the same bits)."""
     out = vectors[0].clone()
     for i, v in enumerate(vectors[1:], start=2):
         out += (v - out) / i
     return out
 
 
-def polar(a: torch.Tensor) -> torch.Tensor:
-    """The orthonormal polar factor P Qᵀ of A = P S Qᵀ: the nearest matrix with orthonormal columns (rows)."""
+def reach(key: str, scale: float) -> float:
+    """α for a weight; for a BatchNorm running statistic, α clamped to [0, 1]: its mean moves from the base's
+    toward the members' mean, never beyond (a variance extrapolated along task vectors can turn negative)."""
+    return min(1.0, max(0.0, scale)) if zoo.is_statistic(key) else scale
+
+
+def polar_parts(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P and Qᵀ of A = P S Qᵀ (thin SVD): P Qᵀ is A's orthonormal polar factor, the nearest matrix with
+    orthonormal columns (rows)."""
     import torch
 
     p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    return p, qh
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """A's orthonormal polar factor P Qᵀ."""
+    p, qh = polar_parts(a)
     return p @ qh
 
 
@@ -71,7 +86,8 @@ def tsv_matrix(vectors: list[torch.Tensor]) -> torch.Tensor:
         u, s, vh = torch.linalg.svd(tv, full_matrices=False)
         slot = slice(i * k, (i + 1) * k)
         u_all[:, slot], s_all[slot], vh_all[slot, :] = u[:, :k], s[:k], vh[:k, :]
-    return torch.linalg.multi_dot((polar(u_all), torch.diag(s_all), polar(vh_all)))
+    # P_U Q_Uᵀ Σ P_V Q_Vᵀ as one chained product, the reference code's order: the same bits as FusionBench's
+    return torch.linalg.multi_dot((*polar_parts(u_all), torch.diag(s_all), *polar_parts(vh_all)))
 
 
 class Dropped:
@@ -94,7 +110,7 @@ def prepare(members, base, options, ctx) -> Dropped:
 
 @zoo.merge_method("tsv", "TSV-M: per matrix, each task vector's top ⌊r/N⌋ singular triplets side by side, "
                   "orthonormalised; other tensors averaged (Gargiulo et al. 2025)", needs_base=True,
-                  prepare=prepare, statistics=lambda options, members: options.scale,
+                  prepare=prepare, statistics="merge",
                   report=lambda stats, options: {"base_kept": stats.keys} if stats.keys else {})
 def tsv(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats: Dropped | None,
         scale: float = zoo.option(1.0, "α: base + α·(the merged task vector)"),
@@ -106,4 +122,4 @@ def tsv(tensors: list[torch.Tensor], base: torch.Tensor, *, key: str, stats: Dro
         merged = mean(vectors)
     else:
         merged = tsv_matrix([v.reshape(mat) for v in vectors]).reshape(base.shape)
-    return merged * scale + base
+    return merged * reach(key, scale) + base
