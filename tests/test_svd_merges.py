@@ -1,6 +1,7 @@
 """TSV-M, Iso-C and Iso-CTS (plugins/merges/tsv.py, isotropic.py): each against its definition written out
 here with torch.linalg.svd (docs/algorithms.md), on the digits-demo zoo's fine-tunes and through `zoo combine`,
-then --multi-task, and bad input."""
+then --multi-task, and bad input. Then model breadcrumbs and DELLA (breadcrumbs.py, della.py), mergekit's
+sparsifications, against their definitions on the same members."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo
-from zoo.plugins.merges import isotropic, tsv
+from zoo.plugins.merges import breadcrumbs, della, isotropic, tsv
 
 MATRIX = "classifier.weight"  # the digits model's one 2-D tensor: [10, 256], r = 10
 CONV = "conv_head.weight"  # [256, 64, 1, 1]
@@ -196,3 +197,87 @@ def test_multi_task_keeps_heads_apart_and_bad_shapes_are_refused(tmp_path, three
     assert torch.allclose(got.reshape(256, 64), _tsv_written_out(taus), atol=1e-6)
     assert torch.equal(heads[a.name][CONV], heads[five.name][CONV])
     assert zoo.load(out / five.name).num_classes == 5
+
+
+# ---- model breadcrumbs and DELLA, as mergekit defines them ------------------------------------------
+
+KERNEL = "blocks.2.0.conv_exp.weight"  # [96, 24, 3, 3]: 20,736 entries
+
+
+def test_breadcrumbs_keeps_the_magnitudes_below_the_outliers_and_adds_them(three):
+    b, thetas = three["b"], three["thetas"]
+    taus = [t[KERNEL] - b[KERNEL] for t in thetas[:2]]
+    n = taus[0].numel()
+    for tau in taus:
+        got = breadcrumbs.crumbs(tau, 0.5, 0.01)
+        largest_first = torch.sort(tau.abs().flatten(), descending=True).indices
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[largest_first[int(0.01 * n):int(0.01 * n) + int(0.5 * n)]] = True  # below the top 1%, half of all
+        assert torch.equal(got.flatten(), torch.where(keep, tau.flatten(), 0.0))
+    merged = breadcrumbs.breadcrumbs.function([t[KERNEL] for t in thetas[:2]], b[KERNEL], density=0.5, gamma=0.01,
+                                              scale=0.5, weights=[1.0, 2.0])
+    want = b[KERNEL] + 0.5 * (breadcrumbs.crumbs(taus[0], 0.5, 0.01) + 2 * breadcrumbs.crumbs(taus[1], 0.5, 0.01))
+    assert torch.allclose(merged, want, atol=1e-7)
+    # density 1 drops nothing (mergekit): task arithmetic at λ
+    full = breadcrumbs.breadcrumbs.function([t[KERNEL] for t in thetas[:2]], b[KERNEL], density=1.0, gamma=0.01,
+                                            scale=0.3, weights=None)
+    assert torch.allclose(full, b[KERNEL] + 0.3 * (taus[0] + taus[1]), atol=1e-7)
+
+
+def test_breadcrumbs_on_a_tensor_smaller_than_one_over_gamma_keeps_its_largest(three):
+    """int(γ·n) = 0 outliers: the int(density·n) largest survive (mergekit's slice [bottom:-0] would keep none)."""
+    tau = three["thetas"][0]["classifier.bias"] - three["b"]["classifier.bias"]  # 10 entries
+    got = breadcrumbs.crumbs(tau, 0.9, 0.01)
+    smallest = tau.abs().argmin()
+    assert got[smallest] == 0 and int((got != 0).sum()) == 9
+    assert torch.equal(got[got != 0], tau[got != 0])
+
+
+def test_della_keeps_about_density_larger_magnitudes_more_often_and_the_l1_norm(three):
+    b, theta = three["b"], three["thetas"][0]
+    tau = theta[KERNEL] - b[KERNEL]  # ranked along dim 1, as mergekit: each kernel position's 24 input channels
+    gen = lambda: della.generator(0, 0, KERNEL)  # noqa: E731
+    got = della.magprune(tau, 0.5, 0.15, gen())
+    kept = got != 0
+    assert abs(float(kept.float().mean()) - 0.5) < 0.015  # 20,736 draws: σ = 0.0035
+    assert torch.allclose(got.abs().sum(), tau.abs().sum(), rtol=1e-5)  # rescaled to τ's L1 norm
+    ranks = tau.abs().argsort(dim=1).argsort(dim=1)  # 0 = smallest of its 24
+    top, bottom = kept[ranks >= 18].float().mean(), kept[ranks < 6].float().mean()
+    assert float(top) > 0.59 and float(bottom) < 0.41  # p = 0.35 + 0.3·rank/23: 0.617 and 0.383 expected
+    raw = della.magprune(tau, 0.5, 0.15, gen(), rescale=False)
+    assert torch.equal(raw != 0, kept) and torch.equal(raw[kept], tau[kept])  # the same draw; survivors as they were
+    assert not torch.equal(della.magprune(tau, 0.5, 0.15, della.generator(0, 1, KERNEL)) != 0, kept)  # per member
+    # a 1-D tensor is one row; a row of one entry (a [n, 1] matrix) keeps it with p = density
+    bias = theta["bn2.weight"] - b["bn2.weight"]
+    assert abs(float((della.magprune(bias, 0.5, 0.15, gen()) != 0).float().mean()) - 0.5) < 0.1
+    column = tau.reshape(-1, 1)
+    assert abs(float((della.magprune(column, 0.5, 0.15, gen()) != 0).float().mean()) - 0.5) < 0.015
+
+
+def test_della_without_drop_is_the_weighted_mean_of_the_agreeing_task_vectors(three):
+    b, thetas = three["b"], three["thetas"]
+    w = [1.0, 2.0, 0.5]
+    got = della.della.function([t[MATRIX] for t in thetas], b[MATRIX], key=MATRIX, density=1.0, epsilon=0.15,
+                               scale=0.7, weights=w, rescale=True, seed=0)
+    scaled = [wi * (t[MATRIX] - b[MATRIX]) for wi, t in zip(w, thetas)]
+    total = sum(scaled)
+    want = torch.zeros_like(total)
+    for idx in range(total.numel()):  # entry by entry: the sign of the sum (+ for 0), the agreeing ones' mean
+        i, j = divmod(idx, total.shape[1])
+        sign = 1.0 if total[i, j] >= 0 else -1.0
+        agree = [(s[i, j], wi) for s, wi in zip(scaled, w) if torch.sign(s[i, j]) == sign]
+        want[i, j] = sum(s for s, _ in agree) / (sum(wi for _, wi in agree) or 1.0)
+    assert torch.allclose(got, b[MATRIX] + 0.7 * want, atol=1e-6)
+
+
+def test_della_command_is_its_function_with_the_seeded_draw_and_refuses_bad_epsilon(tmp_path, three, zoo_cli):
+    out = tmp_path / "della"
+    proc = zoo_cli("combine", "-s", "della", "--base", three["base"], *_args(three["members"]), "-o", "density=0.9",
+                   "--out", out, check=False)
+    assert proc.returncode == 2 and "density ± epsilon" in proc.stderr and not out.exists()
+    zoo_cli("combine", "-s", "della", "--base", three["base"], *_args(three["members"]), "-o", "seed=3", "--out", out)
+    got, b, thetas = _sd(out), three["b"], three["thetas"]
+    for k in (MATRIX, KERNEL, "bn2.weight"):
+        want = della.della.function([t[k] for t in thetas], b[k], key=k, density=0.5, epsilon=0.15, scale=1.0,
+                                    weights=None, rescale=True, seed=3)
+        assert torch.equal(got[k], want), k
