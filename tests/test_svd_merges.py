@@ -225,7 +225,8 @@ def test_breadcrumbs_keeps_the_magnitudes_below_the_outliers_and_adds_them(three
 
 
 def test_breadcrumbs_on_a_tensor_smaller_than_one_over_gamma_keeps_its_largest(three):
-    """int(γ·n) = 0 outliers: the int(density·n) largest survive (mergekit's slice [bottom:-0] would keep none)."""
+    """int(γ·n) = 0 outliers: the int(density·n) largest survive (as mergekit 0.1.5; its older slice
+    [bottom:-0] kept none)."""
     tau = three["thetas"][0]["classifier.bias"] - three["b"]["classifier.bias"]  # 10 entries
     got = breadcrumbs.crumbs(tau, 0.9, 0.01)
     smallest = tau.abs().argmin()

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import zoo
 
 from .arithmetic import reach
-from .common import weighted
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -24,9 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def crumbs(tv: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """τ with its int(γ·n) largest and its n − int(density·n) − int(γ·n) smallest magnitudes zeroed.
 
-    mergekit selects the kept entries as ``indices[bottom:-top]`` of the ascending order, which is empty when
-    int(γ·n) = 0 (a tensor of fewer than 1/γ entries, e.g. a bias at γ = 0.01): such a tensor loses its whole
-    task vector there; here it keeps its int(density·n) largest magnitudes."""
+    As mergekit 0.1.5 (older mergekit kept ``indices[bottom:-top]``, nothing when int(γ·n) = 0)."""
     import torch
 
     if density >= 1.0:
@@ -35,7 +32,7 @@ def crumbs(tv: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     top, bottom = int(gamma * n), n - int(density * n) - int(gamma * n)
     if bottom < 0:  # density + γ > 1: fewer outliers, so that density·n entries survive
         top, bottom = top + bottom, 0
-    order = torch.argsort(tv.abs().flatten(), stable=True)  # ascending magnitude; ties in storage order
+    order = torch.sort(tv.abs().flatten()).indices  # ascending magnitude; ties as torch.sort leaves them (mergekit)
     keep = torch.zeros(n, dtype=torch.bool, device=tv.device)
     keep[order[bottom:n - top]] = True
     return torch.where(keep.view(tv.shape), tv, torch.zeros_like(tv))
@@ -62,5 +59,9 @@ def breadcrumbs(tensors: list[torch.Tensor], base: torch.Tensor, *,
                 scale: float = zoo.option(1.0, "λ: base + λ·Σ wᵢτ̃ᵢ (mergekit's lambda)"),
                 weights: list[float] | None = zoo.option(None, "wᵢ of each task vector (default 1 each)"),
                 ) -> torch.Tensor:
-    vectors = [crumbs(tv, density, gamma) for tv in zoo.task_vectors(tensors, base)]
-    return base + scale * weighted(vectors, weights)
+    import torch
+
+    stacked = torch.stack([crumbs(tv, density, gamma) for tv in zoo.task_vectors(tensors, base)])
+    if weights is not None:
+        stacked *= torch.tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, *[1] * base.dim())
+    return base + scale * stacked.sum(dim=0)  # summed over the stack, mergekit's order: the same bits
