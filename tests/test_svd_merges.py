@@ -137,24 +137,22 @@ def test_convs_option_merges_kernels_as_out_by_in_k_k_matrices(three):
     assert torch.allclose((got - b[key]).reshape(96, 216), _iso_c_written_out(taus), atol=1e-6)
 
 
-def test_tsv_with_more_members_than_the_rank_keeps_the_base_and_says_so(three):
-    """k = int(r/N) = 0 (the reference code's behaviour): the matrix is the base's, 1-D tensors still averaged."""
+def test_tsv_with_more_members_than_the_rank_keeps_the_base_and_says_so(tmp_path, three, zoo_cli):
+    """k = int(r/N) = 0 (the reference code's behaviour): the matrix is the base's, the rest still merged."""
     g = torch.Generator().manual_seed(0)
     base = torch.randn(3, 40, generator=g)
     members = [base + torch.randn(3, 40, generator=g) for _ in range(4)]
     assert torch.equal(tsv.tsv.function(members, base, key="w", stats=None, scale=1.0, convs=False), base)
-
-    class Ctx:
-        lines: list[str] = []
-        log = lines.append
-
-    class Base:  # what prepare reads of the base: its tensors' names and shapes
-        shapes = {"head.weight": (3, 40), "head.bias": (3,), "big.weight": (40, 40)}
-        keys = shapes.keys
-        shape = shapes.get
-
-    found = tsv.prepare([None] * 4, Base(), tsv.tsv.Options(), Ctx())
-    assert found.keys == ["head.weight"] and "keep the base's values" in Ctx.lines[0]
+    # the digits models cut to 2 classes: a [2, 256] head (r = 2) and 3 members
+    two = [_fewer_classes(m, tmp_path / f"two-{i}", 2) for i, m in enumerate([three["base"], *three["members"]])]
+    out = tmp_path / "out"
+    proc = zoo_cli("combine", "-s", "tsv", "--base", two[0], *_args(two[1:]), "--out", out)
+    assert "keep the base's values" in proc.stdout + proc.stderr and "classifier.weight" in proc.stdout + proc.stderr
+    assert json.loads((out / "zoo.json").read_text())["report"]["base_kept"] == [MATRIX]
+    got, b, thetas = _sd(out), _sd(two[0]), [_sd(m) for m in two[1:]]
+    assert torch.equal(got[MATRIX], b[MATRIX])
+    assert torch.allclose(got["classifier.bias"] - b["classifier.bias"],
+                          sum(t["classifier.bias"] - b["classifier.bias"] for t in thetas) / 3, atol=1e-7)
 
 
 # ---- several tasks, bad input ---------------------------------------------------------------------

@@ -102,9 +102,9 @@ def prepare(members, base, options, ctx) -> Dropped:
     keys = [k for k in base.keys() if (mat := matrix_shape(k, tuple(base.shape(k)), options.convs)) is not None
             and kept(min(mat), n) == 0]
     if keys:
-        ctx.log(f"tsv: {n} members and {len(keys)} matrix(es) of rank below {n} ({', '.join(keys[:5])}"
-                f"{' …' if len(keys) > 5 else ''}): k = ⌊r/N⌋ = 0 triplets each, so they keep the base's values "
-                "(as the reference code)")
+        ctx.log(f"tsv: {len(keys)} matrix(es) too small for {n} members ({', '.join(keys[:5])}"
+                f"{' …' if len(keys) > 5 else ''}): k = int(r/N) = 0 singular triplets each, so they keep the "
+                "base's values (as the reference code)")
     return Dropped(keys)
 
 
