@@ -1,4 +1,5 @@
-"""Task-vector merges: task arithmetic, TIES, DARE, Model Stock, SLERP, Fisher, RegMean and MWA.
+"""Task-vector merges: task arithmetic, TIES, DARE, Model Stock, SLERP, Fisher, RegMean, MWA, TSV-M, Iso-C,
+Iso-CTS, model breadcrumbs and DELLA.
 
 Each method is a per-tensor function on the kit's merge contract (``zoo.merge_method``): zoo streams
 the members (and ``--base``) one chunk at a time, so memory is one output model plus bounded chunks,
@@ -12,7 +13,9 @@ import zoo
 @zoo.hookimpl
 def zoo_strategies():
     # imported here, not at the top: zoo imports every plugin for `zoo --help` (they import torch only when run)
-    from . import arithmetic, dare, fisher, model_stock, mwa, regmean, slerp, ties
+    from . import (arithmetic, breadcrumbs, dare, della, fisher, isotropic, model_stock, mwa, regmean, slerp, ties,
+                   tsv)
 
     return [arithmetic.task_arithmetic, ties.ties, dare.dare, model_stock.model_stock, slerp.slerp,
-            fisher.fisher, regmean.regmean, mwa.mwa]
+            fisher.fisher, regmean.regmean, mwa.mwa, tsv.tsv, isotropic.iso_c, isotropic.iso_cts,
+            breadcrumbs.breadcrumbs, della.della]
