@@ -23,6 +23,8 @@ DEFAULT = (
     ("ties", {"scale": "0.5,1,1.5"}),
     ("dare", {"then": "ties", "scale": "0.5,1,1.5"}),
     ("model-stock", {}),
+    ("breadcrumbs", {"scale": "0.5,1"}),
+    ("della", {"scale": "0.5,1"}),
     ("tsv", {"scale": "0.5,1"}),
     ("iso-c", {"scale": "0.5,1,1.5"}),
     ("iso-cts", {"scale": "0.5,1,1.5"}),
@@ -43,7 +45,7 @@ class Auto(zoo.Strategy):
     class Options:
         candidates: str | None = zoo.option(
             None, f"the candidates, {SPELLING}; default: soup, greedy soup, task arithmetic, TIES, DARE, Model "
-            "Stock, TSV-M, Iso-C, Iso-CTS with their usual λ ranges, those this run can score")
+            "Stock, breadcrumbs, DELLA, TSV-M, Iso-C, Iso-CTS with their usual λ ranges, those this run can score")
 
     @classmethod
     def check(cls, options) -> None:
