@@ -200,7 +200,10 @@ def merging_coefficients(coefficients: dict[str, Sequence[float]], *, layers: Se
             ax.plot(epochs, [h["loss"] for h in history], "-o", ms=3, color="black", label="sum over tasks")
         for key in columns:
             ax.plot(epochs, [h[key] for h in history], "-o", ms=3, label=key[len("entropy/"):])
-        ax.set_xlabel("epoch")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (0: before learning)")
         ax.set_ylabel("mean entropy of the predictions (nats)")
         _finish(fig, ax, "entropy while learning λ")
     return fig
