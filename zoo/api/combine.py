@@ -441,11 +441,12 @@ def _refuse_output_options(cls, options: dict[str, Any]) -> None:
 
 def _check_merge_method(host, cls, strategy: str) -> None:
     """--multi-task streams the members without their heads through a per-tensor merge: only a merge method
-    (``zoo.merge_method``) can run on such headless members."""
+    (``zoo.merge_method``), or a strategy that takes the tasks (``Strategy.multi_task``), runs on such headless
+    members."""
     from zoo.kit.merge.method import MergeMethod
 
-    if not issubclass(cls, MergeMethod) and not cls.selects:
-        merges = [name for name, (c, _) in host.strategies().items() if issubclass(c, MergeMethod)]
+    if not issubclass(cls, MergeMethod) and not cls.selects and not cls.multi_task:
+        merges = [name for name, (c, _) in host.strategies().items() if issubclass(c, MergeMethod) or c.multi_task]
         raise BadInput(f"--multi-task is for merge methods (they merge the backbones tensor by tensor, each "
                        f"member keeping its own head); {strategy!r} is not one. Merge methods: "
                        f"{', '.join(merges)} (see `zoo strategies`)")
@@ -505,7 +506,7 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
         result.options = _options.to_dict(opts)
     merged.report["tasks"] = {m.name: res.metrics for m, res in tasks}
     merged.members, merged.base, merged.strategy, merged.options = members, base, r.strategy, _options.to_dict(opts)
-    if r.out is not None:
+    if r.out is not None and ctx.rank == 0:  # under torchrun, rank 0 alone writes
         extra = {"zoo": r.zoo_name, "train_data": r.train_data, "seed": r.seed,
                  **({"format": r.format} if r.format else {}),
                  **({"output_options": r.output_options} if r.output_options else {})}
@@ -527,6 +528,8 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
 
             sections.append(_auto.tasks_text(merged.report["auto"]))
         _tasks.save_tasks(tasks, r.out, force=r.force, recipe=recipe, save_one=save_one, extra=sections)
+        if r.checkpoints is not None and r.checkpoints.exists():
+            shutil.rmtree(r.checkpoints)  # the run is complete (a training strategy's, e.g. adamerging)
     return merged
 
 

@@ -55,6 +55,7 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
     each member's own metrics on its task, filled in as they are measured (a sweep measures them once)."""
     from zoo.kit.data import data_config, load_split
     from zoo.kit.strategy import Combined
+    from zoo.kit.strategy.context import Task
 
     heads = {m.name: m.head_keys() for m in members}
     for m in members:
@@ -64,12 +65,13 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
     bodies = [m.without(heads[m.name]) for m in members]
     if base is not None:
         ctx.base = base.without(base.head_keys())
+    ctx.tasks = {m.name: Task(m, tuple(heads[m.name]), eval_dirs.get(m.name, eval_all)) for m in members}
     merged = cls().combine(bodies, opts, ctx)
     tasks = []
     for m in members:
         sd = {**merged.state_dict, **m.read(heads[m.name])}
         result = Combined(state_dict=sd, config=dict(m.config), report=dict(merged.report),
-                          card_sections=list(merged.card_sections), like=m)
+                          card_sections=list(merged.card_sections), figures=dict(merged.figures), like=m)
         folder = eval_dirs.get(m.name, eval_all)
         if folder:
             split = load_split(folder, data_config(m.pretrained_cfg), label_names=m.label_names,

@@ -1,5 +1,6 @@
 """The model card: sections a strategy fills (``Section``, ``table``) and figures drawn headless
-(``pyplot``, ``bars``, ``greedy_path``, ``robustness_curve``, ``sweep_curve``, ``training_curves``).
+(``pyplot``, ``bars``, ``greedy_path``, ``robustness_curve``, ``sweep_curve``, ``training_curves``,
+``merging_coefficients``).
 """
 
 from zoo.kit._infra.exports import lazy
@@ -14,6 +15,7 @@ NAMES = {
     "robustness_curve": "zoo.kit.card.figures",
     "sweep_curve": "zoo.kit.card.figures",
     "training_curves": "zoo.kit.card.figures",
+    "merging_coefficients": "zoo.kit.card.figures",
 }
 __all__ = sorted(NAMES)
 __getattr__ = lazy(__name__, NAMES)

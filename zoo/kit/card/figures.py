@@ -164,3 +164,46 @@ def training_curves(history: Sequence[dict], *, top1_title: str = "training top-
             ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def merging_coefficients(coefficients: dict[str, Sequence[float]], *, layers: Sequence[str] | None = None,
+                         history: Sequence[dict] = (), title: str):
+    """Learned merging coefficients (AdaMerging's λ): one line per member over its layers (``layers``: the tensor
+    names, in model order), or one bar per member with one λ each (``layers`` None); beside it, the entropy
+    per epoch from a training history (``loss`` and every ``entropy/TASK`` column), where there is one."""
+    plt = pyplot()
+    panels = 2 if history else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels + (2.4 if layers else 0), 3.8), dpi=110,
+                             squeeze=False)
+    ax = axes[0][0]
+    names = list(coefficients)
+    if layers:
+        for name in names:
+            ax.plot(range(len(layers)), list(coefficients[name]), "-", lw=1.2, label=name)
+        ticks = list(range(0, len(layers), max(1, len(layers) // 12)))
+        ax.set_xticks(ticks, [layers[i] for i in ticks], rotation=40, ha="right", fontsize=6)
+        ax.set_xlabel("tensor (model order)")
+    else:
+        values = [float(coefficients[n][0]) for n in names]
+        ax.bar(range(len(names)), values, color="tab:blue")
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.plot([], [], "s", color="tab:blue", label="λ per member")
+    ax.set_ylabel("λ")
+    _finish(fig, ax, title)
+    if history:
+        ax = axes[0][1]
+        epochs = [h["epoch"] for h in history]
+        columns = [k for k in history[0] if k.startswith("entropy/")]
+        if len(columns) > 1 or not columns:
+            ax.plot(epochs, [h["loss"] for h in history], "-o", ms=3, color="black", label="sum over tasks")
+        for key in columns:
+            ax.plot(epochs, [h[key] for h in history], "-o", ms=3, label=key[len("entropy/"):])
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (0: before learning)")
+        ax.set_ylabel("mean entropy of the predictions (nats)")
+        _finish(fig, ax, "entropy while learning λ")
+    return fig

@@ -64,6 +64,10 @@ class Strategy:
     #: True for a strategy that chooses among others (``auto``): zoo runs each of its :meth:`candidates` on the
     #: members, scores it on the held-out data and writes the best; its ``combine`` is not called
     selects: ClassVar[bool] = False
+    #: True: it runs with ``--multi-task`` as merge methods do (members fine-tuned from one base on different
+    #: tasks). It gets the members without their heads, ``ctx.tasks`` gives each task's whole member and data,
+    #: and it returns the merged backbone without heads, which zoo writes once per task with that task's head
+    multi_task: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -121,6 +125,16 @@ class Combined:
     like: Any = None
 
 
+@dataclass(frozen=True)
+class Task:
+    """One task of a ``--multi-task`` run: its member whole (the strategy's members are views without their
+    heads), the names of that member's head tensors, and its ``--eval-data NAME=DIR`` (None when not given)."""
+
+    member: Member
+    head: tuple[str, ...]
+    data: str | None
+
+
 @dataclass
 class Context:
     """What a strategy may use besides its members: device, data, evaluation, progress."""
@@ -146,6 +160,9 @@ class Context:
     world_size: int = 1
     #: the base model given with --base (None without one), for strategies that need a start
     base: Member | None = None
+    #: ``--multi-task``: each task by its member's name (None otherwise), for strategies that need a task's
+    #: head or data (``Strategy.multi_task``; merge methods never look)
+    tasks: dict[str, Task] | None = None
     #: resolve one more member from a spec (hf-hub:..., a folder, a file), as -m would
     load_member: Callable[[str], Member] = field(default=lambda spec: _no_resolver(spec), repr=False)
     _models: dict[int, Any] = field(default_factory=dict, repr=False)
