@@ -49,8 +49,8 @@ def plan(cls, opts, host, *, base: bool, multi_task: bool, train: bool) -> list[
             return "it needs --train-data"
         if "ood" in c.needs:
             return "it needs --ood-data"
-        if multi_task and not issubclass(c, MergeMethod):
-            return "--multi-task merges with merge methods only"
+        if multi_task and not (issubclass(c, MergeMethod) or c.multi_task):
+            return "--multi-task runs merge methods and strategies that keep the heads apart only"
         if not c.same_tensors:
             return "it does not merge weights of one architecture"
         return None
