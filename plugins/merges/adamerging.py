@@ -177,7 +177,6 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     import torch
     from torch.func import functional_call
 
-    from zoo.kit.tensors import is_statistic
     from zoo.kit.train import (CHECKPOINT, LoopOptions, Step, autocast, ddp, resume_state, share, to_device,
                                train, unwrap)
 
@@ -192,13 +191,13 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     base_member = ctx.base
     floats = [k for k in base_member.keys() if base_member.is_float(k)]
     order = {k: i for i, k in enumerate(tasks[0].model.state_dict())}  # the model's order, not the file's
-    layers = sorted((k for k in floats if not is_statistic(k)), key=lambda k: order.get(k, len(order)))
+    layers = sorted((k for k in floats if not zoo.is_statistic(k)), key=lambda k: order.get(k, len(order)))
     base = {k: (v.float() if k in floats else v).to(device) for k, v in base_member.state_dict().items()}
     # the output's dtypes: the members' where they agree, float32 where they do not (as the streamed merges')
     dtypes = {k: next(iter(d)) if len(d := {m.dtype(k) for m in members}) == 1 else "F32" for k in floats}
     # one member at a time (memory: the base, the N task vectors and one member), stacked [members, ...] per tensor
     vectors = {k: torch.empty((len(members), *base[k].shape), device=device) for k in layers}
-    statistics = {k: (base[k], torch.zeros_like(base[k])) for k in floats if is_statistic(k)}
+    statistics = {k: (base[k], torch.zeros_like(base[k])) for k in floats if zoo.is_statistic(k)}
     for i, m in enumerate(members):
         sd = m.state_dict()
         for k in layers:
