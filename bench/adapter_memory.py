@@ -13,6 +13,8 @@ its own process with an empty ZOO_CACHE and the page cache of the inputs dropped
   ties      : `zoo combine -s ties --base BASE -m a1 .. aN --out OUT`                 (a full model)
   ta-adapter: `zoo combine -s task-arithmetic ... --format adapter -o rank=RANK`      (a merged adapter)
   ties-adapter: the same with TIES
+  ta-full, ties-full: `-s task-arithmetic` / `-s ties` of the same four models as full timm folders (each adapter
+            merged into the base by PEFT's ``merge_and_unload``): what the adapter path costs over full members
 
 The claim checked: peak − floor stays well under the base's size (the engine streams a few tensors at a time and
 never holds the whole model). Prints the Markdown table for bench/RESULTS.md.
@@ -61,6 +63,27 @@ def make(arch: str, n: int, rank: int, work: Path) -> tuple[Path, list[Path]]:
     return base, adapters
 
 
+def make_full(arch: str, base: Path, adapters: list[Path], work: Path) -> list[Path]:
+    """Each adapter merged into the base by PEFT (``merge_and_unload``), saved as a full timm folder."""
+    folders = [work / f"full-{a.name}" for a in adapters]
+    if all((f / "model.safetensors").is_file() for f in folders):
+        return folders
+    import timm
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from timm.models import save_for_hf
+
+    model = timm.create_model(arch, pretrained=False)
+    start = load_file(str(base / "model.safetensors"))
+    for adapter, folder in zip(adapters, folders):
+        model.load_state_dict(start)
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        save_for_hf(merged, str(folder), safe_serialization=True)
+        model = merged
+        print(f"  wrote {folder}", flush=True)
+    return folders
+
+
 def drop_caches(files: list[Path]) -> None:
     """Evict the inputs from the page cache where we may (posix_fadvise), so each run reads cold-ish."""
     for p in files:
@@ -89,17 +112,20 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-adapter-memory"))
     ap.add_argument("--only", default="", help="comma-separated runs (default: all)")
+    ap.add_argument("--full", action="store_true", help="also the runs on full members (ta-full, ties-full)")
     ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.make_only:
-        make(args.arch, args.adapters, args.rank, work)
+        base, adapters = make(args.arch, args.adapters, args.rank, work)
+        if args.full:
+            make_full(args.arch, base, adapters, work)
         return
     print(f"making the base ({args.arch}) and {args.adapters} adapters (r={args.rank}) in {work}", flush=True)
     # made in a child: this process stays small (no torch), since ru_maxrss survives fork+exec
     subprocess.run([sys.executable, __file__, "--make-only", "--arch", args.arch, "--adapters", str(args.adapters),
-                    "--rank", str(args.rank), "--work", str(work)], check=True)
+                    "--rank", str(args.rank), "--work", str(work), *(["--full"] if args.full else [])], check=True)
     base, adapters = work / "base", [work / f"a{i + 1}" for i in range(args.adapters)]
     inputs = [base / "model.safetensors", *(a / "adapter_model.safetensors" for a in adapters)]
     base_size = inputs[0].stat().st_size / 2**30
@@ -116,6 +142,12 @@ def main() -> None:
         "ties-adapter": [*merge, "-s", "ties", "--format", "adapter", "-o", f"rank={args.rank}",
                          "--out", str(work / "out")],
     }
+    if args.full:
+        full = [py, "-m", "zoo", "--quiet", "combine", "--base", str(base),
+                *sum((["-m", str(work / f"full-{a.name}")] for a in adapters), []), "--device", "cpu", "--force"]
+        runs["ta-full"] = [*full, "-s", "task-arithmetic", "--out", str(work / "out")]
+        runs["ties-full"] = [*full, "-s", "ties", "--out", str(work / "out")]
+        inputs += [work / f"full-{a.name}" / "model.safetensors" for a in adapters]
     only = [r for r in args.only.split(",") if r] or list(runs)
     unknown = sorted(set(only) - set(runs))
     if unknown:
@@ -130,7 +162,8 @@ def main() -> None:
         results[name] = measure(runs[name], env)
         if name != "imports":
             outputs[name] = sum(p.stat().st_size for p in (work / "out").glob("*.safetensors")) / 2**20
-        print(f"  {name:12s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB", flush=True)
+        written = f"   output {outputs[name]:.1f} MiB" if name in outputs else ""
+        print(f"  {name:12s} wall {results[name][0]:7.1f} s   peak RSS {results[name][1]:6.2f} GiB{written}", flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
     floor = results.get("imports", (0.0, 0.0))[1]
     print(f"\nbase {args.arch}: {base_size:.2f} GiB on disk; {args.adapters} adapters r={args.rank}: "
