@@ -18,6 +18,12 @@ its own process with an empty ZOO_CACHE and the page cache of the inputs dropped
 
 The claim checked: peak − floor stays well under the base's size (the engine streams a few tensors at a time and
 never holds the whole model). Prints the Markdown table for bench/RESULTS.md.
+
+    python bench/adapter_memory.py --work /tmp/zoo-adapter-memory --trace ta     # where the memory goes
+
+``--trace RUN`` runs that zoo command in this process instead, with a thread that samples VmRSS every 10 ms and
+keeps the main thread's stack at each new maximum (50 MB steps): it prints the peak, the last stacks and the
+RSS timeline (seconds:GiB). Try it with MALLOC_ARENA_MAX=1 to see the allocator's share.
 """
 
 from __future__ import annotations
@@ -84,6 +90,47 @@ def make_full(arch: str, base: Path, adapters: list[Path], work: Path) -> list[P
     return folders
 
 
+def trace(argv: list[str]) -> None:
+    """``zoo ARGV`` in this process under an RSS sampler (see the module docstring)."""
+    import threading
+    import traceback
+
+    main_id, samples, peaks, done = threading.get_ident(), [], [], threading.Event()
+
+    def rss() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2**20
+
+    def sample() -> None:
+        t0, best, logged = time.perf_counter(), 0.0, 0.0
+        while not done.is_set():
+            r = rss()
+            samples.append((time.perf_counter() - t0, r))
+            best = max(best, r)
+            if best - logged > 0.05:
+                logged = best
+                stack = traceback.format_stack(sys._current_frames().get(main_id))[-12:]
+                peaks.append((samples[-1][0], r, "".join(stack)))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    from zoo.cli import main as zoo_main
+
+    sys.argv = ["zoo", *argv]
+    try:
+        zoo_main()
+    except SystemExit:
+        pass
+    done.set()
+    thread.join()
+    for t, r, stack in peaks[-4:]:
+        print(f"\n=== t={t:.1f} s, RSS {r:.3f} GiB\n{stack}")
+    step = max(1, len(samples) // 80)
+    print("timeline: " + " ".join(f"{t:.0f}:{r:.2f}" for t, r in samples[::step]))
+    print(f"peak {max(r for _, r in samples):.3f} GiB, wall {samples[-1][0]:.1f} s")
+
+
 def drop_caches(files: list[Path]) -> None:
     """Evict the inputs from the page cache where we may (posix_fadvise), so each run reads cold-ish."""
     for p in files:
@@ -113,6 +160,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-adapter-memory"))
     ap.add_argument("--only", default="", help="comma-separated runs (default: all)")
     ap.add_argument("--full", action="store_true", help="also the runs on full members (ta-full, ties-full)")
+    ap.add_argument("--trace", default="", help="run this one run in-process under an RSS sampler")
     ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.work.resolve()
@@ -148,6 +196,11 @@ def main() -> None:
         runs["ta-full"] = [*full, "-s", "task-arithmetic", "--out", str(work / "out")]
         runs["ties-full"] = [*full, "-s", "ties", "--out", str(work / "out")]
         inputs += [work / f"full-{a.name}" / "model.safetensors" for a in adapters]
+    if args.trace:
+        if args.trace not in runs or args.trace == "imports":
+            raise SystemExit(f"--trace: one of {', '.join(r for r in runs if r != 'imports')}")
+        os.environ["ZOO_CACHE"] = str(work / "zoo-cache-trace")
+        return trace(runs[args.trace][3:])  # the arguments after `python -m zoo`
     only = [r for r in args.only.split(",") if r] or list(runs)
     unknown = sorted(set(only) - set(runs))
     if unknown:
