@@ -92,6 +92,32 @@ def test_energy_chooses_each_rank_and_the_reported_error_is_peft_s(merges, adapt
     assert {"bn1", "blocks.3.0.conv_dw", "classifier"} <= set(report["saved_whole"])
 
 
+def test_a_rank_cap_takes_the_top_singular_vectors_close_to_the_best_truncation(merges, adapters, tmp_path):
+    """-o rank=4 (well below the layers' sizes: the randomized SVD's path): each module's reported error is within
+    1% (relative) of the best rank-4 error, Eckart–Young's √(Σ_{i>4} sᵢ²)/‖D‖ from the full SVD, and the same run
+    twice writes the same bytes (the random range finder is seeded)."""
+    import zoo
+
+    two = [str(adapters["lora-a"]), str(adapters["lora-b"])]
+    for out in ("r4", "r4-again"):
+        zoo.combine("task-arithmetic", two, base=str(adapters["base"]), format="adapter", options={"rank": "4"},
+                    out=tmp_path / out)
+    assert (tmp_path / "r4" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "r4-again" / "adapter_model.safetensors").read_bytes()
+    full, base = load_file(str(merges / "full" / "model.safetensors")), load_file(
+        str(adapters["base"] / "model.safetensors"))
+    checked = 0
+    for module, v in _report(tmp_path / "r4")["modules"].items():
+        delta = (full[f"{module}.weight"] - base[f"{module}.weight"]).double().flatten(1)
+        if 2 * (4 + 8) >= min(delta.shape):
+            continue  # small enough for the full SVD
+        s = torch.linalg.svdvals(delta)
+        best = float(s[4:].square().sum().sqrt() / s.square().sum().sqrt())
+        assert v["rank"] == 4 and best * (1 - 1e-6) <= v["error"] <= best * 1.01, (module, best, v["error"])
+        checked += 1
+    assert checked >= 3
+
+
 def test_reproduce_replays_the_output_options(merges, zoo_cli):
     """zoo reproduce of a merged adapter re-runs it with its recorded ``-o energy=0.9`` (an option of the output,
     not the strategy's): the same files, byte for byte."""
