@@ -38,8 +38,9 @@ from zoo.plugins.formats.peft_files import CONFIG, PREFIX, WEIGHTS  # noqa: F401
 def plus_delta(weight, lora_a, lora_b, *, scale: float):
     """``W + scale · (B @ A)``, as PEFT's merge computes it (the product in the adapter's dtype, then scaled and
     added in the weight's); a 1×1 convolution's weight keeps its two trailing unit dimensions."""
-    delta = (lora_b.flatten(1) @ lora_a.flatten(1)) * scale
-    return weight + delta.reshape(weight.shape).to(weight.dtype)
+    delta = (lora_b.flatten(1) @ lora_a.flatten(1)).mul_(scale)  # in place: one temporary of the weight's size
+    delta = delta.reshape(weight.shape).to(weight.dtype)
+    return delta.add_(weight)  # W + δ and δ + W are the same bits; the weight itself is left as read
 
 
 class AdapterFormat(zoo.MemberFormat):
