@@ -1,0 +1,234 @@
+"""Merging LoRA adapters of four tasks: zoo's full merge, zoo's merged adapter at ranks 8/16/32, PEFT's own.
+
+    python bench/lora_merges.py --work /tmp/zoo-bench-lora [--epochs 3] [--lr 2e-3] [--ranks 8,16,32]
+
+The four tasks, the base (EfficientNet-Lite0, ImageNet, 64 px), the methods, their λ grids and the measure
+are bench/merges_multi_task.py's. Each task gets a LoRA adapter instead of a full fine-tune: ``zoo finetune
+--lora r=8`` (PEFT LoRA on every 1×1 convolution, its own new head saved whole as ``modules_to_save``).
+
+- zoo, full merge: ``zoo combine --multi-task`` of the four adapters with each method (the merged network
+  with each task's head; λ chosen on the validation splits, the test splits measured once).
+- zoo, merged adapter: the same with ``--format adapter -o rank=R`` for each R of --ranks (one adapter per
+  task: the merged LoRA and that task's head), with its file size and the reconstruction error zoo reports.
+  Skipped, with a line saying why, where this zoo refuses ``--multi-task --format adapter``.
+- PEFT: the four adapters loaded into one ``PeftModel`` (``from_pretrained`` and ``load_adapter``), merged by
+  ``add_weighted_adapter`` with ``linear``, ``ties`` (zoo's TIES density, 0.2), ``svd`` (``svd_rank`` 8) and,
+  as a check, ``cat`` (exact, rank 32) — weights λ for all four chosen on validation among zoo's grid for the
+  matching method. PEFT cannot merge the heads (each adapter's ``modules_to_save``; peft #1595), so each
+  adapter is loaded without its head (a copy of its folder without the ``classifier`` tensors and
+  ``modules_to_save``) and each task is measured with the merged adapter and that task's own head put back
+  as the base's classifier (timm's ``reset_classifier`` to its classes, its saved weights).
+
+Normalised accuracy is merged top-1 ÷ the task's own adapter's top-1. Prints the Markdown for bench/RESULTS.md
+and writes results.json under --work (adapters and merges are reused on a rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import zoo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merges_multi_task import METHODS, TASKS, merge_on_val_then_test, write_tasks  # noqa: E402
+
+ZOO_METHODS = ("task arithmetic", "TIES", "DARE → task arithmetic", "DARE → TIES", "plain average (soup)",
+               "Model Stock")
+# PEFT combination → (zoo's method whose λ grid it takes, its other arguments)
+PEFT_METHODS = {
+    "linear": ("task arithmetic", {}),
+    "ties": ("TIES", {"density": 0.2}),  # zoo's TIES default density
+    "svd": ("task arithmetic", {"svd_rank": 8}),
+    "cat": ("task arithmetic", {}),
+}
+
+
+def make_adapters(work: Path, epochs: int, lr: float) -> tuple[dict[str, Path], Path, dict[str, Path], float]:
+    """The tasks, the base and one LoRA adapter (r=8, its own new head) per task, made once."""
+    from zoo.demos.shift import PRETRAINED_CFG
+    from zoo.demos.wheels import save_lite_member
+
+    t0 = time.perf_counter()
+    data = write_tasks(work)
+    base = work / "lite0"
+    if not base.exists():
+        save_lite_member(0, base, PRETRAINED_CFG)
+    loras = {}
+    for task in TASKS:
+        loras[task] = work / "lora" / task
+        if not loras[task].exists():
+            zoo.finetune(str(base), str(data[task] / "train"), loras[task], lora="r=8",
+                         recipe=zoo.FinetuneRecipe(epochs=epochs, lr=lr), eval_data=str(data[task] / "val"))
+    return data, base, loras, time.perf_counter() - t0
+
+
+def adapter_report(out: Path) -> dict:
+    """Size of each task's merged adapter file and the max / mean relative reconstruction error zoo reports."""
+    sizes, errors = [], []
+    for t in TASKS:
+        sizes.append((out / t / "adapter_model.safetensors").stat().st_size)
+        report = json.loads((out / t / "zoo.json").read_text()).get("report", {}).get("adapter", {})
+        errors += [m["error"] for m in report.get("modules", {}).values() if "error" in m]
+    return {"bytes": float(np.mean(sizes)), "max_error": max(errors) if errors else float("nan"),
+            "mean_error": float(np.mean(errors)) if errors else float("nan"), "report_keys": sorted(report)}
+
+
+class PeftMerges:
+    """The four adapters in one PeftModel (their heads kept aside), merged by ``add_weighted_adapter``."""
+
+    def __init__(self, work: Path, base: Path, loras: dict[str, Path], data: dict[str, Path]):
+        import torch
+        from peft import PeftModel
+        from safetensors.torch import load_file, save_file
+
+        from zoo.kit.data import data_config, load_split
+
+        self.heads, self.classes, self.data = {}, {}, data
+        bare = {}
+        for t in TASKS:  # each adapter without its head: PEFT refuses to merge modules_to_save
+            bare[t] = work / "peft-in" / t
+            bare[t].mkdir(parents=True, exist_ok=True)
+            tensors = load_file(str(loras[t] / "adapter_model.safetensors"))
+            prefix = "base_model.model.classifier."
+            self.heads[t] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            save_file({k: v for k, v in tensors.items() if not k.startswith(prefix)},
+                      str(bare[t] / "adapter_model.safetensors"))
+            config = json.loads((loras[t] / "adapter_config.json").read_text())
+            (bare[t] / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": None}))
+            self.classes[t] = json.loads((loras[t] / "zoo.json").read_text())["report"]["classes"]
+        model = zoo.load(str(base))
+        cfg = data_config(model.pretrained_cfg)
+        self.splits = {(t, s): load_split(str(data[t] / s), cfg, label_names=self.classes[t],
+                                          num_classes=len(self.classes[t])) for t in TASKS for s in ("val", "test")}
+        self.pm = PeftModel.from_pretrained(model, str(bare[TASKS[0]]), adapter_name=TASKS[0])
+        for t in TASKS[1:]:
+            self.pm.load_adapter(str(bare[t]), adapter_name=t)
+        self.pm.eval()
+        self.torch = torch
+
+    def merge(self, name: str, combination: str, weight: float, extra: dict) -> float:
+        """``add_weighted_adapter`` of the four, each with ``weight``; returns its wall in seconds."""
+        t0 = time.perf_counter()
+        self.pm.add_weighted_adapter(list(TASKS), [weight] * len(TASKS), name, combination_type=combination,
+                                     **extra)
+        return time.perf_counter() - t0
+
+    def top1(self, adapter: str, split: str) -> dict[str, float]:
+        """Each task's top-1 on ``split`` with ``adapter`` active and the task's own head as the classifier."""
+        from zoo.kit.measure import evaluate_model
+
+        self.pm.set_adapter(adapter)
+        inner = self.pm.base_model.model
+        out = {}
+        for t in TASKS:
+            inner.reset_classifier(len(self.classes[t]))
+            inner.classifier.load_state_dict(self.heads[t])
+            out[t] = evaluate_model(self.pm, self.splits[(t, split)], self.torch.device("cpu")).top1
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-bench-lora"))
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--ranks", default="8,16,32")
+    ap.add_argument("--only", default="adapters,full,adapter,peft",
+                    help="which parts to run, comma-separated (the adapters are made whenever needed)")
+    args = ap.parse_args()
+    parts = set(args.only.split(","))
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.work)  # the adapters name their local base by its folder name: zoo eval finds it from here
+    data, base, loras, t_ft = make_adapters(args.work, args.epochs, args.lr)
+    alone = {t: zoo.evaluate(str(loras[t]), str(data[t] / "test")).top1 for t in TASKS}
+    val_alone = {t: zoo.evaluate(str(loras[t]), str(data[t] / "val")).top1 for t in TASKS}
+    results = {"fine-tunes": alone, "val": val_alone, "lora_bytes": {
+        t: (loras[t] / "adapter_model.safetensors").stat().st_size for t in TASKS}}
+    res_file = args.work / "results.json"
+    if res_file.exists():
+        results = {**json.loads(res_file.read_text()), **results}
+
+    def norm(test: dict[str, float]) -> float:
+        return float(np.mean([test[t] / alone[t] for t in TASKS]))
+
+    if "full" in parts:
+        for label in ZOO_METHODS:
+            strategy, candidates = METHODS[label]
+            t0 = time.perf_counter()
+            options, _, test = merge_on_val_then_test(strategy, candidates, loras, base, data, val_alone,
+                                                      args.work / "merged")
+            results[f"zoo full: {label}"] = {"options": options, "test_top1": test, "normalized": norm(test),
+                                             "wall_s": time.perf_counter() - t0}
+            res_file.write_text(json.dumps(results, indent=2))
+    if "adapter" in parts:
+        for rank in (int(r) for r in args.ranks.split(",")):
+            for label in ZOO_METHODS:
+                strategy, candidates = METHODS[label]
+                t0 = time.perf_counter()
+                try:
+                    options, out, test = merge_on_val_then_test(
+                        strategy, candidates, loras, base, data, val_alone, args.work / "merged",
+                        output={"format": "adapter", "rank": rank})
+                    if not (out / TASKS[0] / "adapter_config.json").exists():
+                        raise RuntimeError(f"{out / TASKS[0]} is not an adapter")
+                except Exception as e:  # this zoo has no --multi-task --format adapter: say so, go on
+                    print(f"zoo combine --multi-task --format adapter -o rank={rank} -s {strategy}: "
+                          f"{type(e).__name__}: {e}")
+                    continue
+                results[f"zoo adapter r={rank}: {label}"] = {
+                    "options": options, "test_top1": test, "normalized": norm(test),
+                    "wall_s": time.perf_counter() - t0, **adapter_report(out)}
+                res_file.write_text(json.dumps(results, indent=2))
+    if "peft" in parts:
+        peft = PeftMerges(args.work, base, loras, data)
+        for combination, (grid_of, extra) in PEFT_METHODS.items():
+            best, walls = None, []
+            for i, cand in enumerate(METHODS[grid_of][1]):
+                name = f"{combination}-{i}"
+                walls.append(peft.merge(name, combination, cand["scale"], extra))
+                val = peft.top1(name, "val")
+                score = float(np.mean([val[t] / val_alone[t] for t in TASKS]))
+                if best is None or score > best[0]:
+                    best = (score, cand["scale"], name)
+            _, weight, name = best
+            test = peft.top1(name, "test")
+            results[f"PEFT {combination}"] = {"options": {"weight": weight, **extra}, "test_top1": test,
+                                              "normalized": norm(test), "merge_wall_s": float(np.median(walls))}
+            res_file.write_text(json.dumps(results, indent=2))
+
+    print_tables(results, args, t_ft)
+
+
+def print_tables(results: dict, args, t_ft: float) -> None:
+    alone = results["fine-tunes"]
+    print(f"\nadapters: {t_ft:.0f} s (0 when reused); each adapter file "
+          f"{np.mean(list(results['lora_bytes'].values())) / 1e6:.2f} MB")
+    head = "| " + " | ".join(TASKS) + " | mean | normalised |"
+    print("\n| method | chosen on val " + head)
+    print("|---|---|" + "---|" * (len(TASKS) + 2))
+    print("| each task's own adapter | — | " + " | ".join(f"{alone[t]:.3f}" for t in TASKS)
+          + f" | {np.mean(list(alone.values())):.3f} | 1.000 |")
+    for key, r in results.items():
+        if not isinstance(r, dict) or "normalized" not in r:
+            continue
+        chosen = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "—"
+        extra = ""
+        if "bytes" in r:
+            extra = f" ({r['bytes'] / 1e6:.2f} MB, error max {r['max_error']:.3f} mean {r['mean_error']:.3f})"
+        if "merge_wall_s" in r:
+            extra = f" (merge {r['merge_wall_s']:.2f} s)"
+        test = r["test_top1"]
+        print(f"| {key}{extra} | {chosen} | " + " | ".join(f"{test[t]:.3f}" for t in TASKS)
+              + f" | {np.mean(list(test.values())):.3f} | {r['normalized']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
