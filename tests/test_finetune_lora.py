@@ -192,6 +192,49 @@ def test_lora_refuses_what_an_adapter_cannot_be(tmp_path, run, zoo_cli, flags, w
     assert not (tmp_path / "out").exists()
 
 
+def test_multi_task_adapters_are_written_as_one_adapter_per_task_with_its_own_head(run, tmp_path, zoo_cli):
+    """Two LoRA fine-tunes with different heads (the run's, on the base's ten digits; one on five digits, a new
+    head) merged with --multi-task --format adapter: each task is a PEFT adapter that, loaded by PEFT onto the
+    base (its classifier reset to the task's classes), gives the full multi-task merge's logits for that task,
+    and that zoo eval --base scores as the full merge's task model."""
+    from peft import PeftModel
+
+    import zoo
+    from zoo.kit.data import data_config, load_split
+
+    root = run["root"]
+    five = tmp_path / "five"
+    for digit in range(5):
+        (five / str(digit)).mkdir(parents=True)
+        for image in sorted((run["train"] / str(digit)).iterdir()):
+            (five / str(digit) / image.name).symlink_to(image.resolve())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        zoo_cli("finetune", "base", "--train-data", five, *LORA, "--epochs", "1", "--out", tmp_path / "lora5")
+    common = ["-s", "task-arithmetic", "--base", run["base"], "-m", run["out"], "-m", tmp_path / "lora5",
+              "--multi-task", "--eval-data", f"lora={run['train']}", "--eval-data", f"lora5={five}"]
+    zoo_cli("combine", *common, "--out", tmp_path / "full")
+    zoo_cli("combine", *common, "--format", "adapter", "--out", tmp_path / "adapters")
+    for task, classes in (("lora", 10), ("lora5", 5)):
+        folder = tmp_path / "adapters" / task
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json",
+                                                             "adapter_model.safetensors", "zoo.json"]
+        recorded = json.loads((folder / "zoo.json").read_text())
+        assert recorded["format"] == "adapter" and recorded["report"]["adapter"]["saved_whole"] == ["classifier"]
+        full = zoo.load(tmp_path / "full" / task)
+        model = zoo.load_member(str(run["base"])).create_model()
+        if classes != 10:
+            model.reset_classifier(classes)
+        peft_model = PeftModel.from_pretrained(model, str(folder)).eval()
+        split = load_split(five if classes == 5 else run["train"], data_config(zoo.load(run["base"]).pretrained_cfg),
+                           label_names=[str(i) for i in range(classes)], num_classes=classes)
+        with torch.no_grad():
+            torch.testing.assert_close(peft_model(split.images), full(split.images), atol=1e-4, rtol=0)
+        scored = zoo.evaluate(str(folder), str(five if classes == 5 else run["train"]), base=str(run["base"]))
+        assert scored.top1 == pytest.approx(json.loads((tmp_path / "full" / "zoo.json").read_text())
+                                            ["tasks"][task]["metrics"]["top1"])
+
+
 def test_lora_on_a_transformers_vit_is_an_adapter_peft_loads(tmp_path, digits_zoo, zoo_cli):
     """A transformers ViTForImageClassification base (small, saved by save_pretrained): the default targets are
     its attention and MLP linear layers, and the adapter PEFT loads onto the base scores the held-out images

@@ -65,14 +65,22 @@ def from_full(result, base, options: dict[str, Any], ctx, *, fmt):
     tensors, config, report = to_adapter(result.state_dict, base, rank=options.get("rank"),
                                          energy=options.get("energy"), base_name=base.repo_id or base.name,
                                          revision=base.revision, device=ctx.device)
+    like = result.like if result.like is not None and hasattr(result.like, "label_names") else base
+    # a head for other classes than the base's (a multi-task merge's task, fine-tunes on new class folders)
+    # travels whole; zoo reads its class names back from the report, PEFT needs the base's head reset to them
+    classes = like.label_names if like.num_classes != base.num_classes else None
     metrics = None
     if ctx.eval_data:
-        model = peft_model(base.create_model(), tensors, config).to(ctx.device)
-        metrics = ctx.evaluate_module(model, ctx.eval_split(base)).as_dict()
+        model = base.create_model()
+        if classes is not None:
+            model.reset_classifier(len(classes))
+        model = peft_model(model, tensors, config).to(ctx.device)
+        metrics = ctx.evaluate_module(model, ctx.eval_split(like)).as_dict()
         report["accuracy"] = {"adapter": metrics["top1"], "full": (result.metrics or {}).get("top1")}
         report["full_metrics"] = result.metrics
     return dataclasses.replace(
-        result, state_dict=tensors, config=config, metrics=metrics, report={**result.report, "adapter": report},
+        result, state_dict=tensors, config=config, metrics=metrics,
+        report={**result.report, "adapter": report, **({"classes": list(classes)} if classes else {})},
         card_sections=[*result.card_sections, card_section(report)], like=SimpleNamespace(format=fmt))
 
 

@@ -472,6 +472,12 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     _tasks.check_names(r.eval_named, resolved)
     base_member = ctx.base
     tasks, merged = _tasks.combine_tasks(r.cls, r.opts, resolved, base_member, ctx, r.eval_named, r.eval_data)
+    out_format = _difference_format(r.format)
+    if out_format is not None:  # --format adapter: each task's merge as an adapter of the (whole) base
+        import dataclasses
+
+        tasks = [(m, out_format.from_full(result, base_member, r.output_options or {}, dataclasses.replace(
+            ctx, base=base_member, eval_data=result.report["task"]["eval_data"]))) for m, result in tasks]
     members = [m.provenance() for m in resolved]
     base = base_member.provenance() if base_member is not None else None
     for _, result in tasks:
@@ -480,7 +486,9 @@ def _combine_tasks(request: Request, resolved: list, ctx: Context) -> Combined:
     merged.report["tasks"] = {m.name: res.metrics for m, res in tasks}
     merged.members, merged.base, merged.strategy, merged.options = members, base, r.strategy, _options.to_dict(r.opts)
     if r.out is not None:
-        extra = {"zoo": r.zoo_name, "train_data": r.train_data, "seed": r.seed}
+        extra = {"zoo": r.zoo_name, "train_data": r.train_data, "seed": r.seed,
+                 **({"format": r.format} if r.format else {}),
+                 **({"output_options": r.output_options} if r.output_options else {})}
 
         def save_one(result, folder):
             save(result, folder, host=r.host, eval_data=result.report["task"]["eval_data"],

@@ -16,9 +16,10 @@ from zoo.kit.strategy.errors import BadInput
 from zoo.kit._infra.hub_client import folder_of
 
 
-def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):
+def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = (), base: str | Path | None = None):
     """Any zoo output as a module in eval mode: what a plugin's ``zoo_open_output`` returns for it (a
-    stitched network, with ``select``), else a timm model. ``spec`` is a folder or ``hf-hub:ORG/NAME[@REV]``."""
+    stitched network, with ``select``), else a timm model. ``spec`` is a folder or ``hf-hub:ORG/NAME[@REV]``;
+    ``base``: for a LoRA adapter, the model it applies onto when its adapter_config.json names none found here."""
     folder = folder_of(str(spec))
     config_path = folder / "config.json"
     host = _host.load(list(plugins))
@@ -43,5 +44,6 @@ def load(spec: str | Path, *, device: str = "cpu", plugins: Sequence[str] = ()):
         from zoo.api.combine import whole
         from zoo.registry import resolve
 
-        model = whole(resolve(str(folder), host), host=host).create_model()
+        onto = resolve(str(base), host) if base is not None else None
+        model = whole(resolve(str(folder), host), onto, host=host).create_model()
     return model.to(resolve_device(device)).eval()

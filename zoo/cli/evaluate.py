@@ -16,6 +16,8 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of a bare .safetensors file."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    base: Optional[str] = typer.Option(None, "--base", help="For a LoRA adapter: the model it applies onto, when "
+                                       "its adapter_config.json names none found here (a folder or hf-hub:...)."),
 ):
     """Evaluate a model on labelled data: top-1, NLL, ECE."""
     import json
@@ -23,7 +25,8 @@ def eval_cmd(
     from zoo.api.evaluate import evaluate
 
     with progress() as bars:
-        metrics = evaluate(model, data, device=device, arch=arch, plugins=state.plugins, progress=bars)
+        metrics = evaluate(model, data, device=device, arch=arch, plugins=state.plugins, progress=bars,
+                           base=base)
     if json_out:
         typer.echo(json.dumps(metrics.as_dict()))
         return
