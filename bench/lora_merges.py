@@ -71,13 +71,15 @@ def make_adapters(work: Path, epochs: int, lr: float) -> tuple[dict[str, Path], 
 
 def adapter_report(out: Path) -> dict:
     """Size of each task's merged adapter file and the max / mean relative reconstruction error zoo reports."""
-    sizes, errors = [], []
+    sizes, errors, accuracy = [], [], []
     for t in TASKS:
         sizes.append((out / t / "adapter_model.safetensors").stat().st_size)
-        report = json.loads((out / t / "zoo.json").read_text()).get("report", {}).get("adapter", {})
-        errors += [m["error"] for m in report.get("modules", {}).values() if "error" in m]
+        report = json.loads((out / t / "zoo.json").read_text())["report"]["adapter"]
+        errors += [m["error"] for m in report["modules"].values()]
+        accuracy.append(report["accuracy"])
     return {"bytes": float(np.mean(sizes)), "max_error": max(errors) if errors else float("nan"),
-            "mean_error": float(np.mean(errors)) if errors else float("nan"), "report_keys": sorted(report)}
+            "mean_error": float(np.mean(errors)) if errors else float("nan"),
+            "val_adapter_vs_full": [float(np.mean([a[k] for a in accuracy])) for k in ("adapter", "full")]}
 
 
 class PeftMerges:
@@ -140,27 +142,33 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ranks", default="8,16,32")
-    ap.add_argument("--only", default="adapters,full,adapter,peft",
-                    help="which parts to run, comma-separated (the adapters are made whenever needed)")
+    ap.add_argument("--only", default="full,peft,adapter",
+                    help="the parts to run, comma-separated, in this order (the adapters are made first, always); none: print the tables of results.json")
+    ap.add_argument("--methods", default="", help="zoo's methods to run, comma-separated labels "
+                    "(default: all of " + ", ".join(ZOO_METHODS) + ")")
+    ap.add_argument("--adapter-lambda", choices=("grid", "full"), default="grid",
+                    help="merged adapters: choose λ on val among the grid, or take the full merge's choice")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     os.chdir(args.work)  # the adapters name their local base by its folder name: zoo eval finds it from here
     data, base, loras, t_ft = make_adapters(args.work, args.epochs, args.lr)
-    alone = {t: zoo.evaluate(str(loras[t]), str(data[t] / "test")).top1 for t in TASKS}
-    val_alone = {t: zoo.evaluate(str(loras[t]), str(data[t] / "val")).top1 for t in TASKS}
-    results = {"fine-tunes": alone, "val": val_alone, "lora_bytes": {
-        t: (loras[t] / "adapter_model.safetensors").stat().st_size for t in TASKS}}
     res_file = args.work / "results.json"
-    if res_file.exists():
-        results = {**json.loads(res_file.read_text()), **results}
+    results = json.loads(res_file.read_text()) if res_file.exists() else {}
+    if "fine-tunes" not in results:  # each adapter's own top-1, measured once
+        results["fine-tunes"] = {t: zoo.evaluate(str(loras[t]), str(data[t] / "test")).top1 for t in TASKS}
+        results["val"] = {t: zoo.evaluate(str(loras[t]), str(data[t] / "val")).top1 for t in TASKS}
+        results["lora_bytes"] = {t: (loras[t] / "adapter_model.safetensors").stat().st_size for t in TASKS}
+        results["recipe"] = {"lora": "r=8", "epochs": args.epochs, "lr": args.lr}
+    alone, val_alone = results["fine-tunes"], results["val"]
+    methods = [m for m in ZOO_METHODS if not args.methods or m in args.methods.split(",")]
 
     def norm(test: dict[str, float]) -> float:
         return float(np.mean([test[t] / alone[t] for t in TASKS]))
 
     if "full" in parts:
-        for label in ZOO_METHODS:
+        for label in methods:
             strategy, candidates = METHODS[label]
             t0 = time.perf_counter()
             options, _, test = merge_on_val_then_test(strategy, candidates, loras, base, data, val_alone,
@@ -168,25 +176,6 @@ def main() -> None:
             results[f"zoo full: {label}"] = {"options": options, "test_top1": test, "normalized": norm(test),
                                              "wall_s": time.perf_counter() - t0}
             res_file.write_text(json.dumps(results, indent=2))
-    if "adapter" in parts:
-        for rank in (int(r) for r in args.ranks.split(",")):
-            for label in ZOO_METHODS:
-                strategy, candidates = METHODS[label]
-                t0 = time.perf_counter()
-                try:
-                    options, out, test = merge_on_val_then_test(
-                        strategy, candidates, loras, base, data, val_alone, args.work / "merged",
-                        output={"format": "adapter", "rank": rank})
-                    if not (out / TASKS[0] / "adapter_config.json").exists():
-                        raise RuntimeError(f"{out / TASKS[0]} is not an adapter")
-                except Exception as e:  # this zoo has no --multi-task --format adapter: say so, go on
-                    print(f"zoo combine --multi-task --format adapter -o rank={rank} -s {strategy}: "
-                          f"{type(e).__name__}: {e}")
-                    continue
-                results[f"zoo adapter r={rank}: {label}"] = {
-                    "options": options, "test_top1": test, "normalized": norm(test),
-                    "wall_s": time.perf_counter() - t0, **adapter_report(out)}
-                res_file.write_text(json.dumps(results, indent=2))
     if "peft" in parts:
         peft = PeftMerges(args.work, base, loras, data)
         for combination, (grid_of, extra) in PEFT_METHODS.items():
@@ -204,31 +193,64 @@ def main() -> None:
                                               "normalized": norm(test), "merge_wall_s": float(np.median(walls))}
             res_file.write_text(json.dumps(results, indent=2))
 
+    if "adapter" in parts:
+        for label in methods:  # method by method, each at every rank
+            strategy, candidates = METHODS[label]
+            if args.adapter_lambda == "full" and f"zoo full: {label}" in results:
+                candidates = [results[f"zoo full: {label}"]["options"]]  # the full merge's choice on val
+            for rank in (int(r) for r in args.ranks.split(",")):
+                t0 = time.perf_counter()
+                try:
+                    options, out, test = merge_on_val_then_test(
+                        strategy, candidates, loras, base, data, val_alone, args.work / "merged",
+                        output={"format": "adapter", "rank": rank})
+                    if not (out / TASKS[0] / "adapter_config.json").exists():
+                        raise RuntimeError(f"{out / TASKS[0]} is not an adapter")
+                except Exception as e:  # this zoo has no --multi-task --format adapter: say so, go on
+                    print(f"zoo combine --multi-task --format adapter -o rank={rank} -s {strategy}: "
+                          f"{type(e).__name__}: {e}")
+                    continue
+                results[f"zoo adapter r={rank}: {label}"] = {
+                    "options": options, "test_top1": test, "normalized": norm(test),
+                    "wall_s": time.perf_counter() - t0, "lambda": args.adapter_lambda, **adapter_report(out)}
+                res_file.write_text(json.dumps(results, indent=2))
     print_tables(results, args, t_ft)
 
 
 def print_tables(results: dict, args, t_ft: float) -> None:
+    """The Markdown: full merges and PEFT's side by side, then the merged adapters by rank."""
     alone = results["fine-tunes"]
     print(f"\nadapters: {t_ft:.0f} s (0 when reused); each adapter file "
           f"{np.mean(list(results['lora_bytes'].values())) / 1e6:.2f} MB")
-    head = "| " + " | ".join(TASKS) + " | mean | normalised |"
-    print("\n| method | chosen on val " + head)
-    print("|---|---|" + "---|" * (len(TASKS) + 2))
-    print("| each task's own adapter | — | " + " | ".join(f"{alone[t]:.3f}" for t in TASKS)
-          + f" | {np.mean(list(alone.values())):.3f} | 1.000 |")
-    for key, r in results.items():
-        if not isinstance(r, dict) or "normalized" not in r:
-            continue
-        chosen = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "—"
-        extra = ""
-        if "bytes" in r:
-            extra = f" ({r['bytes'] / 1e6:.2f} MB, error max {r['max_error']:.3f} mean {r['mean_error']:.3f})"
-        if "merge_wall_s" in r:
-            extra = f" (merge {r['merge_wall_s']:.2f} s)"
-        test = r["test_top1"]
-        print(f"| {key}{extra} | {chosen} | " + " | ".join(f"{test[t]:.3f}" for t in TASKS)
-              + f" | {np.mean(list(test.values())):.3f} | {r['normalized']:.3f} |")
 
+    def cells(test: dict[str, float], normalised: float) -> str:
+        return (" | ".join(f"{test[t]:.3f}" for t in TASKS)
+                + f" | {np.mean(list(test.values())):.3f} | {normalised:.3f}")
+
+    def chosen(options: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in options.items()) or "—"
+
+    print("\n| merge | chosen on val | " + " | ".join(TASKS) + " | mean | normalised | wall |")
+    print("|---|---|" + "---|" * (len(TASKS) + 3))
+    print(f"| each task's own adapter | — | {cells(alone, 1.0)} | — |")
+    for key, r in results.items():
+        if key.startswith("zoo full: "):
+            print(f"| zoo, full merge: {key[10:]} | {chosen(r['options'])} | {cells(r['test_top1'], r['normalized'])}"
+                  f" | {r['wall_s']:.0f} s (all candidates, with their evaluations) |")
+    for key, r in results.items():
+        if key.startswith("PEFT "):
+            print(f"| PEFT add_weighted_adapter: {key[5:]} | {chosen(r['options'])} | "
+                  f"{cells(r['test_top1'], r['normalized'])} | {r['merge_wall_s']:.2f} s (the merge alone) |")
+    rows = [(key, r) for key, r in results.items() if key.startswith("zoo adapter r=")]
+    if rows:
+        print("\n| zoo merged adapter | rank | chosen on val | " + " | ".join(TASKS)
+              + " | mean | normalised | file | error max | error mean | val top-1: adapter / full merge |")
+        print("|---|---|---|" + "---|" * (len(TASKS) + 6))
+        for key, r in rows:
+            rank, label = key[len("zoo adapter r="):].split(": ", 1)
+            print(f"| {label} | {rank} | {chosen(r['options'])} | {cells(r['test_top1'], r['normalized'])} | "
+                  f"{r['bytes'] / 1e6:.2f} MB | {r['max_error']:.3g} | {r['mean_error']:.3g} | "
+                  "{:.3f} / {:.3f} |".format(*r["val_adapter_vs_full"]))
 
 if __name__ == "__main__":
     main()
