@@ -162,6 +162,16 @@ def main() -> None:
         results["lora_bytes"] = {t: (loras[t] / "adapter_model.safetensors").stat().st_size for t in TASKS}
         results["recipe"] = {"lora": "r=8", "epochs": args.epochs, "lr": args.lr}
     alone, val_alone = results["fine-tunes"], results["val"]
+
+    def save() -> None:
+        """results.json updated with this run's entries (another run of parts may write it too)."""
+        on_disk = json.loads(res_file.read_text()) if res_file.exists() else {}
+        results.update({**on_disk, **results})
+        tmp = res_file.with_suffix(f".{os.getpid()}")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(res_file)
+
+    save()
     methods = [m for m in ZOO_METHODS if not args.methods or m in args.methods.split(",")]
 
     def norm(test: dict[str, float]) -> float:
@@ -175,7 +185,7 @@ def main() -> None:
                                                       args.work / "merged")
             results[f"zoo full: {label}"] = {"options": options, "test_top1": test, "normalized": norm(test),
                                              "wall_s": time.perf_counter() - t0}
-            res_file.write_text(json.dumps(results, indent=2))
+            save()
     if "peft" in parts:
         peft = PeftMerges(args.work, base, loras, data)
         for combination, (grid_of, extra) in PEFT_METHODS.items():
@@ -191,7 +201,7 @@ def main() -> None:
             test = peft.top1(name, "test")
             results[f"PEFT {combination}"] = {"options": {"weight": weight, **extra}, "test_top1": test,
                                               "normalized": norm(test), "merge_wall_s": float(np.median(walls))}
-            res_file.write_text(json.dumps(results, indent=2))
+            save()
 
     if "adapter" in parts:
         for label in methods:  # method by method, each at every rank
@@ -213,7 +223,8 @@ def main() -> None:
                 results[f"zoo adapter r={rank}: {label}"] = {
                     "options": options, "test_top1": test, "normalized": norm(test),
                     "wall_s": time.perf_counter() - t0, "lambda": args.adapter_lambda, **adapter_report(out)}
-                res_file.write_text(json.dumps(results, indent=2))
+                save()
+    save()
     print_tables(results, args, t_ft)
 
 

@@ -86,7 +86,8 @@ def merge_on_val_then_test(strategy: str, candidates: list[dict], members: dict[
     """``zoo combine --multi-task`` of ``members`` (task → member) with each candidate's options, written under
     ``merged`` once; the candidate with the best mean normalised validation top-1 is measured on the test
     splits. ``output``: output options (``format``, and that format's options such as ``rank``), part of the
-    folder's name. Returns the chosen options, its output folder and the test top-1 per task."""
+    folder's name (an adapter is a difference to ``base``: the soup gets it too). Returns the chosen options,
+    its output folder and the test top-1 per task."""
     best = None
     fmt = dict(output or {})
     for options in candidates:
@@ -94,7 +95,8 @@ def merge_on_val_then_test(strategy: str, candidates: list[dict], members: dict[
         out = merged / ("-".join([strategy, *(f"{k}{v}" for k, v in sorted(fmt.items()))]) + f"-{tag}"
                         if fmt else f"{strategy}-{tag}")
         if not (out / "zoo.json").exists():
-            zoo.combine(strategy, [str(members[t]) for t in TASKS], base=None if strategy == "soup" else str(base),
+            zoo.combine(strategy, [str(members[t]) for t in TASKS],
+                        base=None if strategy == "soup" and not fmt else str(base),
                         options={**{k: v for k, v in fmt.items() if k != "format"}, **options}, multi_task=True,
                         out=out, force=True, format=fmt.get("format"),
                         eval_data={members[t].name: str(data[t] / "val") for t in TASKS})
