@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ranks", default="8,16,32")
     ap.add_argument("--only", default="full,peft,adapter",
-                    help="the parts to run, comma-separated, in this order (the adapters are made first, always); none: print the tables of results.json")
+                    help="the parts to run, comma-separated, in this order (the adapters are made first, "
+                    "always); none: print the tables of results.json")
     ap.add_argument("--methods", default="", help="zoo's methods to run, comma-separated labels "
                     "(default: all of " + ", ".join(ZOO_METHODS) + ")")
     ap.add_argument("--adapter-lambda", choices=("grid", "full"), default="grid",
