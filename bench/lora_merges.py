@@ -232,7 +232,7 @@ def main() -> None:
 def print_tables(results: dict, args, t_ft: float) -> None:
     """The Markdown: full merges and PEFT's side by side, then the merged adapters by rank."""
     alone = results["fine-tunes"]
-    print(f"\nadapters: {t_ft:.0f} s (0 when reused); each adapter file "
+    print(f"\nadapters made or found in {t_ft:.0f} s; each adapter file "
           f"{np.mean(list(results['lora_bytes'].values())) / 1e6:.2f} MB")
 
     def cells(test: dict[str, float], normalised: float) -> str:
