@@ -3,7 +3,8 @@
     python bench/lora_merges.py --work /tmp/zoo-bench-lora [--epochs 3] [--lr 2e-3] [--ranks 8,16,32]
 
 The four tasks, the base (EfficientNet-Lite0, ImageNet, 64 px), the methods, their λ grids and the measure
-are bench/merges_multi_task.py's. Each task gets a LoRA adapter instead of a full fine-tune: ``zoo finetune
+are bench/merges_multi_task.py's, except the plain average: task arithmetic at λ = 1/4, since zoo refuses
+the soup with ``--multi-task``. Each task gets a LoRA adapter instead of a full fine-tune: ``zoo finetune
 --lora r=8`` (PEFT LoRA on every 1×1 convolution, its own new head saved whole as ``modules_to_save``).
 
 - zoo, full merge: ``zoo combine --multi-task`` of the four adapters with each method (the merged network
@@ -20,7 +21,9 @@ are bench/merges_multi_task.py's. Each task gets a LoRA adapter instead of a ful
   as the base's classifier (timm's ``reset_classifier`` to its classes, its saved weights).
 
 Normalised accuracy is merged top-1 ÷ the task's own adapter's top-1. Prints the Markdown for bench/RESULTS.md
-and writes results.json under --work (adapters and merges are reused on a rerun).
+and writes results.json under --work (adapters and merges are reused on a rerun). ``--only`` and ``--methods``
+run parts (several side by side, all writing results.json; ``--only none`` prints it); ``--adapter-lambda full``
+gives the merged adapters the λ the full merge chose instead of choosing again among the grid.
 """
 
 from __future__ import annotations
