@@ -69,6 +69,45 @@ def write_tasks(root: Path) -> dict[str, Path]:
     return out
 
 
+METHODS = {  # name → (strategy, options to choose among on validation)
+    "plain average (soup)": ("soup", [{}]),
+    "task arithmetic": ("task-arithmetic", [{"scale": s} for s in (0.3, 0.5, 0.7, 1.0)]),
+    "TIES": ("ties", [{"scale": s} for s in (0.5, 1.0, 1.5)]),
+    "TIES, per-tensor trim": ("ties", [{"scale": s, "trim": "tensor"} for s in (0.5, 1.0, 1.5)]),
+    "DARE → task arithmetic": ("dare", [{"scale": s} for s in (0.3, 0.5, 0.7, 1.0)]),
+    "DARE → TIES": ("dare", [{"then": "ties", "scale": s} for s in (0.1, 0.2, 0.5)]),
+    "Model Stock": ("model-stock", [{}]),
+}
+
+
+def merge_on_val_then_test(strategy: str, candidates: list[dict], members: dict[str, Path], base: Path,
+                           data: dict[str, Path], val_alone: dict[str, float], merged: Path, *,
+                           output: dict | None = None) -> tuple[dict, Path, dict[str, float]]:
+    """``zoo combine --multi-task`` of ``members`` (task → member) with each candidate's options, written under
+    ``merged`` once; the candidate with the best mean normalised validation top-1 is measured on the test
+    splits. ``output``: output options (``format``, and that format's options such as ``rank``), part of the
+    folder's name (an adapter is a difference to ``base``: the soup gets it too). Returns the chosen options,
+    its output folder and the test top-1 per task."""
+    best = None
+    fmt = dict(output or {})
+    for options in candidates:
+        tag = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+        out = merged / ("-".join([strategy, *(f"{k}{v}" for k, v in sorted(fmt.items()))]) + f"-{tag}"
+                        if fmt else f"{strategy}-{tag}")
+        if not (out / "zoo.json").exists():
+            zoo.combine(strategy, [str(members[t]) for t in TASKS],
+                        base=None if strategy == "soup" and not fmt else str(base),
+                        options={**{k: v for k, v in fmt.items() if k != "format"}, **options}, multi_task=True,
+                        out=out, force=True, format=fmt.get("format"),
+                        eval_data={members[t].name: str(data[t] / "val") for t in TASKS})
+        tasks = json.loads((out / "zoo.json").read_text())["tasks"]
+        val_norm = float(np.mean([tasks[t]["metrics"]["top1"] / val_alone[t] for t in TASKS]))
+        if best is None or val_norm > best[0]:
+            best = (val_norm, options, out)
+    _, options, out = best
+    return options, out, {t: zoo.evaluate(str(out / t), str(data[t] / "test")).top1 for t in TASKS}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/zoo-bench-multitask"))
@@ -98,33 +137,12 @@ def main() -> None:
 
     alone = {t: test_top1(fts[t], t) for t in TASKS}
     val_alone = {t: zoo.evaluate(str(fts[t]), str(data[t] / "val")).top1 for t in TASKS}
-    methods = {  # name → (strategy, options to choose among on validation)
-        "plain average (soup)": ("soup", [{}]),
-        "task arithmetic": ("task-arithmetic", [{"scale": s} for s in (0.3, 0.5, 0.7, 1.0)]),
-        "TIES": ("ties", [{"scale": s} for s in (0.5, 1.0, 1.5)]),
-        "TIES, per-tensor trim": ("ties", [{"scale": s, "trim": "tensor"} for s in (0.5, 1.0, 1.5)]),
-        "DARE → task arithmetic": ("dare", [{"scale": s} for s in (0.3, 0.5, 0.7, 1.0)]),
-        "DARE → TIES": ("dare", [{"then": "ties", "scale": s} for s in (0.1, 0.2, 0.5)]),
-        "Model Stock": ("model-stock", [{}]),
-    }
     rows, results = [], {"fine-tunes": alone}
     timings = {}
-    for label, (strategy, candidates) in methods.items():
+    for label, (strategy, candidates) in METHODS.items():
         t = time.perf_counter()
-        best = None
-        for i, options in enumerate(candidates):
-            tag = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
-            out = args.work / "merged" / f"{strategy}-{tag}"
-            if not (out / "zoo.json").exists():
-                zoo.combine(strategy, [str(fts[t]) for t in TASKS], base=None if strategy == "soup" else str(base),
-                            options=options, multi_task=True, out=out, force=True,
-                            eval_data={fts[t].name: str(data[t] / "val") for t in TASKS})
-            tasks = json.loads((out / "zoo.json").read_text())["tasks"]
-            val_norm = float(np.mean([tasks[t]["metrics"]["top1"] / val_alone[t] for t in TASKS]))
-            if best is None or val_norm > best[0]:
-                best = (val_norm, options, out)
-        _, options, out = best
-        test = {t: test_top1(out / t, t) for t in TASKS}
+        options, out, test = merge_on_val_then_test(strategy, candidates, fts, base, data, val_alone,
+                                                    args.work / "merged")
         norm = float(np.mean([test[t] / alone[t] for t in TASKS]))
         timings[label] = time.perf_counter() - t
         results[label] = {"options": options, "test_top1": test, "normalized": norm}
