@@ -42,10 +42,6 @@ import zoo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from merges_multi_task import METHODS, TASKS, merge_on_val_then_test, write_tasks  # noqa: E402
 
-# --multi-task takes merge methods only (zoo refuses the soup there): the plain average of the four is task
-# arithmetic at λ = 1/4 (base + the mean task vector = the mean of the four)
-METHODS = {**{k: v for k, v in METHODS.items() if v[0] != "soup"},
-           "plain average (task arithmetic at λ=1/4)": ("task-arithmetic", [{"scale": 0.25}])}
 ZOO_METHODS = ("task arithmetic", "TIES", "DARE → task arithmetic", "DARE → TIES",
                "plain average (task arithmetic at λ=1/4)", "Model Stock")
 # PEFT combination → (zoo's method whose λ grid it takes, its other arguments)

@@ -70,7 +70,9 @@ def write_tasks(root: Path) -> dict[str, Path]:
 
 
 METHODS = {  # name → (strategy, options to choose among on validation)
-    "plain average (soup)": ("soup", [{}]),
+    # --multi-task merges with merge methods (the soup is not one): the plain average of the four fine-tunes is
+    # task arithmetic at λ = 1/4 (base + the mean task vector = the mean of the four)
+    "plain average (task arithmetic at λ=1/4)": ("task-arithmetic", [{"scale": 0.25}]),
     "task arithmetic": ("task-arithmetic", [{"scale": s} for s in (0.3, 0.5, 0.7, 1.0)]),
     "TIES": ("ties", [{"scale": s} for s in (0.5, 1.0, 1.5)]),
     "TIES, per-tensor trim": ("ties", [{"scale": s, "trim": "tensor"} for s in (0.5, 1.0, 1.5)]),
