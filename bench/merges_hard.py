@@ -226,6 +226,15 @@ def _resize(im: np.ndarray, size: int):
 def run_model(model: str, data: dict[str, Path], source: dict[str, tuple], args) -> dict:
     """Fine-tunes, -s auto on the validation splits, each method's best point on the test splits."""
     work = args.work
+    recipe = {"mode": "ft", "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+              **({"size": args.size} if model == "lite0" else {"pretrain_epochs": args.vit_pretrain_epochs,
+                                                             "pretrain_lr": args.vit_pretrain_lr})}
+    made = work / model / "recipe.json"  # the cache is by path: another recipe needs another --work
+    if made.exists() and json.loads(made.read_text()) != recipe:
+        raise SystemExit(f"{work / model} holds fine-tunes of another recipe ({made.read_text().strip()}); "
+                         "use another --work")
+    made.parent.mkdir(parents=True, exist_ok=True)
+    made.write_text(json.dumps(recipe) + "\n")
     t0 = time.perf_counter()
     base = make_base(model, work, data, source, args)
     t_base = time.perf_counter() - t0
