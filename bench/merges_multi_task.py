@@ -34,10 +34,37 @@ TASKS = ("mnist", "inverted-mod3", "digits", "rotated-parity")
 SIZES = {"train": 1000, "val": 300, "test": 500}
 
 
-def write_tasks(root: Path) -> dict[str, Path]:
-    """The four tasks as image folders (train/val/test), written once."""
+def write_pools(root: Path, pools: dict[str, tuple[np.ndarray, np.ndarray]], sizes: dict[str, int]
+                ) -> dict[str, Path]:
+    """Each task's pool of (images, labels) shuffled (seed 1) and cut into the splits of ``sizes`` as image
+    folders ``root/data/TASK/SPLIT/LABEL/NNNNN.png``, written once (a ``DONE`` file marks a finished task)."""
+    out = {}
+    for task, (x, y) in pools.items():
+        folder = root / "data" / task
+        out[task] = folder
+        if (folder / "DONE").exists():
+            continue
+        idx = np.random.default_rng(1).permutation(len(y))
+        start = 0
+        for split, n in sizes.items():
+            save_images(folder / split, x, y, idx[start:start + n])
+            start += n
+        (folder / "DONE").write_text("ok\n")
+    return out
+
+
+def save_images(folder: Path, x: np.ndarray, y: np.ndarray, ids) -> None:
+    """Greyscale images ``x[ids]`` as ``folder/LABEL/NNNNN.png`` (NNNNN: the index into ``x``)."""
     from PIL import Image
 
+    for i in ids:
+        d = folder / str(int(y[i]))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(x[i]), mode="L").save(d / f"{int(i):05d}.png")
+
+
+def write_tasks(root: Path) -> dict[str, Path]:
+    """The four tasks as image folders (train/val/test), written once."""
     from zoo.demos.shift import mnist, sklearn_digits
 
     mx, my = mnist()
@@ -50,23 +77,23 @@ def write_tasks(root: Path) -> dict[str, Path]:
         "digits": (dx, dy),
         "rotated-parity": (np.rot90(dx, k=1, axes=(1, 2)), dy % 2),
     }
-    out = {}
-    for task, (x, y) in pools.items():
-        folder = root / "data" / task
-        out[task] = folder
-        if (folder / "DONE").exists():
-            continue
-        idx = np.random.default_rng(1).permutation(len(y))
-        start = 0
-        for split, n in SIZES.items():
-            take = idx[start:start + n]
-            start += n
-            for i in take:
-                d = folder / split / str(int(y[i]))
-                d.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.ascontiguousarray(x[i]), mode="L").save(d / f"{int(i):05d}.png")
-        (folder / "DONE").write_text("ok\n")
-    return out
+    return write_pools(root, pools, SIZES)
+
+
+def table(tasks, alone: dict[str, float], rows, *, extra: tuple[str, dict[str, str]] | None = None) -> str:
+    """The Markdown results table: one row for the fine-tunes, then one per (label, options, test top-1 per
+    task, mean normalised); ``extra``: (a column's header, {label: cell}) added at the right."""
+    head = f" {extra[0]} |" if extra else ""
+    lines = ["| method | chosen on val | " + " | ".join(tasks) + " | mean | normalised |" + head,
+             "|---|---|" + "---|" * (len(tasks) + 2 + bool(extra)),
+             "| each task's own fine-tune | — | " + " | ".join(f"{alone[t]:.3f}" for t in tasks)
+             + f" | {np.mean([alone[t] for t in tasks]):.3f} | 1.000 |" + (" — |" if extra else "")]
+    for label, options, test, norm in rows:
+        chosen = ", ".join(f"{k}={v}" for k, v in options.items()) or "—"
+        lines.append(f"| {label} | {chosen} | " + " | ".join(f"{test[t]:.3f}" for t in tasks)
+                     + f" | {np.mean([test[t] for t in tasks]):.3f} | {norm:.3f} |"
+                     + (f" {extra[1].get(label, '—')} |" if extra else ""))
+    return "\n".join(lines)
 
 
 METHODS = {  # name → (strategy, options to choose among on validation)
@@ -151,14 +178,7 @@ def main() -> None:
         rows.append((label, options, test, norm))
 
     print(f"\nfine-tunes: {t_ft:.0f} s; merges: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    print("\n| method | chosen on val | " + " | ".join(TASKS) + " | mean | normalised |")
-    print("|---|---|" + "---|" * (len(TASKS) + 2))
-    print("| each task's own fine-tune | — | " + " | ".join(f"{alone[t]:.3f}" for t in TASKS)
-          + f" | {np.mean(list(alone.values())):.3f} | 1.000 |")
-    for label, options, test, norm in rows:
-        chosen = ", ".join(f"{k}={v}" for k, v in options.items()) or "—"
-        print(f"| {label} | {chosen} | " + " | ".join(f"{test[t]:.3f}" for t in TASKS)
-              + f" | {np.mean(list(test.values())):.3f} | {norm:.3f} |")
+    print("\n" + table(TASKS, alone, rows))
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
 
 
