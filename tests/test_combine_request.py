@@ -33,6 +33,17 @@ def test_multi_task_with_a_strategy_that_is_not_a_merge_method_says_so(tmp_path,
     assert "classifier" not in err
 
 
+@pytest.mark.parametrize("strategy", ["fisher", "regmean"])
+def test_multi_task_with_a_merge_that_runs_the_members_models_says_so(tmp_path, ingredients, digits_zoo, zoo_cli,
+                                                                       strategy):
+    """Fisher and RegMean run each member's whole model on --train-data; --multi-task hands the merge members
+    without their heads (they failed on a missing classifier): refused before anything is read."""
+    err = _refused(zoo_cli, tmp_path / "mt", "combine", "-s", strategy, "--base", digits_zoo / "members" / "base",
+                   "-m", ingredients[0], "-m", ingredients[1], "--multi-task", "--train-data",
+                   digits_zoo / "data" / "train", words=[repr(strategy), "without their heads", "adamerging"])
+    assert "classifier" not in err
+
+
 def test_multi_task_eval_data_without_a_task_name_is_refused(tmp_path, ingredients, digits_zoo, val_dir, zoo_cli):
     _refused(zoo_cli, tmp_path / "mt", "combine", "-s", "task-arithmetic", "--base", digits_zoo / "members" / "base",
              "-m", ingredients[0], "-m", ingredients[1], "--multi-task", "--eval-data", val_dir,

@@ -49,6 +49,8 @@ def plan(cls, opts, host, *, base: bool, multi_task: bool, train: bool) -> list[
             return "it needs --train-data"
         if "ood" in c.needs:
             return "it needs --ood-data"
+        if multi_task and "train" in c.needs and not c.multi_task:
+            return "it runs the members' whole models, and --multi-task merges them without their heads"
         if multi_task and not (issubclass(c, MergeMethod) or c.multi_task):
             return "--multi-task runs merge methods and strategies that keep the heads apart only"
         if not c.same_tensors:

@@ -450,6 +450,10 @@ def _check_merge_method(host, cls, strategy: str) -> None:
         raise BadInput(f"--multi-task is for merge methods (they merge the backbones tensor by tensor, each "
                        f"member keeping its own head); {strategy!r} is not one. Merge methods: "
                        f"{', '.join(merges)} (see `zoo strategies`)")
+    if "train" in cls.needs and not cls.multi_task:
+        raise BadInput(f"--multi-task: {strategy!r} runs each member's whole model on --train-data to weigh its "
+                       "tensors, and --multi-task merges the members without their heads; merge tasks with a "
+                       "data-free method (task-arithmetic, ties, tsv, iso-c, ...) or with adamerging")
 
 
 def check_inputs(cls, strategy: str, *, members: int, data: dict[str, Any], swept=None,
