@@ -36,6 +36,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soup_memory import drop_caches, measure  # noqa: E402  (the soup bench's cache eviction and RSS)
+
 IMPORTS = "import torch, timm, peft, safetensors, zoo, zoo.api.combine, zoo.cli"
 TARGETS = r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"  # not patch_embed.proj (a 16×16 convolution)
 
@@ -129,27 +132,6 @@ def trace(argv: list[str]) -> None:
     step = max(1, len(samples) // 80)
     print("timeline: " + " ".join(f"{t:.0f}:{r:.2f}" for t, r in samples[::step]))
     print(f"peak {max(r for _, r in samples):.3f} GiB, wall {samples[-1][0]:.1f} s")
-
-
-def drop_caches(files: list[Path]) -> None:
-    """Evict the inputs from the page cache where we may (posix_fadvise), so each run reads cold-ish."""
-    for p in files:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def measure(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of ``cmd`` in its own process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)}\nfailed:\n{proc.stderr.read().decode()[-4000:]}")
-    return wall, usage.ru_maxrss / 2**20
 
 
 def main() -> None:

@@ -96,6 +96,20 @@ def zoo_cli():
     return run_zoo
 
 
+def refused(zoo_cli, out: Path, *args, words=()) -> str:
+    """``zoo ARGS --out OUT`` refused as bad input: exit 2, one ``error:`` and no traceback, every word of ``words``
+    in it (whitespace as the terminal wraps it aside), nothing written and nothing left staged. Returns the
+    message."""
+    proc = zoo_cli(*args, "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert err.startswith("error:") and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*")), "something was written or left staged"
+    return err
+
+
 def start_until(cmd: list, path: Path, timeout: float = 300) -> subprocess.Popen:
     """Start ``cmd`` and return it, still running, as soon as ``path`` exists (e.g. its first checkpoint)."""
     import time
