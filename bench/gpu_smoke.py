@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 #: merges that use no data (their output should not depend on the device): compared with a --device cpu run
-COMPARED = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp")
+COMPARED = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp", "tsv", "iso-cts")
 #: seconds one command may run (tiny settings: seconds on a GPU, under a minute on a loaded CPU), and the
 #: exit code recorded for one killed past it
 STEP_TIMEOUT = 600
@@ -47,7 +47,8 @@ TIMED_OUT = 124
 #: the file that marks a --work folder as this script's (so a later run may replace it)
 MARK = ".gpu-smoke"
 #: the steps, in the order they run (plan() builds their commands)
-STEPS = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp", "fisher", "regmean", "wise-ft", "finetune",
+STEPS = ("soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp", "tsv", "iso-cts", "fisher", "regmean",
+         "adamerging", "wise-ft", "finetune",
          "distill", "stitch", "select", "align", "ensemble", "cascade", "levi")
 
 
@@ -97,10 +98,15 @@ def plan(zoo_root: Path, ingredients: list[str], data: dict[str, Path], work: Pa
         Step("model-stock", "merge", combine("model-stock", *fine_tunes, "--base", base, *held_out),
              out("model-stock")),
         Step("slerp", "merge", combine("slerp", "-m", ft[0], "-m", ft[1], *held_out), out("slerp")),
+        Step("tsv", "merge", combine("tsv", *fine_tunes, "--base", base, *held_out), out("tsv")),
+        Step("iso-cts", "merge", combine("iso-cts", *fine_tunes, "--base", base, *held_out), out("iso-cts")),
         Step("fisher", "merge with data", combine("fisher", "-m", ft[0], "-m", ft[1], "--train-data", train,
                                                   *held_out, "-o", "samples=32"), out("fisher")),
         Step("regmean", "merge with data", combine("regmean", "-m", ft[0], "-m", ft[1], "--train-data", train,
                                                    *held_out, "-o", "examples=32"), out("regmean")),
+        Step("adamerging", "learned merge (AMP on CUDA)",
+             combine("adamerging", *fine_tunes, "--base", base, *held_out, "-o", "steps=4", "-o", "batch_size=32"),
+             out("adamerging")),
         Step("wise-ft", "wise-ft", combine("wise-ft", "-m", base, "-m", ft[0], *held_out, "-o", "alphas=0,0.5,1"),
              out("wise-ft")),
         Step("finetune", "finetune (AMP on CUDA)",

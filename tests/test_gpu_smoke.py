@@ -15,9 +15,9 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parent.parent / "bench" / "gpu_smoke.py"
-FAMILIES = {"merge", "merge with data", "wise-ft", "finetune (AMP on CUDA)", "distill", "stitch", "select", "align",
-            "ensemble/cascade", "levi"}
-MERGES = {"soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp"}
+FAMILIES = {"merge", "merge with data", "learned merge (AMP on CUDA)", "wise-ft", "finetune (AMP on CUDA)", "distill",
+            "stitch", "select", "align", "ensemble/cascade", "levi"}
+MERGES = {"soup", "ties", "task-arithmetic", "dare", "model-stock", "slerp", "tsv", "iso-cts"}
 
 
 def _smoke_module():
@@ -42,8 +42,8 @@ def test_every_family_runs_and_every_output_opens(smoke):
     work, result, _ = smoke
     steps = {s["name"]: s for s in result["steps"]}
     assert {s["family"] for s in steps.values()} == FAMILIES
-    assert set(steps) == MERGES | {"fisher", "regmean", "wise-ft", "finetune", "distill", "stitch", "select", "align",
-                                   "ensemble", "cascade", "levi"}
+    assert set(steps) == MERGES | {"fisher", "regmean", "adamerging", "wise-ft", "finetune", "distill", "stitch",
+                                   "select", "align", "ensemble", "cascade", "levi"}
     assert result["images"] == {"train": 100, "val": 100}
     x = torch.randn(2, 3, 32, 32)
     threads = torch.get_num_threads()
