@@ -102,20 +102,14 @@ def run_tasks(cls, opts, host, members, base_member, ctx, eval_dirs: dict[str, s
     ``zoo.api.tasks.combine_tasks`` gives them, the leaderboard in every report."""
     from zoo.api import tasks as _tasks
 
-    missing = [m.name for m in members if not (eval_dirs.get(m.name) or eval_all)]
-    if missing:
-        raise BadInput("strategy auto with --multi-task scores each candidate by the mean normalised top-1 over the "
-                       "tasks: give held-out data for every task (--eval-data NAME=DIR; none for "
-                       f"{', '.join(missing)})")
+    _tasks.require_held_out(members, eval_dirs, eval_all, what="strategy auto")
     alone: dict[str, dict] = {}
 
     def attempt(point: Point):
         tasks, merged = _tasks.combine_tasks(point.cls, point.opts, members, base_member,
                                              replace(ctx, strategy=point.strategy), eval_dirs, eval_all, alone=alone)
-        normalized = {m.name: r.report["task"]["normalized_top1"] or 0.0 for m, r in tasks}
-        score = sum(normalized.values()) / len(normalized)
-        return (tasks, merged), score, {"normalized_top1": normalized,
-                                        "top1": {m.name: r.metrics["top1"] for m, r in tasks}}
+        score, normalized, top1 = _tasks.mean_normalized(tasks)
+        return (tasks, merged), score, {"normalized_top1": normalized, "top1": top1}
 
     points = plan(cls, opts, host, base=base_member is not None, multi_task=True, train=train)
     (tasks, merged), board = _leaderboard(points, ctx, attempt, scored="mean normalised top-1")

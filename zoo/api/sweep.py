@@ -127,20 +127,14 @@ def run_tasks(cls: type, options: dict[str, Any], sweep: Sweep, members, base, c
     from zoo.api import tasks as _tasks
     from zoo.kit.strategy.options import parse
 
-    missing = [m.name for m in members if not (eval_dirs.get(m.name) or eval_all)]
-    if missing:
-        raise BadInput(f"-o {sweep.name}={sweep.raw} with --multi-task keeps the value with the best mean normalised "
-                       f"top-1 over the tasks: give held-out data for every task (--eval-data NAME=DIR; none for "
-                       f"{', '.join(missing)})")
+    _tasks.require_held_out(members, eval_dirs, eval_all, what=f"-o {sweep.name}={sweep.raw}")
     alone: dict[str, dict] = {}  # each member's own metrics on its task, measured once
 
     def attempt(value):
         opts = parse(cls.Options, {**options, sweep.name: value}, strategy=strategy)
         tasks, merged = _tasks.combine_tasks(cls, opts, members, base, ctx, eval_dirs, eval_all, alone=alone)
-        normalized = {m.name: r.report["task"]["normalized_top1"] or 0.0 for m, r in tasks}
-        score = sum(normalized.values()) / len(normalized)
-        return (tasks, merged), {"score": score, "normalized_top1": normalized,
-                                 "top1": {m.name: r.metrics["top1"] for m, r in tasks}}
+        score, normalized, top1 = _tasks.mean_normalized(tasks)
+        return (tasks, merged), {"score": score, "normalized_top1": normalized, "top1": top1}
 
     (tasks, merged), points, picked, at_edge = _best(sweep, ctx, attempt, scored="mean normalised top-1")
     report = {"option": sweep.name, "values": sweep.values, "best": picked, "at_edge": at_edge,

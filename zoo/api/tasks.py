@@ -92,6 +92,23 @@ def combine_tasks(cls, opts, members, base, ctx, eval_dirs: dict[str, str], eval
     return tasks, merged
 
 
+def require_held_out(members, eval_dirs: dict[str, str], eval_all: str | None, *, what: str) -> None:
+    """Every task has held-out data (``--eval-data NAME=DIR``): ``what`` scores by the mean normalised top-1
+    over the tasks, which needs each one's."""
+    missing = [m.name for m in members if not (eval_dirs.get(m.name) or eval_all)]
+    if missing:
+        raise BadInput(f"{what} with --multi-task keeps the best mean normalised top-1 over the tasks: give held-out "
+                       f"data for every task (--eval-data NAME=DIR; none for {', '.join(missing)})")
+
+
+def mean_normalized(tasks) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(the mean normalised top-1 over the tasks, each task's normalised top-1, each task's top-1) of
+    :func:`combine_tasks`'s tasks, all evaluated; a member that scores 0 alone counts 0."""
+    normalized = {m.name: r.report["task"]["normalized_top1"] or 0.0 for m, r in tasks}
+    return (sum(normalized.values()) / len(normalized), normalized,
+            {m.name: r.metrics["top1"] for m, r in tasks})
+
+
 def save_tasks(tasks, out: Path, *, force: bool, recipe: dict[str, Any], save_one, extra: list[str] = ()) -> None:
     """``out/NAME/`` per task (``save_one(result, folder)``), then ``out/zoo.json`` and ``out/README.md``."""
     from zoo.kit.card import sections as card
