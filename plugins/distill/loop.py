@@ -102,11 +102,11 @@ def train(run: Run) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.kit.train import LoopOptions, Step, autocast, ddp, to_device, train as train_loop
+    from zoo.kit.train import LoopOptions, Step, autocast, ddp, share, to_device, train as train_loop
     from zoo.plugins.distill.losses import discriminator, kd_loss, meal_v2_loss, teacher_target
 
     opts, ctx, device = run.options, run.ctx, run.ctx.device
-    rank, world = ctx.rank, ctx.world_size
+    world = ctx.world_size
     ckpt = ctx.checkpoint_dir / CHECKPOINT if ctx.checkpoint_dir is not None else None
     state = resume_state(ckpt, asdict(opts), ctx.resume, what="distillation", key="options") \
         if ckpt is not None else None
@@ -130,17 +130,17 @@ def train(run: Run) -> list[dict]:
         stateful = {"discriminator": disc, "discriminator_optimizer": disc_opt}
 
     def step(batch):
-        idx, images, labels = batch
-        if len(idx) < world:
+        shared = share(*batch)  # under torchrun, this process's part of the global batch
+        if shared is None:
             return None  # a last batch too small to give every process an image
-        mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
-        images, labels = to_device(images[mine], device), labels[mine].to(device)
+        idx, images, labels = shared
+        images, labels = to_device(images, device), labels.to(device)
         if teachers is None:
-            target = target_all[idx[mine]].to(device)
+            target = target_all[idx].to(device)
         else:
             with torch.inference_mode(), autocast(device, True):
                 inputs = [images] * len(teachers[0]) if opts.augment else \
-                    [to_device(s.images[idx[mine]], device) for s in teachers[1]]
+                    [to_device(s.images[idx], device) for s in teachers[1]]
                 logits_t = [m(x).float() for m, x in zip(teachers[0], inputs)]
             target = teacher_target(logits_t, opts.loss, opts.temperature, run.maps).clone()
         with autocast(device, True):
@@ -151,21 +151,21 @@ def train(run: Run) -> list[dict]:
             loss = meal_v2_loss(logits, target)
         correct = int((logits.argmax(1) == labels).sum())
         if disc is None:
-            return Step(loss, n=len(mine), correct=correct)
+            return Step(loss, n=len(idx), correct=correct)
         # the student also tries to make its outputs pass for the teachers'
         fooled = disc(logits.softmax(dim=1))
-        loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(mine), real=True, device=device))
+        loss = loss + F.binary_cross_entropy_with_logits(fooled, _side(len(idx), real=True, device=device))
 
         def discriminator_step():  # once the student has stepped: the discriminator learns to tell them apart
             d_in = torch.cat([target, logits.detach().softmax(dim=1)])
-            d_sides = torch.cat([_side(len(mine), True, device), _side(len(mine), False, device)])
+            d_sides = torch.cat([_side(len(idx), True, device), _side(len(idx), False, device)])
             d_loss = F.binary_cross_entropy_with_logits(disc_ddp(d_in), d_sides)
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             disc_opt.step()
             return {"discriminator_loss": d_loss.item()}
 
-        return Step(loss, n=len(mine), correct=correct, after=discriminator_step)
+        return Step(loss, n=len(idx), correct=correct, after=discriminator_step)
 
     options = LoopOptions(epochs=opts.epochs, lr=opts.lr, steps_per_epoch=-(-n // opts.batch_size),
                           weight_decay=opts.weight_decay, optimizer=opts.optimizer,

@@ -66,7 +66,7 @@ class Levi(zoo.Strategy):
         import timm
 
         from zoo.kit.data import data_config
-        from zoo.kit.train import (CHECKPOINT, LoopOptions, Step, autocast, class_names, ddp, resume_state,
+        from zoo.kit.train import (CHECKPOINT, LoopOptions, Step, autocast, class_names, ddp, resume_state, share,
                                    to_device, train, unwrap)
         from zoo.plugins.levi import net as levi
 
@@ -87,7 +87,7 @@ class Levi(zoo.Strategy):
         net.frozen_big = frozen
         net = net.to(ctx.device)
         split = ctx.split("train", base, labels=classes)
-        n, world, rank = len(split), ctx.world_size, ctx.rank
+        n, world = len(split), ctx.world_size
         if n < world:
             raise zoo.BadInput(f"--train-data has {n} image(s), fewer than the {world} processes")
         cached = _big_views(net, split, ctx) if frozen else None
@@ -97,17 +97,17 @@ class Levi(zoo.Strategy):
             if ckpt is not None else None
 
         def step(batch):
-            idx, images, labels = batch
-            if len(idx) < world:
+            shared = share(*batch)  # under torchrun, this process's part of the global batch
+            if shared is None:
                 return None
-            mine = torch.arange(len(idx)).chunk(world)[rank] if world > 1 else torch.arange(len(idx))
-            images, labels = to_device(images[mine], ctx.device), labels[mine].to(ctx.device)
-            given = [v[idx[mine]].to(ctx.device) for v in cached] if cached is not None else None
+            idx, images, labels = shared
+            images, labels = to_device(images, ctx.device), labels.to(ctx.device)
+            given = [v[idx].to(ctx.device) for v in cached] if cached is not None else None
             with autocast(ctx.device, True):  # AMP on CUDA, as the kit's other trainers (the CPU: float32)
                 levels = model(images, big_views=given, per_level=True)
             loss = torch.stack([torch.nn.functional.cross_entropy(lg.float(), labels) for lg in levels]).mean()
             correct = int((levels.mean(0).argmax(1) == labels).sum())
-            return Step(loss, n=len(mine), correct=correct)
+            return Step(loss, n=len(idx), correct=correct)
 
         def batches(epoch, gen):
             for idx in torch.randperm(n, generator=gen).split(options.batch_size):
