@@ -112,13 +112,6 @@ def _trimmed(vectors: dict, members, base, density: float, ctx) -> list[float]:
     return thresholds
 
 
-def _torch_dtype(name: str):
-    """A safetensors dtype name (``F32``, ``BF16``) as torch's."""
-    import torch
-
-    return {"F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16}.get(name, torch.float32)
-
-
 def _merger(base: dict, vectors: dict[str, list], statistics: dict[str, tuple], layers: list[str], n: int,
             options):
     """The module the loop trains: its one parameter is λ ([members] task-wise, [members, tensors] layer-wise);
@@ -177,6 +170,7 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     import torch
     from torch.func import functional_call
 
+    from zoo.kit.tensors import result_dtypes, torch_dtype
     from zoo.kit.train import (CHECKPOINT, LoopOptions, Step, autocast, ddp, resume_state, share, to_device,
                                train, unwrap)
 
@@ -193,8 +187,8 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     order = {k: i for i, k in enumerate(tasks[0].model.state_dict())}  # the model's order, not the file's
     layers = sorted((k for k in floats if not zoo.is_statistic(k)), key=lambda k: order.get(k, len(order)))
     base = {k: (v.float() if k in floats else v).to(device) for k, v in base_member.state_dict().items()}
-    # the output's dtypes: the members' where they agree, float32 where they do not (as the streamed merges')
-    dtypes = {k: next(iter(d)) if len(d := {m.dtype(k) for m in members}) == 1 else "F32" for k in floats}
+    # the output's dtypes: those the streamed merges write (the members' where they agree, else float32)
+    dtypes = {k: v for k, v in result_dtypes(members, base_member).items() if k in floats}
     # one member at a time (memory: the base, the N task vectors and one member), stacked [members, ...] per tensor
     vectors = {k: torch.empty((len(members), *base[k].shape), device=device) for k in layers}
     statistics = {k: (base[k], torch.zeros_like(base[k])) for k in floats if zoo.is_statistic(k)}
@@ -271,7 +265,7 @@ def _run(members, tasks: list[_Task], options, ctx) -> zoo.Combined:
     with torch.no_grad():
         merged = merger()
         lam = merger.table().detach().cpu()
-    sd = {k: v.detach().to(device="cpu", dtype=_torch_dtype(dtypes[k]) if k in dtypes else v.dtype, copy=True)
+    sd = {k: v.detach().to(device="cpu", dtype=torch_dtype(dtypes[k]) if k in dtypes else v.dtype, copy=True)
           .contiguous() for k, v in merged.items()}
 
     coefficients = {name: (lam[i].tolist() if options.granularity == "layer" else [float(lam[i, 0])])

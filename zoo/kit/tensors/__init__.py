@@ -1,5 +1,6 @@
 """Tensors of every member, streamed: the streaming core (``map_tensors``; ``scan_tensors``, a pass that
-keeps nothing), state-dict arithmetic on it (``weighted_sum``, ``uniform_average``, ``lerp``,
+keeps nothing; ``result_dtypes``, the dtypes it writes, ``torch_dtype`` of a safetensors dtype name), state-dict
+arithmetic on it (``weighted_sum``, ``uniform_average``, ``lerp``,
 ``fisher_lerp``, ``task_vector(s)``, ``add``, ``scale``, ``keep_largest``), the check that members have
 the same tensors (``check_compatible``) and per-member statistics kept on disk (``Spill``).
 """
@@ -10,6 +11,8 @@ from zoo.kit._infra.exports import lazy
 NAMES = {
     "map_tensors": "zoo.kit.tensors.stream",
     "scan_tensors": "zoo.kit.tensors.stream",
+    "result_dtypes": "zoo.kit.tensors.stream",
+    "torch_dtype": "zoo.kit._infra.safetensors_reader",
     "check_compatible": "zoo.kit.tensors.headers",
     "weighted_sum": "zoo.kit.tensors.weights",
     "uniform_average": "zoo.kit.tensors.weights",
