@@ -19,6 +19,9 @@ from typing import Any, Literal
 import zoo
 from zoo.kit.card import Section
 
+from .ties import elected_sign
+
+
 class AdaMerging(zoo.Strategy):
     name = "adamerging"
     summary = ("task vectors merged with coefficients learned by minimising the prediction entropy on unlabeled "
@@ -98,16 +101,12 @@ def _trimmed(vectors: dict, members, base, density: float, ctx) -> list[float]:
     ``density`` magnitudes over the whole model (TIES's model-wide trim, ``zoo.model_thresholds``), then, per
     entry, the elected sign γ = sign(Σᵢ τ̂ᵢ) (a 0 takes the tensor's majority sign, as zoo's TIES) and only the τ̂ᵢ
     that agree with it kept. Returns the thresholds."""
-    import torch
-
     thresholds = zoo.model_thresholds(members, base, density, progress=ctx.progress,
                                       description="adamerging++: trim", device=ctx.device)
     for stacked in vectors.values():
         for i, tv in enumerate(stacked):
             zoo.zero_below(tv, thresholds[i])
-        sign = stacked.sum(0).sign()
-        majority = 1.0 if sign.sum() >= 0 else -1.0
-        sign = torch.where(sign == 0, torch.full_like(sign, majority), sign)
+        sign, _ = elected_sign(stacked)  # TIES's election
         stacked.mul_((stacked * sign > 0).to(stacked.dtype))
     return thresholds
 

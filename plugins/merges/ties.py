@@ -17,6 +17,16 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+def elected_sign(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2 on the task vectors stacked as ``[members, ...]``: (the elected sign of Σᵢ τ̂ᵢ per entry, a 0
+    given the majority sign of the tensor's entries; Σᵢ τ̂ᵢ itself)."""
+    total = stacked.sum(dim=0)
+    sign = total.sign()
+    majority = 1.0 if sign.sum() >= 0 else -1.0
+    sign.add_(majority / 2).sign_()  # a 0 becomes the majority's sign, ±1 stay: two passes, no mask
+    return sign, total
+
+
 def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
     """Steps 2 and 3 on the trimmed task vectors stacked as ``[members, ...]``: the elected sign of Σᵢ τ̂ᵢ
     per entry, then the mean of the agreeing non-zero τ̂ᵢ. ``stacked`` is overwritten (memory: the stack and
@@ -32,10 +42,7 @@ def elect_and_average(stacked: torch.Tensor) -> torch.Tensor:
     """
     import torch
 
-    total = stacked.sum(dim=0)
-    sign = total.sign()
-    majority = 1.0 if sign.sum() >= 0 else -1.0
-    sign.add_(majority / 2).sign_()  # a 0 becomes the majority's sign, ±1 stay: two passes, no mask
+    sign, total = elected_sign(stacked)
     stacked.mul_(sign).clamp_(min=0)  # |τ̂ᵢ| where it agrees, 0 elsewhere
     merged = stacked.sum(dim=0).mul_(sign)
     count = stacked.sign_().sum(dim=0)  # exact in float32 up to 2^24 members
