@@ -89,17 +89,6 @@ def is_adapter(member) -> bool:
     return bool(getattr(member, "note", {}).get("adapter_of"))
 
 
-def _lora_kind(module) -> str | None:
-    """``linear`` or ``conv`` where PEFT's LoRA carries this module's weight exactly, else None."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return "linear"
-    if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
-        return "conv"
-    return None
-
-
 def _meta_modules(base) -> dict[str, Any]:
     """{name: module} of the base's model, built on the meta device (shapes only, no weight read) where its
     format allows, else with its weights."""
@@ -125,6 +114,8 @@ def to_adapter(merged, base, *, rank: int | None, energy: float | None, base_nam
     The SVDs run on ``device`` (the run's), in float64."""
     import torch
 
+    from zoo.kit.train import adaptable  # the layers PEFT's LoRA carries exactly: zoo finetune --lora's rule
+
     keys = list(base.keys())
     modules = _meta_modules(base)
     changed = {k for k in keys if not torch.equal(merged[k], base.read([k])[k])}  # one tensor at a time
@@ -138,7 +129,7 @@ def to_adapter(merged, base, *, rank: int | None, energy: float | None, base_nam
             raise zoo.BadInput(f"--format adapter: {k!r} moved in the merge and belongs to no module PEFT can "
                                "save whole; write the full model (leave --format out)")
         moved = [t for t in by_module[module] if t in changed]
-        if moved == [f"{module}.weight"] and _lora_kind(modules.get(module)) is not None:
+        if moved == [f"{module}.weight"] and adaptable(modules.get(module)):
             lora.append(module)
         else:
             whole.append(module)

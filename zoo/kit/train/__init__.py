@@ -3,7 +3,7 @@ torchrun, the ``CHECKPOINT`` file name), ``resume_state`` for ``--resume``, the 
 ``zoo finetune`` (``Recipe``, ``fit``, ``model_for``, ``config_for``, ``class_names``), BatchNorm statistics
 (``has_batchnorm``, ``recompute_bn_stats``, ``freeze_bn_stats``), the diagonal Fisher
 (``diagonal_fisher``), devices (``resolve_device``, ``autocast``, ``to_device``) and LoRA through PEFT
-(``LoraSpec``, ``parse_lora``, ``wrap_lora``: ``zoo finetune --lora``; ``fit(..., lora=)``).
+(``LoraSpec``, ``parse_lora``, ``wrap_lora``, ``adaptable``: ``zoo finetune --lora``; ``fit(..., lora=)``).
 """
 
 from zoo.kit._infra.exports import lazy
@@ -35,6 +35,7 @@ NAMES = {
     "LoraSpec": "zoo.kit.train.lora",
     "parse_lora": "zoo.kit.train.lora",
     "wrap_lora": "zoo.kit.train.lora",
+    "adaptable": "zoo.kit.train.lora",
 }
 __all__ = sorted(NAMES)
 __getattr__ = lazy(__name__, NAMES)

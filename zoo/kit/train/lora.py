@@ -109,7 +109,7 @@ def classifier_name(model) -> str:
                    "by name (modules_to_save)")
 
 
-def _adaptable(module) -> bool:
+def adaptable(module) -> bool:
     """A layer zoo's adapter format merges: a linear layer, or a 1×1 convolution without groups."""
     import torch
 
@@ -126,7 +126,7 @@ def target_modules(model, spec: LoraSpec, *, who: str) -> list[str]:
     inside_head = lambda name: name == head or name.startswith(head + ".")  # noqa: E731
     modules = [(name, m) for name, m in model.named_modules() if name]
     if spec.targets is None:
-        chosen = [name for name, m in modules if _adaptable(m) and not inside_head(name)]
+        chosen = [name for name, m in modules if adaptable(m) and not inside_head(name)]
         if not chosen:
             raise BadInput(f"--lora: {who} has no linear layer or 1×1 convolution outside its classifier to adapt")
         return chosen
@@ -140,7 +140,7 @@ def target_modules(model, spec: LoraSpec, *, who: str) -> list[str]:
             if inside_head(name):
                 raise BadInput(f"--lora targets={target!r} names the classifier {head!r}, which is trained and "
                                "saved whole; leave it out")
-            if not _adaptable(m):
+            if not adaptable(m):
                 raise BadInput(f"--lora targets={target!r}: {name!r} is a {type(m).__name__}; LoRA adapters zoo "
                                "merges adapt linear layers and 1×1 convolutions")
             chosen.append(name)
@@ -150,7 +150,7 @@ def target_modules(model, spec: LoraSpec, *, who: str) -> list[str]:
 def _examples(model, head: str) -> str:
     """A few suffixes of adaptable modules, for a message."""
     leaves = [name.rpartition(".")[2] for name, m in model.named_modules()
-              if name and _adaptable(m) and not (name == head or name.startswith(head + "."))]
+              if name and adaptable(m) and not (name == head or name.startswith(head + "."))]
     return ", ".join(list(dict.fromkeys(leaves))[:4]) or "none"
 
 
