@@ -14,6 +14,7 @@ the temporary folder or else the RAM disk /dev/shm, and are removed as soon as t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,12 +31,12 @@ ARCH = "vit_large_patch16_224"
 GIB = 2**30
 
 
-def _member(folder: Path, seed: int, shapes: dict[str, torch.Size]) -> Path:
+def _member(folder: Path, seed: int, shapes: dict[str, torch.Size], arch: str = ARCH) -> Path:
     g = torch.Generator().manual_seed(seed)
     sd = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
     folder.mkdir(parents=True)
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps({"architecture": ARCH, "num_classes": 10}))
+    (folder / "config.json").write_text(json.dumps({"architecture": arch, "num_classes": 10}))
     return folder
 
 
@@ -83,3 +84,39 @@ def test_soup_of_vit_l_runs_in_less_memory_than_one_member(tmp_path, vit_l_room)
         for k in f.keys():
             expected = torch.mul(a.get_tensor(k), 0.5).add_(b.get_tensor(k), alpha=0.5)
             assert torch.equal(f.get_tensor(k), expected), k
+
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc (Linux)")
+def test_an_svd_merge_holds_no_more_than_the_soup_of_the_same_members(tmp_path):
+    """Iso-C factors every 2-D matrix of ViT-S (up to 1536 × 384) on the streaming engine, a tensor at a time
+    (TSV-M and Iso-CTS are merge methods of the same engine): its peak resident memory is the soup's of the same
+    members plus less than half of one member — it never holds a member, let alone both. (ViT-S, not ViT-L as
+    above: ViT-L's SVDs take minutes on two cores.)"""
+    import timm
+
+    arch = "vit_small_patch16_224"
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in timm.create_model(arch, num_classes=10).state_dict().items()}
+    members = [_member(tmp_path / f"m{i}", i, shapes, arch) for i in range(2)]
+    size = (members[0] / "model.safetensors").stat().st_size
+    zoo.load_member(str(members[0]))  # timm's model list is cached now, for both runs alike
+    code, soup_peak, err = run_within(8 * GIB, ["combine", "-s", "soup", "-m", str(members[0]), "-m", str(members[1]),
+                                                 "--out", str(tmp_path / "soup")], tmp_path)
+    assert code == 0, err
+    limit = soup_peak + size // 2
+    out = tmp_path / "iso"
+    # one OpenMP thread: on a busy runner torch's threads wait for a core in every SVD (minutes instead of seconds)
+    code, peak, err = run_within(limit, ["combine", "-s", "iso-c", "--base", str(members[0]), "-m", str(members[1]),
+                                         "--out", str(out)], tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert code == 0 and peak <= limit, \
+        f"exit {code}, peak {peak / GIB:.3f} GiB against the soup's {soup_peak / GIB:.3f} GiB + {size / 2 / GIB:.3f}: {err}"
+    # and it merged: with one task vector τ = U S Vᵀ, Iso-C gives mean(S)·U Vᵀ
+    key = "blocks.0.mlp.fc1.weight"
+    with safe_open(str(out / "model.safetensors"), "pt") as f, \
+            safe_open(str(members[0] / "model.safetensors"), "pt") as b, \
+            safe_open(str(members[1] / "model.safetensors"), "pt") as m:
+        tau, merged = m.get_tensor(key) - b.get_tensor(key), f.get_tensor(key) - b.get_tensor(key)
+    u, s, vh = torch.linalg.svd(tau.double(), full_matrices=False)
+    assert torch.allclose(merged.double(), s.mean() * u @ vh, atol=1e-5)
