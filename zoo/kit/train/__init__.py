@@ -1,6 +1,7 @@
 """Training: the one loop (``train``, its ``LoopOptions``, a ``Step``'s loss, ``ddp``/``unwrap``/``share`` under
 torchrun, the ``CHECKPOINT`` file name), ``resume_state`` for ``--resume``, the LP / FT / LP-FT recipe of
-``zoo finetune`` (``Recipe``, ``fit``, ``model_for``, ``config_for``, ``class_names``), BatchNorm statistics
+``zoo finetune`` (``Recipe``, ``fit``, ``probe_head`` — its linear probe on fixed features —, ``model_for``,
+``config_for``, ``class_names``), BatchNorm statistics
 (``has_batchnorm``, ``recompute_bn_stats``, ``freeze_bn_stats``), the diagonal Fisher
 (``diagonal_fisher``), devices (``resolve_device``, ``autocast``, ``to_device``) and LoRA through PEFT
 (``LoraSpec``, ``parse_lora``, ``wrap_lora``, ``adaptable``: ``zoo finetune --lora``; ``fit(..., lora=)``).
@@ -20,6 +21,7 @@ NAMES = {
     "resume_state": "zoo.kit.train.checkpoint",
     "Recipe": "zoo.kit.train.recipe",
     "fit": "zoo.kit.train.recipe",
+    "probe_head": "zoo.kit.train.recipe",
     "model_for": "zoo.kit.train.recipe",
     "config_for": "zoo.kit.train.recipe",
     "class_names": "zoo.kit.train.recipe",

@@ -190,9 +190,6 @@ def class_names(train_data: str) -> list[str]:
 def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
     """Fit only the classifier, on features of the frozen backbone computed once (zoo.kit.train.loop)."""
     import torch
-    import torch.nn.functional as F
-
-    from zoo.kit.train import loop as training
 
     model.eval()
     feats = []
@@ -200,12 +197,24 @@ def _linear_probe(model, train, recipe: Recipe, device, progress) -> list[dict]:
         for images, _ in train.batches(256):
             x = model.forward_features(images.to(device))
             feats.append(model.forward_head(x, pre_logits=True).float())
-    feats = torch.cat(feats)
-    targets = train.targets.to(device)
-    head = model.get_classifier()
-    gen = torch.Generator().manual_seed(recipe.seed)
     # LP-FT: the head is fit to the fine-tune's own loss, so the fine-tune starts at the head's optimum
     smoothing = recipe.label_smoothing if recipe.mode == "lp-ft" else 0.0
+    return probe_head(model.get_classifier(), torch.cat(feats), train.targets, recipe, device, progress,
+                      smoothing=smoothing)
+
+
+def probe_head(head, feats, targets, recipe: Recipe, device, progress, *, smoothing: float = 0.0) -> list[dict]:
+    """Train the linear layer ``head`` on fixed features: ``recipe``'s ``lp_epochs`` at ``lp_lr`` (constant), its
+    ``batch_size``, ``weight_decay`` and ``seed`` (the order of the batches), cross-entropy with label
+    ``smoothing``. The linear probe of ``zoo finetune --mode lp`` and ``--strategy concat``'s head. Returns the
+    history; ``head`` is left in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    from zoo.kit.train import loop as training
+
+    feats, targets = feats.to(device), targets.to(device)
+    gen = torch.Generator().manual_seed(recipe.seed)
 
     def batches(epoch, gen):
         yield from torch.randperm(len(feats), generator=gen).split(recipe.batch_size)
