@@ -339,10 +339,11 @@ class Rebasin(zoo.Strategy):
             result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
                                                           title=f"{like.name} → {members[1].name}")
             result.card_sections.append(_paths_section(paths))
-        how = {"reference": "the first by weight matching", "merge-many": "each other by weight matching (MergeMany)",
-               "activations": "the first by the correlation of their units' activations on "
-                              f"{min(options.activation_images, len(ctx.train_split(like)))} training images"}
-        text = (f"{len(members)} members aligned to {how[options.method]} ({_describe(spec)}), then averaged"
+        how = "the first by weight matching" if options.method == "reference" else \
+            "each other by weight matching (MergeMany)" if options.method == "merge-many" else \
+            "the first by the correlation of their units' activations on " \
+            f"{min(options.activation_images, len(ctx.train_split(like)))} training images"
+        text = (f"{len(members)} members aligned to {how} ({_describe(spec)}), then averaged"
                 + (", BatchNorm statistics recomputed on the training data" if train is not None else "")
                 + (" and each BatchNorm's output rescaled to the members' (REPAIR)" if options.repair else "") + ".")
         result.card_sections.insert(0, Section("Re-basin", text, columns=["model", "held-out top-1",
