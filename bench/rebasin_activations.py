@@ -1,6 +1,6 @@
 """Weight matching against activation matching, side by side, on the seed pairs of bench/rebasin_report.py.
 
-    python bench/rebasin_activations.py --work /tmp/zoo-rebasin-bench                  # all pairs (~40 min, 2 cores)
+    python bench/rebasin_activations.py --work /tmp/zoo-rebasin-bench                  # all pairs (~25 min on 2 busy cores, training apart)
     python bench/rebasin_activations.py --work /tmp/zoo-rebasin-bench --pair resnet-w64 --pair vit-d128
 
 Members: those of bench/rebasin_report.py (same folders under --work, trained by its ``train`` stage if missing;
