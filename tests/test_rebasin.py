@@ -153,13 +153,17 @@ def test_rebasin_of_a_model_and_its_permuted_copy_is_the_model(tmp_path, zoo_cli
     assert not torch.equal(soup["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
 
 
-def test_rebasin_by_activations_of_a_model_and_its_permuted_copy_is_the_model(tmp_path, digits_zoo, zoo_cli):
-    args = {"channels": [16, 32, 64, 128]}
-    model, size = _model("resnet (BatchNorm, residual stages)")
-    a = _save(model, tmp_path / "a", size, "resnet18", args)
+@pytest.mark.parametrize("name,arch,args", [
+    ("resnet (BatchNorm, residual stages)", "resnet18", {"channels": [16, 32, 64, 128]}),
+    ("vit (residual stream, fused qkv heads)", "vit_tiny_patch16_224",
+     {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 96, "num_heads": 3})])
+def test_rebasin_by_activations_of_a_model_and_its_permuted_copy_is_the_model(name, arch, args, tmp_path, digits_zoo,
+                                                                               zoo_cli):
+    model, size = _model(name)
+    a = _save(model, tmp_path / "a", size, arch, args)
     spec = specs.derive(model, size)
     model.load_state_dict(permute.apply(spec, model.state_dict(), permute.random_perms(spec, seed=11)))
-    b = _save(model, tmp_path / "b", size, "resnet18", args)
+    b = _save(model, tmp_path / "b", size, arch, args)
     zoo_cli("combine", "-s", "rebasin", "-m", a, "-m", b, "-o", "method=activations", "-o", "bn=keep",
             "-o", "activation_images=64", "--train-data", digits_zoo / "data" / "train", "--out", tmp_path / "merged")
     merged, original = load_file(str(tmp_path / "merged" / "model.safetensors")), load_file(str(a / "model.safetensors"))
