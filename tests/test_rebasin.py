@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import timm
+from conftest import refused
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from zoo.plugins.rebasin import match, permute
+from zoo.plugins.rebasin import activations, match, permute
 from zoo.plugins.rebasin import spec as specs
 
 MODELS = {  # name → (model factory, input size): one per family zoo align supports
@@ -61,6 +62,30 @@ def test_matching_a_randomly_permuted_copy_recovers_the_permutation_exactly(name
     back = permute.apply(spec, b, found.perms)
     assert all(torch.equal(back[k], a[k]) for k in a)
     assert found.inner_after > found.inner_before
+
+
+@pytest.mark.parametrize("name", ["resnet (BatchNorm, residual stages)", "vit (residual stream, fused qkv heads)"])
+def test_activation_matching_of_a_randomly_permuted_copy_recovers_the_permutation_exactly(name, val_dir):
+    import copy
+
+    from zoo.kit.data import data_config, load_split
+
+    model, size = _model(name)
+    spec = specs.derive(model, size)
+    cfg = {"input_size": size, "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    images = load_split(str(val_dir), data_config(cfg), label_names=[str(i) for i in range(10)], num_classes=10)
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    shuffled = permute.random_perms(spec, seed=7)
+    other = copy.deepcopy(model)
+    other.load_state_dict(permute.apply(spec, a, shuffled))
+    found = activations.activation_matching(spec, model, other, activations.batches_of(images, images, 64, 32, 0))
+    assert all(torch.equal(found.perms[g], torch.argsort(shuffled[g])) for g in spec.groups)
+    if spec.attention:  # the heads and the dimensions inside them were shuffled, and found, too
+        assert {g for g in spec.groups if not torch.equal(shuffled[g], torch.arange(spec.groups[g]))} >= \
+            set(spec.attention) | set(spec.nested.values())
+    back = permute.apply(spec, other.state_dict(), found.perms)
+    assert all(torch.equal(back[k], a[k]) for k in a)
+    assert found.correlation_after > 0.8 > 0.1 > found.correlation_before
 
 
 def test_the_spec_sees_residual_streams_heads_and_hidden_units_as_their_own_groups():
@@ -128,6 +153,46 @@ def test_rebasin_of_a_model_and_its_permuted_copy_is_the_model(tmp_path, zoo_cli
     assert not torch.equal(soup["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
 
 
+@pytest.mark.parametrize("name,arch,args", [
+    ("resnet (BatchNorm, residual stages)", "resnet18", {"channels": [16, 32, 64, 128]}),
+    ("vit (residual stream, fused qkv heads)", "vit_tiny_patch16_224",
+     {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 96, "num_heads": 3})])
+def test_rebasin_by_activations_of_a_model_and_its_permuted_copy_is_the_model(name, arch, args, tmp_path, digits_zoo,
+                                                                               zoo_cli):
+    model, size = _model(name)
+    a = _save(model, tmp_path / "a", size, arch, args)
+    spec = specs.derive(model, size)
+    model.load_state_dict(permute.apply(spec, model.state_dict(), permute.random_perms(spec, seed=11)))
+    b = _save(model, tmp_path / "b", size, arch, args)
+    zoo_cli("combine", "-s", "rebasin", "-m", a, "-m", b, "-o", "method=activations", "-o", "bn=keep",
+            "-o", "activation_images=64", "--train-data", digits_zoo / "data" / "train", "--out", tmp_path / "merged")
+    merged, original = load_file(str(tmp_path / "merged" / "model.safetensors")), load_file(str(a / "model.safetensors"))
+    assert merged.keys() == original.keys() and all(torch.equal(merged[k], original[k]) for k in original)
+    report = json.loads((tmp_path / "merged" / "zoo.json").read_text())["report"]
+    assert report["method"] == "activations" and report["correlations"][0]["after"] > 0.8
+
+
+def test_zoo_align_by_activations_keeps_the_members_logits(tmp_path, digits_zoo, zoo_cli):
+    import zoo
+    from zoo.kit.data import data_config, load_split
+
+    members, data = digits_zoo / "members", digits_zoo / "data"
+    out = tmp_path / "aligned"
+    proc = zoo_cli("align", members / "independent", "--to", members / "base", "--method", "activations",
+                   "--train-data", data / "train", "-o", "activation_images=128", "--out", out)
+    assert "by activation matching" in proc.stdout
+    aligned = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    member = zoo.load_member(str(members / "independent"))
+    images = load_split(str(data / "val"), data_config(member.pretrained_cfg), label_names=member.label_names,
+                        num_classes=10).images[:64]
+    with torch.no_grad():
+        assert torch.allclose(aligned(images), member.create_model().eval()(images), atol=1e-4)
+    recipe = json.loads((out / "zoo.json").read_text())
+    assert recipe["report"]["method"] == "activations"
+    assert recipe["report"]["correlation_after"] > recipe["report"]["correlation_before"] + 0.2
+    assert sum(g["units_moved"] for g in recipe["report"]["groups"].values()) > 0
+
+
 def test_zoo_align_writes_a_timm_repo_computing_what_the_member_computes(tmp_path, digits_zoo, zoo_cli):
     import zoo
     from zoo.kit.data import data_config, load_split
@@ -184,6 +249,8 @@ def test_align_refuses_bad_input_with_one_message_and_writes_nothing(tmp_path, d
         "no reference": ((members / "base",), "--to"),
         "another width": ((tmp_path / "wide", "--to", tmp_path / "narrow"), "in shape.*width"),
         "report without data": ((members / "independent", "--to", members / "base", "--report"), "--eval-data"),
+        "activations without training data": ((members / "independent", "--to", members / "base", "--method",
+                                                "activations"), "method=activations.*--train-data DIR"),
     }
     for label, (args, expected) in cases.items():
         out = tmp_path / label.replace(" ", "-")
@@ -197,6 +264,10 @@ def test_align_refuses_bad_input_with_one_message_and_writes_nothing(tmp_path, d
     proc = zoo_cli("align", grouped, "--to", grouped, "--out", tmp_path / "g-out", check=False)
     assert proc.returncode == 2 and "grouped convolution" in proc.stderr and "stem" not in proc.stderr.split(":")[0]
     assert not (tmp_path / "g-out").exists()
+    # rebasin by activations needs the training images as well: one message, nothing written
+    refused(zoo_cli, tmp_path / "r-out", "combine", "-s", "rebasin", "-m", members / "base", "-m",
+            members / "independent", "-o", "method=activations", "-o", "bn=keep",
+            words=("method=activations", "--train-data DIR"))
 
 
 def test_merge_many_brings_a_model_and_two_permuted_copies_into_one_frame():

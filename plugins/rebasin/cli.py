@@ -26,10 +26,14 @@ def add_align(app: typer.Typer, cli) -> None:
                                     "recomputed)."),
         eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data: image folder or timm "
                                                 "dataset spec (the function check runs on its first images)."),
-        train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data, for --report's "
-                                                 "BatchNorm recompute."),
+        train_data: Optional[str] = typer.Option(None, "--train-data", help="Training data: the images --method "
+                                                 "activations records, and --report's BatchNorm recompute."),
+        method: Optional[str] = typer.Option(None, "--method", help="How units are paired: weights (default; Git "
+                                             "Re-Basin's weight matching) or activations (by the correlation of their "
+                                             "activations on --train-data)."),
         option: List[str] = typer.Option([], "--option", "-o", help="Option key=value of the align strategy "
-                                          "(max_sweeps, first_sweep, points, bn_batches; see `zoo strategies`)."),
+                                          "(max_sweeps, first_sweep, points, bn_batches, activation_images; see "
+                                          "`zoo strategies`)."),
         force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         arch: Optional[str] = typer.Option(None, "--arch", help="timm architecture of bare .safetensors members."),
@@ -37,7 +41,8 @@ def add_align(app: typer.Typer, cli) -> None:
                                           "(weights_only)."),
         seed: int = typer.Option(0, "--seed", help="Random seed (the sweeps' order, the function check)."),
     ):
-        """Permute MEMBER's hidden units to line up with --to's by weight matching (Git Re-Basin), and write it.
+        """Permute MEMBER's hidden units to line up with --to's, by weight matching (Git Re-Basin) or by their
+        activations on --train-data (--method activations), and write it.
 
         The result computes exactly what MEMBER computes (checked before anything is written); merged with the
         reference (zoo combine --strategy soup, ties, ...) it no longer averages unrelated units."""
@@ -45,7 +50,8 @@ def add_align(app: typer.Typer, cli) -> None:
 
         from zoo.kit.strategy import parse_pairs
 
-        options = {**parse_pairs(option), **({"report": "true"} if report else {})}
+        options = {**parse_pairs(option), **({"report": "true"} if report else {}),
+                   **({"method": method} if method is not None else {})}
         result = cli.combine("align", [to, member], eval_data=[eval_data] if eval_data else None,
                              train_data=train_data, options=options, out=out, force=force, device=device, arch=arch,
                              allow_pickle=allow_pickle, seed=seed)
@@ -53,8 +59,10 @@ def add_align(app: typer.Typer, cli) -> None:
         r = result.report
         moved = sum(g["units_moved"] for g in r["groups"].values())
         total = sum(g["size"] for g in r["groups"].values())
-        answer.print(f"aligned {r['member']} to {r['reference']}: {moved} of {total} units moved in {r['sweeps']} "
-                     f"sweeps; outputs unchanged (within {r['output_difference']:.1e})", highlight=False)
+        how = f"by activation matching (mean correlation of paired units {r['correlation_before']:.3f} → " \
+              f"{r['correlation_after']:.3f})" if r["method"] == "activations" else f"in {r['sweeps']} sweeps"
+        answer.print(f"aligned {r['member']} to {r['reference']}: {moved} of {total} units moved {how}; outputs "
+                     f"unchanged (within {r['output_difference']:.1e})", highlight=False)
         for path in r.get("paths", []):
             for variant, c in path["curves"].items():
                 answer.print(f"  {variant:<26} loss barrier {c['loss_barrier']:.4f}   top-1 drop "

@@ -111,6 +111,10 @@ class _Builder:
         self.params = dict(model.named_parameters()) | dict(model.named_buffers())
         self.here = ""
         self.nested: list[tuple[_Node, _Node]] = []
+        #: values of the graph that carry a group on an axis (for activation matching): (node name, {axis: node})
+        self.values: list[tuple[str, dict[int, _Node]]] = []
+        #: timm attention modules called: (node name, heads node, head dims node)
+        self.attentions: list[tuple[str, _Node, _Node]] = []
 
     # ---- nodes -----------------------------------------------------------------------------
     def new(self, size: int, origin: str) -> _Node:
@@ -163,13 +167,8 @@ class _Builder:
         from torch.fx.passes.shape_prop import ShapeProp
 
         leaves = _attention_types()
-        tracer = _Tracer(leaves)
-        try:
-            graph = tracer.trace(self.model)
-        except Exception as e:  # noqa: BLE001 - any tracing failure is the same message
-            raise zoo.BadInput(f"{self.what}: torch.fx cannot trace the model ({type(e).__name__}: {e}); zoo align needs "
-                               "a traceable model") from None
-        gm = torch.fx.GraphModule(tracer.root, graph)
+        gm = trace(self.model, what=self.what)
+        graph = gm.graph
         was = self.model.training
         gm.eval()
         with torch.no_grad():
@@ -189,8 +188,13 @@ class _Builder:
                 flows[node] = _Flow(shape, axes, data=False)
             elif node.op == "call_module":
                 flows[node] = self.module(modules[node.target], str(node.target), node, flows, leaves)
+                if isinstance(modules[node.target], leaves):
+                    self.attentions.append((node.name, *self.nested[-1]))
             elif node.op in ("call_function", "call_method"):
                 flows[node] = self.function(node, flows)
+            flow = flows.get(node)
+            if isinstance(flow, _Flow) and flow.data and flow.axes and not _is_copy(node, modules):
+                self.values.append((node.name, dict(flow.axes)))
             elif node.op == "output":
                 for out in _nodes(node.args[0]):
                     flow = flows.get(out)
@@ -220,7 +224,17 @@ class _Builder:
         nested = {roots[id(h.root())]: roots[id(d.root())] for h, d in self.nested
                   if id(h.root()) in roots and id(d.root()) in roots}
         buffers = frozenset(k for k, _ in self.model.named_buffers() if k in axes)
-        return {"groups": groups, "axes": axes, "where": where, "nested": nested, "buffers": buffers}
+        sites: dict[str, list[tuple[str, int]]] = {}
+        for name, value_axes in self.values:  # a value whose one permuted axis is a group's units, the rest data
+            moving = [(ax, roots.get(id(n.root()))) for ax, n in value_axes.items() if not n.root().fixed]
+            if len(moving) == 1 and moving[0][1] is not None:
+                sites.setdefault(moving[0][1], []).append((name, moving[0][0]))
+        attention = {}
+        for name, h, d in self.attentions:
+            if id(h.root()) in roots and id(d.root()) in roots:
+                attention.setdefault(roots[id(h.root())], []).append(name)
+        return {"groups": groups, "axes": axes, "where": where, "nested": nested, "buffers": buffers,
+                "sites": sites, "attention": attention}
 
     # ---- modules -----------------------------------------------------------------------------
     def module(self, m: nn.Module, name: str, node: torch.fx.Node, flows, leaves) -> Any:
@@ -543,6 +557,34 @@ class _Builder:
         if isinstance(bias, torch.fx.Node) and isinstance(flows.get(bias), _Flow):
             self.union(self.at(flows[bias], 0), out)
         return self._out(x, shape, len(shape) - 1, out)
+
+
+#: values that are another value's numbers in another layout (or the same ones): not recorded twice as sites
+_COPY_METHODS = _RESHAPE | {"permute", "transpose", "movedim", "contiguous", "clone", "float", "half", "bfloat16", "to",
+                             "type_as", "detach", "expand", "expand_as"}
+_COPY_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+                   F.dropout}
+_COPY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Flatten)
+
+
+def _is_copy(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_method":
+        return node.target in _COPY_METHODS
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _COPY_MODULES)
+    return node.target in _COPY_FUNCTIONS
+
+
+def trace(model: nn.Module, *, what: str = "the model") -> torch.fx.GraphModule:
+    """``model``'s fx graph as zoo reads it (timm's leaf modules and functions, attention whole), sharing its
+    modules and weights; the same architecture gives the same node names."""
+    tracer = _Tracer(_attention_types())
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # noqa: BLE001 - any tracing failure is the same message
+        raise zoo.BadInput(f"{what}: torch.fx cannot trace the model ({type(e).__name__}: {e}); zoo align needs "
+                           "a traceable model") from None
+    return torch.fx.GraphModule(tracer.root, graph)
 
 
 def _axis_after(shape, before: int, size: int) -> int | None:

@@ -50,13 +50,17 @@ class Matched:
     #: as for MergeMany, whose target moves)
     inner_before: float | None = None
     inner_after: float | None = None
+    #: activation matching: the mean correlation of paired units' activations, as they stand and as matched
+    correlation_before: float | None = None
+    correlation_after: float | None = None
 
 
 def _flat(t: torch.Tensor, view, ax: int) -> torch.Tensor:
     return t.reshape(view).movedim(ax, 0).reshape(view[ax], -1).float()
 
 
-def _inner(spec: Spec, a, b) -> float:
+def inner(spec: Spec, a, b) -> float:
+    """Σ ⟨A, B⟩ over the parameters ``spec`` permutes."""
     return float(sum((a[k].double() * b[k].double()).sum() for k in spec.axes if k not in spec.buffers))
 
 
@@ -113,7 +117,7 @@ def weight_matching(spec: Spec, a: Mapping[str, torch.Tensor], b: Mapping[str, t
     users = {g: spec.users(g, weights_only=True) for g in spec.groups}
     rng = np.random.default_rng(seed)
     names = sorted(spec.groups, key=lambda g: int(g[1:]))  # P0, P1, …: the order the graph binds them
-    before = _inner(spec, a, permute.apply(spec, b, perms))
+    before = inner(spec, a, permute.apply(spec, b, perms))
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):
         gained = False
@@ -130,7 +134,7 @@ def weight_matching(spec: Spec, a: Mapping[str, torch.Tensor], b: Mapping[str, t
                 perms[g] = torch.as_tensor(cols, dtype=torch.long)
         if not gained:
             break
-    after = _inner(spec, a, permute.apply(spec, b, perms))
+    after = inner(spec, a, permute.apply(spec, b, perms))
     return Matched(perms=perms, sweeps=sweeps, inner_before=before, inner_after=after)
 
 

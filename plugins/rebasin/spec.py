@@ -42,6 +42,12 @@ class Spec:
     #: tensors that are buffers (BatchNorm's running statistics): permuted with their channels, but not
     #: weights, so weight matching leaves them out of its objective (as Git Re-Basin's code does)
     buffers: frozenset = frozenset()
+    #: for activation matching: group → the values of the model's fx graph that carry its units, as (node name,
+    #: axis); every other axis of such a value is data (batch, space, tokens). Copies in another layout (a
+    #: reshape, a transpose, a dropout) are left out.
+    sites: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: an attention's heads group → the fx nodes that call it (activation matching records their q, k, v)
+    attention: dict[str, list[str]] = field(default_factory=dict)
 
     def users(self, group: str, *, weights_only: bool = False) -> list[tuple[str, int]]:
         """(tensor, view axis) pairs ``group`` acts on (``weights_only``: parameters, not buffers)."""

@@ -3,7 +3,8 @@
 
 Both derive the permutation spec from the first member's timm model (``spec.py``), check it against the
 model's outputs before anything is matched (``permute.check_function``), and match weights
-(``match.py``). ``rebasin`` then averages the aligned members (uniform or ``weights``), re-estimates
+(``match.py``) or, with ``method=activations``, the units' activations on ``--train-data``
+(``activations.py``). ``rebasin`` then averages the aligned members (uniform or ``weights``), re-estimates
 BatchNorm statistics on ``--train-data`` (``bn``), and with ``repair`` rescales each BatchNorm's output
 to the members' statistics (``repair.py``). ``report`` measures the loss barrier along the path between
 the reference and each member, before and after alignment (``barrier.py``).
@@ -19,7 +20,7 @@ from zoo.kit.card import Section
 from zoo.kit.train import has_batchnorm, recomputed_state, state_on_cpu
 from zoo.kit.measure import predict
 from zoo.kit.tensors import check_compatible
-from zoo.plugins.rebasin import barrier, match, permute
+from zoo.plugins.rebasin import activations, barrier, match, permute
 from zoo.plugins.rebasin import repair as repairing
 from zoo.plugins.rebasin import spec as specs
 
@@ -41,6 +42,8 @@ class _Common:
                                  "with BatchNorm statistics recomputed)")
     points: int = zoo.option(11, "α points on each path the report measures", min=3)
     bn_batches: int = zoo.option(20, "batches of --train-data used to re-estimate BatchNorm statistics", min=1)
+    activation_images: int = zoo.option(512, "method=activations: training images whose activations are correlated "
+                                              "(drawn at random, the same for every member)", min=2)
 
 
 def _check_members(members) -> None:
@@ -78,6 +81,29 @@ def _probe(ctx, like, size) -> torch.Tensor:
     else:
         images = torch.randn(CHECK_IMAGES, *size, generator=torch.Generator().manual_seed(ctx.seed))
     return to_device(images, ctx.device)
+
+
+def _needs_train_data(options, ctx) -> None:
+    if options.method == "activations" and not ctx.train_data:
+        raise zoo.BadInput("method=activations pairs units by their activations on training images: pass "
+                           "--train-data DIR (an image folder, one sub-folder per class), or use the default weight "
+                           "matching")
+
+
+def match_activations(ctx, spec, like, member, ref: dict, raw: dict, options, *, what: str) -> match.Matched:
+    """``member``'s units (weights ``raw``) paired with ``like``'s (weights ``ref``) by their activations on
+    ``options.activation_images`` images of --train-data, each preprocessed its member's own way."""
+    from zoo.kit.train import to_device
+
+    model_a = like.create_model(ref).to(ctx.device).eval()
+    model_b = member.create_model(raw).to(ctx.device).eval()
+    batches = ((to_device(a, ctx.device), to_device(b, ctx.device)) for a, b in activations.batches_of(
+        ctx.train_split(like), ctx.train_split(member), options.activation_images, min(ctx.batch_size, 64),
+        ctx.seed))
+    found = activations.activation_matching(spec, model_a, model_b, batches, what=what)
+    found.inner_before = match.inner(spec, ref, raw)
+    found.inner_after = match.inner(spec, ref, permute.apply(spec, raw, found.perms))
+    return found
 
 
 def _same_function(model, before: dict, after: dict, images, *, what: str, rtol: float = 1e-4) -> float:
@@ -134,7 +160,9 @@ class Align(zoo.Strategy):
 
     @dataclass
     class Options(_Common):
-        pass
+        method: Literal["weights", "activations"] = zoo.option(
+            "weights", "how units are paired: weight matching (Git Re-Basin), or activations: by the correlation of "
+                       "their activations on --train-data (Convergent Learning; Git Re-Basin's activation matching)")
 
     def combine(self, members, options, ctx) -> zoo.Combined:
         import torch
@@ -143,26 +171,39 @@ class Align(zoo.Strategy):
         reference, member = members
         if options.report and not ctx.eval_data:
             raise zoo.BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
+        _needs_train_data(options, ctx)
         spec, model, images = derive_checked(reference, ctx, what=reference.architecture)
         ref, raw = reference.state_dict(), member.state_dict()
-        matched = match.weight_matching(spec, ref, raw, seed=ctx.seed, max_sweeps=options.max_sweeps,
-                                        first_sweep=options.first_sweep)
+        if options.method == "activations":
+            matched = match_activations(ctx, spec, reference, member, ref, raw, options,
+                                        what=reference.architecture)
+        else:
+            matched = match.weight_matching(spec, ref, raw, seed=ctx.seed, max_sweeps=options.max_sweeps,
+                                            first_sweep=options.first_sweep)
         aligned = permute.apply(spec, raw, matched.perms)
         diff = _same_function(model, raw, aligned, images, what=f"{member.name} aligned to {reference.name}")
         moved = {g: int((p != torch.arange(len(p))).sum()) for g, p in matched.perms.items()}
         report = {"reference": reference.name, "member": member.name, "spec": spec.describe(),
                   "groups": {g: {"size": spec.groups[g], "starts_at": spec.where[g], "units_moved": moved[g]}
                              for g in spec.groups},
-                  "sweeps": matched.sweeps, "inner_before": matched.inner_before, "inner_after": matched.inner_after,
-                  "output_difference": diff}
+                  "method": options.method, "sweeps": matched.sweeps, "inner_before": matched.inner_before,
+                  "inner_after": matched.inner_after, "output_difference": diff}
+        rows = [["units moved", f"{sum(moved.values())} of {sum(spec.groups.values())}"],
+                ["Σ⟨reference, member⟩ before", matched.inner_before], ["after", matched.inner_after]]
+        if options.method == "activations":
+            how = (f"activation matching on {min(options.activation_images, len(ctx.train_split(reference)))} "
+                   f"training images, over {_describe(spec)}")
+            report["correlation_before"] = matched.correlation_before
+            report["correlation_after"] = matched.correlation_after
+            rows += [["mean correlation of paired units before", matched.correlation_before],
+                     ["after", matched.correlation_after]]
+        else:
+            how = f"weight matching, {matched.sweeps} sweeps over {_describe(spec)}"
         result = zoo.Combined(state_dict=aligned, config=member.config, report=report)
         sections = [Section(
-            "Alignment", f"The units of {member.name} permuted to line up with {reference.name} (weight matching, "
-            f"{matched.sweeps} sweeps over {_describe(spec)}). It computes what {member.name} computes: the "
-            f"outputs differ by {diff:.1e} of their scale on the check images. No training.",
-            columns=["", "value"],
-            rows=[["units moved", f"{sum(moved.values())} of {sum(spec.groups.values())}"],
-                  ["Σ⟨reference, member⟩ before", matched.inner_before], ["after", matched.inner_after]])]
+            "Alignment", f"The units of {member.name} permuted to line up with {reference.name} ({how}). It "
+            f"computes what {member.name} computes: the outputs differ by {diff:.1e} of their scale on the check "
+            "images. No training.", columns=["", "value"], rows=rows)]
         if options.report:
             paths = [_report_paths(ctx, reference, spec, ref, raw, aligned, options, member.name,
                                    has_batchnorm(model))]
@@ -184,9 +225,10 @@ class Rebasin(zoo.Strategy):
 
     @dataclass
     class Options(_Common):
-        method: Literal["reference", "merge-many"] = zoo.option(
-            "reference", "match every member to the first (reference) or Git Re-Basin's MergeMany (each to the mean "
-                         "of the others, repeated until nothing changes)")
+        method: Literal["reference", "merge-many", "activations"] = zoo.option(
+            "reference", "weight matching of every member to the first (reference), Git Re-Basin's MergeMany (each "
+                         "to the mean of the others, repeated until nothing changes), or activations: every member "
+                         "to the first by the correlation of their units' activations on --train-data")
         weights: list[float] = zoo.option([], "one weight per member for the average (default: uniform)", min=0)
         bn: Literal["auto", "recompute", "keep"] = zoo.option(
             "auto", "BatchNorm statistics of the average: recompute them on --train-data (auto: when the model has "
@@ -204,6 +246,7 @@ class Rebasin(zoo.Strategy):
             [1 / len(members)] * len(members)
         if options.report and not ctx.eval_data:
             raise zoo.BadInput("option report=true measures the loss along the path: pass --eval-data (held-out data)")
+        _needs_train_data(options, ctx)
         like = members[0]
         spec, model, images = derive_checked(like, ctx, what=like.architecture)
         with_bn = has_batchnorm(model)
@@ -223,7 +266,7 @@ class Rebasin(zoo.Strategy):
         states = [reference] + [m.state_dict() for m in members[1:]] if options.method == "merge-many" else None
         found = match.merge_many(spec, states, seed=ctx.seed, max_sweeps=options.max_sweeps,
                                  first_sweep=options.first_sweep, progress=ctx.progress) if states else None
-        perms, sweeps, per, paths, stats, probs = [], [], [], [], [], 0
+        perms, sweeps, per, paths, stats, probs, correlations = [], [], [], [], [], 0, []
         task = ctx.progress.task("aligning members", total=len(members))
         for i, (m, w) in enumerate(zip(members, weights)):
             raw = states[i] if states else reference if i == 0 else m.state_dict()
@@ -231,11 +274,15 @@ class Rebasin(zoo.Strategy):
                 f = found[i]
             elif i == 0:
                 f = match.Matched(permute.identity(spec), 0)
+            elif options.method == "activations":
+                f = match_activations(ctx, spec, like, m, reference, raw, options, what=like.architecture)
             else:
                 f = match.weight_matching(spec, reference, raw, seed=ctx.seed + i, max_sweeps=options.max_sweeps,
                                           first_sweep=options.first_sweep)
             perms.append(f.perms)
             sweeps.append(f.sweeps)
+            if f.correlation_after is not None:
+                correlations.append({"member": m.name, "before": f.correlation_before, "after": f.correlation_after})
             aligned = permute.apply(spec, raw, f.perms)
             _same_function(model, raw, aligned, images, what=f"{m.name} aligned")
             if split is not None:  # the member alone, and its share of the output ensemble
@@ -266,6 +313,8 @@ class Rebasin(zoo.Strategy):
         report = {"method": options.method, "weights": weights, "spec": spec.describe(),
                   "bn": "repair" if options.repair else ("recomputed" if train is not None else "averaged"),
                   "sweeps": sweeps}
+        if correlations:  # method=activations: the mean correlation of paired units, as they stood and as matched
+            report["correlations"] = correlations
         result = zoo.Combined(state_dict=merged, report=report)
         rows = []
         if split is not None:
@@ -290,8 +339,11 @@ class Rebasin(zoo.Strategy):
             result.figures["barrier.png"] = barrier.figure(paths[0]["curves"],
                                                           title=f"{like.name} → {members[1].name}")
             result.card_sections.append(_paths_section(paths))
-        how = "the first" if options.method == "reference" else "each other (MergeMany)"
-        text = (f"{len(members)} members aligned to {how} by weight matching ({_describe(spec)}), then averaged"
+        how = "the first by weight matching" if options.method == "reference" else \
+            "each other by weight matching (MergeMany)" if options.method == "merge-many" else \
+            "the first by the correlation of their units' activations on " \
+            f"{min(options.activation_images, len(ctx.train_split(like)))} training images"
+        text = (f"{len(members)} members aligned to {how} ({_describe(spec)}), then averaged"
                 + (", BatchNorm statistics recomputed on the training data" if train is not None else "")
                 + (" and each BatchNorm's output rescaled to the members' (REPAIR)" if options.repair else "") + ".")
         result.card_sections.insert(0, Section("Re-basin", text, columns=["model", "held-out top-1",
