@@ -1,0 +1,307 @@
+"""FusionBench's own merges side by side with zoo's on the hard 8-task benchmark (bench/merges_hard.py): the
+same members, the same data, the same hyperparameters, each tool's merge in a child process of its own.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/fusionbench_hard.py --work /work/hardbench-work \\
+        --out /tmp/fbhard --models vit,lite0 --steps vit=300,lite0=100
+
+--work is bench/merges_hard.py's (read only): data/TASK/{val,test}, MODEL/base, MODEL/ft/TASK and, where it
+exists, results-MODEL.json, whose λ (``-s auto``'s choice on the validation splits) both tools use; else
+the defaults below. Everything is written under --out (MODEL/TOOL-METHOD/, results-MODEL.json/.md); a
+merge already there is reused (--redo to run it again).
+
+The FusionBench environment (never imported by zoo; the FusionBench child runs in it)::
+
+    python3 -m venv /work/fbvenv
+    echo /work/basevenv/lib/python3.11/site-packages > /work/fbvenv/lib/python3.11/site-packages/zz_base.pth
+    /work/fbvenv/bin/pip install --no-deps fusion-bench==0.2.33
+    /work/fbvenv/bin/pip install omegaconf bidict hydra-core lightning datasets  # what its package imports
+
+(torch 2.14, timm and safetensors come from the base venv through the .pth.)
+
+Each method, each tool (the heads are never merged: each task keeps its fine-tune's head):
+
+- zoo: ``python -m zoo combine -s METHOD --base MODEL/base -m MODEL/ft/TASK ... --multi-task -o ...`` (for
+  adamerging also ``--eval-data TASK=data/TASK/val ...``), wall and peak RSS of the child from wait4;
+- FusionBench: ``/work/fbvenv/bin/python bench/fusionbench_merge.py JOB.json`` — its own algorithm classes on
+  the headless timm backbones (see that file), wall and peak RSS of the child from wait4 (its imports, the
+  loading of the nine models and writing the result included, as zoo's), and the merge alone timed inside it.
+
+Methods and hyperparameters (the same for both tools):
+
+- ``ta``: zoo ``task-arithmetic -o scale=λ``; FusionBench ``TaskArithmeticAlgorithm(scaling_factor=λ)``;
+- ``ties``: zoo ``ties -o scale=λ`` (density 0.2, trimmed over the whole model, disjoint mean);
+  FusionBench ``TiesMergingAlgorithm(scaling_factor=λ, threshold=20, merge_func="mean")`` (its config's
+  default is ``sum`` at λ = 0.3; ``mean`` is the paper's and zoo's);
+- ``tsv``: zoo ``tsv -o scale=α``; FusionBench ``TaskSingularVectorMerging(alpha=α)``;
+- ``iso-c`` / ``iso-cts``: zoo ``iso-c`` / ``iso-cts -o scale=α`` (common fraction 0.8);
+  FusionBench ``IsotropicMergingInCommon(AndTask)Subspace(scaling_factor=α, common_space_fraction=0.8)``;
+- ``adamerging``: layer-wise, Adam lr 1e-3, λ from 0.3, 16 unlabeled images per task and step (each task's
+  validation images, preprocessed by zoo's loader for the FusionBench child), --steps steps for both.
+
+λ / α: results-MODEL.json's choice where it exists, else TA 0.3, TIES 1, TSV 1, Iso-C 1, Iso-CTS 1 (the
+papers' defaults; FusionBench's configs have the same but for TIES). On Lite0 the bench ran the SVD merges
+with ``convs=true`` (its one 2-D matrix is the classifier, kept apart); FusionBench treats 2-D tensors only,
+so on Lite0 its TSV/Iso-C/Iso-CTS are θ₀ + α·mean(τᵢ) on every tensor: zoo runs twice there, ``convs=true``
+(the bench's) and the default (FusionBench's treatment, compared tensor for tensor).
+
+Evaluation: each merged backbone in each task's fine-tuned model (its own head), ``zoo.evaluate`` top-1 on
+the task's test split — the same call for both tools' outputs. Normalised = merged top-1 ÷ the fine-tune's,
+averaged over the 8 tasks. Max |zoo − FusionBench| over the backbone's floating tensors, split into weights
+and BatchNorm running statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merges_hard import TASKS  # noqa: E402  (bench/ is not a package)
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("ta", "ties", "tsv", "iso-c", "iso-cts", "adamerging")
+ZOO_NAME = {"ta": "task-arithmetic", "ties": "ties", "tsv": "tsv", "iso-c": "iso-c", "iso-cts": "iso-cts",
+            "adamerging": "adamerging"}
+BENCH_NAME = {"ta": "task-arithmetic", "ties": "ties", "tsv": "tsv", "iso-c": "iso-c", "iso-cts": "iso-cts"}
+DEFAULT_SCALE = {"ta": 0.3, "ties": 1.0, "tsv": 1.0, "iso-c": 1.0, "iso-cts": 1.0}
+ADA = {"lr": 1e-3, "init": 0.3, "batch_size": 16}
+
+
+def run_child(args: list[str], log: Path) -> tuple[float, int]:
+    """A child process: (wall seconds, peak RSS bytes) from wait4; its output to ``log``."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed ({log}): {' '.join(args)}\n{log.read_text()[-3000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def scales(work: Path, model: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Each method's λ: the bench's -s auto choice where results-MODEL.json has it, else the default."""
+    found = work / f"results-{model}.json"
+    results = json.loads(found.read_text())["results"] if found.exists() else {}
+    out, where = {}, {}
+    for m, name in BENCH_NAME.items():
+        scale = results.get(name, {}).get("options", {}).get("scale")
+        out[m] = float(scale) if scale is not None else DEFAULT_SCALE[m]
+        where[m] = f"bench -s auto ({found.name})" if scale is not None else "default"
+    return out, where
+
+
+def zoo_side(method: str, model: str, work: Path, out: Path, opts: dict, log: Path) -> dict:
+    members = [str(work / model / "ft" / t) for t in TASKS]
+    cmd = [sys.executable, "-m", "zoo", "--quiet", "combine", "-s", ZOO_NAME[method], "--base",
+           str(work / model / "base"), *sum((["-m", m] for m in members), []), "--multi-task", "--out", str(out),
+           "--force", *sum((["-o", f"{k}={v}"] for k, v in opts.items()), [])]
+    if method == "adamerging":
+        cmd += sum((["--eval-data", f"{t}={work / 'data' / t / 'val'}"] for t in TASKS), [])
+    wall, rss = run_child(cmd, log)
+    return {"wall_s": wall, "peak_rss": rss, "command": " ".join(cmd[1:])}
+
+
+def unlabeled_images(work: Path, model: str, folder: Path) -> dict[str, str]:
+    """Each task's validation images, preprocessed by zoo's loader for that task's fine-tune (labels dropped),
+    as safetensors files the FusionBench child reads."""
+    from safetensors.torch import save_file
+
+    from zoo.kit.data import data_config, load_split
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for t in TASKS:
+        f = folder / f"{t}.safetensors"
+        if not f.exists():
+            cfg = json.loads((work / model / "ft" / t / "config.json").read_text())
+            split = load_split(work / "data" / t / "val", data_config(cfg["pretrained_cfg"]),
+                               label_names=cfg["label_names"], num_classes=cfg["num_classes"])
+            save_file({"images": split.images.contiguous()}, str(f))
+        files[t] = str(f)
+    return files
+
+
+def fusionbench_side(method: str, model: str, work: Path, out: Path, opts: dict, images: dict | None,
+                     fbpython: str, log: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"method": method, "base": str(work / model / "base"),
+           "members": {t: str(work / model / "ft" / t) for t in TASKS}, "options": opts,
+           "out": str(out / "backbone.safetensors"), "report": str(out / "report.json")}
+    if images is not None:
+        job["images"] = images
+    (out / "job.json").write_text(json.dumps(job, indent=1))
+    wall, rss = run_child([fbpython, str(HERE / "fusionbench_merge.py"), str(out / "job.json")], log)
+    return {"wall_s": wall, "peak_rss": rss, **json.loads((out / "report.json").read_text())}
+
+
+def with_heads(backbone_file: Path, work: Path, model: str, out: Path) -> None:
+    """out/TASK: each task's fine-tune (its config, its head) with the merged backbone."""
+    from safetensors.torch import load_file, save_file
+
+    backbone = load_file(str(backbone_file))
+    for t in TASKS:
+        ft = work / model / "ft" / t
+        own = load_file(str(ft / "model.safetensors"))
+        head = json.loads((ft / "config.json").read_text())["pretrained_cfg"]["classifier"]
+        sd = {k: (v if k.split(".")[0] == head else backbone[k].to(v.dtype)).contiguous() for k, v in own.items()}
+        (out / t).mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(out / t / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copy(ft / "config.json", out / t / "config.json")
+
+
+def compare(zoo_out: Path, fb_out: Path) -> dict:
+    """max |zoo − FusionBench| over the backbone's floating tensors: weights, and BatchNorm statistics apart."""
+    from safetensors.torch import load_file
+
+    ours = load_file(str(zoo_out / TASKS[0] / "model.safetensors"))
+    theirs = load_file(str(fb_out / TASKS[0] / "model.safetensors"))
+    head = json.loads((zoo_out / TASKS[0] / "config.json").read_text())["pretrained_cfg"]["classifier"]
+    row = {"weights": 0.0, "weights_at": "", "statistics": None, "statistics_at": "", "nonfinite_fusionbench": 0}
+    for k, v in theirs.items():
+        if k.split(".")[0] == head or not v.is_floating_point():
+            continue
+        row["nonfinite_fusionbench"] += int((~v.isfinite()).sum())
+        d = float((ours[k].float() - v.float()).abs().max())
+        kind = "statistics" if k.endswith((".running_mean", ".running_var")) else "weights"
+        if row[kind] is None or d > row[kind]:
+            row[kind], row[f"{kind}_at"] = d, k
+    return row
+
+
+def evaluate(folder: Path, work: Path) -> dict[str, float]:
+    import zoo
+
+    return {t: zoo.evaluate(str(folder / t), str(work / "data" / t / "test")).top1 for t in TASKS}
+
+
+def normalised(test: dict[str, float], alone: dict[str, float]) -> float:
+    return float(np.mean([test[t] / alone[t] for t in TASKS if alone[t] > 0]))
+
+
+def run_model(model: str, args) -> dict:
+    work, root = args.work, args.out / model
+    root.mkdir(parents=True, exist_ok=True)
+    lam, lam_from = scales(work, model)
+    steps = args.steps[model]
+    alone_file = root / "fine-tunes.json"
+    if not alone_file.exists():
+        alone_file.write_text(json.dumps({t: zoo_top1(work / model / "ft" / t, work, t) for t in TASKS}))
+    alone = json.loads(alone_file.read_text())
+    rows = []
+    for method in args.methods:
+        variants = [{}]
+        if method in ("tsv", "iso-c", "iso-cts") and model == "lite0":
+            variants = [{"convs": "true"}, {}]  # the bench's setting, then FusionBench's treatment
+        for extra in variants:
+            if method == "adamerging":
+                zoo_opts = {"steps": steps}
+                fb_opts = {"steps": steps, **ADA}
+            else:
+                zoo_opts = {"scale": lam[method], **extra}
+                fb_opts = {"scale": lam[method], **({"threshold": 20, "merge_func": "mean"} if method == "ties" else {}),
+                           **({"common_space_fraction": 0.8} if method == "iso-cts" else {})}
+            tag = method + ("-convs" if extra else "")
+            row = {"model": model, "method": tag, "zoo_options": zoo_opts, "fusionbench_options": fb_opts,
+                   "lambda_from": lam_from.get(method, f"steps {steps}")}
+            done = root / f"{tag}.json"
+            if done.exists() and not args.redo:
+                rows.append(json.loads(done.read_text()))
+                print(f"[{model}] {tag}: cached", flush=True)
+                continue
+            print(f"[{model}] {tag}: zoo ...", flush=True)
+            z = zoo_side(method, model, work, root / f"zoo-{tag}", zoo_opts, root / f"zoo-{tag}.log")
+            row["zoo"] = {**z, "test": evaluate(root / f"zoo-{tag}", work)}
+            if not extra:  # FusionBench has no conv treatment: its run is the variant without options
+                print(f"[{model}] {tag}: FusionBench ...", flush=True)
+                images = unlabeled_images(work, model, args.out / model / "images") if method == "adamerging" else None
+                fb_dir = root / f"fusionbench-{tag}"
+                f = fusionbench_side(method, model, work, fb_dir, fb_opts, images, args.fbpython,
+                                     root / f"fusionbench-{tag}.log")
+                with_heads(fb_dir / "backbone.safetensors", work, model, fb_dir)
+                row["fusionbench"] = {**f, "test": evaluate(fb_dir, work)}
+                row["diff"] = compare(root / f"zoo-{tag}", fb_dir)
+            for side in ("zoo", "fusionbench"):
+                if side in row:
+                    row[side]["normalised"] = normalised(row[side]["test"], alone)
+            done.write_text(json.dumps(row, indent=1))
+            rows.append(row)
+            print(f"[{model}] {tag}: " + json.dumps({s: {k: row[s][k] for k in ("normalised", "wall_s")}
+                                                      for s in ("zoo", "fusionbench") if s in row}), flush=True)
+    return {"fine_tunes": alone, "rows": rows, "lambda": lam, "lambda_from": lam_from, "steps": steps}
+
+
+def zoo_top1(folder: Path, work: Path, task: str) -> float:
+    import zoo
+
+    return zoo.evaluate(str(folder), str(work / "data" / task / "test")).top1
+
+
+def table(model: str, result: dict) -> str:
+    alone, short = result["fine_tunes"], [t.replace("rotated-digits-parity", "rot-dig-par") for t in TASKS]
+    head = ("| method | tool | " + " | ".join(short) + " | mean | norm. | wall (child) | peak RSS | merge alone "
+            "| max abs diff: weights / BN stats |")
+    lines = [head, "|" + "---|" * (len(TASKS) + 8),
+             "| fine-tunes | — | " + " | ".join(f"{alone[t]:.3f}" for t in TASKS)
+             + f" | {np.mean(list(alone.values())):.3f} | 1 | | | | |"]
+    for r in result["rows"]:
+        for side in ("zoo", "fusionbench"):
+            if side not in r:
+                continue
+            s = r[side]
+            opts = r[f"{side}_options"]
+            shown = ", ".join(f"{k}={v}" for k, v in opts.items() if k not in ("threshold", "merge_func", "lr",
+                                                                                "init", "batch_size"))
+            diff = ""
+            if side == "fusionbench" and "diff" in r:
+                d = r["diff"]
+                diff = f"{d['weights']:.1e}" + (f" / {d['statistics']:.1e}" if d["statistics"] is not None else "")
+                if d["nonfinite_fusionbench"]:
+                    diff += f" ({d['nonfinite_fusionbench']} non-finite)"
+            merge = f"{s['seconds']:.1f} s" if "seconds" in s else ""
+            lines.append(f"| {r['method']} ({shown}) | {side} | " + " | ".join(f"{s['test'][t]:.3f}" for t in TASKS)
+                         + f" | {np.mean(list(s['test'].values())):.3f} | {s['normalised']:.3f} | {s['wall_s']:.1f} s"
+                         f" | {s['peak_rss'] / 2**20:.0f} MiB | {merge} | {diff} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/work/hardbench-work"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/fbhard"))
+    ap.add_argument("--models", default="vit,lite0")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--steps", default="vit=300,lite0=100", help="AdaMerging's steps per model (both tools)")
+    ap.add_argument("--fbpython", default="/work/fbvenv/bin/python")
+    ap.add_argument("--redo", action="store_true", help="run merges again even where --out has them")
+    args = ap.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    args.steps = {k: int(v) for k, _, v in (s.partition("=") for s in args.steps.split(","))}
+    import torch
+
+    for model in [m for m in args.models.split(",") if m]:
+        load = os.getloadavg()
+        t0 = time.perf_counter()
+        result = run_model(model, args)
+        result.update(load_start=load, load_end=os.getloadavg(), seconds=time.perf_counter() - t0,
+                      torch=torch.__version__, threads=os.environ.get("OMP_NUM_THREADS"))
+        (args.out / f"results-{model}.json").write_text(json.dumps(result, indent=1))
+        text = table(model, result)
+        (args.out / f"results-{model}.md").write_text(text + "\n")
+        print(f"\n[{model}] λ: {result['lambda']} ({result['lambda_from']}); AdaMerging steps {result['steps']}; "
+              f"load {load} → {result['load_end']}\n\n{text}\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
