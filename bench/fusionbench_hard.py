@@ -148,11 +148,14 @@ def with_heads(backbone_file: Path, work: Path, model: str, out: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     backbone = load_file(str(backbone_file))
+    base = load_file(str(work / model / "base" / "model.safetensors"))
     for t in TASKS:
         ft = work / model / "ft" / t
         own = load_file(str(ft / "model.safetensors"))
         head = json.loads((ft / "config.json").read_text())["pretrained_cfg"]["classifier"]
-        sd = {k: (v if k.split(".")[0] == head else backbone[k].to(v.dtype)).contiguous() for k, v in own.items()}
+        # BatchNorm's integer counters (made floats for FusionBench): the base's, as zoo writes
+        sd = {k: (v if k.split(".")[0] == head else base[k] if not v.is_floating_point() else backbone[k].to(v.dtype))
+              .contiguous() for k, v in own.items()}
         (out / t).mkdir(parents=True, exist_ok=True)
         save_file(sd, str(out / t / "model.safetensors"), metadata={"format": "pt"})
         shutil.copy(ft / "config.json", out / t / "config.json")
@@ -165,16 +168,28 @@ def compare(zoo_out: Path, fb_out: Path) -> dict:
     ours = load_file(str(zoo_out / TASKS[0] / "model.safetensors"))
     theirs = load_file(str(fb_out / TASKS[0] / "model.safetensors"))
     head = json.loads((zoo_out / TASKS[0] / "config.json").read_text())["pretrained_cfg"]["classifier"]
-    row = {"weights": 0.0, "weights_at": "", "statistics": None, "statistics_at": "", "nonfinite_fusionbench": 0}
+    row = {"weights": 0.0, "weights_at": "", "statistics": None, "statistics_at": "", "nonfinite_fusionbench": 0,
+           "entries": 0, "entries_over_1e-6": 0}
     for k, v in theirs.items():
         if k.split(".")[0] == head or not v.is_floating_point():
             continue
         row["nonfinite_fusionbench"] += int((~v.isfinite()).sum())
-        d = float((ours[k].float() - v.float()).abs().max())
+        delta = (ours[k].float() - v.float()).abs()
+        row["entries"] += delta.numel()
+        row["entries_over_1e-6"] += int((delta > 1e-6).sum())
+        d = float(delta.max())
         kind = "statistics" if k.endswith((".running_mean", ".running_var")) else "weights"
         if row[kind] is None or d > row[kind]:
             row[kind], row[f"{kind}_at"] = d, k
     return row
+
+
+def zoo_lambda(out: Path) -> dict:
+    """zoo's learned λ (mean, min, max over members and tensors) and the entropies it reports."""
+    report = json.loads((out / TASKS[0] / "zoo.json").read_text())["report"]["adamerging"]
+    lam = np.array(list(report["coefficients"].values()), dtype=float)
+    return {"lambda_mean": float(lam.mean()), "lambda_min": float(lam.min()), "lambda_max": float(lam.max()),
+            "lambda_shape": list(lam.shape), "entropy": report.get("entropy")}
 
 
 def evaluate(folder: Path, work: Path) -> dict[str, float]:
@@ -229,6 +244,8 @@ def run_model(model: str, args) -> dict:
                 with_heads(fb_dir / "backbone.safetensors", work, model, fb_dir)
                 row["fusionbench"] = {**f, "test": evaluate(fb_dir, work)}
                 row["diff"] = compare(root / f"zoo-{tag}", fb_dir)
+            if method == "adamerging":
+                row["zoo"]["lambda"] = zoo_lambda(root / f"zoo-{tag}")
             for side in ("zoo", "fusionbench"):
                 if side in row:
                     row[side]["normalised"] = normalised(row[side]["test"], alone)
@@ -248,7 +265,7 @@ def zoo_top1(folder: Path, work: Path, task: str) -> float:
 def table(model: str, result: dict) -> str:
     alone, short = result["fine_tunes"], [t.replace("rotated-digits-parity", "rot-dig-par") for t in TASKS]
     head = ("| method | tool | " + " | ".join(short) + " | mean | norm. | wall (child) | peak RSS | merge alone "
-            "| max abs diff: weights / BN stats |")
+            "| max abs diff: weights / BN stats (AdaMerging: learned λ, mean [min, max]) |")
     lines = [head, "|" + "---|" * (len(TASKS) + 8),
              "| fine-tunes | — | " + " | ".join(f"{alone[t]:.3f}" for t in TASKS)
              + f" | {np.mean(list(alone.values())):.3f} | 1 | | | | |"]
@@ -261,9 +278,14 @@ def table(model: str, result: dict) -> str:
             shown = ", ".join(f"{k}={v}" for k, v in opts.items() if k not in ("threshold", "merge_func", "lr",
                                                                                 "init", "batch_size"))
             diff = ""
-            if side == "fusionbench" and "diff" in r:
+            if r["method"] == "adamerging":  # not deterministic: the learned λ instead
+                lam = s["lambda"] if side == "zoo" else s
+                diff = f"λ {lam['lambda_mean']:.3f} [{lam['lambda_min']:.2f}, {lam['lambda_max']:.2f}]"
+            elif side == "fusionbench" and "diff" in r:
                 d = r["diff"]
                 diff = f"{d['weights']:.1e}" + (f" / {d['statistics']:.1e}" if d["statistics"] is not None else "")
+                if d["entries_over_1e-6"]:
+                    diff += f" ({d['entries_over_1e-6']:,} of {d['entries']:,} entries differ by > 1e-6)"
                 if d["nonfinite_fusionbench"]:
                     diff += f" ({d['nonfinite_fusionbench']} non-finite)"
             merge = f"{s['seconds']:.1f} s" if "seconds" in s else ""

@@ -16,7 +16,9 @@ algorithms are FusionBench's own classes run on a model pool of those modules (`
 its ResNet AdaMerging runs (``_ResNetAdaMergingBase.test_time_adaptation``: the wrapped backbone in train
 mode, each task's batch through the backbone and that task's own fine-tuned head, one backward per task with
 the graph kept, one Adam step, then ``merge_weights``), written out here because that class needs its
-Hugging Face ResNet pool. Writes the merged backbone (every tensor of the headless state dict) to "out" and
+Hugging Face ResNet pool. BatchNorm's ``num_batches_tracked`` counters are made
+float tensors (FusionBench's state-dict arithmetic stops on an integer one; zoo copies them from the base,
+and so does bench/fusionbench_hard.py when it puts the heads back). Writes the merged backbone (every tensor of the headless state dict) to "out" and
 {seconds, ...} to "report"; "seconds" is the merge alone (model loading excluded), in this process.
 """
 
@@ -41,6 +43,12 @@ def backbone(folder: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     model.reset_classifier(0)
     if hasattr(model, "drop_rate"):
         model.drop_rate = 0.0  # the head's dropout: none between the backbone and the head (a ResNet pooler's way)
+    for module in model.modules():
+        # BatchNorm's integer counter: FusionBench's state-dict arithmetic stops on it (λ·an int64 tensor is a
+        # float one: "Dtype mismatch ... num_batches_tracked"), so it is made a float; with a momentum set it is
+        # never read, and bench/fusionbench_hard.py writes the base's (as zoo) in the merged model
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None:
+            module.num_batches_tracked = module.num_batches_tracked.float()
     return model, head
 
 
@@ -134,7 +142,6 @@ def main() -> None:
     job = json.loads(open(sys.argv[1]).read())
     sd, seconds, extra = merge(job)
     save_file(sd, job["out"])
-    import fusion_bench  # noqa: F401  (its version for the report)
     from importlib.metadata import version
 
     with open(job["report"], "w") as f:
