@@ -37,6 +37,9 @@ Methods and hyperparameters (the same for both tools):
   FusionBench ``IsotropicMergingInCommon(AndTask)Subspace(scaling_factor=α, common_space_fraction=0.8)``;
 - ``adamerging``: layer-wise, Adam lr 1e-3, λ from 0.3, 16 unlabeled images per task and step (each task's
   validation images, preprocessed by zoo's loader for the FusionBench child), --steps steps for both.
+  FusionBench's loop runs the wrapped backbone in train mode (BatchNorm normalises by each batch and moves
+  its running statistics); zoo keeps it in eval mode and moves the statistics with λ. On Lite0 a second
+  FusionBench run with the backbone in eval mode (``adamerging-bn-eval``) tells the two apart.
 
 λ / α: results-MODEL.json's choice where it exists, else TA 0.3, TIES 1, TSV 1, Iso-C 1, Iso-CTS 1 (the
 papers' defaults; FusionBench's configs have the same but for TIES). On Lite0 the bench ran the SVD merges
@@ -174,6 +177,8 @@ def compare(zoo_out: Path, fb_out: Path) -> dict:
         if k.split(".")[0] == head or not v.is_floating_point():
             continue
         row["nonfinite_fusionbench"] += int((~v.isfinite()).sum())
+        if k.endswith(".running_var"):
+            row["negative_running_var"] = row.get("negative_running_var", 0) + int((v < 0).sum())
         delta = (ours[k].float() - v.float()).abs()
         row["entries"] += delta.numel()
         row["entries_over_1e-6"] += int((delta > 1e-6).sum())
@@ -202,6 +207,33 @@ def normalised(test: dict[str, float], alone: dict[str, float]) -> float:
     return float(np.mean([test[t] / alone[t] for t in TASKS if alone[t] > 0]))
 
 
+def import_floor(fbpython: str, folder: Path) -> dict:
+    """Peak RSS of each tool's child doing nothing but its imports (zoo's CLI; FusionBench's modules used here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    zoo = run_child([sys.executable, "-m", "zoo", "--quiet", "strategies"], folder / "floor-zoo.log")
+    fb = run_child([fbpython, "-c", "import timm, torch, safetensors.torch; "
+                    "import fusion_bench.method.task_arithmetic.task_arithmetic, "
+                    "fusion_bench.method.ties_merging.ties_merging, fusion_bench.method.task_singular_vector.TSVM, "
+                    "fusion_bench.method.isotropic_merging.iso, fusion_bench.models.wrappers.layer_wise_fusion"],
+                   folder / "floor-fusionbench.log")
+    return {"zoo": {"wall_s": zoo[0], "peak_rss": zoo[1]}, "fusionbench": {"wall_s": fb[0], "peak_rss": fb[1]}}
+
+
+def variants(method: str, model: str, lam: dict, steps: int) -> list[tuple[str, dict | None, dict | None]]:
+    """(row tag, zoo's options or None, FusionBench's options or None) of each run of ``method``."""
+    if method == "adamerging":
+        runs = [("adamerging", {"steps": steps}, {"steps": steps, **ADA})]
+        if model == "lite0":  # FusionBench's loop runs the backbone in train mode: BatchNorm on batch statistics
+            runs.append(("adamerging-bn-eval", None, {"steps": steps, **ADA, "train_mode": False}))
+        return runs
+    fb = {"scale": lam[method], **({"threshold": 20, "merge_func": "mean"} if method == "ties" else {}),
+          **({"common_space_fraction": 0.8} if method == "iso-cts" else {})}
+    if method in ("tsv", "iso-c", "iso-cts") and model == "lite0":
+        # the bench's setting (convs as matrices), zoo alone; then FusionBench's treatment, both tools
+        return [(f"{method}-convs", {"scale": lam[method], "convs": "true"}, None), (method, {"scale": lam[method]}, fb)]
+    return [(method, {"scale": lam[method]}, fb)]
+
+
 def run_model(model: str, args) -> dict:
     work, root = args.work, args.out / model
     root.mkdir(parents=True, exist_ok=True)
@@ -213,18 +245,7 @@ def run_model(model: str, args) -> dict:
     alone = json.loads(alone_file.read_text())
     rows = []
     for method in args.methods:
-        variants = [{}]
-        if method in ("tsv", "iso-c", "iso-cts") and model == "lite0":
-            variants = [{"convs": "true"}, {}]  # the bench's setting, then FusionBench's treatment
-        for extra in variants:
-            if method == "adamerging":
-                zoo_opts = {"steps": steps}
-                fb_opts = {"steps": steps, **ADA}
-            else:
-                zoo_opts = {"scale": lam[method], **extra}
-                fb_opts = {"scale": lam[method], **({"threshold": 20, "merge_func": "mean"} if method == "ties" else {}),
-                           **({"common_space_fraction": 0.8} if method == "iso-cts" else {})}
-            tag = method + ("-convs" if extra else "")
+        for tag, zoo_opts, fb_opts in variants(method, model, lam, steps):
             row = {"model": model, "method": tag, "zoo_options": zoo_opts, "fusionbench_options": fb_opts,
                    "lambda_from": lam_from.get(method, f"steps {steps}")}
             done = root / f"{tag}.json"
@@ -232,10 +253,13 @@ def run_model(model: str, args) -> dict:
                 rows.append(json.loads(done.read_text()))
                 print(f"[{model}] {tag}: cached", flush=True)
                 continue
-            print(f"[{model}] {tag}: zoo ...", flush=True)
-            z = zoo_side(method, model, work, root / f"zoo-{tag}", zoo_opts, root / f"zoo-{tag}.log")
-            row["zoo"] = {**z, "test": evaluate(root / f"zoo-{tag}", work)}
-            if not extra:  # FusionBench has no conv treatment: its run is the variant without options
+            if zoo_opts is not None:
+                print(f"[{model}] {tag}: zoo ...", flush=True)
+                z = zoo_side(method, model, work, root / f"zoo-{tag}", zoo_opts, root / f"zoo-{tag}.log")
+                row["zoo"] = {**z, "test": evaluate(root / f"zoo-{tag}", work)}
+                if method == "adamerging":
+                    row["zoo"]["lambda"] = zoo_lambda(root / f"zoo-{tag}")
+            if fb_opts is not None:
                 print(f"[{model}] {tag}: FusionBench ...", flush=True)
                 images = unlabeled_images(work, model, args.out / model / "images") if method == "adamerging" else None
                 fb_dir = root / f"fusionbench-{tag}"
@@ -243,9 +267,8 @@ def run_model(model: str, args) -> dict:
                                      root / f"fusionbench-{tag}.log")
                 with_heads(fb_dir / "backbone.safetensors", work, model, fb_dir)
                 row["fusionbench"] = {**f, "test": evaluate(fb_dir, work)}
-                row["diff"] = compare(root / f"zoo-{tag}", fb_dir)
-            if method == "adamerging":
-                row["zoo"]["lambda"] = zoo_lambda(root / f"zoo-{tag}")
+                if zoo_opts is not None:
+                    row["diff"] = compare(root / f"zoo-{tag}", fb_dir)
             for side in ("zoo", "fusionbench"):
                 if side in row:
                     row[side]["normalised"] = normalised(row[side]["test"], alone)
@@ -253,7 +276,8 @@ def run_model(model: str, args) -> dict:
             rows.append(row)
             print(f"[{model}] {tag}: " + json.dumps({s: {k: row[s][k] for k in ("normalised", "wall_s")}
                                                       for s in ("zoo", "fusionbench") if s in row}), flush=True)
-    return {"fine_tunes": alone, "rows": rows, "lambda": lam, "lambda_from": lam_from, "steps": steps}
+    return {"fine_tunes": alone, "rows": rows, "lambda": lam, "lambda_from": lam_from, "steps": steps,
+            "import_floor": import_floor(args.fbpython, root)}
 
 
 def zoo_top1(folder: Path, work: Path, task: str) -> float:
@@ -274,9 +298,11 @@ def table(model: str, result: dict) -> str:
             if side not in r:
                 continue
             s = r[side]
-            opts = r[f"{side}_options"]
+            opts = r[f"{side}_options"] or {}
             shown = ", ".join(f"{k}={v}" for k, v in opts.items() if k not in ("threshold", "merge_func", "lr",
                                                                                 "init", "batch_size"))
+            if opts.get("train_mode") is False:
+                shown = f"steps={opts['steps']}, backbone in eval mode"
             diff = ""
             if r["method"] == "adamerging":  # not deterministic: the learned λ instead
                 lam = s["lambda"] if side == "zoo" else s
@@ -286,12 +312,18 @@ def table(model: str, result: dict) -> str:
                 diff = f"{d['weights']:.1e}" + (f" / {d['statistics']:.1e}" if d["statistics"] is not None else "")
                 if d["entries_over_1e-6"]:
                     diff += f" ({d['entries_over_1e-6']:,} of {d['entries']:,} entries differ by > 1e-6)"
+                if d.get("negative_running_var"):
+                    diff += f"; FusionBench: {d['negative_running_var']} negative BN running variances"
                 if d["nonfinite_fusionbench"]:
                     diff += f" ({d['nonfinite_fusionbench']} non-finite)"
             merge = f"{s['seconds']:.1f} s" if "seconds" in s else ""
             lines.append(f"| {r['method']} ({shown}) | {side} | " + " | ".join(f"{s['test'][t]:.3f}" for t in TASKS)
                          + f" | {np.mean(list(s['test'].values())):.3f} | {s['normalised']:.3f} | {s['wall_s']:.1f} s"
                          f" | {s['peak_rss'] / 2**20:.0f} MiB | {merge} | {diff} |")
+    floor = result["import_floor"]
+    lines.append("| (imports alone: `zoo strategies`; FusionBench's modules) | | " + " | " * (len(TASKS) + 2)
+                 + f"{floor['zoo']['wall_s']:.1f} s / {floor['fusionbench']['wall_s']:.1f} s | "
+                 f"{floor['zoo']['peak_rss'] / 2**20:.0f} / {floor['fusionbench']['peak_rss'] / 2**20:.0f} MiB | | |")
     return "\n".join(lines)
 
 

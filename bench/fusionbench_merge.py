@@ -117,7 +117,7 @@ def adamerging(base, members: dict, job: dict, opts: dict):
                                    finetuned_models=[members[t][0] for t in tasks], clamp_weights=False,
                                    tie_weights=True, strict=False)
     optimizer = torch.optim.Adam([wrapped.merge_weight], lr=float(opts["lr"]))
-    wrapped.train()
+    wrapped.train(bool(opts.get("train_mode", True)))  # its loop: train(); eval() only for bench's BatchNorm check
     wrapped.merge_weights()
     history = []
     for step in range(int(opts["steps"])):
