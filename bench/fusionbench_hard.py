@@ -56,6 +56,7 @@ and BatchNorm running statistics.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -248,7 +249,8 @@ def run_model(model: str, args) -> dict:
         for tag, zoo_opts, fb_opts in variants(method, model, lam, steps):
             row = {"model": model, "method": tag, "zoo_options": zoo_opts, "fusionbench_options": fb_opts,
                    "lambda_from": lam_from.get(method, f"steps {steps}")}
-            done = root / f"{tag}.json"
+            # by options: another λ (the bench's results appearing) is another run
+            done = root / f"{tag}-{hashlib.sha256(json.dumps([zoo_opts, fb_opts]).encode()).hexdigest()[:8]}.json"
             if done.exists() and not args.redo:
                 rows.append(json.loads(done.read_text()))
                 print(f"[{model}] {tag}: cached", flush=True)
