@@ -209,9 +209,10 @@ def normalised(test: dict[str, float], alone: dict[str, float]) -> float:
 
 
 def import_floor(fbpython: str, folder: Path) -> dict:
-    """Peak RSS of each tool's child doing nothing but its imports (zoo's CLI; FusionBench's modules used here)."""
+    """Wall and peak RSS of each tool's child doing nothing but its imports (torch, timm, safetensors and zoo;
+    the same and FusionBench's modules used here)."""
     folder.mkdir(parents=True, exist_ok=True)
-    zoo = run_child([sys.executable, "-m", "zoo", "--quiet", "strategies"], folder / "floor-zoo.log")
+    zoo = run_child([sys.executable, "-c", "import torch, timm, safetensors.torch, zoo.cli"], folder / "floor-zoo.log")
     fb = run_child([fbpython, "-c", "import timm, torch, safetensors.torch; "
                     "import fusion_bench.method.task_arithmetic.task_arithmetic, "
                     "fusion_bench.method.ties_merging.ties_merging, fusion_bench.method.task_singular_vector.TSVM, "
@@ -323,7 +324,7 @@ def table(model: str, result: dict) -> str:
                          + f" | {np.mean(list(s['test'].values())):.3f} | {s['normalised']:.3f} | {s['wall_s']:.1f} s"
                          f" | {s['peak_rss'] / 2**20:.0f} MiB | {merge} | {diff} |")
     floor = result["import_floor"]
-    lines.append("| (imports alone: `zoo strategies`; FusionBench's modules) | | " + " | " * (len(TASKS) + 2)
+    lines.append("| (each child's imports alone: zoo / FusionBench) | | " + " | " * (len(TASKS) + 2)
                  + f"{floor['zoo']['wall_s']:.1f} s / {floor['fusionbench']['wall_s']:.1f} s | "
                  f"{floor['zoo']['peak_rss'] / 2**20:.0f} / {floor['fusionbench']['peak_rss'] / 2**20:.0f} MiB | | |")
     return "\n".join(lines)
