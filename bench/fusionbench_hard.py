@@ -230,6 +230,9 @@ def variants(method: str, model: str, lam: dict, steps: int) -> list[tuple[str, 
         return runs
     fb = {"scale": lam[method], **({"threshold": 20, "merge_func": "mean"} if method == "ties" else {}),
           **({"common_space_fraction": 0.8} if method == "iso-cts" else {})}
+    if method == "ties" and model == "lite0":
+        # FusionBench's TIES trims and elects over BatchNorm's statistics too: its functions without them as well
+        return [(method, {"scale": lam[method]}, fb), ("ties-no-stats", None, {**fb, "remove_statistics": True})]
     if method in ("tsv", "iso-c", "iso-cts") and model == "lite0":
         # the bench's setting (convs as matrices), zoo alone; then FusionBench's treatment, both tools
         return [(f"{method}-convs", {"scale": lam[method], "convs": "true"}, None), (method, {"scale": lam[method]}, fb)]
@@ -270,8 +273,8 @@ def run_model(model: str, args) -> dict:
                                      root / f"fusionbench-{tag}.log")
                 with_heads(fb_dir / "backbone.safetensors", work, model, fb_dir)
                 row["fusionbench"] = {**f, "test": evaluate(fb_dir, work)}
-                if zoo_opts is not None:
-                    row["diff"] = compare(root / f"zoo-{tag}", fb_dir)
+                if zoo_opts is not None or tag == "ties-no-stats":  # the latter against zoo's ties
+                    row["diff"] = compare(root / f"zoo-{method}", fb_dir)
             for side in ("zoo", "fusionbench"):
                 if side in row:
                     row[side]["normalised"] = normalised(row[side]["test"], alone)
@@ -306,6 +309,8 @@ def table(model: str, result: dict) -> str:
                                                                                 "init", "batch_size"))
             if opts.get("train_mode") is False:
                 shown = f"steps={opts['steps']}, backbone in eval mode"
+            if opts.get("remove_statistics"):
+                shown = f"scale={opts['scale']}, BN statistics left out (the base's)"
             diff = ""
             if r["method"] == "adamerging":  # not deterministic: the learned λ instead
                 lam = s["lambda"] if side == "zoo" else s

@@ -67,6 +67,8 @@ def merge(job: dict) -> tuple[dict, float, dict]:
             from fusion_bench.method.task_arithmetic.task_arithmetic import TaskArithmeticAlgorithm
 
             merged = TaskArithmeticAlgorithm(scaling_factor=float(opts["scale"])).run(BaseModelPool(models))
+        elif method == "ties" and opts.get("remove_statistics"):
+            merged = ties_without_statistics(base, [m for m, _ in members.values()], opts)
         elif method == "ties":
             from fusion_bench.method.ties_merging.ties_merging import TiesMergingAlgorithm
 
@@ -93,6 +95,24 @@ def merge(job: dict) -> tuple[dict, float, dict]:
             raise SystemExit(f"unknown method {method!r}")
         sd = {k: v.detach().contiguous().clone() for k, v in merged.state_dict().items()}
     return sd, time.perf_counter() - start, extra
+
+
+def ties_without_statistics(base, models: list, opts: dict):
+    """What ``TiesMergingAlgorithm.run`` computes, by its own functions, with BatchNorm's running statistics
+    and counters in its ``remove_keys`` (its class cannot: the state dict it loads then lacks them): the
+    model-wide top-k, the election and the disjoint merge over the weights alone. The statistics stay the
+    base's."""
+    from fusion_bench.method.ties_merging.ties_merging_utils import (state_dict_to_vector, ties_merging,
+                                                                     vector_to_state_dict)
+
+    ptm = base.state_dict(keep_vars=True)
+    remove = [k for k in ptm if k.endswith((".running_mean", ".running_var", ".num_batches_tracked"))]
+    flat_ptm = state_dict_to_vector(ptm, remove)
+    flat_ft = torch.vstack([state_dict_to_vector(m.state_dict(keep_vars=True), remove) for m in models])
+    merged_tv = ties_merging(flat_ft - flat_ptm, reset_thresh=float(opts["threshold"]), merge_func=opts["merge_func"])
+    sd = vector_to_state_dict(flat_ptm + float(opts["scale"]) * merged_tv, ptm, remove_keys=remove)
+    base.load_state_dict({**ptm, **sd})
+    return base
 
 
 def adamerging(base, members: dict, job: dict, opts: dict):
