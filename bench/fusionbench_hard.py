@@ -92,14 +92,26 @@ def run_child(args: list[str], log: Path) -> tuple[float, int]:
 
 
 def scales(work: Path, model: str) -> tuple[dict[str, float], dict[str, str]]:
-    """Each method's λ: the bench's -s auto choice where results-MODEL.json has it, else the default."""
+    """Each method's λ: the bench's -s auto choice (results-MODEL.json, or before it is written the auto run's
+    leaderboard, read as bench/merges_hard.py reads it: each method's first best point), else the default."""
+    from merges_hard import CONV_METHODS, METHODS as CANDIDATES, _matches
+
     found = work / f"results-{model}.json"
     results = json.loads(found.read_text())["results"] if found.exists() else {}
+    boards = sorted((work / model).glob("auto-*/zoo.json"), key=lambda p: p.stat().st_mtime)
+    board = json.loads(boards[-1].read_text())["auto"]["leaderboard"] if boards and not results else []
+    candidates = {**CANDIDATES, **(CONV_METHODS if model == "lite0" else {})}
     out, where = {}, {}
     for m, name in BENCH_NAME.items():
         scale = results.get(name, {}).get("options", {}).get("scale")
+        where[m] = f"bench -s auto ({found.name})"
+        rows = [r for r in board if _matches(candidates[name], r)]
+        if scale is None and rows:
+            scale = max(rows, key=lambda r: r["score"])["options"]["scale"]
+            where[m] = f"bench -s auto ({boards[-1].parent.name}/zoo.json leaderboard)"
         out[m] = float(scale) if scale is not None else DEFAULT_SCALE[m]
-        where[m] = f"bench -s auto ({found.name})" if scale is not None else "default"
+        if scale is None:
+            where[m] = "default"
     return out, where
 
 
