@@ -79,16 +79,27 @@ DEFAULT_SCALE = {"ta": 0.3, "ties": 1.0, "tsv": 1.0, "iso-c": 1.0, "iso-cts": 1.
 ADA = {"lr": 1e-3, "init": 0.3, "batch_size": 16}
 
 
+#: runs a command and writes its peak RSS (wait4) to a file: a small process between the driver and the merge,
+#: because Linux counts into a process's peak RSS the memory of the process it was forked from (kept across
+#: exec): a child forked from this driver, once it has evaluated models, would report at least the driver's size
+LAUNCHER = ("import os, subprocess, sys\n"
+            "p = subprocess.Popen(sys.argv[2:])\n"
+            "_, status, usage = os.wait4(p.pid, 0)\n"
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss * 1024))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def run_child(args: list[str], log: Path) -> tuple[float, int]:
-    """A child process: (wall seconds, peak RSS bytes) from wait4; its output to ``log``."""
+    """A child process: (wall seconds, its peak RSS in bytes, through LAUNCHER); its output to ``log``."""
+    rss_file = log.with_suffix(".rss")
     start = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = subprocess.call([sys.executable, "-S", "-c", LAUNCHER, str(rss_file), *args], stdout=f,
+                               stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if code != 0:
         raise SystemExit(f"failed ({log}): {' '.join(args)}\n{log.read_text()[-3000:]}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, int(rss_file.read_text())
 
 
 def scales(work: Path, model: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -251,6 +262,27 @@ def variants(method: str, model: str, lam: dict, steps: int) -> list[tuple[str, 
     return [(method, {"scale": lam[method]}, fb)]
 
 
+def remeasure_rss(row: dict, method: str, model: str, work: Path, root: Path, args) -> None:
+    """Peak RSS of a row measured before LAUNCHER, again: the same merge with 10 steps (AdaMerging's memory
+    peaks in its first step; wall and accuracy stay the full run's)."""
+    for side in ("zoo", "fusionbench"):
+        opts = row.get(f"{side}_options")
+        if side not in row or opts is None:
+            continue
+        short = {**opts, "steps": 10}
+        scratch = root / f"rss-{side}-{row['method']}"
+        if side == "zoo":
+            rss = zoo_side(method, model, work, scratch, short, root / f"{scratch.name}.log")["peak_rss"]
+        else:
+            images = unlabeled_images(work, model, root / "images")
+            rss = fusionbench_side(method, model, work, scratch, short, images, args.fbpython,
+                                   root / f"{scratch.name}.log")["peak_rss"]
+        row[side].update(peak_rss=rss, peak_rss_from="a 10-step run of the same merge (through the launcher)",
+                         peak_rss_before=row[side]["peak_rss"])
+    row["rss"] = "launcher"
+    print(f"[{model}] {row['method']}: peak RSS measured again", flush=True)
+
+
 def run_model(model: str, args) -> dict:
     work, root = args.work, args.out / model
     root.mkdir(parents=True, exist_ok=True)
@@ -264,11 +296,18 @@ def run_model(model: str, args) -> dict:
     for method in args.methods:
         for tag, zoo_opts, fb_opts in variants(method, model, lam, steps):
             row = {"model": model, "method": tag, "zoo_options": zoo_opts, "fusionbench_options": fb_opts,
+                   "rss": "launcher",
                    "lambda_from": lam_from.get(method, f"steps {steps}")}
             # by options: another λ (the bench's results appearing) is another run
-            done = root / f"{tag}-{hashlib.sha256(json.dumps([zoo_opts, fb_opts]).encode()).hexdigest()[:8]}.json"
+            # (and "launcher": rows measured before it had peak RSS counted from the driver's size)
+            key = json.dumps([zoo_opts, fb_opts, *(["launcher"] if method != "adamerging" else [])]).encode()
+            done = root / f"{tag}-{hashlib.sha256(key).hexdigest()[:8]}.json"
             if done.exists() and not args.redo:
-                rows.append(json.loads(done.read_text()))
+                row = json.loads(done.read_text())
+                if row.get("rss") != "launcher":  # an AdaMerging run from before the launcher: its memory again
+                    remeasure_rss(row, method, model, work, root, args)
+                    done.write_text(json.dumps(row, indent=1))
+                rows.append(row)
                 print(f"[{model}] {tag}: cached", flush=True)
                 continue
             if zoo_opts is not None:
