@@ -2,11 +2,11 @@
 same members, the same data, the same hyperparameters, each tool's merge in a child process of its own.
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/fusionbench_hard.py --work /work/hardbench-work \\
-        --out /tmp/fbhard --models vit,lite0 --steps vit=300,lite0=100
+        --out /tmp/fbhard --models vit,lite0 --steps vit=200,lite0=100
 
 --work is bench/merges_hard.py's (read only): data/TASK/{val,test}, MODEL/base, MODEL/ft/TASK and, where it
-exists, results-MODEL.json, whose λ (``-s auto``'s choice on the validation splits) both tools use; else
-the defaults below. Everything is written under --out (MODEL/TOOL-METHOD/, results-MODEL.json/.md); a
+exists, results-MODEL.json, whose λ (``-s auto``'s choice on the validation splits) both tools use (before
+that file is written: the auto run's leaderboard, read the same way); else the defaults below. Everything is written under --out (MODEL/TOOL-METHOD/, results-MODEL.json/.md); a
 merge already there is reused (--redo to run it again).
 
 The FusionBench environment (never imported by zoo; the FusionBench child runs in it)::
@@ -21,10 +21,15 @@ The FusionBench environment (never imported by zoo; the FusionBench child runs i
 Each method, each tool (the heads are never merged: each task keeps its fine-tune's head):
 
 - zoo: ``python -m zoo combine -s METHOD --base MODEL/base -m MODEL/ft/TASK ... --multi-task -o ...`` (for
-  adamerging also ``--eval-data TASK=data/TASK/val ...``), wall and peak RSS of the child from wait4;
+  adamerging also ``--eval-data TASK=data/TASK/val ...``);
 - FusionBench: ``/work/fbvenv/bin/python bench/fusionbench_merge.py JOB.json`` — its own algorithm classes on
-  the headless timm backbones (see that file), wall and peak RSS of the child from wait4 (its imports, the
-  loading of the nine models and writing the result included, as zoo's), and the merge alone timed inside it.
+  the headless timm backbones (see that file), and the merge alone timed inside it.
+
+Each child's wall and peak RSS (wait4) include its imports, reading the nine models and writing the result.
+Children start from a small launcher process: Linux counts into a process's peak RSS the memory of the
+process it was forked from, so a child forked straight from this driver would report at least the driver's
+size. (AdaMerging rows measured before the launcher get their RSS from a 10-step run of the same merge.)
+A last row gives each child's import floor (torch, timm, safetensors and zoo; FusionBench's modules).
 
 Methods and hyperparameters (the same for both tools):
 
@@ -45,7 +50,11 @@ Methods and hyperparameters (the same for both tools):
 papers' defaults; FusionBench's configs have the same but for TIES). On Lite0 the bench ran the SVD merges
 with ``convs=true`` (its one 2-D matrix is the classifier, kept apart); FusionBench treats 2-D tensors only,
 so on Lite0 its TSV/Iso-C/Iso-CTS are θ₀ + α·mean(τᵢ) on every tensor: zoo runs twice there, ``convs=true``
-(the bench's) and the default (FusionBench's treatment, compared tensor for tensor).
+(the bench's) and the default (FusionBench's treatment, compared tensor for tensor); α is the convs=true
+choice for both. FusionBench's TA and TIES work on the whole state dict, BatchNorm's running statistics
+included (TA moves them by λ·Στᵢ; TIES trims and elects over them), where zoo moves them toward the
+members' mean; on Lite0 a FusionBench-only row ``ties-no-stats`` runs its TIES functions with the
+statistics in its ``remove_keys`` (they stay the base's) and is compared with zoo's TIES.
 
 Evaluation: each merged backbone in each task's fine-tuned model (its own head), ``zoo.evaluate`` top-1 on
 the task's test split — the same call for both tools' outputs. Normalised = merged top-1 ÷ the fine-tune's,
@@ -392,7 +401,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/fbhard"))
     ap.add_argument("--models", default="vit,lite0")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--steps", default="vit=300,lite0=100", help="AdaMerging's steps per model (both tools)")
+    ap.add_argument("--steps", default="vit=200,lite0=100", help="AdaMerging's steps per model (both tools)")
     ap.add_argument("--fbpython", default="/work/fbvenv/bin/python")
     ap.add_argument("--redo", action="store_true", help="run merges again even where --out has them")
     args = ap.parse_args()
