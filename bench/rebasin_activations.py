@@ -102,7 +102,6 @@ def merge(work: Path, pairs, results: dict) -> None:
 
 
 def corr(work: Path, pairs, results: dict) -> None:
-    import torch
     from scipy.optimize import linear_sum_assignment
 
     import zoo
@@ -117,17 +116,7 @@ def corr(work: Path, pairs, results: dict) -> None:
         split = load_split(data["eval"], data_config(a.pretrained_cfg), label_names=a.label_names, num_classes=10)
 
         def units(member):
-            model, got = member.create_model().eval(), {}
-            modules = dict(model.named_modules())
-            hooks = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: got.__setitem__(n, o.detach()))
-                     for n in layers]
-            with torch.no_grad():
-                model(split.images)
-            for h in hooks:
-                h.remove()
-            flat = {n: (v.transpose(1, -1) if v.dim() == 4 else v).reshape(-1, v.shape[1] if v.dim() == 4 else v.shape[-1])
-                    for n, v in got.items()}
-            return {n: (v - v.mean(0)) / (v.std(0) + 1e-8) for n, v in flat.items()}
+            return base.standardised_units(member, layers, split.images)
 
         ua, ub = units(a), units(b)
         paired = {m: units(zoo.load_member(str(work / "aligned" / f"{name}-{m}"))) for m in METHODS}

@@ -201,11 +201,27 @@ def svd(work: Path, results: dict) -> None:
     fig.savefig(FIGURES / "rebasin_svd.png", dpi=110)
 
 
+def standardised_units(member, layers: list[str], images) -> dict:
+    """Each of ``layers``' units of ``member`` on ``images``, one column per unit (a feature map's positions are
+    rows too), standardised per unit: their correlations are then the mean of products."""
+    import torch
+
+    model, got = member.create_model().eval(), {}
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: got.__setitem__(n, o.detach())) for n in layers]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    flat = {n: (v.transpose(1, -1) if v.dim() == 4 else v).reshape(-1, v.shape[1] if v.dim() == 4 else v.shape[-1])
+            for n, v in got.items()}
+    return {n: (v - v.mean(0)) / (v.std(0) + 1e-8) for n, v in flat.items()}
+
+
 def corr(work: Path, results: dict) -> None:
     """Does weight matching find the units' real counterparts? Per-unit correlation of the activations of seed 0
     and seed 1 on the held-out images, paired as they are (identity), as weight matching paired them, and as
     the best pairing of the activations themselves would (a linear assignment on their correlations)."""
-    import torch
     from scipy.optimize import linear_sum_assignment
 
     import zoo
@@ -220,17 +236,7 @@ def corr(work: Path, results: dict) -> None:
         split = load_split(data["eval"], data_config(a.pretrained_cfg), label_names=a.label_names, num_classes=10)
 
         def units(member):
-            model, got = member.create_model().eval(), {}
-            modules = dict(model.named_modules())
-            hooks = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: got.__setitem__(n, o.detach()))
-                     for n in layers]
-            with torch.no_grad():
-                model(split.images)
-            for h in hooks:
-                h.remove()
-            flat = {n: (v.transpose(1, -1) if v.dim() == 4 else v).reshape(-1, v.shape[1] if v.dim() == 4 else v.shape[-1])
-                    for n, v in got.items()}
-            return {n: (v - v.mean(0)) / (v.std(0) + 1e-8) for n, v in flat.items()}
+            return standardised_units(member, layers, split.images)
 
         ua, ub, ual = units(a), units(b), units(aligned)
         for n in layers:
