@@ -16,20 +16,20 @@ def task_vector_geometry(members: Sequence, base, *, progress=None) -> dict:
     cosine is None where a task vector is zero (a member that is the base)."""
     import torch
 
-    from zoo.kit.tensors import is_statistic, scan_tensors
+    import zoo
 
     n = len(members)
     gram = torch.zeros(n, n, dtype=torch.float64)
     counted = [0]
 
     def accumulate(tensors, b, *, key):
-        if is_statistic(key):
+        if zoo.is_statistic(key):
             return
         tau = torch.stack([(t - b).flatten().double() for t in tensors])
         gram.add_(tau @ tau.T)
         counted[0] += 1
 
-    scan_tensors(members, accumulate, base=base, progress=progress, description="task vectors",
+    zoo.scan_tensors(members, accumulate, base=base, progress=progress, description="task vectors",
                  who="the task-vector scan")
     norms = gram.diagonal().clamp_min(0).sqrt()
     names = [m.name for m in members]
