@@ -131,3 +131,31 @@ def test_inspect_refuses_bad_input_with_one_message_and_writes_nothing(tmp_path,
     refused(zoo_cli, tmp_path / "archs", "inspect", "-m", members / "base", "-m", members / "other-arch",
             "--eval-data", val, words=("different architectures", "test_efficientnet", "test_resnet",
                                        "predictions"))
+
+
+def test_hessian_vector_products_of_a_vit_through_fused_attention_match_finite_differences_of_its_gradient():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=16, patch_size=8, depth=1,
+                              embed_dim=32, num_heads=2).double().eval()
+    batches = [(torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 3, (4,)))]
+    params = [p for p in model.parameters() if p.requires_grad]
+    v = [torch.randn_like(p) for p in params]
+    hv = landscape.hvp(model, batches, v)
+
+    def grad_at(step):
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.add_(d, alpha=step)
+        images, targets = batches[0]
+        g = torch.autograd.grad(nn.functional.cross_entropy(model(images), targets), params)
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.sub_(d, alpha=step)
+        return g
+
+    eps = 1e-5
+    fd = [(a - b) / (2 * eps) for a, b in zip(grad_at(eps), grad_at(-eps))]
+    flat = torch.cat([h.flatten() for h in hv])
+    assert torch.allclose(flat, torch.cat([f.flatten() for f in fd]), rtol=1e-4, atol=1e-6 * flat.abs().max())

@@ -4,7 +4,8 @@ iteration) and the Hessian's trace (Hutchinson's estimator), both from Hessian-v
 The loss is the mean cross-entropy over the batches, the model in eval mode (BatchNorm uses its running
 statistics, dropout is off), so it is one deterministic function of the trainable parameters θ. A
 Hessian-vector product H·v is the gradient of ⟨∇L(θ), v⟩ (double backward, ``torch.autograd.grad``), summed
-over the batches batch by batch, so memory is one batch's graph whatever the number of batches.
+over the batches batch by batch, so memory is one batch's graph whatever the number of batches. Attention
+runs through PyTorch's math kernel there (the fused kernels have no double backward).
 
 - Power iteration: v ← H·v / ‖H·v‖ until the Rayleigh quotient vᵀHv changes by less than ``tol`` (relative)
   or ``iterations`` are done. It converges to the eigenvalue of largest magnitude (at a minimum, the top one).
@@ -30,15 +31,19 @@ def hvp(model, batches: Sequence[tuple], vector: list, params: list | None = Non
     import torch
     import torch.nn.functional as F
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     params = params if params is not None else _params(model)
     total = sum(len(t) for _, t in batches)
     out = [torch.zeros_like(p) for p in params]
-    for images, targets in batches:
-        loss = F.cross_entropy(model(images), targets) * (len(targets) / total)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * v).sum() for g, v in zip(grads, vector))
-        for acc, h in zip(out, torch.autograd.grad(dot, params)):
-            acc += h
+    # attention through the math kernel: the fused ones (flash, memory-efficient) have no double backward
+    with sdpa_kernel(SDPBackend.MATH):
+        for images, targets in batches:
+            loss = F.cross_entropy(model(images), targets) * (len(targets) / total)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vector))
+            for acc, h in zip(out, torch.autograd.grad(dot, params)):
+                acc += h
     return out
 
 

@@ -48,12 +48,11 @@ def check(members: Sequence, base) -> None:
 def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data: str | None = None,
                     device="cpu", settings: Settings | None = None, progress=None) -> dict:
     """Every measurement of `zoo inspect` on ``members`` (resolved ``zoo.Member``s; ``base`` for task vectors)."""
-    import torch
-
     from zoo.kit.measure import alpha_grid, loss_path, predict
     from zoo.kit.train import has_batchnorm
 
     from zoo.plugins.inspect import geometry, landscape
+    from zoo.plugins.inspect.advice import advise
 
     s = settings or Settings()
     check_request(len(members), eval_data)
@@ -63,8 +62,7 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
                       **kw)
     like = members[0]
     split = ctx.eval_split(like)
-    probe = like.create_model()
-    bn = has_batchnorm(probe)
+    bn = has_batchnorm(like.create_model())
     recompute = ctx.train_split(like) if (bn and train_data) else None
     names = [m.name for m in members]
     report: dict = {"members": names, "base": base.name if base is not None else None,
@@ -86,7 +84,9 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
                                                                   samples=s.samples, seed=s.seed)}
         del model
         for b in members[i + 1:]:
-            curve = loss_path(ctx, a, sd_a, b.state_dict(), alphas, split, recompute=recompute,
+            # every path's models are built like the first member (one architecture, one set of tensors): the
+            # Context keeps one module per ``like``, so one module serves every pair
+            curve = loss_path(ctx, like, sd_a, b.state_dict(), alphas, split, recompute=recompute,
                               bn_batches=s.bn_batches, label=f"path {a.name} → {b.name}")
             barriers[f"{a.name}|{b.name}"] = curve
         del sd_a
@@ -95,8 +95,5 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
     report["agreement"] = geometry.agreement(predictions)
     report["landscape_setup"] = {"batches": len(batches), "images": sum(len(t) for _, t in batches),
                                  "iterations": s.iterations, "samples": s.samples}
-    from zoo.plugins.inspect.advice import advise
-
     report["advice"] = advise(report)
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return report
