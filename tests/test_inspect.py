@@ -18,11 +18,11 @@ FAST = ("--iterations", "3", "--samples", "2", "--batches", "1", "--batch-size",
 def test_the_barrier_inspect_measures_is_the_one_zoo_align_report_measures(tmp_path, digits_zoo, zoo_cli):
     members, val = digits_zoo / "members", digits_zoo / "data" / "val"
     zoo_cli("align", members / "independent", "--to", members / "base", "--out", tmp_path / "aligned", "--report",
-            "--eval-data", val, "-o", "points=5", "--quiet")
+            "--eval-data", val, "-o", "points=3", "--quiet")
     before = json.loads((tmp_path / "aligned" / "zoo.json").read_text())["report"]["paths"][0]["curves"][
         "before alignment"]
     proc = zoo_cli("inspect", "-m", members / "base", "-m", members / "independent", "--eval-data", val, "--points",
-                   "5", "--json", "--out", tmp_path / "inspected", *FAST)
+                   "3", "--json", "--out", tmp_path / "inspected", *FAST)
     measured = json.loads(proc.stdout)["barriers"]["base|independent"]
     assert measured["loss"] == before["loss"] and measured["top1"] == before["top1"]
     assert measured["loss_barrier"] == before["loss_barrier"] > 0.3  # unaligned seeds: not connected
