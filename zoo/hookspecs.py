@@ -115,7 +115,9 @@ def zoo_commands(app: typer.Typer, cli: Any) -> None:
     a command's answer goes to stdout), ``with cli.progress() as bars:`` gives progress bars that are
     gone when the block ends, ``cli.combine(strategy, members, **kwargs)`` runs a strategy as ``zoo
     combine`` does (``zoo.combine``'s keywords, with this run's plugins, bars and messages; ``zoo align``
-    is written so), ``cli.plugins`` the ``--plugin`` modules of this run. Import heavy modules inside the
+    is written so), ``cli.load_members(specs, base=..., arch=..., allow_pickle=...)`` resolves members
+    (and a base) as ``zoo combine`` does, returning ``(members, base or None)`` (``zoo inspect`` is written so),
+    ``cli.plugins`` the ``--plugin`` modules of this run. Import heavy modules inside the
     command body, not at the top of the module that defines it.
     """
 

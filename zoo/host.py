@@ -42,6 +42,7 @@ BUILTINS = (
     "zoo.plugins.ensemble",
     "zoo.plugins.levi",
     "zoo.plugins.rebasin",
+    "zoo.plugins.inspect",
     "zoo.plugins.transfer",
     "zoo.plugins.formats",
     "zoo.registry.hub",

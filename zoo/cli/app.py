@@ -128,14 +128,28 @@ def run_strategy(strategy: str, members: list[str], **kwargs: Any):
         return _combine(strategy, members, plugins=state.plugins, progress=bars, log=console().print, **kwargs)
 
 
+def load_members(specs: list[str], *, base: str | None = None, arch: str | None = None, allow_pickle: bool = False):
+    """Resolve members (and a base) as `zoo combine` does, with this run's --plugin modules and progress bars:
+    ``(members, base member or None)``."""
+    from zoo import host as _host
+    from zoo.api.combine import load_member, load_members as _load
+
+    with progress() as bars:
+        host = _host.load(list(state.plugins))
+        base_member = load_member(base, arch=arch, allow_pickle=allow_pickle, plugins=state.plugins) if base else None
+        return _load(specs, host=host, arch=arch, allow_pickle=allow_pickle, progress=bars, base=base_member), \
+            base_member
+
+
 class Commands:
-    """What a plugin's ``zoo_commands(app, cli)`` gets as ``cli``: zoo's way to print, show progress and run
-    a strategy. Errors need nothing from it: a command raises :class:`zoo.BadInput` (or another
+    """What a plugin's ``zoo_commands(app, cli)`` gets as ``cli``: zoo's way to print, show progress, resolve
+    members and run a strategy. Errors need nothing from it: a command raises :class:`zoo.BadInput` (or another
     :class:`zoo.ZooError`) and the app prints it with its exit code."""
 
     console = staticmethod(console)
     progress = staticmethod(progress)
     combine = staticmethod(run_strategy)
+    load_members = staticmethod(load_members)
 
     @property
     def plugins(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Measuring models: logits and metrics on a split (``predict``, ``evaluate_model``, ``Metrics``,
 ``macs_per_image``), selective classification (``scores``, ``risk_coverage``, ``selective_metrics``),
-cached pre-logits features (``extract``) and the transferability-metric contract (``TransferMetric``,
+cached pre-logits features (``extract``), the loss barrier along the linear path between two
+models (``alpha_grid``, ``loss_path``, ``path_barrier``) and the transferability-metric contract (``TransferMetric``,
 ``TargetView``).
 """
 
@@ -16,6 +17,9 @@ NAMES = {
     "risk_coverage": "zoo.kit.measure.selective",
     "selective_metrics": "zoo.kit.measure.selective",
     "extract": "zoo.kit.measure.features",
+    "alpha_grid": "zoo.kit.measure.barrier",
+    "loss_path": "zoo.kit.measure.barrier",
+    "path_barrier": "zoo.kit.measure.barrier",
     "TransferMetric": "zoo.kit.measure.transferability",
     "TargetView": "zoo.kit.measure.transferability",
 }
