@@ -4,6 +4,7 @@ the advice's thresholds, and bad input."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -30,12 +31,17 @@ def test_the_barrier_inspect_measures_is_the_one_zoo_align_report_measures(tmp_p
     assert (tmp_path / "inspected" / "barriers.png").stat().st_size > 10_000
 
 
-def test_inspect_json_holds_every_measurement_and_advice(tmp_path, digits_zoo, zoo_cli):
+def test_inspect_json_holds_every_measurement_and_advice_and_a_rerun_reads_the_barriers_back(tmp_path, digits_zoo,
+                                                                                             zoo_cli):
     members, data = digits_zoo / "members", digits_zoo / "data"
-    proc = zoo_cli("inspect", "-m", members / "ft-lr1e-3", "-m", members / "ft-seed4", "-m", members / "ft-long",
-                   "--base", members / "base", "--eval-data", data / "val", "--train-data", data / "train", "--json",
-                   *FAST)
-    report = json.loads(proc.stdout)
+    args = ["inspect", "-m", members / "ft-lr1e-3", "-m", members / "ft-seed4", "-m", members / "ft-long", "--base",
+            members / "base", "--eval-data", data / "val", "--train-data", data / "train", "--json", *FAST]
+    env = {**os.environ, "ZOO_CACHE": str(tmp_path / "cache")}  # an empty cache: nothing measured before
+    report = json.loads(zoo_cli(*args, env=env).stdout)
+    assert report["barriers_cached"] == 0
+    again = json.loads(zoo_cli(*args, env=env).stdout)
+    assert again["barriers_cached"] == 3 and again["barriers"] == report["barriers"]
+    assert len(list((tmp_path / "cache" / "measures" / "barriers").glob("*.json"))) == 3
     assert {"members", "base", "architecture", "barriers", "task_vectors", "landscape", "agreement", "advice",
             "batchnorm", "batchnorm_recomputed", "landscape_setup"} <= set(report)
     pairs = {"ft-lr1e-3|ft-seed4", "ft-lr1e-3|ft-long", "ft-seed4|ft-long"}

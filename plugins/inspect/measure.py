@@ -48,7 +48,7 @@ def check(members: Sequence, base) -> None:
 def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data: str | None = None,
                     device="cpu", settings: Settings | None = None, progress=None) -> dict:
     """Every measurement of `zoo inspect` on ``members`` (resolved ``zoo.Member``s; ``base`` for task vectors)."""
-    from zoo.kit.measure import alpha_grid, loss_path, predict
+    from zoo.kit.measure import alpha_grid, cached_json, data_identity, loss_path, member_identity, predict
     from zoo.kit.train import has_batchnorm
 
     from zoo.plugins.inspect import geometry, landscape
@@ -72,7 +72,7 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
         report["task_vectors"] = geometry.task_vector_geometry(members, base, progress=ctx.progress)
 
     alphas = alpha_grid(s.points)
-    barriers, predictions, per_member = {}, {}, {}
+    barriers, predictions, per_member, cached = {}, {}, {}, 0
     batches = None
     for i, a in enumerate(members):
         sd_a = a.state_dict()  # two members' weights at a time: this one and the other end of each path
@@ -86,11 +86,20 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
         for b in members[i + 1:]:
             # every path's models are built like the first member (one architecture, one set of tensors): the
             # Context keeps one module per ``like``, so one module serves every pair
-            curve = loss_path(ctx, like, sd_a, b.state_dict(), alphas, split, recompute=recompute,
-                              bn_batches=s.bn_batches, label=f"path {a.name} → {b.name}")
+            # kept on disk by the two members' files, the data and the settings: a second inspect of a zoo
+            # with one new member measures only that member's paths
+            key = {"a": member_identity(a), "b": member_identity(b), "like": member_identity(like),
+                   "eval": data_identity(eval_data), "train": data_identity(train_data) if recompute else None,
+                   "alphas": list(alphas), "bn_batches": s.bn_batches, "seed": s.seed,
+                   "device": getattr(ctx.device, "type", str(ctx.device)), "batch_size": ctx.batch_size}
+            curve, kept = cached_json("barriers", key, lambda b=b, sd_a=sd_a: loss_path(
+                ctx, like, sd_a, b.state_dict(), alphas, split, recompute=recompute, bn_batches=s.bn_batches,
+                label=f"path {a.name} → {b.name}"))
             barriers[f"{a.name}|{b.name}"] = curve
+            cached += kept
         del sd_a
     report["barriers"] = barriers
+    report["barriers_cached"] = cached  # pairs read back from an earlier run ($ZOO_CACHE/measures/barriers)
     report["landscape"] = per_member
     report["agreement"] = geometry.agreement(predictions)
     report["landscape_setup"] = {"batches": len(batches), "images": sum(len(t) for _, t in batches),

@@ -1,8 +1,9 @@
 """Measuring models: logits and metrics on a split (``predict``, ``evaluate_model``, ``Metrics``,
 ``macs_per_image``), selective classification (``scores``, ``risk_coverage``, ``selective_metrics``),
 cached pre-logits features (``extract``), the loss barrier along the linear path between two
-models (``alpha_grid``, ``loss_path``, ``path_barrier``) and the transferability-metric contract (``TransferMetric``,
-``TargetView``).
+models (``alpha_grid``, ``loss_path``, ``path_barrier``), measurements kept on disk by what they were computed
+from (``cached_json``, ``member_identity``, ``data_identity``) and the transferability-metric contract
+(``TransferMetric``, ``TargetView``).
 """
 
 from zoo.kit._infra.exports import lazy
@@ -20,6 +21,9 @@ NAMES = {
     "alpha_grid": "zoo.kit.measure.barrier",
     "loss_path": "zoo.kit.measure.barrier",
     "path_barrier": "zoo.kit.measure.barrier",
+    "cached_json": "zoo.kit.measure.cached",
+    "member_identity": "zoo.kit.measure.cached",
+    "data_identity": "zoo.kit.measure.cached",
     "TransferMetric": "zoo.kit.measure.transferability",
     "TargetView": "zoo.kit.measure.transferability",
 }

@@ -37,13 +37,10 @@ class Extracted:
 
 
 def _key(member, data: str, cfg: dict[str, Any], classes: list[str], device=None) -> str:
-    from zoo.kit.data.splits import _fingerprint
+    from zoo.kit.measure.cached import data_identity, member_identity
 
-    prov = member.provenance()
-    path = Path(data).expanduser()
-    where = [str(path.resolve()), list(_fingerprint(path))] if path.is_dir() else [data]
-    blob = json.dumps({"v": FEATURES_VERSION, "files": prov["files"], "arch": member.architecture,
-                       "model_args": member.model_args, "data": where, "cfg": cfg, "classes": classes,
+    blob = json.dumps({"v": FEATURES_VERSION, **member_identity(member), "data": data_identity(data), "cfg": cfg,
+                       "classes": classes,
                        # CUDA extracts under float16 autocast (zoo.kit.train.device.autocast): other numbers
                        # than the CPU's, so a ranking never mixes features of the two
                        **({"precision": "cuda-float16"} if getattr(device, "type", "cpu") == "cuda" else {})},
