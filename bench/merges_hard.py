@@ -42,7 +42,7 @@ test split is read. Normalised accuracy = merged top-1 ÷ the task's own fine-tu
 tasks (the papers' measure). A method's wall time is the seconds auto spent on its candidates (merge and
 validation of eight tasks, each); auto's first candidate also measured the fine-tunes alone on validation.
 
-``adamerging`` (another branch) runs where this zoo has it: ``zoo combine -s adamerging --multi-task``,
+``adamerging`` runs on its own (no λ to sweep): ``zoo combine -s adamerging --multi-task``,
 the validation images as its unlabeled data (``--learned-option K=V`` passes it options). Fisher and RegMean
 are not run: with ``--multi-task`` zoo stops on them ('weights do not fit … missing classifier': they build each
 member, headless there, as a model), and ``--train-data`` is one folder for every member where each task
@@ -93,7 +93,7 @@ METHODS = {
 #: other tensor (equal to the plain average), so on Lite0 they treat the convolutions as matrices
 #: ([out, in·k·k]; ``convs=true``)
 CONV_METHODS = {m: METHODS[m].replace("[", "[convs=true ") for m in ("tsv", "iso-c", "iso-cts")}
-LEARNED = ("adamerging",)  # run on their own (no λ to sweep), where this zoo has them
+LEARNED = ("adamerging",)  # run on their own (no λ to sweep)
 NEEDS_TRAIN = ("fisher", "regmean")
 REFERENCE = "(reference) the base's backbone, each fine-tune's head (λ = 0)"
 
