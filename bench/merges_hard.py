@@ -44,8 +44,8 @@ validation of eight tasks, each); auto's first candidate also measured the fine-
 
 ``adamerging`` runs on its own (no λ to sweep): ``zoo combine -s adamerging --multi-task``,
 the validation images as its unlabeled data (``--learned-option K=V`` passes it options). Fisher and RegMean
-are not run: with ``--multi-task`` zoo stops on them ('weights do not fit … missing classifier': they build each
-member, headless there, as a model), and ``--train-data`` is one folder for every member where each task
+are not run: ``--multi-task`` refuses them (they run each member's whole model on ``--train-data``, and the
+members are headless there), and ``--train-data`` is one folder for every member where each task
 needs its own.
 
 Fine-tunes and merges are cached under --work; results-MODEL.json, results-MODEL.md and results.json (every
@@ -288,9 +288,9 @@ def run_model(model: str, data: dict[str, Path], source: dict[str, tuple], args)
                 (out / "seconds.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
             learned[method] = float((out / "seconds.txt").read_text())
         elif method in NEEDS_TRAIN:
-            print(f"[{model}] {method}: not run — with --multi-task zoo fails on it (it builds each headless member "
-                  "as a model: 'weights do not fit … missing classifier'), and --train-data is one folder for every "
-                  "member where each task needs its own")
+            print(f"[{model}] {method}: not run — --multi-task refuses it (it runs each member's whole model on "
+                  "--train-data; the members are headless there), and --train-data is one folder for every member "
+                  "where each task needs its own")
 
     # the test splits, once, at the end
     test_of = lambda folder, task: zoo.evaluate(str(folder), str(data[task] / "test")).top1  # noqa: E731
