@@ -80,3 +80,26 @@ def test_held_out_data_with_a_class_the_head_lacks_is_refused(tmp_path, digits_z
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("error:") == 1 and "3" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_concat_of_members_of_different_input_sizes_feeds_each_its_own_size(tmp_path, digits_zoo, zoo_cli):
+    import shutil
+
+    import zoo
+
+    data, members = digits_zoo / "data", digits_zoo / "members"
+    large = tmp_path / "other-arch-48"  # the same ResNet, preprocessing at 48 px instead of 32
+    shutil.copytree(members / "other-arch", large)
+    config = json.loads((large / "config.json").read_text())
+    config["pretrained_cfg"]["input_size"] = [3, 48, 48]
+    (large / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "cat"
+    zoo_cli("combine", "-s", "concat", "-m", members / "base", "-m", large, "--train-data", data / "train",
+            "--eval-data", data / "val", "-o", "lp_epochs=5", "--out", out)
+    net = zoo.load(str(out))
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 48, 48]
+    assert [p.size for p in net.prep] == [(32, 32), (48, 48)]  # the small member is resized to its own 32 px
+    with torch.inference_mode():
+        assert net(torch.rand(2, 3, 48, 48)).shape == (2, 10)
+    recipe = json.loads((out / "zoo.json").read_text())
+    assert recipe["metrics"]["top1"] > 0.5
