@@ -1,6 +1,7 @@
 """zoo's cache folder: $ZOO_CACHE, default ~/.cache/zoo, and an atomic write into it.
 
 What lives there: built demo zoos (``zoo.demos``), cached features (``zoo.kit.measure.features``),
+measurements kept by what they were computed from (``zoo.kit.measure.cached``: ``measures/``),
 known file hashes (``hash_cache``) and the names the installed timm knows (``timm_names``).
 """
 

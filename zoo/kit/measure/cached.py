@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,13 +43,5 @@ def cached_json(kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> t
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    cache.write_atomically(path, json.dumps(value))  # concurrent runs see no half-written entry
     return value, False
