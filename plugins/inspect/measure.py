@@ -72,6 +72,13 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
         report["task_vectors"] = geometry.task_vector_geometry(members, base, progress=ctx.progress)
 
     alphas = alpha_grid(s.points)
+    # each pair's path is kept on disk by the two members' files, the data and the settings: a second inspect of
+    # a zoo with one new member measures only that member's paths (identities read once: a data folder's is a walk)
+    identity = {m.name: member_identity(m) for m in members}
+    settings_key = {"like": identity[like.name], "eval": data_identity(eval_data),
+                    "train": data_identity(train_data) if recompute else None, "alphas": list(alphas),
+                    "bn_batches": s.bn_batches, "seed": s.seed,
+                    "device": getattr(ctx.device, "type", str(ctx.device)), "batch_size": ctx.batch_size}
     barriers, predictions, per_member, cached = {}, {}, {}, 0
     batches = None
     for i, a in enumerate(members):
@@ -86,12 +93,7 @@ def inspect_members(members: Sequence, base=None, *, eval_data: str, train_data:
         for b in members[i + 1:]:
             # every path's models are built like the first member (one architecture, one set of tensors): the
             # Context keeps one module per ``like``, so one module serves every pair
-            # kept on disk by the two members' files, the data and the settings: a second inspect of a zoo
-            # with one new member measures only that member's paths
-            key = {"a": member_identity(a), "b": member_identity(b), "like": member_identity(like),
-                   "eval": data_identity(eval_data), "train": data_identity(train_data) if recompute else None,
-                   "alphas": list(alphas), "bn_batches": s.bn_batches, "seed": s.seed,
-                   "device": getattr(ctx.device, "type", str(ctx.device)), "batch_size": ctx.batch_size}
+            key = {"a": identity[a.name], "b": identity[b.name], **settings_key}
             curve, kept = cached_json("barriers", key, lambda b=b, sd_a=sd_a: loss_path(
                 ctx, like, sd_a, b.state_dict(), alphas, split, recompute=recompute, bn_batches=s.bn_batches,
                 label=f"path {a.name} → {b.name}"))
