@@ -24,9 +24,9 @@ def zoo_strategies():
 @zoo.hookimpl
 def zoo_open_output(folder, config):
     if config.get("zoo_type") == "concat":
-        from zoo.plugins.ensemble import concat_net
+        from zoo.plugins.ensemble import concat_net, module
 
-        return concat_net.load_folder(folder)
+        return module.load_folder(folder, concat_net.from_config)
     if config.get("zoo_type") != "ensemble":
         return None
     from zoo.plugins.ensemble import module

@@ -16,7 +16,7 @@ trained the same way on its part of the same features.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import zoo
 from zoo.kit.strategy import compose, part
@@ -62,7 +62,7 @@ class Concat(zoo.Strategy):
         feats = _features(net, train, ctx, "the members' features of the training images")
         history = probe_head(net.head, feats, train.targets, recipe, ctx.device, ctx.progress)
         probes = []  # each member alone: its own linear probe on its part of the same features
-        for i, (lo, hi) in enumerate(_slices(dims)):
+        for lo, hi in _slices(dims):
             probe = torch.nn.Linear(hi - lo, len(classes)).to(ctx.device)
             probe_head(probe, feats[:, lo:hi], train.targets, recipe, ctx.device, ctx.progress)
             probes.append(probe)
@@ -72,14 +72,14 @@ class Concat(zoo.Strategy):
         for kind, source in (("eval", ctx.eval_data), ("ood", ctx.ood_data)):
             if not source:
                 continue
+            where = "held-out" if kind == "eval" else "shifted"
             held = ctx.split(kind, shared, labels=classes)
-            f = _features(net, held, ctx, f"the members' features of the {'held-out' if kind == 'eval' else 'shifted'} images")
+            f = _features(net, held, ctx, f"the members' features of the {where} images")
             with torch.inference_mode():
                 measured = ctx.metrics_of(net.head(f).float().cpu(), held.targets).as_dict()
                 alone = {m.name: ctx.metrics_of(p(f[:, lo:hi]).float().cpu(), held.targets).as_dict()
                          for m, p, (lo, hi) in zip(members, probes, _slices(dims))}
             report[f"{kind}_members_alone"] = alone
-            where = "held-out" if kind == "eval" else "shifted"
             rows.append([where, "concat", sum(dims), measured["top1"], measured["nll"], measured["ece"]])
             rows += [[where, f"{name} alone", d, a["top1"], a["nll"], a["ece"]]
                      for (name, a), d in zip(alone.items(), dims)]

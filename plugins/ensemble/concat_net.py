@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.plugins.ensemble.module import _Preprocess
+from zoo.plugins.ensemble.module import _Preprocess, member_models
 
 ZOO_TYPE = "concat"
 
@@ -58,29 +58,10 @@ def to_config(net: ConcatNet, members: list[dict[str, Any]], *, pretrained_cfg: 
 
 
 def from_config(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> ConcatNet:
-    """Rebuild the output (timm creates each member, headless; nothing pretrained is fetched) and load
-    ``state_dict``."""
-    import timm
-
-    from zoo.kit.data import data_config
-
-    models, cfgs = [], []
-    for m in config["members"]:
-        model = timm.create_model(m["architecture"], pretrained=False, **{**m.get("model_args", {}), "num_classes": 0})
-        model.pretrained_cfg = {**model.pretrained_cfg, **m.get("pretrained_cfg", {})}
-        models.append(model)
-        cfgs.append(data_config(model.pretrained_cfg))
+    """Rebuild the output (timm creates each member, headless: its saved ``num_classes`` is 0; nothing
+    pretrained is fetched) and load ``state_dict``."""
+    models, cfgs = member_models(config["members"])
     net = ConcatNet(models, cfgs, config["dims"], config["num_classes"])
     if state_dict is not None:
         net.load_state_dict(state_dict)
     return net.eval()
-
-
-def load_folder(folder) -> ConcatNet:
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    return from_config(json.loads((folder / "config.json").read_text()), load_file(str(folder / "model.safetensors")))

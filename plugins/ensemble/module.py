@@ -137,19 +137,26 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or math.isinf(v) else float(v)
 
 
-def from_config(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> EnsembleNet:
-    """Rebuild the output (timm creates each member; nothing pretrained is fetched) and load ``state_dict``."""
+def member_models(members: list[dict[str, Any]]) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    """The members of a saved config (``member_config``'s), rebuilt by timm with nothing pretrained fetched, and
+    their data configs."""
     import timm
 
     from zoo.kit.data import data_config
 
     models, cfgs = [], []
-    for m in config["members"]:
+    for m in members:
         model = timm.create_model(m["architecture"], pretrained=False,
                                   **{**m.get("model_args", {}), "num_classes": m["num_classes"]})
         model.pretrained_cfg = {**model.pretrained_cfg, **m.get("pretrained_cfg", {})}
         models.append(model)
         cfgs.append(data_config(model.pretrained_cfg))
+    return models, cfgs
+
+
+def from_config(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> EnsembleNet:
+    """Rebuild the output (timm creates each member; nothing pretrained is fetched) and load ``state_dict``."""
+    models, cfgs = member_models(config["members"])
     windows = [tuple(w) for w in config["windows"]] if config.get("windows") is not None else None
     net = EnsembleNet(models, cfgs, macs=config["macs"], weights=config.get("weights"), windows=windows,
                       score=config.get("score", "msp"))
@@ -158,7 +165,9 @@ def from_config(config: dict[str, Any], state_dict: dict[str, torch.Tensor] | No
     return net.eval()
 
 
-def load_folder(folder) -> EnsembleNet:
+def load_folder(folder, build=from_config):
+    """The output in ``folder`` (its config.json and model.safetensors), rebuilt by ``build`` (an ensemble's or
+    cascade's ``from_config``, or concat's)."""
     import json
     from pathlib import Path
 
@@ -166,4 +175,4 @@ def load_folder(folder) -> EnsembleNet:
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
-    return from_config(config, load_file(str(folder / "model.safetensors")))
+    return build(config, load_file(str(folder / "model.safetensors")))
