@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import zoo
 from zoo.plugins.rebasin import permute
-from zoo.plugins.rebasin.match import Matched
+from zoo.plugins.rebasin.match import Matched, head_scores
 from zoo.plugins.rebasin.spec import Spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,8 +171,7 @@ def activation_matching(spec: Spec, model_a, model_b, batches: Iterable[tuple[to
         inner = spec.nested[g]
         n, d = spec.groups[g], spec.groups[inner]
         pair = sum(x.matrix() for blocks in calls for x in blocks).reshape(n, d, n, d).permute(0, 2, 1, 3).numpy()
-        score = np.array([[_assign(pair[i, j])[1] for j in range(n)] for i in range(n)])
-        hcols, _ = _assign(score)
+        hcols, _ = _assign(head_scores(pair))
         dims = sum(pair[i, hcols[i]] for i in range(n))
         dcols, total = _assign(dims)
         perms[g] = torch.as_tensor(hcols, dtype=torch.long)

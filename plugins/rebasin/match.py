@@ -80,10 +80,7 @@ def _cost(spec: Spec, g: str, a, b, perms, users) -> torch.Tensor:
 
 def _heads_cost(spec: Spec, g: str, a, b, perms, users) -> np.ndarray:
     """Score of each (head of A, head of B): Σ ⟨·,·⟩ under the best alignment of the two heads' dimensions."""
-    import numpy as np
     import torch
-
-    from scipy.optimize import linear_sum_assignment
 
     inner = spec.nested[g]
     n, d = spec.groups[g], spec.groups[inner]
@@ -95,12 +92,22 @@ def _heads_cost(spec: Spec, g: str, a, b, perms, users) -> np.ndarray:
         wb = permute.permute_tensor(spec, k, b[k], {**perms, inner: torch.arange(d)}, skip_axis=ax)
         wb = wb.reshape(view).movedim((ax, ax_d), (0, 1)).reshape(n, d, -1).float()
         pair += torch.einsum("ipx,jqx->ijpq", wa, wb).double()
+    return head_scores(pair.numpy())
+
+
+def head_scores(pair: np.ndarray) -> np.ndarray:
+    """score[i, j] of head i of A and head j of B from ``pair`` [n, n, d, d] (the two heads' dimensions' pairwise
+    scores): the total of the best alignment of their dimensions (weight and activation matching alike)."""
+    import numpy as np
+
+    from scipy.optimize import linear_sum_assignment
+
+    n = pair.shape[0]
     score = np.zeros((n, n))
     for i in range(n):
         for j in range(n):
-            m = pair[i, j].numpy()
-            r, c = linear_sum_assignment(m, maximize=True)
-            score[i, j] = m[r, c].sum()
+            r, c = linear_sum_assignment(pair[i, j], maximize=True)
+            score[i, j] = pair[i, j][r, c].sum()
     return score
 
 
